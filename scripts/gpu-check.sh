@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# GPU verification in two halves.
+#
+#   scripts/gpu-check.sh          (here, with Rust): builds the release binary and the
+#                                 test binaries, copies them into .gpu/, and prints the
+#                                 one command to run on the GPU machine.
+#   scripts/gpu-check.sh --run    (there, no Rust): runs every CPU↔GPU agreement test
+#                                 and the GPU benchmarks with the GPU required (a missing
+#                                 GPU fails), then prints a summary.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" != "--run" ]]; then
+  set -e
+  scripts/install-cuda-toolchain.sh
+  export ROTE_REQUIRE_NVCC=1
+  cargo build --release
+  rm -rf .gpu && mkdir -p .gpu/tests
+  cp target/release/rote .gpu/rote
+  cargo test --release --no-run --message-format=json 2>/dev/null \
+    | python3 -c '
+import json, sys, shutil
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] != ["bin"]:
+        if m["target"]["name"] in ("gpu", "rote"):
+            shutil.copy(m["executable"], ".gpu/tests/" + m["target"]["name"])
+'
+  strip --strip-debug .gpu/rote .gpu/tests/*
+  ls .gpu/tests
+  du -sh .gpu
+  echo
+  echo "Now run on the GPU machine:  bash scripts/gpu-check.sh --run   (carry: .gpu)"
+  exit 0
+fi
+
+export ROTE_REQUIRE_GPU=1
+log=${OUT:-/tmp}/gpu-check.log
+: > "$log"
+status=0
+echo "== device" | tee -a "$log"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$log"
+.gpu/rote device 2>&1 | tee -a "$log" || status=1
+for t in .gpu/tests/*; do
+  echo "== tests: $(basename "$t")" | tee -a "$log"
+  timeout 300 "$t" --test-threads=1 --nocapture 2>&1 | tee -a "$log"
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+done
+echo "== bench frame" | tee -a "$log"
+timeout 180 .gpu/rote bench frame --device cuda --scale 4 --repeats 5 2>&1 | tee -a "$log" || status=1
+
+echo
+echo "================ GPU CHECK SUMMARY ================"
+nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | sed 's/^/device: /'
+grep -E '^GPU-CHECK' "$log" | sed 's/^GPU-CHECK //' | column -t 2>/dev/null || grep -E '^GPU-CHECK' "$log"
+grep -E '^test result|FAILED|panicked' "$log"
+echo "bench:"
+sed -n '/== bench frame/,$p' "$log" | grep -E 'cpu|cuda|workload'
+[[ $status -eq 0 ]] && echo "RESULT: PASS" || echo "RESULT: FAIL"
+exit $status

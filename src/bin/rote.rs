@@ -1,0 +1,453 @@
+//! The `rote` command line: parse, call the library, print.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use rote::data::{self, import};
+use rote::device::{self, Backend, DeviceRequest};
+use rote::report;
+use rote::rng::{Distribution, Philox};
+use rote::sched::{self, Shard};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "rote", version, about = "Measure and construct memorization in neural networks, on CPU or NVIDIA GPU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List compute devices: CPU threads, CUDA devices, and how kernels reach them.
+    Device {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect, generate and import datasets.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Draw numbers from the Philox4x32-10 stream (identical on CPU and GPU).
+    Rng(RngArgs),
+    /// Time workloads on the CPU and every usable GPU, side by side.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Join the outputs of `--shard I/N` runs into the result of a single run.
+    Merge {
+        /// Shard outputs (.npy files, each with its .shard.json beside it).
+        #[arg(required = true)]
+        parts: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The frame's kernels: Philox fills and streamed row norms.
+    Frame {
+        /// Multiplies the workload sizes.
+        #[arg(long, default_value_t = 1)]
+        scale: usize,
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Also run on this GPU (auto: any usable one).
+        #[arg(long, default_value = "auto")]
+        device: DeviceRequest,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Sample count, shape, dtype and class counts of a dataset.
+    Info {
+        /// Dataset directory, built-in name or generator spec (see README).
+        spec: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write any --data spec (generator, built-in, transformed) as a dataset directory.
+    Gen {
+        spec: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Import a dataset from a distribution format.
+    #[command(subcommand)]
+    Import(ImportCommand),
+    /// L2 norm of every sample, streamed through the device in chunks.
+    Norms(NormsArgs),
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// MNIST-style IDX files (raw or .gz).
+    Idx {
+        #[arg(long)]
+        images: PathBuf,
+        #[arg(long)]
+        labels: PathBuf,
+        #[arg(long, requires = "test_labels")]
+        test_images: Option<PathBuf>,
+        #[arg(long, requires = "test_images")]
+        test_labels: Option<PathBuf>,
+        #[arg(long, default_value = "imported")]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// CIFAR-10/100 binary batches (data_batch_*.bin, test_batch.bin, train.bin, test.bin).
+    Cifar {
+        #[arg(long, num_args = 1.., required = true)]
+        train: Vec<PathBuf>,
+        #[arg(long, num_args = 1..)]
+        test: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "fine")]
+        label: import::CifarLabel,
+        #[arg(long, default_value = "cifar")]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Numeric CSV, one sample per row (optionally .gz; a header line is skipped).
+    Csv {
+        file: PathBuf,
+        #[arg(long)]
+        test: Option<PathBuf>,
+        /// Which column holds the label: first, last, or a 0-based index.
+        #[arg(long, default_value = "last")]
+        label_column: import::LabelColumn,
+        /// Shape of one sample, e.g. 8x8 (default: flat).
+        #[arg(long)]
+        shape: Option<String>,
+        #[arg(long, default_value = "imported")]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct DeviceArg {
+    /// auto (a usable GPU, else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceRequest,
+}
+
+#[derive(Args)]
+struct NormsArgs {
+    spec: String,
+    #[arg(long, value_enum, default_value = "train")]
+    split: SplitArg,
+    /// Process only part I of N (0-based); join parts with `rote merge`.
+    #[arg(long, default_value = "0/1")]
+    shard: Shard,
+    #[command(flatten)]
+    device: DeviceArg,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SplitArg {
+    Train,
+    Test,
+}
+
+#[derive(Args)]
+struct RngArgs {
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 0)]
+    stream: u64,
+    /// Index of the first number.
+    #[arg(long, default_value_t = 0)]
+    start: u64,
+    #[arg(long, default_value_t = 8)]
+    count: usize,
+    #[arg(long, value_enum, default_value = "uniform")]
+    dist: Distribution,
+    #[command(flatten)]
+    device: DeviceArg,
+    /// Write the numbers as .npy instead of printing them.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Device { json } => device_cmd(json),
+        Command::Data(DataCommand::Info { spec, json }) => info_cmd(&spec, json),
+        Command::Data(DataCommand::Gen { spec, out }) => {
+            let ds = data::open(&spec)?;
+            ds.write_dir(&out)?;
+            println!("wrote {} ({} samples of shape {:?}) to {}", ds.meta.name, ds.train.len(), ds.sample_shape(), out.display());
+            Ok(())
+        }
+        Command::Data(DataCommand::Import(cmd)) => import_cmd(cmd),
+        Command::Data(DataCommand::Norms(args)) => norms_cmd(args),
+        Command::Rng(args) => rng_cmd(args),
+        Command::Merge { parts, out, json } => merge_cmd(&parts, &out, json),
+        Command::Bench(BenchCommand::Frame { scale, repeats, device, json }) => {
+            let mut backends = vec![Backend::Cpu];
+            if device != DeviceRequest::Cpu {
+                let d = device.resolve()?;
+                if d != rote::device::Device::Cpu {
+                    backends.push(Backend::open(d)?);
+                }
+            }
+            let rows = rote::bench::frame(&backends, scale.max(1), repeats.max(1))?;
+            if json {
+                print_json(&serde_json::to_value(&rows)?);
+            } else {
+                rote::bench::print_table(&rows);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap());
+}
+
+/// Resolves --device, opens it, and says which device was chosen (stderr, so stdout
+/// stays clean for --json).
+fn open_device(req: DeviceRequest) -> Result<Backend> {
+    let device = req.resolve()?;
+    let backend = Backend::open(device)?;
+    match &backend {
+        Backend::Cpu => {
+            let why = device::cuda::probe().unavailable.clone().unwrap_or_else(|| "requested".into());
+            eprintln!("device: cpu ({} threads; CUDA: {why})", rayon::current_num_threads());
+        }
+        Backend::Cuda(c) => eprintln!("device: {} ({}, kernels: {:?})", backend.device(), c.info().name, c.info().kernels),
+    }
+    Ok(backend)
+}
+
+fn device_cmd(json: bool) -> Result<()> {
+    let probe = device::cuda::probe();
+    let value = serde_json::json!({
+        "cpu": { "threads": rayon::current_num_threads() },
+        "cuda": probe,
+        "kernels_precompiled": device::kernels_precompiled(),
+        "nvcc": device::NVCC_VERSION,
+        "kernel_modules": device::cuda::module_names(),
+        "auto": DeviceRequest::Auto.resolve()?,
+    });
+    if json {
+        print_json(&value);
+        return Ok(());
+    }
+    println!("cpu: {} threads (RAYON_NUM_THREADS to change)", rayon::current_num_threads());
+    match &probe.unavailable {
+        Some(reason) if probe.devices.is_empty() => println!("cuda: none ({reason})"),
+        _ => {
+            if let Some(v) = probe.driver_version {
+                println!("cuda driver: {}.{}", v / 1000, (v % 1000) / 10);
+            }
+            for d in &probe.devices {
+                println!(
+                    "cuda:{}: {} — {:.1} GiB, compute capability {}.{}, kernels: {:?}",
+                    d.ordinal,
+                    d.name,
+                    d.total_memory_bytes as f64 / (1u64 << 30) as f64,
+                    d.compute_capability.0,
+                    d.compute_capability.1,
+                    d.kernels
+                );
+            }
+        }
+    }
+    println!(
+        "kernels: {} ({})",
+        if device::kernels_precompiled() { "precompiled (compute_80 PTX + sm_90 cubin)" } else { "sources only (NVRTC at run time)" },
+        device::NVCC_VERSION.unwrap_or("built without nvcc")
+    );
+    println!("--device auto selects: {}", value["auto"].as_str().unwrap_or("?"));
+    Ok(())
+}
+
+fn info_cmd(spec: &str, json: bool) -> Result<()> {
+    let ds = data::open(spec)?;
+    let info = ds.info();
+    if json {
+        print_json(&serde_json::to_value(&info)?);
+        return Ok(());
+    }
+    println!("name:         {}", info.name);
+    if !info.source.is_empty() {
+        println!("source:       {}", info.source);
+    }
+    println!("samples:      {}{}", info.n, info.n_test.map(|t| format!(" (+{t} test)")).unwrap_or_default());
+    println!("sample shape: {:?} ({} features, {})", info.sample_shape, info.features, info.dtype.name());
+    println!("classes:      {}", info.classes);
+    for (label, count) in &info.class_counts {
+        let name = info.class_names.get(*label as usize).map(|n| format!(" ({n})")).unwrap_or_default();
+        println!("  {label:>4}{name}: {count}");
+    }
+    Ok(())
+}
+
+fn parse_shape(text: &str) -> Result<Vec<usize>> {
+    text.split(['x', 'X', ','])
+        .map(|p| p.trim().parse::<usize>().with_context(|| format!("--shape {text}: '{p}' is not a number")))
+        .collect()
+}
+
+fn import_cmd(cmd: ImportCommand) -> Result<()> {
+    let (ds, out) = match cmd {
+        ImportCommand::Idx { images, labels, test_images, test_labels, name, out } => {
+            let test = test_images.as_deref().zip(test_labels.as_deref());
+            (import::import_idx(&images, &labels, test, &name)?, out)
+        }
+        ImportCommand::Cifar { train, test, label, name, out } => {
+            let tr: Vec<&Path> = train.iter().map(|p| p.as_path()).collect();
+            let te: Vec<&Path> = test.iter().map(|p| p.as_path()).collect();
+            (import::import_cifar(&tr, &te, label, &name)?, out)
+        }
+        ImportCommand::Csv { file, test, label_column, shape, name, out } => {
+            let shape = shape.as_deref().map(parse_shape).transpose()?;
+            (import::import_csv(&file, test.as_deref(), label_column, shape, &name)?, out)
+        }
+    };
+    ds.validate()?;
+    ds.write_dir(&out)?;
+    println!(
+        "imported {} samples{} of shape {:?} into {}",
+        ds.train.len(),
+        ds.test.as_ref().map(|t| format!(" (+{} test)", t.len())).unwrap_or_default(),
+        ds.sample_shape(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// What a shard output carries beside it so `rote merge` can check and join it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ShardRecord {
+    shard: String,
+    total_rows: usize,
+    row_len: usize,
+    data: String,
+}
+
+fn shard_record_path(npy: &Path) -> PathBuf {
+    let mut s = npy.as_os_str().to_owned();
+    s.push(".shard.json");
+    PathBuf::from(s)
+}
+
+fn norms_cmd(args: NormsArgs) -> Result<()> {
+    let ds = data::open(&args.spec)?;
+    let split = match args.split {
+        SplitArg::Train => &ds.train,
+        SplitArg::Test => ds.test.as_ref().with_context(|| format!("dataset '{}' has no test split", ds.meta.name))?,
+    };
+    let backend = open_device(args.device.device)?;
+    let range = args.shard.range(split.len());
+    let bar = sched::progress(range.len() as u64, "norms", !args.json);
+    let t0 = Instant::now();
+    let sq = backend.row_sq_norms(&split.x, range.clone(), &|rows| bar.inc(rows as u64))?;
+    let seconds = t0.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let norms: Vec<f32> = sq.iter().map(|v| v.sqrt()).collect();
+    report::write_npy(&args.out, &[norms.len()], &norms)?;
+    if !args.shard.is_whole() {
+        let record = ShardRecord { shard: args.shard.to_string(), total_rows: split.len(), row_len: 1, data: args.spec.clone() };
+        report::write_json(&shard_record_path(&args.out), &record)?;
+    }
+    let max = norms.iter().cloned().fold(0f32, f32::max);
+    let mean = norms.iter().map(|&v| v as f64).sum::<f64>() / norms.len().max(1) as f64;
+    let summary = serde_json::json!({
+        "data": ds.meta.name, "samples": norms.len(), "rows": [range.start, range.end], "shard": args.shard.to_string(),
+        "max_norm": max, "mean_norm": mean, "seconds": seconds, "device": backend.device(), "out": args.out,
+    });
+    if args.json {
+        print_json(&summary);
+    } else {
+        println!(
+            "{}: {} samples (rows {}..{}), max norm {max:.4}, mean norm {mean:.4}, {:.3} s on {} → {}",
+            ds.meta.name,
+            norms.len(),
+            range.start,
+            range.end,
+            seconds,
+            backend.device(),
+            args.out.display()
+        );
+    }
+    Ok(())
+}
+
+fn merge_cmd(parts: &[PathBuf], out: &Path, json: bool) -> Result<()> {
+    let mut pieces = Vec::new();
+    let mut total = None;
+    for p in parts {
+        let rec_path = shard_record_path(p);
+        let text = std::fs::read_to_string(&rec_path)
+            .with_context(|| format!("{} has no shard record ({}); was it written with --shard?", p.display(), rec_path.display()))?;
+        let rec: ShardRecord = serde_json::from_str(&text).with_context(|| format!("{} is not a shard record", rec_path.display()))?;
+        if let Some((t, data)) = &total {
+            if *t != rec.total_rows || *data != rec.data {
+                bail!("{} comes from a different run ({} rows of '{}') than the first part ({t} rows of '{data}')", p.display(), rec.total_rows, rec.data);
+            }
+        }
+        total = Some((rec.total_rows, rec.data.clone()));
+        let shard: Shard = rec.shard.parse().map_err(|e: String| anyhow::anyhow!("{}: {e}", rec_path.display()))?;
+        let arr = data::Array::open_npy(p)?;
+        pieces.push((shard, arr.to_f32()));
+    }
+    let (n, _) = total.unwrap();
+    let merged = sched::merge_shards(n, pieces, 1)?;
+    report::write_npy(out, &[merged.len()], &merged)?;
+    if json {
+        print_json(&serde_json::json!({ "parts": parts.len(), "rows": merged.len(), "out": out }));
+    } else {
+        println!("merged {} shards ({} rows) into {}", parts.len(), merged.len(), out.display());
+    }
+    Ok(())
+}
+
+fn rng_cmd(args: RngArgs) -> Result<()> {
+    let backend = open_device(args.device.device)?;
+    let rng = Philox::new(args.seed, args.stream);
+    let mut values = vec![0f32; args.count];
+    let t0 = Instant::now();
+    backend.fill_random(args.dist, rng, args.start, &mut values)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    if let Some(out) = &args.out {
+        report::write_npy(out, &[values.len()], &values)?;
+    }
+    if args.json {
+        let shown: &[f32] = if args.out.is_some() { &[] } else { &values };
+        print_json(&serde_json::json!({
+            "seed": args.seed, "stream": args.stream, "start": args.start, "count": args.count,
+            "distribution": args.dist, "device": backend.device(), "seconds": seconds, "values": shown,
+        }));
+    } else if let Some(out) = &args.out {
+        println!("wrote {} {:?} numbers to {} ({:.3} s on {})", args.count, args.dist, out.display(), seconds, backend.device());
+    } else {
+        for v in &values {
+            println!("{v}");
+        }
+    }
+    Ok(())
+}

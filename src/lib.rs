@@ -1,0 +1,9 @@
+//! rote: measuring and constructing memorization in neural networks, on the CPU and on
+//! NVIDIA GPUs. See README.md for the commands and ALGORITHMS.md for the math.
+
+pub mod bench;
+pub mod data;
+pub mod device;
+pub mod report;
+pub mod rng;
+pub mod sched;

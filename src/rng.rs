@@ -1,0 +1,249 @@
+//! Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011):
+//! a counter-based generator, so the i-th number of a stream is a pure function of
+//! (seed, stream, i). The same arithmetic lives in `kernels/common.cuh`; CPU and GPU
+//! therefore draw the same numbers whatever the thread count, chunking or shard.
+//!
+//! Layout of one block: key = (seed_lo, seed_hi), counter = (block_lo, block_hi,
+//! stream_lo, stream_hi). Each block yields four 32-bit words.
+
+const PHILOX_M0: u32 = 0xD251_1F53;
+const PHILOX_M1: u32 = 0xCD9E_8D57;
+const PHILOX_W0: u32 = 0x9E37_79B9;
+const PHILOX_W1: u32 = 0xBB67_AE85;
+
+/// The raw Philox4x32 bijection with 10 rounds.
+#[inline(always)]
+pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+    let mut c = counter;
+    let mut k = key;
+    for round in 0..10 {
+        if round > 0 {
+            k[0] = k[0].wrapping_add(PHILOX_W0);
+            k[1] = k[1].wrapping_add(PHILOX_W1);
+        }
+        let p0 = (PHILOX_M0 as u64) * (c[0] as u64);
+        let p1 = (PHILOX_M1 as u64) * (c[2] as u64);
+        c = [
+            ((p1 >> 32) as u32) ^ c[1] ^ k[0],
+            p1 as u32,
+            ((p0 >> 32) as u32) ^ c[3] ^ k[1],
+            p0 as u32,
+        ];
+    }
+    c
+}
+
+/// A keyed stream of Philox blocks: `(seed, stream)` names the stream, the block index
+/// is the position in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Philox {
+    pub seed: u64,
+    pub stream: u64,
+}
+
+impl Philox {
+    pub fn new(seed: u64, stream: u64) -> Self {
+        Self { seed, stream }
+    }
+
+    /// The four words of block `block`.
+    #[inline(always)]
+    pub fn block(&self, block: u64) -> [u32; 4] {
+        philox4x32_10(
+            [block as u32, (block >> 32) as u32, self.stream as u32, (self.stream >> 32) as u32],
+            [self.seed as u32, (self.seed >> 32) as u32],
+        )
+    }
+
+    /// Word `index` of the stream (word i is word i % 4 of block i / 4).
+    #[inline(always)]
+    pub fn word(&self, index: u64) -> u32 {
+        self.block(index / 4)[(index % 4) as usize]
+    }
+
+    /// Uniform float in the open interval (0, 1), from word `index`.
+    #[inline(always)]
+    pub fn uniform(&self, index: u64) -> f32 {
+        uniform_from_word(self.word(index))
+    }
+
+    /// Standard normal number `index`; block i gives normals 4i..4i+4 by Box–Muller on
+    /// its two word pairs.
+    #[inline(always)]
+    pub fn normal(&self, index: u64) -> f32 {
+        let w = self.block(index / 4);
+        let lane = (index % 4) as usize;
+        let pair = lane / 2;
+        let (z0, z1) = box_muller(w[2 * pair], w[2 * pair + 1]);
+        if lane % 2 == 0 { z0 } else { z1 }
+    }
+
+    /// Rademacher sign (±1) number `index`: bit (index % 128) of block index / 128.
+    #[inline(always)]
+    pub fn sign(&self, index: u64) -> f32 {
+        let w = self.block(index / 128);
+        let bit = (index % 128) as u32;
+        if (w[(bit / 32) as usize] >> (bit % 32)) & 1 == 1 { 1.0 } else { -1.0 }
+    }
+
+    /// 64-bit key of item `index`, used to order items for permutations.
+    #[inline(always)]
+    pub fn key64(&self, index: u64) -> u64 {
+        let w = self.block(index);
+        ((w[0] as u64) << 32) | w[1] as u64
+    }
+
+    pub fn fill_uniform(&self, start: u64, out: &mut [f32]) {
+        fill_parallel(out, |i| self.uniform(start + i as u64));
+    }
+
+    pub fn fill_normal(&self, start: u64, out: &mut [f32]) {
+        fill_parallel(out, |i| self.normal(start + i as u64));
+    }
+
+    pub fn fill_sign(&self, start: u64, out: &mut [f32]) {
+        fill_parallel(out, |i| self.sign(start + i as u64));
+    }
+
+    pub fn fill_words(&self, start: u64, out: &mut [u32]) {
+        fill_parallel(out, |i| self.word(start + i as u64));
+    }
+
+    /// A uniformly random permutation of 0..n: items sorted by their Philox key (ties,
+    /// which have probability ~n²/2⁶⁵, broken by index). Any device can compute any
+    /// item's key, so the permutation does not depend on who computes it.
+    pub fn permutation(&self, n: usize) -> Vec<u32> {
+        use rayon::prelude::*;
+        assert!(n <= u32::MAX as usize, "permutation of more than 2^32 items");
+        let mut keyed: Vec<(u64, u32)> =
+            (0..n as u32).into_par_iter().map(|i| (self.key64(i as u64), i)).collect();
+        keyed.par_sort_unstable();
+        keyed.into_iter().map(|(_, i)| i).collect()
+    }
+}
+
+/// (0, 1): the top 24 bits, offset by half a step so neither end is reachable
+/// (Box–Muller takes a logarithm of it).
+#[inline(always)]
+pub fn uniform_from_word(w: u32) -> f32 {
+    ((w >> 8) as f32 + 0.5) * (1.0 / 16_777_216.0)
+}
+
+/// Box–Muller in f64, rounded to f32: double precision makes the f32 results agree
+/// between the host libm and CUDA's (a difference would need an f64 result within an
+/// ulp of an f32 rounding boundary).
+#[inline(always)]
+pub fn box_muller(w0: u32, w1: u32) -> (f32, f32) {
+    let u0 = uniform_from_word(w0) as f64;
+    let u1 = uniform_from_word(w1) as f64;
+    let r = (-2.0 * u0.ln()).sqrt();
+    let theta = std::f64::consts::TAU * u1;
+    ((r * theta.cos()) as f32, (r * theta.sin()) as f32)
+}
+
+fn fill_parallel<T: Send>(out: &mut [T], f: impl Fn(usize) -> T + Sync) {
+    use rayon::prelude::*;
+    const GRAIN: usize = 1 << 14;
+    out.par_chunks_mut(GRAIN).enumerate().for_each(|(c, chunk)| {
+        for (j, slot) in chunk.iter_mut().enumerate() {
+            *slot = f(c * GRAIN + j);
+        }
+    });
+}
+
+/// Which distribution a fill draws from; shared by the CLI, the CPU and the CUDA path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distribution {
+    Uniform,
+    Normal,
+    Sign,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Known-answer vectors from the Random123 distribution (kat_vectors, philox4x32 10).
+    #[test]
+    fn philox_known_answers() {
+        assert_eq!(
+            philox4x32_10([0, 0, 0, 0], [0, 0]),
+            [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]
+        );
+        assert_eq!(
+            philox4x32_10([u32::MAX; 4], [u32::MAX; 2]),
+            [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]
+        );
+        assert_eq!(
+            philox4x32_10([0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0]),
+            [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]
+        );
+    }
+
+    #[test]
+    fn uniforms_are_open_interval_with_right_moments() {
+        let p = Philox::new(7, 3);
+        let mut u = vec![0f32; 200_000];
+        p.fill_uniform(0, &mut u);
+        assert!(u.iter().all(|&x| x > 0.0 && x < 1.0));
+        let mean = u.iter().map(|&x| x as f64).sum::<f64>() / u.len() as f64;
+        let var = u.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / u.len() as f64;
+        assert!((mean - 0.5).abs() < 0.005, "mean {mean}");
+        assert!((var - 1.0 / 12.0).abs() < 0.002, "var {var}");
+    }
+
+    #[test]
+    fn normals_have_unit_moments() {
+        let p = Philox::new(11, 0);
+        let mut z = vec![0f32; 400_000];
+        p.fill_normal(0, &mut z);
+        let n = z.len() as f64;
+        let mean = z.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let m2 = z.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / n;
+        let m4 = z.iter().map(|&x| (x as f64).powi(4)).sum::<f64>() / n;
+        assert!(mean.abs() < 0.01, "mean {mean}");
+        assert!((m2 - 1.0).abs() < 0.01, "second moment {m2}");
+        assert!((m4 - 3.0).abs() < 0.06, "fourth moment {m4}");
+    }
+
+    #[test]
+    fn signs_are_balanced_and_streams_differ() {
+        let a = Philox::new(1, 0);
+        let b = Philox::new(1, 1);
+        let mut sa = vec![0f32; 100_000];
+        let mut sb = vec![0f32; 100_000];
+        a.fill_sign(0, &mut sa);
+        b.fill_sign(0, &mut sb);
+        assert!(sa.iter().all(|&s| s == 1.0 || s == -1.0));
+        let sum: f32 = sa.iter().sum();
+        assert!(sum.abs() < 1500.0, "sign sum {sum}");
+        let agree = sa.iter().zip(&sb).filter(|(x, y)| x == y).count();
+        assert!((agree as f64 / 1e5 - 0.5).abs() < 0.01);
+    }
+
+    #[test]
+    fn fills_are_position_keyed() {
+        let p = Philox::new(5, 9);
+        let mut whole = vec![0f32; 1000];
+        p.fill_normal(0, &mut whole);
+        let mut tail = vec![0f32; 300];
+        p.fill_normal(700, &mut tail);
+        assert_eq!(&whole[700..], &tail[..]);
+    }
+
+    #[test]
+    fn permutation_is_a_bijection_and_seeded() {
+        let p = Philox::new(3, 2).permutation(10_000);
+        let mut seen = vec![false; 10_000];
+        for &i in &p {
+            assert!(!seen[i as usize]);
+            seen[i as usize] = true;
+        }
+        assert_eq!(p, Philox::new(3, 2).permutation(10_000));
+        assert_ne!(p, Philox::new(4, 2).permutation(10_000));
+        // First position is roughly uniform over items: its mean over seeds is near n/2.
+        let mean = (0..400).map(|s| Philox::new(s, 0).permutation(100)[0] as f64).sum::<f64>() / 400.0;
+        assert!((mean - 49.5).abs() < 5.0, "mean first item {mean}");
+    }
+}

@@ -1,0 +1,147 @@
+//! Walking a dataset: shards (`--shard I/N`, the part of a run one process does),
+//! chunks sized to the device's memory, and progress reporting.
+
+use anyhow::{bail, Result};
+use std::ops::Range;
+
+/// Part `index` of `count` equal, contiguous parts of the samples (0-based, so a Slurm
+/// job array `--array=0-7` passes `--shard $SLURM_ARRAY_TASK_ID/8`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Self { index: 0, count: 1 }
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (i, n) = s.split_once('/').ok_or_else(|| format!("'{s}': expected I/N, e.g. 0/4"))?;
+        let index: usize = i.trim().parse().map_err(|_| format!("'{s}': shard index '{i}' is not a number"))?;
+        let count: usize = n.trim().parse().map_err(|_| format!("'{s}': shard count '{n}' is not a number"))?;
+        if count == 0 || index >= count {
+            return Err(format!("'{s}': need 0 ≤ I < N (shards are numbered from 0)"));
+        }
+        Ok(Self { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl Shard {
+    /// The samples of `0..n` this shard owns: ⌊n·i/N⌋ .. ⌊n·(i+1)/N⌋.
+    pub fn range(&self, n: usize) -> Range<usize> {
+        let at = |i: usize| ((n as u128 * i as u128) / self.count as u128) as usize;
+        at(self.index)..at(self.index + 1)
+    }
+
+    pub fn is_whole(&self) -> bool {
+        self.count == 1
+    }
+}
+
+/// Rows per chunk so one chunk of `row_bytes`-byte rows stays within `budget_bytes`.
+pub fn chunk_rows(row_bytes: usize, budget_bytes: usize) -> usize {
+    (budget_bytes / row_bytes.max(1)).max(1)
+}
+
+/// Consecutive chunks of at most `size` covering `range`.
+pub fn chunks(range: Range<usize>, size: usize) -> impl Iterator<Item = Range<usize>> {
+    let size = size.max(1);
+    let end = range.end;
+    (range.start..end).step_by(size).map(move |s| s..(s + size).min(end))
+}
+
+/// Joins per-shard results given as (shard, rows) into the whole, checking that the
+/// shards are exactly 0..N of one split of `n` samples.
+pub fn merge_shards<T: Clone>(n: usize, mut parts: Vec<(Shard, Vec<T>)>, row_len: usize) -> Result<Vec<T>> {
+    if parts.is_empty() {
+        bail!("no shard outputs to merge");
+    }
+    let count = parts[0].0.count;
+    parts.sort_by_key(|(s, _)| s.index);
+    for (k, (s, data)) in parts.iter().enumerate() {
+        if s.count != count {
+            bail!("shard {s} belongs to a split into {} parts, others to {count}", s.count);
+        }
+        if s.index != k {
+            bail!("shard {k}/{count} is missing (or shard {s} is given twice)");
+        }
+        if data.len() != s.range(n).len() * row_len {
+            bail!("shard {s} holds {} rows but should hold {}", data.len() / row_len.max(1), s.range(n).len());
+        }
+    }
+    if parts.len() != count {
+        bail!("only {} of {count} shards given", parts.len());
+    }
+    Ok(parts.into_iter().flat_map(|(_, d)| d).collect())
+}
+
+/// A progress bar on stderr for `total` units, drawn only when stderr is a terminal
+/// and `enabled` (commands pass false under --json).
+pub fn progress(total: u64, message: &str, enabled: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !enabled || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    bar.set_message(message.to_string());
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_partition_the_samples() {
+        for n in [0, 1, 7, 100, 1001] {
+            for count in 1..9 {
+                let mut next = 0;
+                for index in 0..count {
+                    let r = Shard { index, count }.range(n);
+                    assert_eq!(r.start, next);
+                    next = r.end;
+                }
+                assert_eq!(next, n);
+            }
+        }
+    }
+
+    #[test]
+    fn shard_parsing_rejects_bad_input() {
+        assert_eq!("2/4".parse::<Shard>().unwrap(), Shard { index: 2, count: 4 });
+        assert!("4/4".parse::<Shard>().is_err());
+        assert!("1/0".parse::<Shard>().is_err());
+        assert!("x/3".parse::<Shard>().is_err());
+    }
+
+    #[test]
+    fn chunks_cover_the_range() {
+        let c: Vec<_> = chunks(3..11, 3).collect();
+        assert_eq!(c, vec![3..6, 6..9, 9..11]);
+    }
+
+    #[test]
+    fn merge_checks_completeness() {
+        let n = 10;
+        let parts: Vec<(Shard, Vec<usize>)> =
+            (0..3).rev().map(|i| { let s = Shard { index: i, count: 3 }; (s, s.range(n).collect()) }).collect();
+        assert_eq!(merge_shards(n, parts.clone(), 1).unwrap(), (0..10).collect::<Vec<_>>());
+        assert!(merge_shards(n, parts[1..].to_vec(), 1).is_err());
+    }
+}

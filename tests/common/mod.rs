@@ -1,0 +1,69 @@
+#![allow(dead_code)]
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn rote(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rote")).args(args).env("ROTE_DISABLE_CUDA", "1").output().expect("run rote")
+}
+
+/// Runs rote and returns stdout, failing the test with stderr when it exits non-zero.
+pub fn rote_ok(args: &[&str]) -> String {
+    let out = rote(args);
+    assert!(out.status.success(), "rote {:?} failed:\n{}", args, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs rote expecting failure; returns stderr.
+pub fn rote_err(args: &[&str]) -> String {
+    let out = rote(args);
+    assert!(!out.status.success(), "rote {:?} should have failed but printed:\n{}", args, String::from_utf8_lossy(&out.stdout));
+    String::from_utf8(out.stderr).unwrap()
+}
+
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+pub fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A .npy file written byte by byte from the format specification (independent of
+/// rote's own writer): magic, version 1.0, header length, dict padded with spaces to a
+/// multiple of 16 bytes, newline, data.
+pub fn raw_npy(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
+    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}", if fortran { "True" } else { "False" });
+    while (10 + dict.len() + 1) % 16 != 0 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+pub fn i64_bytes(v: &[i64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// A small valid dataset directory: `n` samples of `d` float32 features, labels i % 3.
+pub fn write_dataset(dir: &Path, n: usize, d: usize) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let x: Vec<f32> = (0..n * d).map(|i| (i as f32 * 0.37).sin()).collect();
+    let y: Vec<i64> = (0..n as i64).map(|i| i % 3).collect();
+    std::fs::write(dir.join("x.npy"), raw_npy("<f4", false, &format!("({n}, {d})"), &f32_bytes(&x))).unwrap();
+    std::fs::write(dir.join("y.npy"), raw_npy("<i8", false, &format!("({n},)"), &i64_bytes(&y))).unwrap();
+    dir.to_path_buf()
+}

@@ -1,0 +1,135 @@
+//! CPU↔GPU agreement. Each test runs on CUDA device 0 when one is usable, and
+//! otherwise skips with a message; scripts/gpu-check.sh sets ROTE_REQUIRE_GPU=1, which
+//! turns a missing GPU into a failure.
+
+use rote::data::{self, Array, DType};
+use rote::device::cuda::CudaBackend;
+use rote::device::{Backend, Device, DeviceRequest};
+use rote::rng::{philox4x32_10, Distribution, Philox};
+use std::sync::Arc;
+
+fn gpu(test: &str) -> Option<Arc<CudaBackend>> {
+    let required = std::env::var("ROTE_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    match DeviceRequest::Auto.resolve().unwrap() {
+        Device::Cuda(i) => Some(Arc::new(CudaBackend::new(i).expect("open CUDA device"))),
+        Device::Cpu => {
+            let why = rote::device::cuda::probe().unavailable.clone().unwrap_or_else(|| "kernels unavailable".into());
+            assert!(!required, "{test}: ROTE_REQUIRE_GPU=1 but no usable GPU: {why}");
+            eprintln!("SKIPPED {test}: no usable CUDA device ({why})");
+            None
+        }
+    }
+}
+
+/// Prints one summary line that scripts/gpu-check.sh collects.
+fn summary(kernel: &str, max_err: f64, seconds: f64) {
+    println!("\nGPU-CHECK kernel={kernel} max_err={max_err:.3e} seconds={seconds:.4}");
+}
+
+#[test]
+fn philox_known_answers_on_gpu() {
+    let Some(g) = gpu("philox_known_answers_on_gpu") else { return };
+    let cases: [([u32; 4], [u32; 2], [u32; 4]); 3] = [
+        ([0, 0, 0, 0], [0, 0], [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]),
+        ([u32::MAX; 4], [u32::MAX; 2], [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]),
+        (
+            [0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344],
+            [0xa4093822, 0x299f31d0],
+            [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1],
+        ),
+    ];
+    for (ctr, key, want) in cases {
+        let rng = Philox::new(key[0] as u64 | (key[1] as u64) << 32, ctr[2] as u64 | (ctr[3] as u64) << 32);
+        let mut out = [0u32; 4];
+        g.fill_blocks(rng, ctr[0] as u64 | (ctr[1] as u64) << 32, &mut out).unwrap();
+        assert_eq!(out, want);
+        assert_eq!(philox4x32_10(ctr, key), want);
+    }
+    summary("philox_fill_blocks (known answers)", 0.0, 0.0);
+}
+
+#[test]
+fn philox_streams_agree_bit_for_bit() {
+    let Some(g) = gpu("philox_streams_agree_bit_for_bit") else { return };
+    let backend = Backend::Cuda(g.clone());
+    let n = 1 << 20;
+    for (seed, stream, start) in [(0u64, 0u64, 0u64), (12345, 7, 999_983), (u64::MAX, 3, (1u64 << 34) + 5)] {
+        let rng = Philox::new(seed, stream);
+        let mut cpu_words = vec![0u32; n];
+        let mut gpu_words = vec![0u32; n];
+        Backend::Cpu.fill_words(rng, start, &mut cpu_words).unwrap();
+        backend.fill_words(rng, start, &mut gpu_words).unwrap();
+        assert_eq!(cpu_words, gpu_words, "words differ for seed {seed}");
+        for dist in [Distribution::Uniform, Distribution::Sign] {
+            let mut c = vec![0f32; n];
+            let mut d = vec![0f32; n];
+            Backend::Cpu.fill_random(dist, rng, start, &mut c).unwrap();
+            let t0 = std::time::Instant::now();
+            backend.fill_random(dist, rng, start, &mut d).unwrap();
+            let secs = t0.elapsed().as_secs_f64();
+            assert!(c.iter().zip(&d).all(|(a, b)| a.to_bits() == b.to_bits()), "{dist:?} differs");
+            summary(&format!("philox_fill_{dist:?} (1M, bitwise)"), 0.0, secs);
+        }
+    }
+}
+
+#[test]
+fn philox_normals_agree_within_one_ulp() {
+    let Some(g) = gpu("philox_normals_agree_within_one_ulp") else { return };
+    let n = 1 << 22;
+    let rng = Philox::new(2024, 11);
+    let mut c = vec![0f32; n];
+    let mut d = vec![0f32; n];
+    Backend::Cpu.fill_random(Distribution::Normal, rng, 17, &mut c).unwrap();
+    let t0 = std::time::Instant::now();
+    g.fill_random(Distribution::Normal, rng, 17, &mut d).unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    let mut max_ulps = 0i64;
+    let mut exact = 0usize;
+    let mut max_err = 0f64;
+    for (a, b) in c.iter().zip(&d) {
+        let ulps = (a.to_bits() as i32 as i64 - b.to_bits() as i32 as i64).abs();
+        max_ulps = max_ulps.max(ulps);
+        exact += (ulps == 0) as usize;
+        max_err = max_err.max((a - b).abs() as f64);
+    }
+    println!("normals: {exact} of {n} bit-identical, max {max_ulps} ulp apart");
+    assert!(max_ulps <= 1, "normals differ by {max_ulps} ulp");
+    assert!(exact as f64 >= 0.9999 * n as f64);
+    summary("philox_fill_normal (4M)", max_err, secs);
+}
+
+fn reference_sq_norms(x: &Array) -> Vec<f64> {
+    x.to_f32().chunks(x.row_len()).map(|r| r.iter().map(|&t| (t as f64).powi(2)).sum()).collect()
+}
+
+#[test]
+fn row_norms_agree_across_dtypes_and_chunkings() {
+    let Some(g) = gpu("row_norms_agree_across_dtypes_and_chunkings") else { return };
+    let ds = data::open("blobs:n=20000,dim=784,centers=10,seed=1").unwrap();
+    let f32x = ds.train.x.clone();
+    let f16: Vec<half::f16> = f32x.to_f32().iter().map(|&v| half::f16::from_f32(v)).collect();
+    let f16x = Array::from_bytes(DType::F16, f32x.shape.clone(), bytemuck::cast_slice(&f16), "f16");
+    let u8x = Array::from_u8(vec![20000, 784], &(0..20000 * 784).map(|i| (i * 13 % 251) as u8).collect::<Vec<_>>(), "u8");
+    for x in [&f32x, &f16x, &u8x] {
+        let want = reference_sq_norms(x);
+        let cpu = Backend::Cpu.row_sq_norms(x, 0..x.rows(), &|_| {}).unwrap();
+        // Small chunks force many double-buffered rounds and a partial last chunk.
+        for chunk in [7usize, 1000, 1 << 20] {
+            let range = 13..x.rows() - 5;
+            let t0 = std::time::Instant::now();
+            let got = g.row_sq_norms(x, range.clone(), chunk, &|_| {}).unwrap();
+            let secs = t0.elapsed().as_secs_f64();
+            let mut max_rel = 0f64;
+            for (k, v) in got.iter().enumerate() {
+                let w = want[range.start + k];
+                let rel = (*v as f64 - w).abs() / w.max(1.0);
+                max_rel = max_rel.max(rel);
+                let c = cpu[range.start + k] as f64;
+                assert!((*v as f64 - c).abs() / c.max(1.0) < 2e-5, "GPU {v} vs CPU {c}");
+            }
+            assert!(max_rel < 1e-5, "{:?} chunk {chunk}: max relative error {max_rel}", x.dtype);
+            summary(&format!("row_sq_norms_{:?} chunk={chunk}", x.dtype), max_rel, secs);
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The scheduler end to end: chunked norms equal a float64 reference, and shard
+//! outputs merged with `rote merge` equal one whole run.
+
+mod common;
+use common::*;
+use rote::data::{self, Array};
+use rote::device::Backend;
+
+fn reference_norms(x: &Array) -> Vec<f64> {
+    let v = x.to_f32();
+    v.chunks(x.row_len()).map(|r| r.iter().map(|&t| (t as f64) * (t as f64)).sum::<f64>()).collect()
+}
+
+#[test]
+fn cpu_norms_match_float64_for_every_dtype() {
+    let ds = data::open("blobs:n=3000,dim=300,centers=4,seed=9").unwrap();
+    let f32x = ds.train.x.clone();
+    let f16: Vec<half::f16> = f32x.to_f32().iter().map(|&v| half::f16::from_f32(v)).collect();
+    let f16x = Array::from_bytes(data::DType::F16, f32x.shape.clone(), bytemuck::cast_slice(&f16), "f16");
+    let u8x = Array::from_u8(vec![3000, 300], &(0..900_000).map(|i| (i * 7 % 256) as u8).collect::<Vec<_>>(), "u8");
+    for x in [&f32x, &f16x, &u8x] {
+        let want = reference_norms(x);
+        let got = Backend::Cpu.row_sq_norms(x, 0..x.rows(), &|_| {}).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!(((*g as f64) - w).abs() <= 1e-5 * w.max(1.0), "{:?}: {g} vs {w}", x.dtype);
+        }
+    }
+}
+
+#[test]
+fn sharded_norms_merge_to_the_single_run() {
+    let dir = tempdir();
+    let whole = dir.path().join("whole.npy");
+    rote_ok(&["data", "norms", "digits", "--device", "cpu", "--out", p(&whole)]);
+    let mut parts = vec![];
+    for i in [2, 0, 1] {
+        let part = dir.path().join(format!("part{i}.npy"));
+        rote_ok(&["data", "norms", "digits", "--device", "cpu", "--shard", &format!("{i}/3"), "--out", p(&part)]);
+        parts.push(part);
+    }
+    let merged = dir.path().join("merged.npy");
+    let mut args = vec!["merge", "--out", p(&merged)];
+    args.extend(parts.iter().map(|x| p(x)));
+    rote_ok(&args);
+    assert_eq!(std::fs::read(&whole).unwrap(), std::fs::read(&merged).unwrap());
+    // A missing shard is an error, not a short result.
+    let err = rote_err(&["merge", "--out", p(&dir.path().join("m2.npy")), p(&parts[0]), p(&parts[1])]);
+    assert!(err.contains("missing") || err.contains("only 2 of 3"), "{err}");
+    // Norms of digits from the file equal the float64 reference.
+    let arr = Array::open_npy(&whole).unwrap().to_f32();
+    let want = reference_norms(&data::open("digits").unwrap().train.x);
+    for (g, w) in arr.iter().zip(&want) {
+        assert!((*g as f64 - w.sqrt()).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn rng_command_prints_the_library_stream() {
+    let out = rote_ok(&["rng", "--seed", "42", "--stream", "3", "--start", "1000", "--count", "5", "--dist", "normal", "--device", "cpu", "--json"]);
+    let v = json(&out);
+    let rng = rote::rng::Philox::new(42, 3);
+    for (i, got) in v["values"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(got.as_f64().unwrap() as f32, rng.normal(1000 + i as u64));
+    }
+    assert_eq!(v["device"], "cpu");
+}
+
+#[test]
+fn device_listing_never_fails_without_a_gpu() {
+    let v = json(&rote_ok(&["device", "--json"]));
+    assert_eq!(v["auto"], "cpu");
+    assert!(v["cuda"]["unavailable"].is_string());
+    // Asking for CUDA explicitly says why it cannot be had.
+    let err = rote_err(&["rng", "--device", "cuda"]);
+    assert!(err.contains("no usable CUDA device"), "{err}");
+}
