@@ -2,6 +2,7 @@
 //! NVIDIA GPUs. See README.md for the commands and ALGORITHMS.md for the math.
 
 pub mod bench;
+pub mod construct;
 pub mod data;
 pub mod device;
 pub mod report;

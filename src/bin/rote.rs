@@ -29,6 +29,19 @@ enum Command {
     Data(DataCommand),
     /// Draw numbers from the Philox4x32-10 stream (identical on CPU and GPU).
     Rng(RngArgs),
+    /// Build a three-layer threshold network that interpolates the training data.
+    Construct(ConstructArgs),
+    /// Accuracy of a saved constructed network on a dataset.
+    Predict {
+        #[arg(long)]
+        net: PathBuf,
+        #[arg(long)]
+        data: String,
+        #[command(flatten)]
+        device: DeviceArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// Time workloads on the CPU and every usable GPU, side by side.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -139,6 +152,41 @@ struct DeviceArg {
 }
 
 #[derive(Args)]
+struct ConstructArgs {
+    #[arg(long)]
+    data: String,
+    /// First-layer width n.
+    #[arg(long)]
+    width: usize,
+    /// λ: biases are uniform in [−λ, λ].
+    #[arg(long)]
+    max_bias: f32,
+    #[arg(long, value_enum, default_value = "threshold")]
+    activation: rote::construct::Activation,
+    /// The class the network outputs 1 on (X⁻); the rest is X⁺.
+    #[arg(long, conflicts_with = "one_vs_rest")]
+    positive_class: Option<i64>,
+    /// One covering layer per class (the default for more than two classes).
+    #[arg(long)]
+    one_vs_rest: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Do not rescale inputs to max norm 1 (the paper's preprocessing) first.
+    #[arg(long)]
+    no_scale: bool,
+    #[command(flatten)]
+    device: DeviceArg,
+    /// Save the network (safetensors).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// For 2-D data: draw each layer-2 neuron's region and the training points.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct NormsArgs {
     spec: String,
     #[arg(long, value_enum, default_value = "train")]
@@ -204,6 +252,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Data(DataCommand::Norms(args)) => norms_cmd(args),
         Command::Rng(args) => rng_cmd(args),
         Command::Merge { parts, out, json } => merge_cmd(&parts, &out, json),
+        Command::Construct(args) => construct_cmd(args),
+        Command::Predict { net, data, device, json } => predict_cmd(&net, &data, device.device, json),
         Command::Bench(BenchCommand::Frame { scale, repeats, device, json }) => {
             let mut backends = vec![Backend::Cpu];
             if device != DeviceRequest::Cpu {
@@ -448,6 +498,85 @@ fn rng_cmd(args: RngArgs) -> Result<()> {
         for v in &values {
             println!("{v}");
         }
+    }
+    Ok(())
+}
+
+fn construct_cmd(args: ConstructArgs) -> Result<()> {
+    use rote::construct::{self, FitConfig, Target};
+    let ds = data::open(&args.data)?;
+    let target = if args.one_vs_rest {
+        Target::OneVsRest
+    } else if args.positive_class.is_some() || ds.classes() == 2 {
+        Target::Binary { positive: args.positive_class }
+    } else {
+        Target::OneVsRest
+    };
+    let cfg = FitConfig {
+        width: args.width,
+        max_bias: args.max_bias,
+        activation: args.activation,
+        seed: args.seed,
+        target,
+        scale_to_unit_norm: !args.no_scale,
+    };
+    construct::validate_config(&cfg)?;
+    let backend = open_device(args.device.device)?;
+    if args.activation == construct::Activation::Relu && !matches!(backend, Backend::Cpu) {
+        eprintln!("note: the ReLU variant runs on the CPU");
+    }
+    let (net, report) = construct::fit(&ds, &cfg, &backend)?;
+    if let Some(out) = &args.out {
+        construct::io::save(&net, out)?;
+        // The saved file must reproduce the training accuracy exactly.
+        let loaded = construct::io::load(out)?;
+        let again = loaded.accuracy(&ds.train, &backend)?;
+        if again != report.train_accuracy {
+            bail!("internal error: the saved network scores {again} on the training data, the fit {}", report.train_accuracy);
+        }
+    }
+    if let Some(plot) = &args.plot {
+        construct::plot::decision_regions(&net, &ds, plot)?;
+    }
+    if args.json {
+        print_json(&serde_json::to_value(&report)?);
+    } else {
+        println!(
+            "{}: {} (train accuracy {:.4}{}), n = {}, k = {} {:?}, {} parameters, {:.3} s on {}",
+            ds.meta.name,
+            if report.interpolated { "interpolated" } else { "did not interpolate" },
+            report.train_accuracy,
+            report.test_accuracy.map(|t| format!(", test accuracy {t:.4}")).unwrap_or_default(),
+            report.first_width,
+            report.second_width,
+            report.second_widths,
+            report.parameters,
+            report.fit_seconds,
+            report.device
+        );
+        if report.conflicts > 0 {
+            println!("note: {} distinct inputs occur with more than one label; no network can interpolate them", report.conflicts);
+        }
+        if let Some(out) = &args.out {
+            println!("saved to {}", out.display());
+        }
+    }
+    Ok(())
+}
+
+fn predict_cmd(net: &Path, spec: &str, device: DeviceRequest, json: bool) -> Result<()> {
+    let network = rote::construct::io::load(net)?;
+    let ds = data::open(spec)?;
+    if ds.train.features() != network.layer1.dim {
+        bail!("{} expects {} input features but '{spec}' has {}", net.display(), network.layer1.dim, ds.train.features());
+    }
+    let backend = open_device(device)?;
+    let train = network.accuracy(&ds.train, &backend)?;
+    let test = ds.test.as_ref().map(|t| network.accuracy(t, &backend)).transpose()?;
+    if json {
+        print_json(&serde_json::json!({ "train_accuracy": train, "test_accuracy": test, "samples": ds.train.len(), "device": backend.device() }));
+    } else {
+        println!("train accuracy {train:.4}{}", test.map(|t| format!(", test accuracy {t:.4}")).unwrap_or_default());
     }
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! cudarc, loaded dynamically, so the binary runs where no CUDA is installed).
 
 pub mod cuda;
+mod cuda_construct;
+pub use cuda_construct::GpuScanner;
 
 use anyhow::{bail, Result};
 use std::fmt;

@@ -1,0 +1,218 @@
+//! Layer 2: the randomized greedy covering of X⁻ (ALGORITHMS.md §1), batched.
+//!
+//! The candidate order is a random permutation of X⁻ fixed up front. Walking it, a
+//! candidate still uncovered is "picked"; its m = min over X⁺ of s(x) does not depend
+//! on the state, so m is computed for a batch of upcoming candidates at once (on the
+//! CPU or the GPU), and the batch is then accepted or skipped in order exactly as the
+//! one-at-a-time loop would: a candidate covered by a neuron accepted earlier in the
+//! same batch is skipped. The result is identical to the sequential algorithm.
+
+use super::layer1::Bits;
+use anyhow::Result;
+use rayon::prelude::*;
+
+/// One layer-2 neuron ψ(x) = H(m − s(x)), s(x) = ⟨mask, φ(x)⟩.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Neuron {
+    /// The units OFF at the candidate (over the layer's width), as bits.
+    pub mask: Vec<u64>,
+    /// m: the neuron fires when s(x) < m.
+    pub threshold: f32,
+}
+
+/// The result of covering one class's X⁻.
+#[derive(Clone, Debug)]
+pub struct Cover {
+    pub neurons: Vec<Neuron>,
+    /// X⁻ points left uncovered (0 means this class is interpolated).
+    pub uncovered: usize,
+    /// Candidates picked (reached while still uncovered).
+    pub picked: usize,
+}
+
+/// The two scans the covering needs; implemented by the CPU and the CUDA backend.
+pub trait CoverScanner {
+    /// For each of `count` masks (each `used_words` long, concatenated): the minimum
+    /// over X⁺ rows of popcount(mask ∧ φ(row)).
+    fn min_over_positives(&mut self, masks: &[u64], count: usize) -> Result<Vec<u32>>;
+    /// Marks `covered[i] = 1` for X⁻ row i when some neuron (mask_k, m_k) has
+    /// popcount(mask_k ∧ φ(row)) < m_k.
+    fn mark_covered(&mut self, masks: &[u64], thresholds: &[u32], covered: &mut [u8]) -> Result<()>;
+}
+
+#[inline]
+pub fn masked_popcount(mask: &[u64], row: &[u64]) -> u32 {
+    mask.iter().zip(row).map(|(a, b)| (a & b).count_ones()).sum()
+}
+
+/// ¬φ(candidate) restricted to the first `units` units.
+pub fn off_mask(row: &[u64], units: usize) -> Vec<u64> {
+    let used = units.div_ceil(64);
+    let mut m: Vec<u64> = row[..used].iter().map(|w| !w).collect();
+    if units % 64 != 0 {
+        m[used - 1] &= (1u64 << (units % 64)) - 1;
+    }
+    m
+}
+
+/// Covers X⁻ (`neg`, rows of `bits`) using the first `units` units, walking `order`
+/// (a permutation of 0..neg.len()). `batch` is the first batch size; it doubles after
+/// batches without acceptances (wasted work only, never a different result).
+pub fn greedy_cover(
+    bits: &Bits,
+    units: usize,
+    neg: &[u32],
+    order: &[u32],
+    scanner: &mut dyn CoverScanner,
+    batch: usize,
+    max_batch: usize,
+) -> Result<Cover> {
+    let used = units.div_ceil(64);
+    let mut covered = vec![0u8; neg.len()];
+    let mut uncovered = neg.len();
+    let mut next = 0;
+    let mut neurons = Vec::new();
+    let mut picked = 0;
+    let mut size = batch.max(1);
+    while uncovered > 0 && next < order.len() {
+        let mut cands = Vec::with_capacity(size);
+        while cands.len() < size && next < order.len() {
+            let c = order[next] as usize;
+            next += 1;
+            if covered[c] == 0 {
+                cands.push(c);
+            }
+        }
+        if cands.is_empty() {
+            break;
+        }
+        let masks: Vec<u64> = cands.iter().flat_map(|&c| off_mask(bits.row(neg[c] as usize), units)).collect();
+        let mins = scanner.min_over_positives(&masks, cands.len())?;
+        let mut acc_masks: Vec<u64> = Vec::new();
+        let mut acc_thresholds: Vec<u32> = Vec::new();
+        for (t, &c) in cands.iter().enumerate() {
+            let row = &bits.row(neg[c] as usize)[..used];
+            let already = acc_thresholds
+                .iter()
+                .enumerate()
+                .any(|(k, &m)| masked_popcount(&acc_masks[k * used..(k + 1) * used], row) < m);
+            if already {
+                continue;
+            }
+            picked += 1;
+            if mins[t] > 0 {
+                acc_masks.extend_from_slice(&masks[t * used..(t + 1) * used]);
+                acc_thresholds.push(mins[t]);
+            }
+        }
+        if acc_thresholds.is_empty() {
+            size = (size * 2).min(max_batch.max(1));
+            continue;
+        }
+        size = batch.max(1);
+        scanner.mark_covered(&acc_masks, &acc_thresholds, &mut covered)?;
+        uncovered = covered.iter().filter(|&&c| c == 0).count();
+        for (k, &m) in acc_thresholds.iter().enumerate() {
+            neurons.push(Neuron { mask: acc_masks[k * used..(k + 1) * used].to_vec(), threshold: m as f32 });
+        }
+    }
+    if neurons.is_empty() {
+        // A neuron that never fires keeps the OR layer well defined.
+        neurons.push(Neuron { mask: vec![0; used], threshold: 0.0 });
+    }
+    Ok(Cover { neurons, uncovered, picked })
+}
+
+/// The CPU scanner: threads over candidates (min scan, stopping at 0) and over X⁻ rows.
+pub struct CpuScanner<'a> {
+    pub bits: &'a Bits,
+    pub units: usize,
+    pub pos: &'a [u32],
+    pub neg: &'a [u32],
+}
+
+impl CoverScanner for CpuScanner<'_> {
+    fn min_over_positives(&mut self, masks: &[u64], count: usize) -> Result<Vec<u32>> {
+        let used = self.units.div_ceil(64);
+        let scan = |k: usize| {
+            let mask = &masks[k * used..(k + 1) * used];
+            let mut best = u32::MAX;
+            for &p in self.pos {
+                best = best.min(masked_popcount(mask, &self.bits.row(p as usize)[..used]));
+                if best == 0 {
+                    break;
+                }
+            }
+            best
+        };
+        let work = count * self.pos.len() * used;
+        Ok(if work < 1 << 16 { (0..count).map(scan).collect() } else { (0..count).into_par_iter().map(scan).collect() })
+    }
+
+    fn mark_covered(&mut self, masks: &[u64], thresholds: &[u32], covered: &mut [u8]) -> Result<()> {
+        let used = self.units.div_ceil(64);
+        let mark = |(i, c): (usize, &mut u8)| {
+            if *c == 0 {
+                let row = &self.bits.row(self.neg[i] as usize)[..used];
+                if thresholds.iter().enumerate().any(|(k, &m)| masked_popcount(&masks[k * used..(k + 1) * used], row) < m) {
+                    *c = 1;
+                }
+            }
+        };
+        if covered.len() * thresholds.len() * used < 1 << 16 {
+            covered.iter_mut().enumerate().for_each(mark);
+        } else {
+            covered.par_iter_mut().enumerate().for_each(mark);
+        }
+        Ok(())
+    }
+}
+
+/// s(x) of the ReLU variant: Σ over masked units of the real-valued features, summed
+/// in unit order (the same code evaluates saved networks).
+#[inline]
+pub fn relu_score(mask: &[u64], feats: &[f32]) -> f32 {
+    let mut s = 0f32;
+    for (w, &word) in mask.iter().enumerate() {
+        let mut bitsleft = word;
+        while bitsleft != 0 {
+            let j = bitsleft.trailing_zeros() as usize;
+            s += feats[w * 64 + j];
+            bitsleft &= bitsleft - 1;
+        }
+    }
+    s
+}
+
+/// The ReLU variant's covering (CPU): the same walk with real-valued s.
+pub fn greedy_cover_relu(bits: &Bits, feats: &[f32], units: usize, pos: &[u32], neg: &[u32], order: &[u32]) -> Cover {
+    let mut covered = vec![false; neg.len()];
+    let mut uncovered = neg.len();
+    let mut neurons = Vec::new();
+    let mut picked = 0;
+    let row = |r: u32| &feats[r as usize * units..(r as usize + 1) * units];
+    for &c in order {
+        if uncovered == 0 {
+            break;
+        }
+        if covered[c as usize] {
+            continue;
+        }
+        picked += 1;
+        let mask = off_mask(bits.row(neg[c as usize] as usize), units);
+        let m = pos.par_iter().map(|&p| relu_score(&mask, row(p))).reduce(|| f32::INFINITY, f32::min);
+        if m > 0.0 {
+            covered.par_iter_mut().enumerate().for_each(|(i, cv)| {
+                if !*cv && relu_score(&mask, row(neg[i])) < m {
+                    *cv = true;
+                }
+            });
+            uncovered = covered.iter().filter(|&&c| !c).count();
+            neurons.push(Neuron { mask, threshold: m });
+        }
+    }
+    if neurons.is_empty() {
+        neurons.push(Neuron { mask: vec![0; units.div_ceil(64)], threshold: 0.0 });
+    }
+    Cover { neurons, uncovered, picked }
+}

@@ -1,0 +1,163 @@
+//! Layer 1: random hyperplanes. W_jl ~ N(0, 1), b_j ~ U[−λ, λ], φ(x) = H(Wx + b) as bits.
+//!
+//! Randomness is keyed by unit index, so the first n units of a width-N layer are the
+//! width-n layer (sweeps reuse one product across widths), and b_j = λ·v_j with v_j
+//! fixed per seed (sweeps reuse it across λ).
+//!
+//! Signs are exact: a float32 product decides every entry whose |z| clears the
+//! rounding-error bound; the rest are recomputed in float64 (see kernels/construct.cu).
+
+use crate::rng::Philox;
+use rayon::prelude::*;
+
+const STREAM_WEIGHTS: u64 = 0x5731;
+const STREAM_BIASES: u64 = 0xB1A5;
+
+/// Row-major bit matrix: `rows` × `words` u64, unit j of row r is bit j%64 of word j/64.
+/// Bits beyond the layer's width are zero.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bits {
+    pub rows: usize,
+    pub words: usize,
+    pub data: Vec<u64>,
+}
+
+impl Bits {
+    pub fn zeros(rows: usize, units: usize) -> Self {
+        let words = units.div_ceil(64);
+        Self { rows, words, data: vec![0; rows * words] }
+    }
+
+    #[inline]
+    pub fn row(&self, r: usize) -> &[u64] {
+        &self.data[r * self.words..(r + 1) * self.words]
+    }
+
+    #[inline]
+    pub fn get(&self, r: usize, j: usize) -> bool {
+        (self.data[r * self.words + j / 64] >> (j % 64)) & 1 == 1
+    }
+}
+
+/// The random first layer for `units` units on `dim`-dimensional inputs.
+#[derive(Clone, Debug)]
+pub struct Layer1 {
+    pub units: usize,
+    pub dim: usize,
+    /// (units, dim) row-major.
+    pub weight: Vec<f32>,
+    /// (units)
+    pub bias: Vec<f32>,
+}
+
+impl Layer1 {
+    /// W from Philox normals (unit j, input l at index j·dim + l); b_j = λ·(2u_j − 1).
+    pub fn random(seed: u64, units: usize, dim: usize, max_bias: f32) -> Self {
+        let mut weight = vec![0f32; units * dim];
+        Philox::new(seed, STREAM_WEIGHTS).fill_normal(0, &mut weight);
+        Self { units, dim, weight, bias: bias_directions(seed, units).iter().map(|v| max_bias * v).collect() }
+    }
+
+    /// The first `units` units.
+    pub fn prefix(&self, units: usize) -> Layer1 {
+        Layer1 { units, dim: self.dim, weight: self.weight[..units * self.dim].to_vec(), bias: self.bias[..units].to_vec() }
+    }
+
+    pub fn weight_norms(&self) -> Vec<f32> {
+        self.weight.chunks(self.dim).map(|w| crate::data::norms::sum_of_squares(w).sqrt()).collect()
+    }
+}
+
+/// v_j = 2u_j − 1 ∈ (−1, 1): the bias of unit j is λ·v_j.
+pub fn bias_directions(seed: u64, units: usize) -> Vec<f32> {
+    let mut u = vec![0f32; units];
+    Philox::new(seed, STREAM_BIASES).fill_uniform(0, &mut u);
+    u.iter().map(|&t| 2.0 * t - 1.0).collect()
+}
+
+/// Factor of (‖w‖‖x‖ + |b|) inside which a float32 z is recomputed: twice the bound
+/// γ_{d+2} ≤ (d+2)·2⁻²⁴/(1 − (d+2)·2⁻²⁴) on the rounding error of a length-d dot
+/// product plus one addition, in any summation order (FMA or not).
+pub fn margin_coef(dim: usize) -> f32 {
+    let k = (dim + 2) as f64 * 2f64.powi(-24);
+    (2.0 * k / (1.0 - k)) as f32
+}
+
+/// The exact sign: float64 sum in index order of exact float32 products, plus b.
+#[inline]
+pub fn exact_positive(x: &[f32], w: &[f32], b: f32) -> bool {
+    let mut z = 0f64;
+    for (a, c) in x.iter().zip(w) {
+        z += *a as f64 * *c as f64;
+    }
+    z + b as f64 > 0.0
+}
+
+/// Pre-activations z = X·Wᵀ (no bias) for a chunk of rows, float32.
+pub fn products(x: &[f32], rows: usize, layer: &Layer1, out: &mut [f32]) {
+    let (d, n) = (layer.dim, layer.units);
+    assert_eq!(out.len(), rows * n);
+    // SAFETY: shapes and strides describe the slices exactly.
+    unsafe {
+        matrixmultiply::sgemm(
+            rows, d, n, 1.0,
+            x.as_ptr(), d as isize, 1,
+            layer.weight.as_ptr(), 1, d as isize,
+            0.0, out.as_mut_ptr(), n as isize, 1,
+        );
+    }
+}
+
+const CHUNK_ROWS: usize = 256;
+
+/// φ(X) for all rows of `x` (row-major, `layer.dim` columns), exact bits. CPU twin of
+/// layer1_threshold_pack + layer1_fix.
+pub fn threshold_bits(x: &[f32], layer: &Layer1) -> Bits {
+    let (d, n) = (layer.dim, layer.units);
+    let rows = x.len() / d.max(1);
+    let mut bits = Bits::zeros(rows, n);
+    let words = bits.words;
+    let wnorm = layer.weight_norms();
+    let coef = margin_coef(d);
+    bits.data.par_chunks_mut(CHUNK_ROWS * words).enumerate().for_each(|(c, out)| {
+        let r0 = c * CHUNK_ROWS;
+        let nr = out.len() / words.max(1);
+        let xc = &x[r0 * d..(r0 + nr) * d];
+        let mut z = vec![0f32; nr * n];
+        products(xc, nr, layer, &mut z);
+        for r in 0..nr {
+            let xr = &xc[r * d..(r + 1) * d];
+            let xn = crate::data::norms::sum_of_squares(xr).sqrt();
+            let zr = &z[r * n..(r + 1) * n];
+            let orow = &mut out[r * words..(r + 1) * words];
+            for (j, &zj) in zr.iter().enumerate() {
+                let b = layer.bias[j];
+                let v = zj + b;
+                let margin = coef * (wnorm[j] * xn + b.abs());
+                let on = if v.abs() > margin { v > 0.0 } else { exact_positive(xr, &layer.weight[j * d..(j + 1) * d], b) };
+                orow[j / 64] |= (on as u64) << (j % 64);
+            }
+        }
+    });
+    bits
+}
+
+/// ReLU features max(0, Wx + b) (float32; zero exactly where the threshold bit is off),
+/// row-major (rows, units). The ReLU variant's layer 2 works on these.
+pub fn relu_features(x: &[f32], layer: &Layer1, bits: &Bits) -> Vec<f32> {
+    let (d, n) = (layer.dim, layer.units);
+    let rows = x.len() / d.max(1);
+    let mut out = vec![0f32; rows * n];
+    out.par_chunks_mut(CHUNK_ROWS * n).enumerate().for_each(|(c, o)| {
+        let r0 = c * CHUNK_ROWS;
+        let nr = o.len() / n.max(1);
+        products(&x[r0 * d..(r0 + nr) * d], nr, layer, o);
+        for r in 0..nr {
+            for j in 0..n {
+                let v = &mut o[r * n + j];
+                *v = if bits.get(r0 + r, j) { (*v + layer.bias[j]).max(f32::MIN_POSITIVE) } else { 0.0 };
+            }
+        }
+    });
+    out
+}

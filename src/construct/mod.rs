@@ -1,0 +1,376 @@
+//! Randomized construction of interpolating three-layer networks (Dirksen, Finke,
+//! Genzel; ALGORITHMS.md §1): random threshold hyperplanes, a greedy covering layer,
+//! an OR. Two-class data, one class against the rest, or one-vs-rest over all classes
+//! sharing one first layer.
+
+pub mod cover;
+pub mod io;
+pub mod layer1;
+pub mod plot;
+pub mod sweep;
+
+use crate::data::{Dataset, Split};
+use crate::device::Backend;
+use crate::rng::Philox;
+use anyhow::{bail, Result};
+use cover::{CoverScanner, Neuron};
+use layer1::{Bits, Layer1};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+const STREAM_ORDER: u64 = 0x0DE5;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Threshold,
+    Relu,
+}
+
+/// Which class(es) get a covering layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Two classes: the network outputs 1 on `positive` (default: the larger label).
+    Binary { positive: Option<i64> },
+    /// One covering layer per class, sharing layer 1.
+    OneVsRest,
+}
+
+#[derive(Clone, Debug)]
+pub struct FitConfig {
+    pub width: usize,
+    pub max_bias: f32,
+    pub activation: Activation,
+    pub seed: u64,
+    pub target: Target,
+    /// Multiply inputs by 1/max‖x‖ of the training split (the paper's preprocessing).
+    pub scale_to_unit_norm: bool,
+}
+
+/// The layer-2 neurons covering one class (the class the network outputs 1 on).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClassNet {
+    pub label: i64,
+    pub neurons: Vec<Neuron>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Network {
+    pub activation: Activation,
+    pub max_bias: f32,
+    pub seed: u64,
+    /// Inputs are multiplied by this before layer 1.
+    pub input_scale: f32,
+    pub sample_shape: Vec<usize>,
+    pub layer1: Layer1,
+    pub nets: Vec<ClassNet>,
+    /// For a single covering layer: the label predicted when it does not fire.
+    pub otherwise: Option<i64>,
+}
+
+impl Network {
+    pub fn first_width(&self) -> usize {
+        self.layer1.units
+    }
+
+    pub fn second_widths(&self) -> BTreeMap<i64, usize> {
+        self.nets.iter().map(|c| (c.label, c.neurons.len())).collect()
+    }
+
+    /// n(d+1) + Σ_c k_c(n+1) + (k_c+1).
+    pub fn parameters(&self) -> usize {
+        let (n, d) = (self.layer1.units, self.layer1.dim);
+        n * (d + 1) + self.nets.iter().map(|c| c.neurons.len() * (n + 1) + c.neurons.len() + 1).sum::<usize>()
+    }
+
+    /// Layer-1 features of (already scaled) inputs: bits, plus real values for ReLU.
+    pub fn features(&self, x: &[f32], backend: &Backend) -> Result<(Bits, Option<Vec<f32>>)> {
+        let bits = threshold_bits(backend, x, &self.layer1)?;
+        let relu = (self.activation == Activation::Relu).then(|| layer1::relu_features(x, &self.layer1, &bits));
+        Ok((bits, relu))
+    }
+
+    /// Per class, per row: max over neurons of m − s(x) (the neuron fires when > 0).
+    pub fn scores(&self, bits: &Bits, relu: Option<&[f32]>) -> Vec<Vec<f32>> {
+        use rayon::prelude::*;
+        let n = self.layer1.units;
+        self.nets
+            .iter()
+            .map(|net| {
+                (0..bits.rows)
+                    .into_par_iter()
+                    .map(|r| {
+                        net.neurons
+                            .iter()
+                            .map(|ne| {
+                                let s = match relu {
+                                    Some(f) => cover::relu_score(&ne.mask, &f[r * n..(r + 1) * n]),
+                                    None => cover::masked_popcount(&ne.mask, bits.row(r)) as f32,
+                                };
+                                ne.threshold - s
+                            })
+                            .fold(f32::NEG_INFINITY, f32::max)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Predicted labels. One covering layer: its label when it fires, else `otherwise`.
+    /// One-vs-rest: the class with the largest score (ties to the earlier class); on
+    /// training data only the true class's layer can fire.
+    pub fn predict_features(&self, bits: &Bits, relu: Option<&[f32]>) -> Vec<i64> {
+        let scores = self.scores(bits, relu);
+        (0..bits.rows)
+            .map(|r| match self.otherwise {
+                Some(other) => if scores[0][r] > 0.0 { self.nets[0].label } else { other },
+                None => {
+                    let mut best = 0;
+                    for c in 1..self.nets.len() {
+                        if scores[c][r] > scores[best][r] {
+                            best = c;
+                        }
+                    }
+                    self.nets[best].label
+                }
+            })
+            .collect()
+    }
+
+    /// Predictions for raw (unscaled) samples.
+    pub fn predict(&self, split: &Split, backend: &Backend) -> Result<Vec<i64>> {
+        let x = scaled(split, self.input_scale);
+        let (bits, relu) = self.features(&x, backend)?;
+        Ok(self.predict_features(&bits, relu.as_deref()))
+    }
+
+    /// The label each sample should get from this network (class vs rest collapses
+    /// other labels onto `otherwise`).
+    pub fn target_labels(&self, y: &[i64]) -> Vec<i64> {
+        match self.otherwise {
+            Some(other) => y.iter().map(|&l| if l == self.nets[0].label { l } else { other }).collect(),
+            None => y.to_vec(),
+        }
+    }
+
+    pub fn accuracy(&self, split: &Split, backend: &Backend) -> Result<f64> {
+        let pred = self.predict(split, backend)?;
+        Ok(accuracy(&pred, &self.target_labels(&split.y)))
+    }
+}
+
+pub fn accuracy(pred: &[i64], truth: &[i64]) -> f64 {
+    pred.iter().zip(truth).filter(|(a, b)| a == b).count() as f64 / truth.len().max(1) as f64
+}
+
+fn scaled(split: &Split, scale: f32) -> Vec<f32> {
+    let mut x = split.x.to_f32();
+    if scale != 1.0 {
+        x.iter_mut().for_each(|v| *v *= scale);
+    }
+    x
+}
+
+/// φ(X) on the given backend (identical bits on every backend).
+pub fn threshold_bits(backend: &Backend, x: &[f32], layer: &Layer1) -> Result<Bits> {
+    match backend {
+        Backend::Cpu => Ok(layer1::threshold_bits(x, layer)),
+        Backend::Cuda(c) => Ok(c.construct_layer1(x, layer)?.0),
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FitReport {
+    pub interpolated: bool,
+    pub train_accuracy: f64,
+    pub test_accuracy: Option<f64>,
+    pub first_width: usize,
+    pub second_width: usize,
+    pub second_widths: BTreeMap<i64, usize>,
+    pub parameters: usize,
+    pub fit_seconds: f64,
+    pub device: crate::device::Device,
+    pub activation: Activation,
+    pub max_bias: f32,
+    pub seed: u64,
+    pub samples: usize,
+    /// Training points of X⁻ no neuron covers, summed over classes.
+    pub uncovered: usize,
+    /// Distinct training inputs that occur with more than one label: no network
+    /// can interpolate those.
+    pub conflicts: usize,
+}
+
+/// The covering problems of a fit: (label that gets the layer, X⁻ rows, X⁺ rows).
+fn problems(train: &Split, target: Target) -> Result<(Vec<(i64, Vec<u32>, Vec<u32>)>, Option<i64>)> {
+    let counts = train.class_counts();
+    let labels: Vec<i64> = counts.keys().copied().collect();
+    let rows_where = |f: &dyn Fn(i64) -> bool| -> Vec<u32> { (0..train.len() as u32).filter(|&i| f(train.y[i as usize])).collect() };
+    match target {
+        Target::Binary { positive } => {
+            let c = match positive {
+                Some(c) => c,
+                None if labels.len() == 2 => labels[1],
+                None => bail!("the data has {} classes; pass --positive-class C or --one-vs-rest", labels.len()),
+            };
+            if !counts.contains_key(&c) {
+                bail!("class {c} has no training samples (classes present: {labels:?})");
+            }
+            let rest: Vec<i64> = labels.iter().copied().filter(|&l| l != c).collect();
+            if rest.is_empty() {
+                bail!("every training sample has class {c}: there is nothing to separate it from");
+            }
+            let other = if rest.len() == 1 { rest[0] } else { -1 };
+            Ok((vec![(c, rows_where(&|l| l == c), rows_where(&|l| l != c))], Some(other)))
+        }
+        Target::OneVsRest => {
+            if labels.len() < 2 {
+                bail!("one-vs-rest needs at least two classes, the data has {labels:?}");
+            }
+            Ok((labels.iter().map(|&c| (c, rows_where(&|l| l == c), rows_where(&|l| l != c))).collect(), None))
+        }
+    }
+}
+
+/// Number of distinct inputs that appear with more than one label.
+pub fn conflicts(x: &[f32], y: &[i64], dim: usize) -> usize {
+    let mut seen: std::collections::HashMap<&[u8], (i64, bool)> = std::collections::HashMap::new();
+    for (row, &label) in bytemuck::cast_slice::<f32, u8>(x).chunks(dim * 4).zip(y) {
+        let e = seen.entry(row).or_insert((label, false));
+        if e.0 != label {
+            e.1 = true;
+        }
+    }
+    seen.values().filter(|v| v.1).count()
+}
+
+/// The permutation of X⁻ candidates for class `label`.
+pub fn candidate_order(seed: u64, label: i64, count: usize) -> Vec<u32> {
+    Philox::new(seed, STREAM_ORDER ^ ((label as u64) << 16)).permutation(count)
+}
+
+pub fn validate_config(cfg: &FitConfig) -> Result<()> {
+    if cfg.width == 0 {
+        bail!("--width must be at least 1");
+    }
+    if !cfg.max_bias.is_finite() || cfg.max_bias < 0.0 {
+        bail!("--max-bias must be a finite number ≥ 0, got {}", cfg.max_bias);
+    }
+    Ok(())
+}
+
+/// Scale factor 1/max‖x‖ of a split (1 when all samples are zero).
+pub fn unit_norm_scale(x: &[f32], dim: usize) -> f32 {
+    let max = x.chunks(dim).map(crate::data::norms::sum_of_squares).fold(0f32, f32::max).sqrt();
+    if max > 0.0 { 1.0 / max } else { 1.0 }
+}
+
+/// Builds one network on `ds`'s training split and evaluates it.
+pub fn fit(ds: &Dataset, cfg: &FitConfig, backend: &Backend) -> Result<(Network, FitReport)> {
+    validate_config(cfg)?;
+    let train = &ds.train;
+    let dim = train.features();
+    let (problems, otherwise) = problems(train, cfg.target)?;
+    let raw = train.x.to_f32();
+    let input_scale = if cfg.scale_to_unit_norm { unit_norm_scale(&raw, dim) } else { 1.0 };
+    let x: Vec<f32> = raw.iter().map(|v| v * input_scale).collect();
+
+    let t0 = Instant::now();
+    let layer = Layer1::random(cfg.seed, cfg.width, dim, cfg.max_bias);
+    let mut nets = Vec::new();
+    let mut uncovered = 0;
+    let relu_feats;
+    match (cfg.activation, backend) {
+        (Activation::Threshold, Backend::Cuda(c)) => {
+            let (bits, dev_bits) = c.construct_layer1(&x, &layer)?;
+            for (label, neg, pos) in &problems {
+                let order = candidate_order(cfg.seed, *label, neg.len());
+                let mut scanner = c.cover_scanner(&dev_bits, bits.words, cfg.width, pos, neg)?;
+                let cov = cover::greedy_cover(&bits, cfg.width, neg, &order, &mut scanner, 64, 4096)?;
+                uncovered += cov.uncovered;
+                nets.push(ClassNet { label: *label, neurons: cov.neurons });
+            }
+            relu_feats = None;
+            finish(ds, cfg, backend, layer, nets, otherwise, input_scale, uncovered, t0, &x, Some(bits), relu_feats)
+        }
+        (Activation::Threshold, Backend::Cpu) => {
+            let bits = layer1::threshold_bits(&x, &layer);
+            for (label, neg, pos) in &problems {
+                let order = candidate_order(cfg.seed, *label, neg.len());
+                let mut scanner = cover::CpuScanner { bits: &bits, units: cfg.width, pos, neg };
+                let cov = cover::greedy_cover(&bits, cfg.width, neg, &order, &mut scanner as &mut dyn CoverScanner, 8, 256)?;
+                uncovered += cov.uncovered;
+                nets.push(ClassNet { label: *label, neurons: cov.neurons });
+            }
+            finish(ds, cfg, backend, layer, nets, otherwise, input_scale, uncovered, t0, &x, Some(bits), None)
+        }
+        (Activation::Relu, _) => {
+            // The ReLU variant works on real-valued features, on the CPU.
+            let bits = layer1::threshold_bits(&x, &layer);
+            let feats = layer1::relu_features(&x, &layer, &bits);
+            for (label, neg, pos) in &problems {
+                let order = candidate_order(cfg.seed, *label, neg.len());
+                let cov = cover::greedy_cover_relu(&bits, &feats, cfg.width, pos, neg, &order);
+                uncovered += cov.uncovered;
+                nets.push(ClassNet { label: *label, neurons: cov.neurons });
+            }
+            finish(ds, cfg, &Backend::Cpu, layer, nets, otherwise, input_scale, uncovered, t0, &x, Some(bits), Some(feats))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    ds: &Dataset,
+    cfg: &FitConfig,
+    backend: &Backend,
+    layer: Layer1,
+    nets: Vec<ClassNet>,
+    otherwise: Option<i64>,
+    input_scale: f32,
+    uncovered: usize,
+    t0: Instant,
+    x: &[f32],
+    bits: Option<Bits>,
+    relu: Option<Vec<f32>>,
+) -> Result<(Network, FitReport)> {
+    let fit_seconds = t0.elapsed().as_secs_f64();
+    let net = Network {
+        activation: cfg.activation,
+        max_bias: cfg.max_bias,
+        seed: cfg.seed,
+        input_scale,
+        sample_shape: ds.sample_shape().to_vec(),
+        layer1: layer,
+        nets,
+        otherwise,
+    };
+    // Re-verify by evaluating the finished network on the training set.
+    let bits = bits.expect("features");
+    let pred = net.predict_features(&bits, relu.as_deref());
+    let train_accuracy = accuracy(&pred, &net.target_labels(&ds.train.y));
+    let interpolated = train_accuracy == 1.0;
+    if interpolated != (uncovered == 0) {
+        bail!("internal error: the covering left {uncovered} points uncovered but the network's training accuracy is {train_accuracy}");
+    }
+    let test_accuracy = ds.test.as_ref().map(|t| net.accuracy(t, backend)).transpose()?;
+    let widths = net.second_widths();
+    let report = FitReport {
+        interpolated,
+        train_accuracy,
+        test_accuracy,
+        first_width: net.first_width(),
+        second_width: widths.values().sum(),
+        second_widths: widths,
+        parameters: net.parameters(),
+        fit_seconds,
+        device: backend.device(),
+        activation: cfg.activation,
+        max_bias: cfg.max_bias,
+        seed: cfg.seed,
+        samples: ds.train.len(),
+        uncovered,
+        conflicts: conflicts(x, &ds.train.y, ds.train.features()),
+    };
+    Ok((net, report))
+}

@@ -1,0 +1,2 @@
+//! Sweeps over (width, max bias, size, restart).
+pub fn placeholder() {}
