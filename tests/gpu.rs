@@ -133,3 +133,54 @@ fn row_norms_agree_across_dtypes_and_chunkings() {
         }
     }
 }
+
+#[test]
+fn construct_layer1_bits_identical() {
+    use rote::construct::layer1::{threshold_bits, Layer1};
+    let Some(g) = gpu("construct_layer1_bits_identical") else { return };
+    // Widths and row counts that are not multiples of the 64×64 tile; λ = 0 and zero
+    // rows exercise the exact fix-up path.
+    for (spec, width, lambda) in [
+        ("blobs:n=3001,dim=784,centers=10,seed=2", 1000, 0.5f32),
+        ("blobs:n=777,dim=33,centers=3,seed=3", 300, 0.0),
+        ("moons:n=5000,seed=4", 4099, 1.0),
+    ] {
+        let ds = data::open(spec).unwrap();
+        let d = ds.train.features();
+        let mut x = ds.train.x.to_f32();
+        let scale = rote::construct::unit_norm_scale(&x, d);
+        x.iter_mut().for_each(|v| *v *= scale);
+        x[..3 * d].iter_mut().for_each(|v| *v = 0.0);
+        let layer = Layer1::random(7, width, d, lambda);
+        let cpu = threshold_bits(&x, &layer);
+        let t0 = std::time::Instant::now();
+        let (gpu_bits, _) = g.construct_layer1(&x, &layer).unwrap();
+        let secs = t0.elapsed().as_secs_f64();
+        let differing = cpu.data.iter().zip(&gpu_bits.data).filter(|(a, b)| a != b).count();
+        assert_eq!(differing, 0, "{spec}: {differing} words differ");
+        summary(&format!("layer1_threshold_pack+fix {spec} n={width}"), 0.0, secs);
+    }
+}
+
+#[test]
+fn construct_networks_identical() {
+    use rote::construct::{self, Activation, FitConfig, Target};
+    let Some(g) = gpu("construct_networks_identical") else { return };
+    let cuda = Backend::Cuda(g);
+    for (spec, width, lambda, target) in [
+        ("moons:n=1000,noise=0.05,seed=0", 300, 0.5f32, Target::Binary { positive: None }),
+        ("moons:n=20000,noise=0.1,seed=1", 700, 0.3, Target::Binary { positive: None }),
+        ("digits", 300, 0.5, Target::OneVsRest),
+        ("blobs:n=4000,dim=20,centers=5,std=6,seed=2", 500, 1.0, Target::OneVsRest),
+    ] {
+        let ds = data::open(spec).unwrap();
+        for seed in 0..2 {
+            let cfg = FitConfig { width, max_bias: lambda, activation: Activation::Threshold, seed, target, scale_to_unit_norm: true };
+            let (a, ra) = construct::fit(&ds, &cfg, &Backend::Cpu).unwrap();
+            let (b, rb) = construct::fit(&ds, &cfg, &cuda).unwrap();
+            assert_eq!(a.nets, b.nets, "{spec} seed {seed}: networks differ");
+            assert_eq!(ra.train_accuracy, rb.train_accuracy);
+            summary(&format!("construct fit {spec} n={width} seed={seed} (cpu {:.4}s)", ra.fit_seconds), 0.0, rb.fit_seconds);
+        }
+    }
+}

@@ -42,6 +42,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Grids of many runs (resumable, one CSV row per trial).
+    #[command(subcommand)]
+    Sweep(SweepCommand),
     /// Time workloads on the CPU and every usable GPU, side by side.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -55,6 +58,44 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum SweepCommand {
+    /// Probability of interpolation and second-layer width over (width, max bias, size).
+    Construct(SweepConstructArgs),
+}
+
+#[derive(Args)]
+struct SweepConstructArgs {
+    #[arg(long)]
+    data: String,
+    /// First-layer widths: start:end:step (inclusive) or a list.
+    #[arg(long)]
+    widths: String,
+    /// Max biases λ: start:end:step (inclusive) or a list.
+    #[arg(long)]
+    max_biases: String,
+    /// Independent restarts (seeds first-seed .. first-seed + restarts − 1).
+    #[arg(long, default_value_t = 10)]
+    restarts: u64,
+    #[arg(long, default_value_t = 0)]
+    first_seed: u64,
+    /// Training-set sizes: a generator's n, or a random subset of other data.
+    #[arg(long, value_delimiter = ',')]
+    sizes: Vec<usize>,
+    #[arg(long, conflicts_with = "one_vs_rest")]
+    positive_class: Option<i64>,
+    #[arg(long)]
+    one_vs_rest: bool,
+    /// The CSV of trials; an existing one is resumed (its trials are skipped).
+    #[arg(long)]
+    out: PathBuf,
+    /// Write heatmaps and slices (PNG) into this directory.
+    #[arg(long)]
+    plots: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -253,6 +294,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Rng(args) => rng_cmd(args),
         Command::Merge { parts, out, json } => merge_cmd(&parts, &out, json),
         Command::Construct(args) => construct_cmd(args),
+        Command::Sweep(SweepCommand::Construct(args)) => sweep_construct_cmd(args),
         Command::Predict { net, data, device, json } => predict_cmd(&net, &data, device.device, json),
         Command::Bench(BenchCommand::Frame { scale, repeats, device, json }) => {
             let mut backends = vec![Backend::Cpu];
@@ -577,6 +619,88 @@ fn predict_cmd(net: &Path, spec: &str, device: DeviceRequest, json: bool) -> Res
         print_json(&serde_json::json!({ "train_accuracy": train, "test_accuracy": test, "samples": ds.train.len(), "device": backend.device() }));
     } else {
         println!("train accuracy {train:.4}{}", test.map(|t| format!(", test accuracy {t:.4}")).unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// `spec` with its training-set size set to `size`: a generator's `n`, otherwise a
+/// random subset.
+fn spec_with_size(spec: &str, size: usize) -> String {
+    let (source, opts) = match spec.rsplit_once(':') {
+        Some((src, o)) if o.contains('=') => (src, o),
+        _ => (spec, ""),
+    };
+    let mut kept: Vec<&str> = opts.split(',').filter(|o| !o.is_empty() && !o.starts_with("n=") && !o.starts_with("subset-random=")).collect();
+    let sized = if data::generators::NAMES.contains(&source) { format!("n={size}") } else { format!("subset-random={size}") };
+    kept.push(&sized);
+    format!("{source}:{}", kept.join(","))
+}
+
+fn sweep_construct_cmd(args: SweepConstructArgs) -> Result<()> {
+    use rote::construct::{plot, sweep, Target};
+    let widths: Vec<usize> = sweep::parse_grid(&args.widths)?
+        .iter()
+        .map(|&w| if w >= 1.0 && w.fract() == 0.0 { Ok(w as usize) } else { Err(anyhow::anyhow!("--widths: {w} is not a positive integer")) })
+        .collect::<Result<_>>()?;
+    let max_biases: Vec<f32> = sweep::parse_grid(&args.max_biases)?.iter().map(|&v| v as f32).collect();
+    if let Some(bad) = max_biases.iter().find(|v| !v.is_finite() || **v < 0.0) {
+        bail!("--max-biases: {bad} is not a finite number ≥ 0");
+    }
+    if args.restarts == 0 {
+        bail!("--restarts must be at least 1");
+    }
+    let base = data::open(&args.data)?;
+    let sizes = if args.sizes.is_empty() { vec![base.train.len()] } else { args.sizes.clone() };
+    let target = if args.one_vs_rest || (args.positive_class.is_none() && base.classes() != 2) {
+        Target::OneVsRest
+    } else {
+        Target::Binary { positive: args.positive_class }
+    };
+    let existing = sweep::read_existing(&args.out)?;
+    if existing.is_empty() {
+        report::write_atomic(&args.out, |w| Ok(std::io::Write::write_all(w, format!("{}\n", sweep::CSV_HEADER).as_bytes())?))?;
+    }
+    let done = sweep::done_keys(&existing);
+    let plan = sweep::SweepPlan { widths, max_biases, seeds: (args.first_seed..args.first_seed + args.restarts).collect(), target };
+    let total = (plan.widths.len() * plan.max_biases.len() * plan.seeds.len() * sizes.len()) as u64;
+    let bar = sched::progress(total, "trials", !args.json);
+    bar.inc(existing.len() as u64);
+    let t0 = Instant::now();
+    let mut all = existing.clone();
+    let mut ran = 0;
+    for &size in &sizes {
+        let ds = if args.sizes.is_empty() { base.clone() } else { data::open(&spec_with_size(&args.data, size))? };
+        let trials = sweep::run_size(&ds, size, &plan, &done, &args.out, &|k| bar.inc(k))?;
+        ran += trials.len();
+        all.extend(trials);
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let figures = match &args.plots {
+        Some(dir) => plot::sweep_figures(&all, dir)?,
+        None => vec![],
+    };
+    let stats = plot::grid_stats(&all);
+    if args.json {
+        let grid: Vec<serde_json::Value> = stats
+            .iter()
+            .map(|((l, w), (p, k, n))| serde_json::json!({"max_bias": l.parse::<f64>().unwrap_or(0.0), "width": w, "p_interpolation": p, "mean_second_width": k, "trials": n}))
+            .collect();
+        print_json(&serde_json::json!({
+            "trials_run": ran, "trials_resumed": existing.len(), "seconds": seconds, "out": args.out,
+            "figures": figures, "grid": grid,
+        }));
+    } else {
+        println!(
+            "{ran} trials in {seconds:.2} s ({} resumed from {}), {} grid cells → {}",
+            existing.len(),
+            args.out.display(),
+            stats.len(),
+            args.out.display()
+        );
+        for f in &figures {
+            println!("figure: {}", f.display());
+        }
     }
     Ok(())
 }

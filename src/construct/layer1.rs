@@ -126,20 +126,24 @@ pub fn threshold_bits(x: &[f32], layer: &Layer1) -> Bits {
         let mut z = vec![0f32; nr * n];
         products(xc, nr, layer, &mut z);
         for r in 0..nr {
-            let xr = &xc[r * d..(r + 1) * d];
-            let xn = crate::data::norms::sum_of_squares(xr).sqrt();
-            let zr = &z[r * n..(r + 1) * n];
-            let orow = &mut out[r * words..(r + 1) * words];
-            for (j, &zj) in zr.iter().enumerate() {
-                let b = layer.bias[j];
-                let v = zj + b;
-                let margin = coef * (wnorm[j] * xn + b.abs());
-                let on = if v.abs() > margin { v > 0.0 } else { exact_positive(xr, &layer.weight[j * d..(j + 1) * d], b) };
-                orow[j / 64] |= (on as u64) << (j % 64);
-            }
+            pack_row(&xc[r * d..(r + 1) * d], &z[r * n..(r + 1) * n], layer, &wnorm, coef, &mut out[r * words..(r + 1) * words]);
         }
     });
     bits
+}
+
+/// Packs one row's exact threshold bits from its float32 products `z` (no bias):
+/// entries within the rounding margin are recomputed by `exact_positive`.
+#[inline]
+pub fn pack_row(x: &[f32], z: &[f32], layer: &Layer1, wnorm: &[f32], coef: f32, out: &mut [u64]) {
+    let d = layer.dim;
+    let xn = crate::data::norms::sum_of_squares(x).sqrt();
+    for (j, &zj) in z.iter().enumerate() {
+        let b = layer.bias[j];
+        let v = zj + b;
+        let on = if v.abs() > coef * (wnorm[j] * xn + b.abs()) { v > 0.0 } else { exact_positive(x, &layer.weight[j * d..(j + 1) * d], b) };
+        out[j / 64] |= (on as u64) << (j % 64);
+    }
 }
 
 /// ReLU features max(0, Wx + b) (float32; zero exactly where the threshold bit is off),
