@@ -8,3 +8,4 @@ pub mod device;
 pub mod report;
 pub mod rng;
 pub mod sched;
+pub mod simd;

@@ -40,9 +40,79 @@ pub trait CoverScanner {
     fn mark_covered(&mut self, masks: &[u64], thresholds: &[u32], covered: &mut [u8]) -> Result<()>;
 }
 
-#[inline]
+#[inline(always)]
 pub fn masked_popcount(mask: &[u64], row: &[u64]) -> u32 {
     mask.iter().zip(row).map(|(a, b)| (a & b).count_ones()).sum()
+}
+
+/// For each mask (concatenated, `used` words each): min over `rows` of
+/// popcount(mask ∧ φ(row)). Rows are the outer loop so each is read once for all
+/// masks; a chunk stops early once every mask has reached 0.
+#[inline(always)]
+fn min_scan_generic(masks: &[u64], used: usize, bits: &Bits, rows: &[u32], best: &mut [u32]) {
+    for &p in rows {
+        let row = &bits.row(p as usize)[..used];
+        let mut all_zero = true;
+        for (k, b) in best.iter_mut().enumerate() {
+            if *b != 0 {
+                *b = (*b).min(masked_popcount(&masks[k * used..(k + 1) * used], row));
+                all_zero &= *b == 0;
+            }
+        }
+        if all_zero {
+            break;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt")]
+unsafe fn min_scan_avx2(masks: &[u64], used: usize, bits: &Bits, rows: &[u32], best: &mut [u32]) {
+    min_scan_generic(masks, used, bits, rows, best)
+}
+
+/// The CPU twin of the cover_min kernel over a chunk of X⁺ rows, with hardware
+/// popcount when the processor has it. `best` holds running minima.
+pub fn min_scan(masks: &[u64], used: usize, bits: &Bits, rows: &[u32], best: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        // SAFETY: the features were detected at run time.
+        return unsafe { min_scan_avx2(masks, used, bits, rows, best) };
+    }
+    min_scan_generic(masks, used, bits, rows, best)
+}
+
+/// Whether any neuron (masks concatenated, `used` words each) fires on `row`.
+#[inline(always)]
+fn any_fires_generic(masks: &[u64], thresholds: &[u32], row: &[u64]) -> bool {
+    let used = row.len();
+    thresholds.iter().enumerate().any(|(k, &m)| masked_popcount(&masks[k * used..(k + 1) * used], row) < m)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt")]
+unsafe fn mark_chunk_avx2(masks: &[u64], thresholds: &[u32], bits: &Bits, rows: &[u32], covered: &mut [u8]) {
+    mark_chunk_generic(masks, thresholds, bits, rows, covered)
+}
+
+#[inline(always)]
+fn mark_chunk_generic(masks: &[u64], thresholds: &[u32], bits: &Bits, rows: &[u32], covered: &mut [u8]) {
+    let used = masks.len() / thresholds.len().max(1);
+    for (c, &r) in covered.iter_mut().zip(rows) {
+        if *c == 0 && any_fires_generic(masks, thresholds, &bits.row(r as usize)[..used]) {
+            *c = 1;
+        }
+    }
+}
+
+/// The CPU twin of the cover_mark kernel over a chunk of X⁻ rows.
+pub fn mark_chunk(masks: &[u64], thresholds: &[u32], bits: &Bits, rows: &[u32], covered: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        // SAFETY: the features were detected at run time.
+        return unsafe { mark_chunk_avx2(masks, thresholds, bits, rows, covered) };
+    }
+    mark_chunk_generic(masks, thresholds, bits, rows, covered)
 }
 
 /// ¬φ(candidate) restricted to the first `units` units.
@@ -133,36 +203,31 @@ pub struct CpuScanner<'a> {
 
 impl CoverScanner for CpuScanner<'_> {
     fn min_over_positives(&mut self, masks: &[u64], count: usize) -> Result<Vec<u32>> {
+        const ROWS: usize = 8192;
         let used = self.units.div_ceil(64);
-        let scan = |k: usize| {
-            let mask = &masks[k * used..(k + 1) * used];
-            let mut best = u32::MAX;
-            for &p in self.pos {
-                best = best.min(masked_popcount(mask, &self.bits.row(p as usize)[..used]));
-                if best == 0 {
-                    break;
-                }
-            }
+        let scan = |rows: &[u32]| {
+            let mut best = vec![u32::MAX; count];
+            min_scan(masks, used, self.bits, rows, &mut best);
             best
         };
-        let work = count * self.pos.len() * used;
-        Ok(if work < 1 << 16 { (0..count).map(scan).collect() } else { (0..count).into_par_iter().map(scan).collect() })
+        if count * self.pos.len() * used < 1 << 16 {
+            return Ok(scan(self.pos));
+        }
+        Ok(self.pos.par_chunks(ROWS).map(scan).reduce(
+            || vec![u32::MAX; count],
+            |a, b| a.iter().zip(&b).map(|(x, y)| *x.min(y)).collect(),
+        ))
     }
 
     fn mark_covered(&mut self, masks: &[u64], thresholds: &[u32], covered: &mut [u8]) -> Result<()> {
-        let used = self.units.div_ceil(64);
-        let mark = |(i, c): (usize, &mut u8)| {
-            if *c == 0 {
-                let row = &self.bits.row(self.neg[i] as usize)[..used];
-                if thresholds.iter().enumerate().any(|(k, &m)| masked_popcount(&masks[k * used..(k + 1) * used], row) < m) {
-                    *c = 1;
-                }
-            }
-        };
-        if covered.len() * thresholds.len() * used < 1 << 16 {
-            covered.iter_mut().enumerate().for_each(mark);
+        const ROWS: usize = 4096;
+        if covered.len() * thresholds.len() * masks.len() / thresholds.len().max(1) < 1 << 16 {
+            mark_chunk(masks, thresholds, self.bits, self.neg, covered);
         } else {
-            covered.par_iter_mut().enumerate().for_each(mark);
+            covered
+                .par_chunks_mut(ROWS)
+                .zip(self.neg.par_chunks(ROWS))
+                .for_each(|(c, rows)| mark_chunk(masks, thresholds, self.bits, rows, c));
         }
         Ok(())
     }

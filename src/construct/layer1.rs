@@ -94,9 +94,19 @@ pub fn exact_positive(x: &[f32], w: &[f32], b: f32) -> bool {
 }
 
 /// Pre-activations z = X·Wᵀ (no bias) for a chunk of rows, float32.
+#[inline]
 pub fn products(x: &[f32], rows: usize, layer: &Layer1, out: &mut [f32]) {
     let (d, n) = (layer.dim, layer.units);
     assert_eq!(out.len(), rows * n);
+    if d < SMALL_DIM {
+        let mut wt = vec![0f32; d * n];
+        for j in 0..n {
+            for l in 0..d {
+                wt[l * n + j] = layer.weight[j * d + l];
+            }
+        }
+        return products_small(x, rows, layer, &wt, out);
+    }
     // SAFETY: shapes and strides describe the slices exactly.
     unsafe {
         matrixmultiply::sgemm(
@@ -109,6 +119,7 @@ pub fn products(x: &[f32], rows: usize, layer: &Layer1, out: &mut [f32]) {
 }
 
 const CHUNK_ROWS: usize = 256;
+const CHUNK_BYTES: usize = 256 << 10;
 
 /// φ(X) for all rows of `x` (row-major, `layer.dim` columns), exact bits. CPU twin of
 /// layer1_threshold_pack + layer1_fix.
@@ -117,34 +128,120 @@ pub fn threshold_bits(x: &[f32], layer: &Layer1) -> Bits {
     let rows = x.len() / d.max(1);
     let mut bits = Bits::zeros(rows, n);
     let words = bits.words;
-    let wnorm = layer.weight_norms();
-    let coef = margin_coef(d);
-    bits.data.par_chunks_mut(CHUNK_ROWS * words).enumerate().for_each(|(c, out)| {
-        let r0 = c * CHUNK_ROWS;
+    let margins = Margins::new(layer);
+    // Chunks of products small enough to stay in the L2 cache.
+    let chunk_rows = (CHUNK_BYTES / (4 * n.max(1))).clamp(8, 1024);
+    bits.data.par_chunks_mut(chunk_rows * words).enumerate().for_each(|(c, out)| {
+        let r0 = c * chunk_rows;
         let nr = out.len() / words.max(1);
         let xc = &x[r0 * d..(r0 + nr) * d];
         let mut z = vec![0f32; nr * n];
         products(xc, nr, layer, &mut z);
         for r in 0..nr {
-            pack_row(&xc[r * d..(r + 1) * d], &z[r * n..(r + 1) * n], layer, &wnorm, coef, &mut out[r * words..(r + 1) * words]);
+            pack_row(&xc[r * d..(r + 1) * d], &z[r * n..(r + 1) * n], layer, &margins, &mut out[r * words..(r + 1) * words]);
         }
     });
     bits
 }
 
-/// Packs one row's exact threshold bits from its float32 products `z` (no bias):
-/// entries within the rounding margin are recomputed by `exact_positive`.
-#[inline]
-pub fn pack_row(x: &[f32], z: &[f32], layer: &Layer1, wnorm: &[f32], coef: f32, out: &mut [u64]) {
-    let d = layer.dim;
-    let xn = crate::data::norms::sum_of_squares(x).sqrt();
-    for (j, &zj) in z.iter().enumerate() {
-        let b = layer.bias[j];
-        let v = zj + b;
-        let on = if v.abs() > coef * (wnorm[j] * xn + b.abs()) { v > 0.0 } else { exact_positive(x, &layer.weight[j * d..(j + 1) * d], b) };
-        out[j / 64] |= (on as u64) << (j % 64);
+/// Per-unit constants of the margin test: |z| ≤ coef·(‖w_j‖·‖x‖ + |b_j|) is written
+/// as |z| ≤ slope_j·‖x‖ + floor_j.
+pub struct Margins {
+    pub slope: Vec<f32>,
+    pub floor: Vec<f32>,
+}
+
+impl Margins {
+    pub fn new(layer: &Layer1) -> Self {
+        let coef = margin_coef(layer.dim);
+        Self {
+            slope: layer.weight_norms().iter().map(|w| coef * w).collect(),
+            floor: layer.bias.iter().map(|b| coef * b.abs()).collect(),
+        }
     }
 }
+
+/// Packs one row's exact threshold bits from its float32 products `z` (no bias):
+/// 64 units at a time, branch-free, then the few entries within the rounding margin
+/// are recomputed by `exact_positive`.
+#[inline]
+pub fn pack_row(x: &[f32], z: &[f32], layer: &Layer1, margins: &Margins, out: &mut [u64]) {
+    let d = layer.dim;
+    let xn = crate::data::norms::sum_of_squares(x).sqrt();
+    for (w, zc) in z.chunks(64).enumerate() {
+        let base = w * 64;
+        let end = base + zc.len();
+        let (bias, slope, floor) = (&layer.bias[base..end], &margins.slope[base..end], &margins.floor[base..end]);
+        let (mut on, mut unsure) = sign_bits(zc, bias, slope, floor, xn);
+        while unsure != 0 {
+            let k = unsure.trailing_zeros() as usize;
+            unsure &= unsure - 1;
+            let j = base + k;
+            let exact = exact_positive(x, &layer.weight[j * d..(j + 1) * d], layer.bias[j]);
+            on = (on & !(1u64 << k)) | ((exact as u64) << k);
+        }
+        out[w] = on;
+    }
+}
+
+/// For up to 64 units: bit k of the first word is z_k + b_k > 0, of the second
+/// |z_k + b_k| ≤ slope_k·xn + floor_k (the sign needs the exact recomputation).
+#[inline]
+fn sign_bits(z: &[f32], bias: &[f32], slope: &[f32], floor: &[f32], xn: f32) -> (u64, u64) {
+    #[cfg(target_arch = "x86_64")]
+    if z.len() == 64 && crate::simd::has_avx2() {
+        // SAFETY: AVX2 and FMA were detected; all slices hold 64 elements.
+        return unsafe { sign_bits_avx2(z, bias, slope, floor, xn) };
+    }
+    let mut on = 0u64;
+    let mut unsure = 0u64;
+    for k in 0..z.len() {
+        let v = z[k] + bias[k];
+        on |= ((v > 0.0) as u64) << k;
+        unsure |= ((v.abs() <= slope[k] * xn + floor[k]) as u64) << k;
+    }
+    (on, unsure)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sign_bits_avx2(z: &[f32], bias: &[f32], slope: &[f32], floor: &[f32], xn: f32) -> (u64, u64) {
+    use std::arch::x86_64::*;
+    let zero = _mm256_setzero_ps();
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let xnv = _mm256_set1_ps(xn);
+    let mut on = 0u64;
+    let mut unsure = 0u64;
+    for g in 0..8 {
+        let v = _mm256_add_ps(_mm256_loadu_ps(z.as_ptr().add(8 * g)), _mm256_loadu_ps(bias.as_ptr().add(8 * g)));
+        let margin = _mm256_fmadd_ps(_mm256_loadu_ps(slope.as_ptr().add(8 * g)), xnv, _mm256_loadu_ps(floor.as_ptr().add(8 * g)));
+        let pos = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, zero)) as u32 as u64;
+        let near = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(_mm256_and_ps(v, abs_mask), margin)) as u32 as u64;
+        on |= pos << (8 * g);
+        unsure |= near << (8 * g);
+    }
+    (on, unsure)
+}
+
+/// Products for inputs of few dimensions, without a GEMM: z_j = Σ_l x_l·w_jl over a
+/// unit-major transposed W, which vectorizes over j.
+#[inline]
+fn products_small(x: &[f32], rows: usize, layer: &Layer1, wt: &[f32], out: &mut [f32]) {
+    let (d, n) = (layer.dim, layer.units);
+    for r in 0..rows {
+        let o = &mut out[r * n..(r + 1) * n];
+        o.fill(0.0);
+        for l in 0..d {
+            let xl = x[r * d + l];
+            for (oj, &w) in o.iter_mut().zip(&wt[l * n..(l + 1) * n]) {
+                *oj += xl * w;
+            }
+        }
+    }
+}
+
+/// Below this input dimension, products skip the GEMM.
+const SMALL_DIM: usize = 16;
 
 /// ReLU features max(0, Wx + b) (float32; zero exactly where the threshold bit is off),
 /// row-major (rows, units). The ReLU variant's layer 2 works on these.

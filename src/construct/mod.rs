@@ -19,6 +19,9 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 const STREAM_ORDER: u64 = 0x0DE5;
+/// First covering batch on the CPU: small, since each acceptance may cover most of
+/// the candidates behind it; it grows while batches accept nothing.
+pub const CPU_BATCH: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -298,7 +301,7 @@ pub fn fit(ds: &Dataset, cfg: &FitConfig, backend: &Backend) -> Result<(Network,
             for (label, neg, pos) in &problems {
                 let order = candidate_order(cfg.seed, *label, neg.len());
                 let mut scanner = cover::CpuScanner { bits: &bits, units: cfg.width, pos, neg };
-                let cov = cover::greedy_cover(&bits, cfg.width, neg, &order, &mut scanner as &mut dyn CoverScanner, 8, 256)?;
+                let cov = cover::greedy_cover(&bits, cfg.width, neg, &order, &mut scanner as &mut dyn CoverScanner, CPU_BATCH, 256)?;
                 uncovered += cov.uncovered;
                 nets.push(ClassNet { label: *label, neurons: cov.neurons });
             }

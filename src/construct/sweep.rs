@@ -171,7 +171,7 @@ pub fn run_size(ds: &Dataset, size: usize, plan: &SweepPlan, done: &HashSet<(usi
                     let mut uncovered = 0;
                     for ((label, neg, pos), order) in problems.iter().zip(&orders) {
                         let mut scanner = CpuScanner { bits: &bits, units: width, pos, neg };
-                        let cov = cover::greedy_cover(&bits, width, neg, order, &mut scanner, 8, 256)?;
+                        let cov = cover::greedy_cover(&bits, width, neg, order, &mut scanner, super::CPU_BATCH, 256)?;
                         uncovered += cov.uncovered;
                         nets.push(ClassNet { label: *label, neurons: cov.neurons });
                     }
@@ -225,10 +225,9 @@ pub fn threshold_from_products(x: &[f32], z: &[f32], layer: &Layer1) -> Bits {
     let rows = z.len() / n;
     let mut bits = Bits::zeros(rows, n);
     let words = bits.words;
-    let wnorm = layer.weight_norms();
-    let coef = layer1::margin_coef(d);
+    let margins = layer1::Margins::new(layer);
     for r in 0..rows {
-        layer1::pack_row(&x[r * d..(r + 1) * d], &z[r * n..(r + 1) * n], layer, &wnorm, coef, &mut bits.data[r * words..(r + 1) * words]);
+        layer1::pack_row(&x[r * d..(r + 1) * d], &z[r * n..(r + 1) * n], layer, &margins, &mut bits.data[r * words..(r + 1) * words]);
     }
     bits
 }
