@@ -13,8 +13,9 @@ pub struct BenchRow {
     pub median_seconds: f64,
     pub min_seconds: f64,
     pub repeats: usize,
-    /// CPU median / this median (1 for the CPU row).
-    pub speedup_vs_cpu: f64,
+    /// The first row's median / this median: the speed-up over the baseline (the CPU
+    /// for kernels, numpy for the construction).
+    pub speedup: f64,
     /// Work units per second (numbers or rows, named in `workload`).
     pub throughput: f64,
 }
@@ -50,7 +51,7 @@ pub fn compare(
             median_seconds: median,
             min_seconds: min,
             repeats,
-            speedup_vs_cpu: cpu / median,
+            speedup: cpu / median,
             throughput: units / median,
         });
     }
@@ -81,11 +82,93 @@ pub fn frame(backends: &[Backend], scale: usize, repeats: usize) -> Result<Vec<B
 }
 
 pub fn print_table(rows: &[BenchRow]) {
-    println!("{:<38} {:<8} {:>12} {:>12} {:>10} {:>14}", "workload", "device", "median s", "min s", "vs cpu", "units/s");
+    println!("{:<44} {:<8} {:>12} {:>12} {:>10} {:>14}", "workload", "device", "median s", "min s", "speed-up", "units/s");
     for r in rows {
         println!(
-            "{:<38} {:<8} {:>12.5} {:>12.5} {:>9.1}× {:>14.3e}",
-            r.workload, r.device, r.median_seconds, r.min_seconds, r.speedup_vs_cpu, r.throughput
+            "{:<44} {:<8} {:>12.6} {:>12.6} {:>9.1}× {:>14.3e}",
+            r.workload, r.device, r.median_seconds, r.min_seconds, r.speedup, r.throughput
         );
     }
+}
+
+/// One construction workload: the numpy baseline (scripts/baselines/construct_numpy.py,
+/// run by `python`, on the same data written as a dataset directory) and rote on each
+/// backend, timed on the fit alone.
+pub struct ConstructCase {
+    pub name: String,
+    pub spec: String,
+    pub width: usize,
+    pub max_bias: f32,
+    pub one_vs_rest: bool,
+    /// numpy in float32 (float64 matrices do not fit in memory for N = 10⁶).
+    pub numpy_float32: bool,
+}
+
+pub fn construct(cases: &[ConstructCase], backends: &[Backend], repeats: usize, python: Option<&str>, baseline_repeats: usize) -> Result<Vec<BenchRow>> {
+    use crate::construct::{fit, Activation, FitConfig, Target};
+    let mut rows = Vec::new();
+    for case in cases {
+        let ds = crate::data::open(&case.spec)?;
+        let target = if case.one_vs_rest { Target::OneVsRest } else { Target::Binary { positive: None } };
+        let cfg = FitConfig { width: case.width, max_bias: case.max_bias, activation: Activation::Threshold, seed: 0, target, scale_to_unit_norm: true };
+        let workload = format!("construct {} (N={}, n={})", case.name, ds.train.len(), case.width);
+        let mut first: Option<f64> = None;
+        if let Some(py) = python {
+            let dir = tempfile::tempdir()?;
+            let data_dir = dir.path().join("data");
+            let mut plain = ds.clone();
+            plain.test = None;
+            plain.write_dir(&data_dir)?;
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/baselines/construct_numpy.py");
+            let mut cmd = std::process::Command::new(py);
+            cmd.arg(script).arg("--data").arg(&data_dir).args(["--width", &case.width.to_string(), "--max-bias", &case.max_bias.to_string()]);
+            cmd.args(["--repeats", &baseline_repeats.to_string()]);
+            if case.one_vs_rest {
+                cmd.arg("--one-vs-rest");
+            }
+            if case.numpy_float32 {
+                cmd.arg("--float32");
+            }
+            let out = cmd.output()?;
+            if !out.status.success() {
+                anyhow::bail!("the numpy baseline failed:\n{}", String::from_utf8_lossy(&out.stderr));
+            }
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            let times: Vec<f64> = v["fit_seconds"].as_array().unwrap().iter().filter_map(|t| t.as_f64()).collect();
+            let median = v["fit_seconds_median"].as_f64().unwrap();
+            first = Some(median);
+            rows.push(BenchRow {
+                workload: workload.clone(),
+                device: if case.numpy_float32 { "numpy32".into() } else { "numpy".into() },
+                median_seconds: median,
+                min_seconds: times.iter().cloned().fold(f64::INFINITY, f64::min),
+                repeats: times.len(),
+                speedup: 1.0,
+                throughput: 1.0 / median,
+            });
+        }
+        for b in backends {
+            let cell = std::sync::Mutex::new(Vec::new());
+            time_runs(repeats, || {
+                let (_, r) = fit(&ds, &cfg, b)?;
+                cell.lock().unwrap().push(r.fit_seconds);
+                Ok(())
+            })?;
+            let mut fits = cell.into_inner().unwrap();
+            fits.remove(0); // the warm-up
+            fits.sort_by(|a, c| a.partial_cmp(c).unwrap());
+            let median = fits[fits.len() / 2];
+            let base = *first.get_or_insert(median);
+            rows.push(BenchRow {
+                workload: workload.clone(),
+                device: b.device().to_string(),
+                median_seconds: median,
+                min_seconds: fits[0],
+                repeats,
+                speedup: base / median,
+                throughput: 1.0 / median,
+            });
+        }
+    }
+    Ok(rows)
 }

@@ -97,8 +97,29 @@ impl Philox {
         fill_parallel(out, |i| self.uniform(start + i as u64));
     }
 
+    /// Normals `start..start+out.len()`: one Philox block and two Box–Muller pairs
+    /// per four outputs (the same values as `normal(i)` one at a time).
     pub fn fill_normal(&self, start: u64, out: &mut [f32]) {
-        fill_parallel(out, |i| self.normal(start + i as u64));
+        const GRAIN: usize = 1 << 14;
+        let fill = |offset: usize, chunk: &mut [f32]| {
+            let mut i = 0;
+            while i < chunk.len() {
+                let index = start + (offset + i) as u64;
+                let lane = (index % 4) as usize;
+                let w = self.block(index / 4);
+                let (a, b) = box_muller(w[0], w[1]);
+                let (c, d) = box_muller(w[2], w[3]);
+                let four = [a, b, c, d];
+                let take = (4 - lane).min(chunk.len() - i);
+                chunk[i..i + take].copy_from_slice(&four[lane..lane + take]);
+                i += take;
+            }
+        };
+        if out.len() <= GRAIN {
+            return fill(0, out);
+        }
+        use rayon::prelude::*;
+        out.par_chunks_mut(GRAIN).enumerate().for_each(|(c, chunk)| fill(c * GRAIN, chunk));
     }
 
     pub fn fill_sign(&self, start: u64, out: &mut [f32]) {
@@ -115,9 +136,14 @@ impl Philox {
     pub fn permutation(&self, n: usize) -> Vec<u32> {
         use rayon::prelude::*;
         assert!(n <= u32::MAX as usize, "permutation of more than 2^32 items");
-        let mut keyed: Vec<(u64, u32)> =
-            (0..n as u32).into_par_iter().map(|i| (self.key64(i as u64), i)).collect();
-        keyed.par_sort_unstable();
+        let mut keyed: Vec<(u64, u32)>;
+        if n < 1 << 15 {
+            keyed = (0..n as u32).map(|i| (self.key64(i as u64), i)).collect();
+            keyed.sort_unstable();
+        } else {
+            keyed = (0..n as u32).into_par_iter().map(|i| (self.key64(i as u64), i)).collect();
+            keyed.par_sort_unstable();
+        }
         keyed.into_iter().map(|(_, i)| i).collect()
     }
 }
@@ -137,13 +163,17 @@ pub fn box_muller(w0: u32, w1: u32) -> (f32, f32) {
     let u0 = uniform_from_word(w0) as f64;
     let u1 = uniform_from_word(w1) as f64;
     let r = (-2.0 * u0.ln()).sqrt();
-    let theta = std::f64::consts::TAU * u1;
-    ((r * theta.cos()) as f32, (r * theta.sin()) as f32)
+    let (sin, cos) = (std::f64::consts::TAU * u1).sin_cos();
+    ((r * cos) as f32, (r * sin) as f32)
 }
 
 fn fill_parallel<T: Send>(out: &mut [T], f: impl Fn(usize) -> T + Sync) {
     use rayon::prelude::*;
     const GRAIN: usize = 1 << 14;
+    if out.len() <= GRAIN {
+        out.iter_mut().enumerate().for_each(|(i, slot)| *slot = f(i));
+        return;
+    }
     out.par_chunks_mut(GRAIN).enumerate().for_each(|(c, chunk)| {
         for (j, slot) in chunk.iter_mut().enumerate() {
             *slot = f(c * GRAIN + j);
@@ -220,6 +250,18 @@ mod tests {
         assert!(sum.abs() < 1500.0, "sign sum {sum}");
         let agree = sa.iter().zip(&sb).filter(|(x, y)| x == y).count();
         assert!((agree as f64 / 1e5 - 0.5).abs() < 0.01);
+    }
+
+    #[test]
+    fn block_fills_equal_one_at_a_time() {
+        let p = Philox::new(8, 1);
+        for (start, len) in [(0u64, 5usize), (7, 1003), (3, 40_000)] {
+            let mut v = vec![0f32; len];
+            p.fill_normal(start, &mut v);
+            for (i, x) in v.iter().enumerate() {
+                assert_eq!(x.to_bits(), p.normal(start + i as u64).to_bits(), "start {start} index {i}");
+            }
+        }
     }
 
     #[test]

@@ -188,3 +188,70 @@ fn conflicting_duplicates_are_reported_not_looped_on() {
     assert_eq!(v["interpolated"], false);
     assert_eq!(v["conflicts"], 1);
 }
+
+fn rows_without_time(csv: &std::path::Path) -> Vec<String> {
+    let mut rows: Vec<String> = std::fs::read_to_string(csv)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn sweep_trials_equal_single_fits_and_resume() {
+    let dir = tempdir();
+    let csv = dir.path().join("grid.csv");
+    let plots = dir.path().join("plots");
+    let spec = "moons:n=300,noise=0.05,seed=1";
+    let v = json(&rote_ok(&[
+        "sweep", "construct", "--data", spec, "--widths", "20:100:40", "--max-biases", "0,0.6", "--restarts", "3",
+        "--out", p(&csv), "--plots", p(&plots), "--json",
+    ]));
+    assert_eq!(v["trials_run"], 18);
+    assert_eq!(v["figures"].as_array().unwrap().len(), 3);
+    for f in v["figures"].as_array().unwrap() {
+        let bytes = std::fs::read(f.as_str().unwrap()).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "{f} is not a PNG");
+    }
+    // Every trial is the network `rote construct` builds with the same settings.
+    let ds = data::open(spec).unwrap();
+    for row in std::fs::read_to_string(&csv).unwrap().lines().skip(1) {
+        let f: Vec<&str> = row.split(',').collect();
+        let (width, lambda, seed): (usize, f32, u64) = (f[0].parse().unwrap(), f[1].parse().unwrap(), f[3].parse().unwrap());
+        let (_, r) = construct::fit(&ds, &config(width, lambda, seed, Target::Binary { positive: None }), &Backend::Cpu).unwrap();
+        assert_eq!(f[4] == "1", r.interpolated, "{row}");
+        assert_eq!(f[6].parse::<usize>().unwrap(), r.second_width, "{row}");
+        assert_eq!(f[7].parse::<usize>().unwrap(), r.parameters, "{row}");
+    }
+    // A rerun skips everything.
+    let complete = rows_without_time(&csv);
+    let v = json(&rote_ok(&["sweep", "construct", "--data", spec, "--widths", "20:100:40", "--max-biases", "0,0.6", "--restarts", "3", "--out", p(&csv), "--json"]));
+    assert_eq!(v["trials_run"], 0);
+    assert_eq!(rows_without_time(&csv), complete);
+    // An interrupted run (last seed's rows lost, a partial line) is completed.
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let kept: Vec<&str> = text.lines().filter(|l| !l.ends_with(",2,") && l.split(',').nth(3) != Some("2")).collect();
+    std::fs::write(&csv, format!("{}\n20,0.6,30", kept.join("\n"))).unwrap();
+    let v = json(&rote_ok(&["sweep", "construct", "--data", spec, "--widths", "20:100:40", "--max-biases", "0,0.6", "--restarts", "3", "--out", p(&csv), "--json"]));
+    assert_eq!(v["trials_run"], 6);
+    assert_eq!(rows_without_time(&csv), complete);
+}
+
+#[test]
+fn sweep_over_sizes_and_bad_grids() {
+    let dir = tempdir();
+    let csv = dir.path().join("sizes.csv");
+    rote_ok(&["sweep", "construct", "--data", "moons:noise=0.05", "--sizes", "100,400", "--widths", "50", "--max-biases", "0.5", "--restarts", "2", "--out", p(&csv)]);
+    let sizes: std::collections::BTreeSet<String> =
+        std::fs::read_to_string(&csv).unwrap().lines().skip(1).map(|l| l.split(',').nth(2).unwrap().to_string()).collect();
+    assert_eq!(sizes.into_iter().collect::<Vec<_>>(), vec!["100", "400"]);
+    let err = rote_err(&["sweep", "construct", "--data", "moons", "--widths", "10:5:1", "--max-biases", "0.5", "--out", p(&dir.path().join("x.csv"))]);
+    assert!(err.contains("start ≤ end"), "{err}");
+    std::fs::write(dir.path().join("other.csv"), "a,b\n1,2\n").unwrap();
+    let err = rote_err(&["sweep", "construct", "--data", "moons", "--widths", "10", "--max-biases", "0.5", "--out", p(&dir.path().join("other.csv"))]);
+    assert!(err.contains("not a rote sweep CSV"), "{err}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("other.csv")).unwrap(), "a,b\n1,2\n");
+}

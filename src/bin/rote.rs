@@ -100,6 +100,25 @@ struct SweepConstructArgs {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// The construction against the numpy baseline, on the same data.
+    Construct {
+        /// Which workloads: moons (N=1000, n=500), moons-1m (N=10⁶, n=2000),
+        /// fashion (Fashion-MNIST one-vs-rest, n=1000), cifar-like (N=50000, d=3072, n=10000).
+        #[arg(long, value_delimiter = ',', default_value = "moons,moons-1m,fashion")]
+        cases: Vec<String>,
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Python with numpy for the baseline (set PYTHONPATH for a local numpy);
+        /// "none" skips it.
+        #[arg(long, default_value = "python3")]
+        python: String,
+        #[arg(long, default_value_t = 3)]
+        baseline_repeats: usize,
+        #[arg(long, default_value = "auto")]
+        device: DeviceRequest,
+        #[arg(long)]
+        json: bool,
+    },
     /// The frame's kernels: Philox fills and streamed row norms.
     Frame {
         /// Multiplies the workload sizes.
@@ -296,14 +315,20 @@ fn run(cli: Cli) -> Result<()> {
         Command::Construct(args) => construct_cmd(args),
         Command::Sweep(SweepCommand::Construct(args)) => sweep_construct_cmd(args),
         Command::Predict { net, data, device, json } => predict_cmd(&net, &data, device.device, json),
-        Command::Bench(BenchCommand::Frame { scale, repeats, device, json }) => {
-            let mut backends = vec![Backend::Cpu];
-            if device != DeviceRequest::Cpu {
-                let d = device.resolve()?;
-                if d != rote::device::Device::Cpu {
-                    backends.push(Backend::open(d)?);
-                }
+        Command::Bench(BenchCommand::Construct { cases, repeats, python, baseline_repeats, device, json }) => {
+            let backends = bench_backends(device)?;
+            let cases = cases.iter().map(|c| construct_case(c)).collect::<Result<Vec<_>>>()?;
+            let python = (python != "none").then_some(python.as_str());
+            let rows = rote::bench::construct(&cases, &backends, repeats.max(1), python, baseline_repeats.max(1))?;
+            if json {
+                print_json(&serde_json::to_value(&rows)?);
+            } else {
+                rote::bench::print_table(&rows);
             }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Frame { scale, repeats, device, json }) => {
+            let backends = bench_backends(device)?;
             let rows = rote::bench::frame(&backends, scale.max(1), repeats.max(1))?;
             if json {
                 print_json(&serde_json::to_value(&rows)?);
@@ -703,4 +728,34 @@ fn sweep_construct_cmd(args: SweepConstructArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The CPU, plus the GPU `device` names when it resolves to one.
+fn bench_backends(device: DeviceRequest) -> Result<Vec<Backend>> {
+    let mut backends = vec![Backend::Cpu];
+    if device != DeviceRequest::Cpu {
+        let d = device.resolve()?;
+        if d != rote::device::Device::Cpu {
+            backends.push(Backend::open(d)?);
+        }
+    }
+    Ok(backends)
+}
+
+fn construct_case(name: &str) -> Result<rote::bench::ConstructCase> {
+    let case = |spec: &str, width, one_vs_rest, numpy_float32| rote::bench::ConstructCase {
+        name: name.to_string(),
+        spec: spec.to_string(),
+        width,
+        max_bias: 0.5,
+        one_vs_rest,
+        numpy_float32,
+    };
+    Ok(match name {
+        "moons" => case("moons:n=1000,noise=0.05,seed=0", 500, false, false),
+        "moons-1m" => case("moons:n=1000000,noise=0.05,seed=0", 2000, false, true),
+        "fashion" => case("fashion-mnist", 1000, true, false),
+        "cifar-like" => case("blobs:n=50000,dim=3072,centers=2,std=40,box=1,seed=0", 10000, false, true),
+        other => bail!("unknown bench case '{other}' (moons, moons-1m, fashion, cifar-like)"),
+    })
 }

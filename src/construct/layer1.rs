@@ -99,13 +99,7 @@ pub fn products(x: &[f32], rows: usize, layer: &Layer1, out: &mut [f32]) {
     let (d, n) = (layer.dim, layer.units);
     assert_eq!(out.len(), rows * n);
     if d < SMALL_DIM {
-        let mut wt = vec![0f32; d * n];
-        for j in 0..n {
-            for l in 0..d {
-                wt[l * n + j] = layer.weight[j * d + l];
-            }
-        }
-        return products_small(x, rows, layer, &wt, out);
+        return products_small(x, rows, layer, &transpose(layer), out);
     }
     // SAFETY: shapes and strides describe the slices exactly.
     unsafe {
@@ -131,16 +125,29 @@ pub fn threshold_bits(x: &[f32], layer: &Layer1) -> Bits {
     let margins = Margins::new(layer);
     // Chunks of products small enough to stay in the L2 cache.
     let chunk_rows = (CHUNK_BYTES / (4 * n.max(1))).clamp(8, 1024);
-    bits.data.par_chunks_mut(chunk_rows * words).enumerate().for_each(|(c, out)| {
+    let transposed = (d < SMALL_DIM).then(|| transpose(layer));
+    let work = |c: usize, out: &mut [u64]| {
         let r0 = c * chunk_rows;
         let nr = out.len() / words.max(1);
         let xc = &x[r0 * d..(r0 + nr) * d];
+        if let Some(wt) = &transposed {
+            for r in 0..nr {
+                pack_row_small(&xc[r * d..(r + 1) * d], wt, layer, &margins, &mut out[r * words..(r + 1) * words]);
+            }
+            return;
+        }
         let mut z = vec![0f32; nr * n];
         products(xc, nr, layer, &mut z);
         for r in 0..nr {
             pack_row(&xc[r * d..(r + 1) * d], &z[r * n..(r + 1) * n], layer, &margins, &mut out[r * words..(r + 1) * words]);
         }
-    });
+    };
+    // Thread start-up costs more than small layers take.
+    if rows * n * d.max(4) < 1 << 22 {
+        bits.data.chunks_mut(chunk_rows * words).enumerate().for_each(|(c, out)| work(c, out));
+    } else {
+        bits.data.par_chunks_mut(chunk_rows * words).enumerate().for_each(|(c, out)| work(c, out));
+    }
     bits
 }
 
@@ -149,15 +156,19 @@ pub fn threshold_bits(x: &[f32], layer: &Layer1) -> Bits {
 pub struct Margins {
     pub slope: Vec<f32>,
     pub floor: Vec<f32>,
+    /// max_j slope_j and max_j floor_j: a row-wide bound checked first, so the
+    /// per-unit test runs only for the rare entries that come near zero.
+    pub max_slope: f32,
+    pub max_floor: f32,
 }
 
 impl Margins {
     pub fn new(layer: &Layer1) -> Self {
         let coef = margin_coef(layer.dim);
-        Self {
-            slope: layer.weight_norms().iter().map(|w| coef * w).collect(),
-            floor: layer.bias.iter().map(|b| coef * b.abs()).collect(),
-        }
+        let slope: Vec<f32> = layer.weight_norms().iter().map(|w| coef * w).collect();
+        let floor: Vec<f32> = layer.bias.iter().map(|b| coef * b.abs()).collect();
+        let max = |v: &[f32]| v.iter().cloned().fold(0f32, f32::max);
+        Self { max_slope: max(&slope), max_floor: max(&floor), slope, floor }
     }
 }
 
@@ -221,6 +232,96 @@ unsafe fn sign_bits_avx2(z: &[f32], bias: &[f32], slope: &[f32], floor: &[f32], 
         unsure |= near << (8 * g);
     }
     (on, unsure)
+}
+
+/// Wᵀ, (dim, units) row-major.
+fn transpose(layer: &Layer1) -> Vec<f32> {
+    let (d, n) = (layer.dim, layer.units);
+    let mut wt = vec![0f32; d * n];
+    for j in 0..n {
+        for l in 0..d {
+            wt[l * n + j] = layer.weight[j * d + l];
+        }
+    }
+    wt
+}
+
+/// `pack_row` for inputs of few dimensions: products computed 64 units at a time on
+/// the fly from Wᵀ (`wt`), never stored.
+#[inline]
+fn pack_row_small(x: &[f32], wt: &[f32], layer: &Layer1, margins: &Margins, out: &mut [u64]) {
+    let (d, n) = (layer.dim, layer.units);
+    let xn = crate::data::norms::sum_of_squares(x).sqrt();
+    let mut z = [0f32; 64];
+    for (w, word) in out.iter_mut().enumerate() {
+        let base = w * 64;
+        let end = (base + 64).min(n);
+        let (bias, slope, floor) = (&layer.bias[base..end], &margins.slope[base..end], &margins.floor[base..end]);
+        #[cfg(target_arch = "x86_64")]
+        let fused = (end - base == 64 && crate::simd::has_avx2()).then(|| {
+            // SAFETY: AVX2 and FMA were detected; W has 64 units from `base` in each row.
+            let (on, near) = unsafe { small_word_avx2(x, wt, n, base, bias, margins.max_slope * xn + margins.max_floor) };
+            (on, refine_near(near, x, wt, n, base, bias, slope, floor, xn))
+        });
+        #[cfg(not(target_arch = "x86_64"))]
+        let fused: Option<(u64, u64)> = None;
+        let (mut on, mut unsure) = fused.unwrap_or_else(|| {
+            let zc = &mut z[..end - base];
+            zc.fill(0.0);
+            for l in 0..d {
+                for (zj, &wv) in zc.iter_mut().zip(&wt[l * n + base..l * n + end]) {
+                    *zj += x[l] * wv;
+                }
+            }
+            sign_bits(zc, bias, slope, floor, xn)
+        });
+        while unsure != 0 {
+            let k = unsure.trailing_zeros() as usize;
+            unsure &= unsure - 1;
+            let j = base + k;
+            let exact = exact_positive(x, &layer.weight[j * d..(j + 1) * d], layer.bias[j]);
+            on = (on & !(1u64 << k)) | ((exact as u64) << k);
+        }
+        *word = on;
+    }
+}
+
+/// Of the entries flagged by the row-wide bound, those within their own unit's margin.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn refine_near(mut near: u64, x: &[f32], wt: &[f32], n: usize, base: usize, bias: &[f32], slope: &[f32], floor: &[f32], xn: f32) -> u64 {
+    let mut unsure = 0;
+    while near != 0 {
+        let k = near.trailing_zeros() as usize;
+        near &= near - 1;
+        let z: f32 = x.iter().enumerate().map(|(l, xl)| xl * wt[l * n + base + k]).sum::<f32>() + bias[k];
+        // Any float32 evaluation of z is within the bound, so test with a doubled margin.
+        if z.abs() <= 2.0 * (slope[k] * xn + floor[k]) {
+            unsure |= 1 << k;
+        }
+    }
+    unsure
+}
+
+/// 64 units of one row: (bits of z > 0, bits of |z| ≤ `bound`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn small_word_avx2(x: &[f32], wt: &[f32], n: usize, base: usize, bias: &[f32], bound: f32) -> (u64, u64) {
+    use std::arch::x86_64::*;
+    let zero = _mm256_setzero_ps();
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let boundv = _mm256_set1_ps(bound);
+    let mut on = 0u64;
+    let mut near = 0u64;
+    for g in 0..8 {
+        let mut v = _mm256_loadu_ps(bias.as_ptr().add(8 * g));
+        for (l, &xl) in x.iter().enumerate() {
+            v = _mm256_fmadd_ps(_mm256_set1_ps(xl), _mm256_loadu_ps(wt.as_ptr().add(l * n + base + 8 * g)), v);
+        }
+        on |= (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, zero)) as u32 as u64) << (8 * g);
+        near |= (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(_mm256_and_ps(v, abs_mask), boundv)) as u32 as u64) << (8 * g);
+    }
+    (on, near)
 }
 
 /// Products for inputs of few dimensions, without a GEMM: z_j = Σ_l x_l·w_jl over a
