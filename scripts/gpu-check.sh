@@ -47,7 +47,11 @@ for t in .gpu/tests/*; do
   [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
 done
 echo "== bench frame" | tee -a "$log"
-timeout 180 .gpu/rote bench frame --device cuda --scale 4 --repeats 5 2>&1 | tee -a "$log" || status=1
+timeout 120 .gpu/rote bench frame --device cuda --scale 4 --repeats 5 2>&1 | tee -a "$log" || status=1
+echo "== bench construct" | tee -a "$log"
+timeout 120 .gpu/rote bench construct --cases moons,moons-1m --python none --device cuda --repeats 5 2>&1 | tee -a "$log" || status=1
+echo "== bench construct cifar-like (GPU only)" | tee -a "$log"
+timeout 240 .gpu/rote bench construct --cases cifar-like --python none --device cuda --skip-cpu --repeats 1 2>&1 | tee -a "$log" || status=1
 
 echo
 echo "================ GPU CHECK SUMMARY ================"
@@ -55,6 +59,6 @@ nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | sed '
 grep -E '^GPU-CHECK' "$log" | sed 's/^GPU-CHECK //' | column -t 2>/dev/null || grep -E '^GPU-CHECK' "$log"
 grep -E '^test result|FAILED|panicked' "$log"
 echo "bench:"
-sed -n '/== bench frame/,$p' "$log" | grep -E 'cpu|cuda|workload'
+sed -n '/== bench frame/,$p' "$log" | grep -E 'cpu|cuda|workload|numpy'
 [[ $status -eq 0 ]] && echo "RESULT: PASS" || echo "RESULT: FAIL"
 exit $status

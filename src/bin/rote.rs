@@ -116,6 +116,9 @@ enum BenchCommand {
         baseline_repeats: usize,
         #[arg(long, default_value = "auto")]
         device: DeviceRequest,
+        /// Time only the GPU (for workloads too large for the CPU in a bench run).
+        #[arg(long)]
+        skip_cpu: bool,
         #[arg(long)]
         json: bool,
     },
@@ -315,8 +318,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Construct(args) => construct_cmd(args),
         Command::Sweep(SweepCommand::Construct(args)) => sweep_construct_cmd(args),
         Command::Predict { net, data, device, json } => predict_cmd(&net, &data, device.device, json),
-        Command::Bench(BenchCommand::Construct { cases, repeats, python, baseline_repeats, device, json }) => {
-            let backends = bench_backends(device)?;
+        Command::Bench(BenchCommand::Construct { cases, repeats, python, baseline_repeats, device, skip_cpu, json }) => {
+            let mut backends = bench_backends(device)?;
+            if skip_cpu && backends.len() > 1 {
+                backends.remove(0);
+            }
             let cases = cases.iter().map(|c| construct_case(c)).collect::<Result<Vec<_>>>()?;
             let python = (python != "none").then_some(python.as_str());
             let rows = rote::bench::construct(&cases, &backends, repeats.max(1), python, baseline_repeats.max(1))?;

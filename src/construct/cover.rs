@@ -193,6 +193,26 @@ pub fn greedy_cover(
     Ok(Cover { neurons, uncovered, picked })
 }
 
+/// max over neurons of m − popcount(mask ∧ row): positive exactly when some neuron
+/// fires on the row.
+pub fn best_margin(neurons: &[Neuron], row: &[u64]) -> f32 {
+    #[inline(always)]
+    fn generic(neurons: &[Neuron], row: &[u64]) -> f32 {
+        neurons.iter().map(|ne| ne.threshold - masked_popcount(&ne.mask, row) as f32).fold(f32::NEG_INFINITY, f32::max)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,popcnt")]
+    unsafe fn fast(neurons: &[Neuron], row: &[u64]) -> f32 {
+        generic(neurons, row)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        // SAFETY: the features were detected at run time.
+        return unsafe { fast(neurons, row) };
+    }
+    generic(neurons, row)
+}
+
 /// The CPU scanner: threads over candidates (min scan, stopping at 0) and over X⁻ rows.
 pub struct CpuScanner<'a> {
     pub bits: &'a Bits,

@@ -102,17 +102,13 @@ impl Network {
             .map(|net| {
                 (0..bits.rows)
                     .into_par_iter()
-                    .map(|r| {
-                        net.neurons
+                    .map(|r| match relu {
+                        Some(f) => net
+                            .neurons
                             .iter()
-                            .map(|ne| {
-                                let s = match relu {
-                                    Some(f) => cover::relu_score(&ne.mask, &f[r * n..(r + 1) * n]),
-                                    None => cover::masked_popcount(&ne.mask, bits.row(r)) as f32,
-                                };
-                                ne.threshold - s
-                            })
-                            .fold(f32::NEG_INFINITY, f32::max)
+                            .map(|ne| ne.threshold - cover::relu_score(&ne.mask, &f[r * n..(r + 1) * n]))
+                            .fold(f32::NEG_INFINITY, f32::max),
+                        None => cover::best_margin(&net.neurons, bits.row(r)),
                     })
                     .collect()
             })
