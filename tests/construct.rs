@@ -255,3 +255,23 @@ fn sweep_over_sizes_and_bad_grids() {
     assert!(err.contains("not a rote sweep CSV"), "{err}");
     assert_eq!(std::fs::read_to_string(dir.path().join("other.csv")).unwrap(), "a,b\n1,2\n");
 }
+
+#[test]
+fn portable_and_simd_paths_build_the_same_network() {
+    let dir = tempdir();
+    let mut files = vec![];
+    for (name, no_simd) in [("simd", "0"), ("portable", "1")] {
+        for (spec, width) in [("moons:n=2000,seed=5", 300), ("digits", 130)] {
+            let out = dir.path().join(format!("{name}-{width}.safetensors"));
+            let status = std::process::Command::new(env!("CARGO_BIN_EXE_rote"))
+                .args(["construct", "--data", spec, "--width", &width.to_string(), "--max-bias", "0.4", "--out", p(&out), "--device", "cpu"])
+                .env("ROTE_NO_SIMD", no_simd)
+                .output()
+                .unwrap();
+            assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+            files.push(std::fs::read(&out).unwrap());
+        }
+    }
+    assert_eq!(files[0], files[2], "moons networks differ between SIMD and portable paths");
+    assert_eq!(files[1], files[3], "digits networks differ between SIMD and portable paths");
+}

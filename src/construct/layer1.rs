@@ -177,22 +177,28 @@ impl Margins {
 /// are recomputed by `exact_positive`.
 #[inline]
 pub fn pack_row(x: &[f32], z: &[f32], layer: &Layer1, margins: &Margins, out: &mut [u64]) {
-    let d = layer.dim;
     let xn = crate::data::norms::sum_of_squares(x).sqrt();
     for (w, zc) in z.chunks(64).enumerate() {
         let base = w * 64;
         let end = base + zc.len();
         let (bias, slope, floor) = (&layer.bias[base..end], &margins.slope[base..end], &margins.floor[base..end]);
-        let (mut on, mut unsure) = sign_bits(zc, bias, slope, floor, xn);
-        while unsure != 0 {
-            let k = unsure.trailing_zeros() as usize;
-            unsure &= unsure - 1;
-            let j = base + k;
-            let exact = exact_positive(x, &layer.weight[j * d..(j + 1) * d], layer.bias[j]);
-            on = (on & !(1u64 << k)) | ((exact as u64) << k);
-        }
-        out[w] = on;
+        let (on, unsure) = sign_bits(zc, bias, slope, floor, xn);
+        out[w] = fix_unsure(on, unsure, x, layer, base);
     }
+}
+
+/// Replaces the bits of `on` flagged in `unsure` (units base + k) by exact signs.
+#[inline]
+fn fix_unsure(mut on: u64, mut unsure: u64, x: &[f32], layer: &Layer1, base: usize) -> u64 {
+    let d = layer.dim;
+    while unsure != 0 {
+        let k = unsure.trailing_zeros() as usize;
+        unsure &= unsure - 1;
+        let j = base + k;
+        let exact = exact_positive(x, &layer.weight[j * d..(j + 1) * d], layer.bias[j]);
+        on = (on & !(1u64 << k)) | ((exact as u64) << k);
+    }
+    on
 }
 
 /// For up to 64 units: bit k of the first word is z_k + b_k > 0, of the second
@@ -265,7 +271,7 @@ fn pack_row_small(x: &[f32], wt: &[f32], layer: &Layer1, margins: &Margins, out:
         });
         #[cfg(not(target_arch = "x86_64"))]
         let fused: Option<(u64, u64)> = None;
-        let (mut on, mut unsure) = fused.unwrap_or_else(|| {
+        let (on, unsure) = fused.unwrap_or_else(|| {
             let zc = &mut z[..end - base];
             zc.fill(0.0);
             for l in 0..d {
@@ -275,14 +281,7 @@ fn pack_row_small(x: &[f32], wt: &[f32], layer: &Layer1, margins: &Margins, out:
             }
             sign_bits(zc, bias, slope, floor, xn)
         });
-        while unsure != 0 {
-            let k = unsure.trailing_zeros() as usize;
-            unsure &= unsure - 1;
-            let j = base + k;
-            let exact = exact_positive(x, &layer.weight[j * d..(j + 1) * d], layer.bias[j]);
-            on = (on & !(1u64 << k)) | ((exact as u64) << k);
-        }
-        *word = on;
+        *word = fix_unsure(on, unsure, x, layer, base);
     }
 }
 
