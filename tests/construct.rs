@@ -259,7 +259,7 @@ fn sweep_over_sizes_and_bad_grids() {
 #[test]
 fn portable_and_simd_paths_build_the_same_network() {
     let dir = tempdir();
-    let mut files = vec![];
+    let mut nets = vec![];
     for (name, no_simd) in [("simd", "0"), ("portable", "1")] {
         for (spec, width) in [("moons:n=2000,seed=5", 300), ("digits", 130)] {
             let out = dir.path().join(format!("{name}-{width}.safetensors"));
@@ -269,9 +269,12 @@ fn portable_and_simd_paths_build_the_same_network() {
                 .output()
                 .unwrap();
             assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-            files.push(std::fs::read(&out).unwrap());
+            nets.push(construct::io::load(&out).unwrap());
         }
     }
-    assert_eq!(files[0], files[2], "moons networks differ between SIMD and portable paths");
-    assert_eq!(files[1], files[3], "digits networks differ between SIMD and portable paths");
+    for (a, b) in [(&nets[0], &nets[2]), (&nets[1], &nets[3])] {
+        // (Not assert_eq: the Debug dump of a network is enormous.)
+        assert!(a.nets == b.nets, "covering layers differ between SIMD and portable paths");
+        assert!(a.layer1.weight == b.layer1.weight && a.layer1.bias == b.layer1.bias);
+    }
 }

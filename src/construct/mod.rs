@@ -22,6 +22,8 @@ const STREAM_ORDER: u64 = 0x0DE5;
 /// First covering batch on the CPU: small, since each acceptance may cover most of
 /// the candidates behind it; it grows while batches accept nothing.
 pub const CPU_BATCH: usize = 4;
+/// The prediction of a one-vs-rest network when no class's layer fires.
+pub const ABSTAIN: i64 = -1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -116,8 +118,9 @@ impl Network {
     }
 
     /// Predicted labels. One covering layer: its label when it fires, else `otherwise`.
-    /// One-vs-rest: the class with the largest score (ties to the earlier class); on
-    /// training data only the true class's layer can fire.
+    /// One-vs-rest: the class whose layer fires (the largest margin if several do;
+    /// ties to the earlier class), or `ABSTAIN` when none fires, which counts as an
+    /// error, so training accuracy 1 means every layer covers its whole class.
     pub fn predict_features(&self, bits: &Bits, relu: Option<&[f32]>) -> Vec<i64> {
         let scores = self.scores(bits, relu);
         (0..bits.rows)
@@ -130,7 +133,7 @@ impl Network {
                             best = c;
                         }
                     }
-                    self.nets[best].label
+                    if scores[best][r] > 0.0 { self.nets[best].label } else { ABSTAIN }
                 }
             })
             .collect()
