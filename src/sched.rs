@@ -103,6 +103,20 @@ pub fn progress(total: u64, message: &str, enabled: bool) -> indicatif::Progress
     bar
 }
 
+/// A spinner with elapsed time for work without a known length, drawn only when
+/// stderr is a terminal and `enabled`.
+pub fn spinner(message: &str, enabled: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !enabled || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})").unwrap());
+    bar.set_message(message.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

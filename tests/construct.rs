@@ -278,3 +278,20 @@ fn portable_and_simd_paths_build_the_same_network() {
         assert!(a.layer1.weight == b.layer1.weight && a.layer1.bias == b.layer1.bias);
     }
 }
+
+#[test]
+fn large_sweeps_rethreshold_instead_of_keeping_products() {
+    // 20 000 × 1000 products exceed what a sweep keeps in memory per seed.
+    let dir = tempdir();
+    let csv = dir.path().join("big.csv");
+    let spec = "moons:n=20000,noise=0.05,seed=2";
+    rote_ok(&["sweep", "construct", "--data", spec, "--widths", "600,1000", "--max-biases", "0.3,0.7", "--restarts", "1", "--out", p(&csv)]);
+    let ds = data::open(spec).unwrap();
+    for row in std::fs::read_to_string(&csv).unwrap().lines().skip(1) {
+        let f: Vec<&str> = row.split(',').collect();
+        let (width, lambda, seed): (usize, f32, u64) = (f[0].parse().unwrap(), f[1].parse().unwrap(), f[3].parse().unwrap());
+        let (_, r) = construct::fit(&ds, &config(width, lambda, seed, Target::Binary { positive: None }), &Backend::Cpu).unwrap();
+        assert_eq!(f[6].parse::<usize>().unwrap(), r.second_width, "{row}");
+        assert_eq!(f[4] == "1", r.interpolated, "{row}");
+    }
+}

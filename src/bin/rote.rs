@@ -598,7 +598,9 @@ fn construct_cmd(args: ConstructArgs) -> Result<()> {
     if args.activation == construct::Activation::Relu && !matches!(backend, Backend::Cpu) {
         eprintln!("note: the ReLU variant runs on the CPU");
     }
+    let spin = sched::spinner(&format!("constructing (n = {}, λ = {})", args.width, args.max_bias), !args.json);
     let (net, report) = construct::fit(&ds, &cfg, &backend)?;
+    spin.finish_and_clear();
     if let Some(out) = &args.out {
         construct::io::save(&net, out)?;
         // The saved file must reproduce the training accuracy exactly.

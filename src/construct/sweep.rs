@@ -17,6 +17,9 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
+/// Largest product matrix (entries) a sweep keeps per seed: 64 MiB of float32.
+const REUSE_PRODUCTS_MAX: usize = 16 << 20;
+
 pub const CSV_HEADER: &str = "width,max_bias,size,seed,interpolated,train_accuracy,second_width,parameters,fit_seconds";
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -150,8 +153,13 @@ pub fn run_size(ds: &Dataset, size: usize, plan: &SweepPlan, done: &HashSet<(usi
             let t0 = Instant::now();
             let full = Layer1::random(seed, max_width, dim, 1.0);
             let directions = layer1::bias_directions(seed, max_width);
-            let mut z = vec![0f32; train.len() * max_width];
-            layer1::products(&x, train.len(), &full, &mut z);
+            // Keep the products for reuse across λ only while they are small; beyond
+            // that, threshold from scratch per λ so memory stays at N·n/8 bytes of bits.
+            let z = (train.len() * max_width <= REUSE_PRODUCTS_MAX).then(|| {
+                let mut z = vec![0f32; train.len() * max_width];
+                layer1::products(&x, train.len(), &full, &mut z);
+                z
+            });
             let product_secs = t0.elapsed().as_secs_f64() / todo.len() as f64;
             let orders: Vec<Vec<u32>> = problems.iter().map(|(label, neg, _)| candidate_order(seed, *label, neg.len())).collect();
             let mut trials = vec![];
@@ -163,7 +171,10 @@ pub fn run_size(ds: &Dataset, size: usize, plan: &SweepPlan, done: &HashSet<(usi
                 let t1 = Instant::now();
                 let mut layer = full.clone();
                 layer.bias = directions.iter().map(|v| lambda * v).collect();
-                let bits = threshold_from_products(&x, &z, &layer);
+                let bits = match &z {
+                    Some(z) => threshold_from_products(&x, z, &layer),
+                    None => layer1::threshold_bits(&x, &layer),
+                };
                 let threshold_secs = t1.elapsed().as_secs_f64() / widths.len() as f64;
                 for width in widths {
                     let t2 = Instant::now();
