@@ -3,7 +3,9 @@
 
 pub mod bench;
 pub mod construct;
+pub mod curvature;
 pub mod data;
+pub mod nn;
 pub mod device;
 pub mod report;
 pub mod rng;

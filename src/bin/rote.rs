@@ -42,6 +42,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Train an MLP classifier with SGD, optionally with injected label noise and
+    /// conflicting duplicates; writes a run directory with a checkpoint per epoch.
+    Train(TrainArgs),
+    /// Per-sample input-curvature memorization scores of a training run.
+    Curvature(CurvatureArgs),
     /// Grids of many runs (resumable, one CSV row per trial).
     #[command(subcommand)]
     Sweep(SweepCommand),
@@ -215,6 +220,81 @@ struct DeviceArg {
 }
 
 #[derive(Args)]
+struct TrainArgs {
+    #[arg(long)]
+    data: String,
+    /// e.g. mlp:784-512-512-10,act=relu (relu, gelu, tanh, softplus).
+    #[arg(long)]
+    model: String,
+    #[arg(long, default_value_t = 20)]
+    epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    #[arg(long, default_value_t = 0.05)]
+    lr: f32,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f32,
+    #[arg(long, value_enum, default_value = "step")]
+    schedule: rote::nn::train::Schedule,
+    /// Fraction of training labels replaced by a different random class.
+    #[arg(long, default_value_t = 0.0)]
+    label_noise: f64,
+    /// Samples duplicated with a different label.
+    #[arg(long, default_value_t = 0)]
+    duplicate_conflicts: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CurvatureArgs {
+    /// A run directory written by `rote train`.
+    #[arg(long)]
+    run: PathBuf,
+    /// Only checkpoints whose file name matches this pattern ('*' wildcards).
+    #[arg(long)]
+    checkpoints: Option<String>,
+    /// Every K-th checkpoint (K, 2K, …).
+    #[arg(long, default_value_t = 1)]
+    every: usize,
+    #[arg(long, default_value_t = 10)]
+    probes: usize,
+    #[arg(long, value_enum, default_value = "exact")]
+    estimator: rote::curvature::Estimator,
+    #[arg(long, value_enum, default_value = "paper")]
+    statistic: rote::curvature::Statistic,
+    /// Finite-difference step.
+    #[arg(long, default_value_t = 1e-3)]
+    h: f32,
+    /// Score this data instead of the run's (same samples, e.g. a local copy).
+    #[arg(long)]
+    data: Option<String>,
+    #[arg(long, default_value = "0/1")]
+    shard: Shard,
+    /// Samples per batch (each becomes probes rows).
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Seed of the Rademacher probes.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    device: DeviceArg,
+    #[arg(long)]
+    out: PathBuf,
+    /// Write the highest- and lowest-scoring training images.
+    #[arg(long)]
+    gallery: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct ConstructArgs {
     #[arg(long)]
     data: String,
@@ -317,6 +397,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Merge { parts, out, json } => merge_cmd(&parts, &out, json),
         Command::Construct(args) => construct_cmd(args),
         Command::Sweep(SweepCommand::Construct(args)) => sweep_construct_cmd(args),
+        Command::Train(args) => train_cmd(args),
+        Command::Curvature(args) => curvature_cmd(args),
         Command::Predict { net, data, device, json } => predict_cmd(&net, &data, device.device, json),
         Command::Bench(BenchCommand::Construct { cases, repeats, python, baseline_repeats, device, skip_cpu, json }) => {
             let mut backends = bench_backends(device)?;
@@ -766,4 +848,208 @@ fn construct_case(name: &str) -> Result<rote::bench::ConstructCase> {
         "cifar-like" => case("blobs:n=50000,dim=3072,centers=2,std=40,box=1,seed=0", 10000, false, true),
         other => bail!("unknown bench case '{other}' (moons, moons-1m, fashion, cifar-like)"),
     })
+}
+
+fn train_cmd(a: TrainArgs) -> Result<()> {
+    use rote::nn::train;
+    let ds = data::open(&a.data)?;
+    let mut cfg = train::TrainConfig {
+        data: a.data.clone(),
+        model: a.model.clone(),
+        epochs: a.epochs,
+        batch: a.batch,
+        lr: a.lr,
+        momentum: a.momentum,
+        weight_decay: a.weight_decay,
+        schedule: a.schedule,
+        label_noise: a.label_noise,
+        duplicate_conflicts: a.duplicate_conflicts,
+        seed: a.seed,
+        input_scale: 1.0,
+    };
+    cfg.input_scale = train::input_scale_for(&ds);
+    eprintln!("device: cpu (training runs on the CPU; {} threads)", rayon::current_num_threads());
+    let bar = sched::progress(0, "training", !a.json);
+    let t0 = Instant::now();
+    train::train(&ds, &cfg, &a.out, &|done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    let metrics = std::fs::read_to_string(a.out.join("metrics.csv"))?;
+    let last: Vec<String> = metrics.lines().last().unwrap_or("").split(',').map(|s| s.to_string()).collect();
+    let value = serde_json::json!({
+        "run": a.out, "epochs": a.epochs, "seconds": t0.elapsed().as_secs_f64(),
+        "train_loss": last.get(1).and_then(|v| v.parse::<f64>().ok()),
+        "train_accuracy": last.get(2).and_then(|v| v.parse::<f64>().ok()),
+        "test_accuracy": last.get(4).and_then(|v| v.parse::<f64>().ok()),
+        "device": "cpu",
+    });
+    if a.json {
+        print_json(&value);
+    } else {
+        println!(
+            "trained {} for {} epochs in {:.1} s: train accuracy {}, test accuracy {} → {}",
+            a.model,
+            a.epochs,
+            t0.elapsed().as_secs_f64(),
+            last.get(2).cloned().unwrap_or_default(),
+            last.get(4).cloned().filter(|s| !s.is_empty()).unwrap_or_else(|| "n/a".into()),
+            a.out.display()
+        );
+    }
+    Ok(())
+}
+
+/// '*' wildcard match of a whole file name.
+fn wildcard(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let mut rest = name;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            match rest.strip_prefix(part) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            match rest.find(part) {
+                Some(at) => rest = &rest[at + part.len()..],
+                None => return false,
+            }
+        }
+    }
+    true
+}
+
+fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
+    use rote::curvature::{self, ScoreConfig};
+    use rote::nn::{checkpoint, mlp, train};
+    let run_json = a.run.join("run.json");
+    let text = std::fs::read_to_string(&run_json).with_context(|| format!("{} is not a training run (no run.json); make one with `rote train`", a.run.display()))?;
+    let cfg: train::TrainConfig = serde_json::from_str(&text).with_context(|| format!("{} is not a rote run description", run_json.display()))?;
+    let (sizes, activation) = mlp::parse_spec(&cfg.model)?;
+    let ds = data::open(a.data.as_deref().unwrap_or(&cfg.data))?;
+    if ds.train.features() != sizes[0] {
+        bail!("model '{}' takes {} inputs but the data has {} features per sample", cfg.model, sizes[0], ds.train.features());
+    }
+    let labels = data::Array::open_npy(&a.run.join("labels.npy"))?.to_i64()?;
+    let sources: Vec<u32> = data::Array::open_npy(&a.run.join("sources.npy"))?.to_i64()?.iter().map(|&v| v as u32).collect();
+    let corrupted: Vec<bool> = data::Array::open_npy(&a.run.join("corrupted.npy"))?.to_i64()?.iter().map(|&v| v != 0).collect();
+    if let Some(&bad) = sources.iter().find(|&&r| r as usize >= ds.train.len()) {
+        bail!("the run refers to training row {bad} but the data has {} rows; pass the run's data with --data", ds.train.len());
+    }
+    let mut ckpts: Vec<PathBuf> = std::fs::read_dir(a.run.join("checkpoints"))
+        .with_context(|| format!("{} has no checkpoints/ directory", a.run.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .filter(|p| a.checkpoints.as_deref().is_none_or(|pat| wildcard(pat, &p.file_name().unwrap().to_string_lossy())))
+        .collect();
+    ckpts.sort();
+    let every = a.every.max(1);
+    let ckpts: Vec<PathBuf> = ckpts.into_iter().enumerate().filter(|(i, _)| (i + 1) % every == 0).map(|(_, p)| p).collect();
+    if ckpts.is_empty() {
+        bail!("no checkpoints selected in {}", a.run.join("checkpoints").display());
+    }
+    if a.probes == 0 && !(a.estimator == curvature::Estimator::Exact && activation.piecewise_linear()) {
+        bail!("--probes must be at least 1 (only the exact estimator on a piecewise-linear network needs none)");
+    }
+    if a.device.device != DeviceRequest::Cpu && a.device.device.resolve()? != rote::device::Device::Cpu {
+        eprintln!("note: curvature scores run on the CPU in this version");
+    }
+    let estimator_used = match (a.estimator, activation.piecewise_linear(), a.statistic) {
+        (curvature::Estimator::Exact, true, curvature::Statistic::Paper) => "exact (Jᵀ A J, probe-free)",
+        (curvature::Estimator::Exact, _, _) => "hutchinson (exact HVP) + exact Gauss–Newton part",
+        (curvature::Estimator::Hutchinson, _, _) => "hutchinson (exact HVP)",
+        (curvature::Estimator::Fd, _, _) => "hutchinson (finite-difference HVP)",
+    };
+    eprintln!("device: cpu; estimator: {estimator_used}");
+    let range = a.shard.range(labels.len());
+    let score_cfg = ScoreConfig { estimator: a.estimator, statistic: a.statistic, probes: a.probes, h: a.h, seed: a.seed };
+    let bar = sched::progress((ckpts.len() * range.len()) as u64, "curvature", !a.json);
+    let t0 = Instant::now();
+    let mut mean_score = vec![0f64; range.len()];
+    let mut mean_trace = vec![0f64; range.len()];
+    let mut mean_gn: Option<Vec<f64>> = None;
+    std::fs::create_dir_all(&a.out)?;
+    for ck in &ckpts {
+        let m = checkpoint::load(ck, &sizes, activation)?;
+        let mut score = Vec::with_capacity(range.len());
+        let mut trace = Vec::with_capacity(range.len());
+        let mut gn = Vec::new();
+        for chunk in sched::chunks(range.clone(), a.batch.max(1)) {
+            let rows: Vec<u32> = sources[chunk.clone()].to_vec();
+            let x = train::gather(&ds.train.x, &rows, cfg.input_scale);
+            let s = curvature::scores(&m, &x, &labels[chunk.clone()], chunk.start as u64, &score_cfg)?;
+            score.extend(s.score);
+            trace.extend(s.trace);
+            if let Some(g) = s.gauss_newton {
+                gn.extend(g);
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        let stem = ck.file_stem().unwrap().to_string_lossy().to_string();
+        report::write_npy(&a.out.join(format!("score-{stem}.npy")), &[score.len()], &score)?;
+        report::write_npy(&a.out.join(format!("trace-{stem}.npy")), &[trace.len()], &trace)?;
+        for (m, v) in mean_score.iter_mut().zip(&score) {
+            *m += *v as f64 / ckpts.len() as f64;
+        }
+        for (m, v) in mean_trace.iter_mut().zip(&trace) {
+            *m += *v as f64 / ckpts.len() as f64;
+        }
+        if !gn.is_empty() {
+            let acc = mean_gn.get_or_insert_with(|| vec![0f64; range.len()]);
+            for (m, v) in acc.iter_mut().zip(&gn) {
+                *m += *v as f64 / ckpts.len() as f64;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let seconds = t0.elapsed().as_secs_f64();
+    let score: Vec<f32> = mean_score.iter().map(|&v| v as f32).collect();
+    let trace: Vec<f32> = mean_trace.iter().map(|&v| v as f32).collect();
+    let mut outputs = vec![("score.npy", score.clone()), ("trace.npy", trace)];
+    if let Some(g) = &mean_gn {
+        outputs.push(("gauss_newton.npy", g.iter().map(|&v| v as f32).collect()));
+    }
+    for (name, values) in &outputs {
+        let path = a.out.join(name);
+        report::write_npy(&path, &[values.len()], values)?;
+        if !a.shard.is_whole() {
+            let record = ShardRecord { shard: a.shard.to_string(), total_rows: labels.len(), row_len: 1, data: format!("{} {}", a.run.display(), name) };
+            report::write_json(&shard_record_path(&path), &record)?;
+        }
+    }
+    let positives = &corrupted[range.clone()];
+    let n_pos = positives.iter().filter(|&&p| p).count();
+    let auroc = curvature::auroc(&score, positives);
+    let precision = (n_pos > 0).then(|| curvature::precision_at_k(&score, positives, n_pos));
+    if let Some(g) = &a.gallery {
+        let shape = ds.sample_shape().to_vec();
+        let rows: Vec<u32> = sources[range.clone()].to_vec();
+        rote::curvature::gallery::draw(&ds.train.x, &rows, &labels[range.clone()], &score, &shape, g)?;
+    }
+    let value = serde_json::json!({
+        "samples": range.len(), "checkpoints": ckpts.len(), "probes": if estimator_used.starts_with("exact") { 0 } else { a.probes },
+        "estimator": estimator_used, "statistic": a.statistic, "seconds": seconds, "device": "cpu",
+        "auroc": auroc, "precision_at_k": precision, "corrupted": n_pos, "out": a.out,
+    });
+    if a.json {
+        print_json(&value);
+    } else {
+        println!(
+            "scored {} samples × {} checkpoints in {seconds:.2} s ({estimator_used}) → {}",
+            range.len(),
+            ckpts.len(),
+            a.out.display()
+        );
+        if let (Some(au), Some(p)) = (auroc, precision) {
+            println!("corrupted samples: {n_pos}; AUROC of the averaged score {au:.4}; precision among the top {n_pos}: {p:.4}");
+        }
+    }
+    Ok(())
 }

@@ -126,8 +126,10 @@ pub fn off_mask(row: &[u64], units: usize) -> Vec<u64> {
 }
 
 /// Covers X⁻ (`neg`, rows of `bits`) using the first `units` units, walking `order`
-/// (a permutation of 0..neg.len()). `batch` is the first batch size; it doubles after
-/// batches without acceptances (wasted work only, never a different result).
+/// (a permutation of 0..neg.len()). `batch` is the first and smallest batch size. The
+/// size adapts to the data (it changes the wasted work, never the result): it doubles
+/// while few candidates of a batch are made redundant by the batch's own acceptances
+/// or while a batch accepts nothing, and halves when many are.
 pub fn greedy_cover(
     bits: &Bits,
     units: usize,
@@ -160,6 +162,7 @@ pub fn greedy_cover(
         let mins = scanner.min_over_positives(&masks, cands.len())?;
         let mut acc_masks: Vec<u64> = Vec::new();
         let mut acc_thresholds: Vec<u32> = Vec::new();
+        let mut redundant = 0;
         for (t, &c) in cands.iter().enumerate() {
             let row = &bits.row(neg[c] as usize)[..used];
             let already = acc_thresholds
@@ -167,6 +170,7 @@ pub fn greedy_cover(
                 .enumerate()
                 .any(|(k, &m)| masked_popcount(&acc_masks[k * used..(k + 1) * used], row) < m);
             if already {
+                redundant += 1;
                 continue;
             }
             picked += 1;
@@ -175,11 +179,14 @@ pub fn greedy_cover(
                 acc_thresholds.push(mins[t]);
             }
         }
-        if acc_thresholds.is_empty() {
+        if acc_thresholds.is_empty() || redundant * 8 < cands.len() {
             size = (size * 2).min(max_batch.max(1));
+        } else if redundant * 2 > cands.len() {
+            size = (size / 2).max(batch.max(1));
+        }
+        if acc_thresholds.is_empty() {
             continue;
         }
-        size = batch.max(1);
         scanner.mark_covered(&acc_masks, &acc_thresholds, &mut covered)?;
         uncovered = covered.iter().filter(|&&c| c == 0).count();
         for (k, &m) in acc_thresholds.iter().enumerate() {

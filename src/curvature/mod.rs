@@ -1,0 +1,189 @@
+//! Per-sample input curvature (Garg, Ravikumar, Roy; ALGORITHMS.md §2): for
+//! L(x) = CE(f(x), y) and H = ∇²ₓL, the score tr(H²) = E‖Hv‖² (Rademacher v) and
+//! tr(H) = E vᵀHv, estimated with exact or finite-difference Hessian-vector products,
+//! or computed exactly without probes for piecewise-linear networks:
+//! H = Jᵀ(diag p − ppᵀ)J, tr(H²) = tr((AG)²), tr(H) = tr(AG), G = JJᵀ.
+
+use crate::nn::mlp::Mlp;
+use crate::rng::Philox;
+use anyhow::{bail, Result};
+
+pub mod gallery;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Estimator {
+    /// Probe-free Jᵀ A J for piecewise-linear networks; Hutchinson with exact HVPs
+    /// (plus the exact Gauss–Newton part) otherwise.
+    Exact,
+    /// Hutchinson with exact (forward-over-reverse) HVPs.
+    Hutchinson,
+    /// Hutchinson with finite-difference HVPs, (∇L(x + hv) − ∇L(x))/h.
+    Fd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Statistic {
+    /// The paper's definition: mean over probes of ‖Hv‖².
+    Paper,
+    /// The released code's statistic: mean over probes of the unsquared norm
+    /// ‖∇L(x + hv) − ∇L(x)‖ (finite differences, not divided by h; per-sample loss,
+    /// without the code's 1/B batch-mean scaling).
+    ReleasedCode,
+}
+
+/// Scores of a batch of samples.
+#[derive(Clone, Debug, Default)]
+pub struct Scores {
+    /// tr(H²) (or the chosen statistic).
+    pub score: Vec<f32>,
+    /// tr(H).
+    pub trace: Vec<f32>,
+    /// tr((Jᵀ A J)²), the exact Gauss–Newton part, when computed.
+    pub gauss_newton: Option<Vec<f32>>,
+}
+
+/// Probe j of sample `global` (its index in the training set): Rademacher signs keyed
+/// by (seed, sample, probe), so any shard or device draws the same.
+pub fn probe(seed: u64, global: u64, j: usize, d: usize, out: &mut [f32]) {
+    Philox::new(seed ^ 0x9B0B_E5, global).fill_sign((j * d) as u64, out);
+}
+
+pub struct ScoreConfig {
+    pub estimator: Estimator,
+    pub statistic: Statistic,
+    pub probes: usize,
+    pub h: f32,
+    pub seed: u64,
+}
+
+/// Scores of samples `x` (rows, d) with labels `y`, whose training-set indices start
+/// at `first_global`.
+pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfig) -> Result<Scores> {
+    let d = m.input_dim();
+    let rows = y.len();
+    if cfg.probes == 0 && !(cfg.estimator == Estimator::Exact && m.activation.piecewise_linear()) {
+        bail!("--probes must be at least 1 for this estimator");
+    }
+    let exact_gn = cfg.estimator == Estimator::Exact;
+    if exact_gn && m.activation.piecewise_linear() && cfg.statistic == Statistic::Paper {
+        let (tsq, t) = gauss_newton(m, x, rows);
+        return Ok(Scores { score: tsq.clone(), trace: t, gauss_newton: Some(tsq) });
+    }
+    let p = cfg.probes;
+    let mut v = vec![0f32; rows * p * d];
+    for s in 0..rows {
+        for j in 0..p {
+            probe(cfg.seed, first_global + s as u64, j, d, &mut v[(s * p + j) * d..(s * p + j + 1) * d]);
+        }
+    }
+    let use_fd = cfg.estimator == Estimator::Fd || cfg.statistic == Statistic::ReleasedCode;
+    let hv = if use_fd {
+        let g0 = m.input_grad(x, y, rows);
+        let mut xs = vec![0f32; rows * p * d];
+        let mut ys = vec![0i64; rows * p];
+        for s in 0..rows {
+            for j in 0..p {
+                let r = s * p + j;
+                ys[r] = y[s];
+                for l in 0..d {
+                    xs[r * d + l] = x[s * d + l] + cfg.h * v[r * d + l];
+                }
+            }
+        }
+        let g1 = m.input_grad(&xs, &ys, rows * p);
+        let scale = if cfg.statistic == Statistic::ReleasedCode { 1.0 } else { 1.0 / cfg.h };
+        g1.iter().enumerate().map(|(i, &g)| (g - g0[(i / d / p) * d + i % d]) * scale).collect::<Vec<f32>>()
+    } else {
+        let ys: Vec<i64> = y.to_vec();
+        m.input_hvp(x, &ys, rows, &v, p)
+    };
+    let mut score = vec![0f32; rows];
+    let mut trace = vec![0f32; rows];
+    for s in 0..rows {
+        let (mut a, mut b) = (0f64, 0f64);
+        for j in 0..p {
+            let r = s * p + j;
+            let hvr = &hv[r * d..(r + 1) * d];
+            let sq: f64 = hvr.iter().map(|&t| (t as f64) * (t as f64)).sum();
+            a += if cfg.statistic == Statistic::ReleasedCode { sq.sqrt() } else { sq };
+            b += hvr.iter().zip(&v[r * d..(r + 1) * d]).map(|(&t, &u)| (t * u) as f64).sum::<f64>();
+        }
+        score[s] = (a / p as f64) as f32;
+        trace[s] = (b / p as f64) as f32;
+    }
+    let gauss_newton = exact_gn.then(|| gauss_newton(m, x, rows).0);
+    Ok(Scores { score, trace, gauss_newton })
+}
+
+/// (tr((AG)²), tr(AG)) per sample: the exact scores of H = JᵀAJ.
+pub fn gauss_newton(m: &Mlp, x: &[f32], rows: usize) -> (Vec<f32>, Vec<f32>) {
+    let f = m.forward(x, rows);
+    let j = m.logit_jacobians(&f);
+    let (c, d) = (m.classes(), m.input_dim());
+    let mut tsq = vec![0f32; rows];
+    let mut tr = vec![0f32; rows];
+    for s in 0..rows {
+        let js = &j[s * c * d..(s + 1) * c * d];
+        // G = J Jᵀ (C, C) and A = diag p − ppᵀ, in float64.
+        let mut g = vec![0f64; c * c];
+        for a in 0..c {
+            for b in a..c {
+                let v: f64 = js[a * d..(a + 1) * d].iter().zip(&js[b * d..(b + 1) * d]).map(|(&u, &w)| u as f64 * w as f64).sum();
+                g[a * c + b] = v;
+                g[b * c + a] = v;
+            }
+        }
+        let p = &f.probs[s * c..(s + 1) * c];
+        let mut ag = vec![0f64; c * c];
+        for a in 0..c {
+            for b in 0..c {
+                let mut v = p[a] as f64 * g[a * c + b];
+                for k in 0..c {
+                    v -= p[a] as f64 * p[k] as f64 * g[k * c + b];
+                }
+                ag[a * c + b] = v;
+            }
+        }
+        tr[s] = (0..c).map(|a| ag[a * c + a]).sum::<f64>() as f32;
+        tsq[s] = (0..c).flat_map(|a| (0..c).map(move |b| (a, b))).map(|(a, b)| ag[a * c + b] * ag[b * c + a]).sum::<f64>() as f32;
+    }
+    (tsq, tr)
+}
+
+/// Area under the ROC curve of `score` for finding `positive` samples (ties counted
+/// half), by the rank-sum formula.
+pub fn auroc(score: &[f32], positive: &[bool]) -> Option<f64> {
+    let mut idx: Vec<usize> = (0..score.len()).collect();
+    idx.sort_by(|&a, &b| score[a].partial_cmp(&score[b]).unwrap_or(std::cmp::Ordering::Equal));
+    let (np, nn) = (positive.iter().filter(|&&p| p).count(), positive.iter().filter(|&&p| !p).count());
+    if np == 0 || nn == 0 {
+        return None;
+    }
+    // Average ranks over ties.
+    let mut rank_sum = 0f64;
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && score[idx[j + 1]] == score[idx[i]] {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &idx[i..=j] {
+            if positive[k] {
+                rank_sum += avg;
+            }
+        }
+        i = j + 1;
+    }
+    Some((rank_sum - (np * (np + 1)) as f64 / 2.0) / (np as f64 * nn as f64))
+}
+
+/// Fraction of positives among the k highest scores.
+pub fn precision_at_k(score: &[f32], positive: &[bool], k: usize) -> f64 {
+    let mut idx: Vec<usize> = (0..score.len()).collect();
+    idx.sort_by(|&a, &b| score[b].partial_cmp(&score[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+    let k = k.min(idx.len()).max(1);
+    idx[..k].iter().filter(|&&i| positive[i]).count() as f64 / k as f64
+}

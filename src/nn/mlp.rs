@@ -1,0 +1,341 @@
+//! Multi-layer perceptrons: z_l = W_l a_{l−1} + b_l, a_l = σ(z_l), softmax
+//! cross-entropy on the logits z_L. Forward, backward, and the input-space
+//! Hessian-vector product by forward-over-reverse (ALGORITHMS.md §2), all batched:
+//! B samples × P probes are B·P rows through the same products.
+//!
+//! Buffers are row-major with one row per sample (or per sample-probe pair, sample-
+//! major: row s·P + j). W_l is (out, in), as in PyTorch's nn.Linear.
+
+use super::linalg::gemm;
+use crate::rng::Philox;
+use anyhow::{bail, Context, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Relu,
+    Gelu,
+    Tanh,
+    Softplus,
+}
+
+impl Activation {
+    /// relu and other max-of-affine activations have σ'' = 0 almost everywhere.
+    pub fn piecewise_linear(self) -> bool {
+        self == Activation::Relu
+    }
+
+    /// (σ(z), σ'(z), σ''(z)).
+    #[inline]
+    pub fn eval(self, z: f32) -> (f32, f32, f32) {
+        match self {
+            Activation::Relu => {
+                if z > 0.0 { (z, 1.0, 0.0) } else { (0.0, 0.0, 0.0) }
+            }
+            Activation::Tanh => {
+                let t = z.tanh();
+                let d = 1.0 - t * t;
+                (t, d, -2.0 * t * d)
+            }
+            Activation::Softplus => {
+                let s = 1.0 / (1.0 + (-z).exp());
+                (z.max(0.0) + (-z.abs()).exp().ln_1p(), s, s * (1.0 - s))
+            }
+            Activation::Gelu => {
+                // Exact (erf) GELU, as PyTorch's default: σ = zΦ(z).
+                const INV_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+                const INV_SQRT_2PI: f32 = 0.398_942_3;
+                let cdf = 0.5 * (1.0 + libm::erff(z * INV_SQRT_2));
+                let pdf = INV_SQRT_2PI * (-0.5 * z * z).exp();
+                (z * cdf, cdf + z * pdf, pdf * (2.0 - z * z))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    /// Layer sizes, input first: [d, h1, …, C].
+    pub sizes: Vec<usize>,
+    pub activation: Activation,
+    /// weights[l]: (sizes[l+1], sizes[l]).
+    pub weights: Vec<Vec<f32>>,
+    pub biases: Vec<Vec<f32>>,
+}
+
+/// Parses `mlp:784-512-512-10,act=relu`.
+pub fn parse_spec(spec: &str) -> Result<(Vec<usize>, Activation)> {
+    let body = spec.strip_prefix("mlp:").with_context(|| format!("model spec '{spec}' must start with 'mlp:', e.g. mlp:784-512-10,act=relu"))?;
+    let mut parts = body.split(',');
+    let sizes: Vec<usize> = parts
+        .next()
+        .unwrap_or("")
+        .split('-')
+        .map(|s| s.trim().parse::<usize>().ok().filter(|&v| v > 0).with_context(|| format!("model spec '{spec}': '{s}' is not a positive layer size")))
+        .collect::<Result<_>>()?;
+    if sizes.len() < 2 {
+        bail!("model spec '{spec}' needs at least an input and an output size");
+    }
+    let mut activation = Activation::Relu;
+    for opt in parts {
+        match opt.split_once('=') {
+            Some(("act", a)) => {
+                activation = match a {
+                    "relu" => Activation::Relu,
+                    "gelu" => Activation::Gelu,
+                    "tanh" => Activation::Tanh,
+                    "softplus" => Activation::Softplus,
+                    _ => bail!("model spec '{spec}': activation '{a}' is not relu, gelu, tanh or softplus"),
+                }
+            }
+            _ => bail!("model spec '{spec}': unknown option '{opt}' (act=relu|gelu|tanh|softplus)"),
+        }
+    }
+    Ok((sizes, activation))
+}
+
+/// Everything a forward pass leaves for the backward passes.
+pub struct Forward {
+    pub rows: usize,
+    /// Pre-activations z_1 … z_L.
+    pub z: Vec<Vec<f32>>,
+    /// Activations a_1 … a_{L−1} (a_0 is the input).
+    pub a: Vec<Vec<f32>>,
+    /// softmax(z_L).
+    pub probs: Vec<f32>,
+}
+
+impl Mlp {
+    /// PyTorch's nn.Linear initialisation, U(−1/√fan_in, 1/√fan_in) for W and b, from
+    /// Philox.
+    pub fn init(sizes: &[usize], activation: Activation, seed: u64) -> Self {
+        let mut weights = vec![];
+        let mut biases = vec![];
+        for l in 0..sizes.len() - 1 {
+            let (fan_in, out) = (sizes[l], sizes[l + 1]);
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            let rng = Philox::new(seed, 0x1417 + l as u64);
+            let mut w = vec![0f32; out * fan_in];
+            rng.fill_uniform(0, &mut w);
+            w.iter_mut().for_each(|v| *v = (2.0 * *v - 1.0) * bound);
+            let mut b = vec![0f32; out];
+            rng.fill_uniform(w.len() as u64, &mut b);
+            b.iter_mut().for_each(|v| *v = (2.0 * *v - 1.0) * bound);
+            weights.push(w);
+            biases.push(b);
+        }
+        Self { sizes: sizes.to_vec(), activation, weights, biases }
+    }
+
+    pub fn layers(&self) -> usize {
+        self.weights.len()
+    }
+
+    pub fn input_dim(&self) -> usize {
+        self.sizes[0]
+    }
+
+    pub fn classes(&self) -> usize {
+        *self.sizes.last().unwrap()
+    }
+
+    pub fn parameters(&self) -> usize {
+        self.weights.iter().map(|w| w.len()).sum::<usize>() + self.biases.iter().map(|b| b.len()).sum::<usize>()
+    }
+
+    /// Multiply-adds of one forward pass per sample.
+    pub fn macs_per_sample(&self) -> usize {
+        self.weights.iter().map(|w| w.len()).sum()
+    }
+
+    /// (rows, in) → (rows, out) through layer l: x W_lᵀ + b_l.
+    fn affine(&self, l: usize, x: &[f32], rows: usize, bias: bool) -> Vec<f32> {
+        let (fan_in, out) = (self.sizes[l], self.sizes[l + 1]);
+        let mut z = vec![0f32; rows * out];
+        if bias {
+            for r in z.chunks_mut(out) {
+                r.copy_from_slice(&self.biases[l]);
+            }
+        }
+        gemm(x, rows, fan_in, &self.weights[l], out, true, if bias { 1.0 } else { 0.0 }, &mut z);
+        z
+    }
+
+    /// (rows, out) → (rows, in): g W_l.
+    fn back(&self, l: usize, g: &[f32], rows: usize) -> Vec<f32> {
+        let (fan_in, out) = (self.sizes[l], self.sizes[l + 1]);
+        let mut r = vec![0f32; rows * fan_in];
+        gemm(g, rows, out, &self.weights[l], fan_in, false, 0.0, &mut r);
+        r
+    }
+
+    pub fn forward(&self, x: &[f32], rows: usize) -> Forward {
+        let mut z = vec![];
+        let mut a: Vec<Vec<f32>> = vec![];
+        for l in 0..self.layers() {
+            let input = if l == 0 { x } else { &a[l - 1] };
+            let zl = self.affine(l, input, rows, true);
+            if l + 1 < self.layers() {
+                a.push(zl.iter().map(|&v| self.activation.eval(v).0).collect());
+            }
+            z.push(zl);
+        }
+        let probs = softmax(z.last().unwrap(), self.classes());
+        Forward { rows, z, a, probs }
+    }
+
+    /// Per-sample cross-entropy losses.
+    pub fn losses(&self, f: &Forward, y: &[i64]) -> Vec<f32> {
+        let c = self.classes();
+        (0..f.rows).map(|r| -(f.probs[r * c + y[r] as usize].max(1e-30)).ln()).collect()
+    }
+
+    /// Backward pass of Σ_rows weight_r · CE_r. Returns (dL/dz_l for every layer, dL/dx).
+    pub fn backward(&self, f: &Forward, y: &[i64], weight: f32) -> (Vec<Vec<f32>>, Vec<f32>) {
+        let c = self.classes();
+        let mut g = f.probs.clone();
+        for r in 0..f.rows {
+            g[r * c + y[r] as usize] -= 1.0;
+        }
+        g.iter_mut().for_each(|v| *v *= weight);
+        let mut gz = vec![vec![]; self.layers()];
+        let mut grad_x = vec![];
+        for l in (0..self.layers()).rev() {
+            let ga = self.back(l, &g, f.rows);
+            gz[l] = g;
+            if l == 0 {
+                grad_x = ga;
+                break;
+            }
+            g = ga.iter().zip(&f.z[l - 1]).map(|(&ga, &z)| ga * self.activation.eval(z).1).collect();
+        }
+        (gz, grad_x)
+    }
+
+    /// Parameter gradients from `backward`'s dL/dz: dW_l = gᵀ a_{l−1}, db_l = Σ g.
+    pub fn param_grads(&self, f: &Forward, x: &[f32], gz: &[Vec<f32>]) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        let mut dw = vec![];
+        let mut db = vec![];
+        for l in 0..self.layers() {
+            let (fan_in, out) = (self.sizes[l], self.sizes[l + 1]);
+            let input = if l == 0 { x } else { &f.a[l - 1] };
+            let mut w = vec![0f32; out * fan_in];
+            super::linalg::gemm_at_b(&gz[l], f.rows, out, input, fan_in, &mut w);
+            let mut b = vec![0f32; out];
+            for r in gz[l].chunks(out) {
+                b.iter_mut().zip(r).for_each(|(s, v)| *s += v);
+            }
+            dw.push(w);
+            db.push(b);
+        }
+        (dw, db)
+    }
+
+    /// Per-sample input Hessian-vector products H_s v for `probes` tangents per sample
+    /// (v: (rows·probes, d), sample-major), by forward-over-reverse:
+    ///   ż_l = ȧ_{l−1}W_lᵀ, ȧ_l = σ'(z_l)ż_l, ȧ_0 = v;
+    ///   ġ_L = p⊙ż_L − p(pᵀż_L); ġ_{a,l−1} = ġ_l W_l;
+    ///   ġ_l = σ''(z_l)⊙ż_l⊙g_{a,l} + σ'(z_l)⊙ġ_{a,l};  Hv = ġ_{a,0}.
+    /// The primal forward and backward run once per sample; only the tangents run per
+    /// probe.
+    pub fn input_hvp(&self, x: &[f32], y: &[i64], rows: usize, v: &[f32], probes: usize) -> Vec<f32> {
+        let f = self.forward(x, rows);
+        let lcount = self.layers();
+        let c = self.classes();
+        // Primal backward, keeping g_{a,l} for the σ'' term.
+        let mut ga_hidden: Vec<Vec<f32>> = vec![vec![]; lcount];
+        let mut g = f.probs.clone();
+        for r in 0..rows {
+            g[r * c + y[r] as usize] -= 1.0;
+        }
+        for l in (1..lcount).rev() {
+            let ga = self.back(l, &g, rows);
+            g = ga.iter().zip(&f.z[l - 1]).map(|(&ga, &z)| ga * self.activation.eval(z).1).collect();
+            ga_hidden[l - 1] = ga;
+        }
+        // Tangent forward over rows·probes.
+        let tp = rows * probes;
+        let mut zdot: Vec<Vec<f32>> = vec![];
+        let mut adot = v.to_vec();
+        for l in 0..lcount {
+            let zd = self.affine(l, &adot, tp, false);
+            if l + 1 < lcount {
+                let out = self.sizes[l + 1];
+                adot = zd
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &t)| t * self.activation.eval(f.z[l][(i / out / probes) * out + i % out]).1)
+                    .collect();
+            }
+            zdot.push(zd);
+        }
+        // Output layer: ġ_L = p⊙ż_L − p (pᵀż_L).
+        let mut gdot = zdot[lcount - 1].clone();
+        for (i, row) in gdot.chunks_mut(c).enumerate() {
+            let p = &f.probs[(i / probes) * c..(i / probes + 1) * c];
+            let dot: f32 = p.iter().zip(row.iter()).map(|(a, b)| a * b).sum();
+            row.iter_mut().zip(p).for_each(|(t, &pp)| *t = pp * (*t - dot));
+        }
+        for l in (0..lcount).rev() {
+            let gad = self.back(l, &gdot, tp);
+            if l == 0 {
+                return gad;
+            }
+            let n = self.sizes[l];
+            let (zl, zd, ga) = (&f.z[l - 1], &zdot[l - 1], &ga_hidden[l - 1]);
+            gdot = gad
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| {
+                    let s = (i / n / probes) * n + i % n;
+                    let (_, d1, d2) = self.activation.eval(zl[s]);
+                    d2 * zd[i] * ga[s] + d1 * t
+                })
+                .collect();
+        }
+        unreachable!()
+    }
+
+    /// Per-sample input gradients ∇ₓ CE (rows, d).
+    pub fn input_grad(&self, x: &[f32], y: &[i64], rows: usize) -> Vec<f32> {
+        let f = self.forward(x, rows);
+        self.backward(&f, y, 1.0).1
+    }
+
+    /// Jacobians of the logits, J_s = ∂z_L/∂x (C, d) per sample, by one backward pass
+    /// with C one-hot rows per sample: (rows·C, d), sample-major.
+    pub fn logit_jacobians(&self, f: &Forward) -> Vec<f32> {
+        let c = self.classes();
+        let rows = f.rows;
+        let mut g = vec![0f32; rows * c * c];
+        for s in 0..rows {
+            for k in 0..c {
+                g[(s * c + k) * c + k] = 1.0;
+            }
+        }
+        for l in (0..self.layers()).rev() {
+            let ga = self.back(l, &g, rows * c);
+            if l == 0 {
+                return ga;
+            }
+            let n = self.sizes[l];
+            let zl = &f.z[l - 1];
+            g = ga.iter().enumerate().map(|(i, &t)| t * self.activation.eval(zl[(i / n / c) * n + i % n]).1).collect();
+        }
+        unreachable!()
+    }
+}
+
+pub fn softmax(logits: &[f32], c: usize) -> Vec<f32> {
+    let mut p = logits.to_vec();
+    for row in p.chunks_mut(c) {
+        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let mut s = 0.0;
+        row.iter_mut().for_each(|v| {
+            *v = (*v - m).exp();
+            s += *v;
+        });
+        row.iter_mut().for_each(|v| *v /= s);
+    }
+    p
+}

@@ -1,0 +1,6 @@
+//! Neural networks for the curvature scores: MLPs, their checkpoints, the trainer.
+
+pub mod checkpoint;
+pub mod linalg;
+pub mod mlp;
+pub mod train;
