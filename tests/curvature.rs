@@ -1,0 +1,281 @@
+//! Curvature against independent float64 references: central differences of a
+//! float64 MLP written here, closed forms, explicit Hessians; and the science check
+//! on a CI-sized run.
+
+mod common;
+use common::*;
+use rote::curvature::{self, Estimator, ScoreConfig, Statistic};
+use rote::nn::mlp::{Activation, Mlp};
+
+/// The same network in float64, written independently of rote's.
+struct Reference {
+    sizes: Vec<usize>,
+    act: Activation,
+    w: Vec<Vec<f64>>,
+    b: Vec<Vec<f64>>,
+}
+
+impl Reference {
+    fn of(m: &Mlp) -> Self {
+        Reference {
+            sizes: m.sizes.clone(),
+            act: m.activation,
+            w: m.weights.iter().map(|w| w.iter().map(|&v| v as f64).collect()).collect(),
+            b: m.biases.iter().map(|b| b.iter().map(|&v| v as f64).collect()).collect(),
+        }
+    }
+
+    fn sigma(&self, z: f64) -> (f64, f64) {
+        match self.act {
+            Activation::Relu => if z > 0.0 { (z, 1.0) } else { (0.0, 0.0) },
+            Activation::Tanh => (z.tanh(), 1.0 - z.tanh().powi(2)),
+            Activation::Softplus => ((1.0 + z.exp()).ln(), 1.0 / (1.0 + (-z).exp())),
+            Activation::Gelu => {
+                let cdf = 0.5 * (1.0 + libm::erf(z / 2f64.sqrt()));
+                let pdf = (-0.5 * z * z).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                (z * cdf, cdf + z * pdf)
+            }
+        }
+    }
+
+    /// (pre-activations per layer, inputs per layer)
+    fn forward(&self, x: &[f64]) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+        let mut a = x.to_vec();
+        let (mut zs, mut ins) = (vec![], vec![]);
+        for l in 0..self.w.len() {
+            let (i, o) = (self.sizes[l], self.sizes[l + 1]);
+            let z: Vec<f64> = (0..o).map(|k| self.b[l][k] + (0..i).map(|j| self.w[l][k * i + j] * a[j]).sum::<f64>()).collect();
+            ins.push(a.clone());
+            a = if l + 1 < self.w.len() { z.iter().map(|&t| self.sigma(t).0).collect() } else { z.clone() };
+            zs.push(z);
+        }
+        (zs, ins)
+    }
+
+    fn loss(&self, x: &[f64], y: usize) -> f64 {
+        let (zs, _) = self.forward(x);
+        let z = zs.last().unwrap();
+        let m = z.iter().cloned().fold(f64::MIN, f64::max);
+        let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        lse - z[y]
+    }
+
+    fn grad(&self, x: &[f64], y: usize) -> Vec<f64> {
+        let (zs, _) = self.forward(x);
+        let z = zs.last().unwrap();
+        let m = z.iter().cloned().fold(f64::MIN, f64::max);
+        let s: f64 = z.iter().map(|v| (v - m).exp()).sum();
+        let mut g: Vec<f64> = z.iter().map(|v| (v - m).exp() / s).collect();
+        g[y] -= 1.0;
+        for l in (0..self.w.len()).rev() {
+            let (i, o) = (self.sizes[l], self.sizes[l + 1]);
+            let ga: Vec<f64> = (0..i).map(|j| (0..o).map(|k| g[k] * self.w[l][k * i + j]).sum()).collect();
+            if l == 0 {
+                return ga;
+            }
+            g = ga.iter().zip(&zs[l - 1]).map(|(a, &zz)| a * self.sigma(zz).1).collect();
+        }
+        unreachable!()
+    }
+}
+
+fn input(d: usize, seed: u64) -> Vec<f32> {
+    let mut x = vec![0f32; d];
+    rote::rng::Philox::new(seed, 77).fill_normal(0, &mut x);
+    x
+}
+
+fn rel_err(a: &[f32], b: &[f64]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(&u, &v)| (u as f64 - v).powi(2)).sum::<f64>().sqrt();
+    let den: f64 = b.iter().map(|v| v * v).sum::<f64>().sqrt();
+    num / den.max(1e-12)
+}
+
+const ACTS: [Activation; 4] = [Activation::Relu, Activation::Tanh, Activation::Softplus, Activation::Gelu];
+
+#[test]
+fn input_gradient_matches_float64_central_differences() {
+    for act in ACTS {
+        let m = Mlp::init(&[12, 20, 16, 5], act, 3);
+        let r = Reference::of(&m);
+        for s in 0..4 {
+            let x = input(12, s);
+            let y = (s % 5) as usize;
+            let g = m.input_grad(&x, &[y as i64], 1);
+            let xd: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let h = 1e-6;
+            let fd: Vec<f64> = (0..12)
+                .map(|i| {
+                    let (mut p, mut q) = (xd.clone(), xd.clone());
+                    p[i] += h;
+                    q[i] -= h;
+                    (r.loss(&p, y) - r.loss(&q, y)) / (2.0 * h)
+                })
+                .collect();
+            let e = rel_err(&g, &fd);
+            assert!(e < 1e-4, "{act:?}: gradient relative error {e}");
+        }
+    }
+}
+
+#[test]
+fn exact_hvp_matches_central_differences_of_the_gradient() {
+    for act in ACTS {
+        let m = Mlp::init(&[10, 24, 12, 4], act, 9);
+        let r = Reference::of(&m);
+        let (rows, probes) = (3, 2);
+        let x: Vec<f32> = (0..rows).flat_map(|s| input(10, 100 + s as u64)).collect();
+        let y: Vec<i64> = (0..rows as i64).map(|s| s % 4).collect();
+        let v: Vec<f32> = (0..rows * probes).flat_map(|k| input(10, 500 + k as u64)).collect();
+        let hv = m.input_hvp(&x, &y, rows, &v, probes);
+        for s in 0..rows {
+            for j in 0..probes {
+                let row = s * probes + j;
+                let xd: Vec<f64> = x[s * 10..(s + 1) * 10].iter().map(|&t| t as f64).collect();
+                let vd: Vec<f64> = v[row * 10..(row + 1) * 10].iter().map(|&t| t as f64).collect();
+                let h = 1e-5;
+                let p: Vec<f64> = xd.iter().zip(&vd).map(|(a, b)| a + h * b).collect();
+                let q: Vec<f64> = xd.iter().zip(&vd).map(|(a, b)| a - h * b).collect();
+                let (gp, gq) = (r.grad(&p, y[s] as usize), r.grad(&q, y[s] as usize));
+                let fd: Vec<f64> = gp.iter().zip(&gq).map(|(a, b)| (a - b) / (2.0 * h)).collect();
+                let e = rel_err(&hv[row * 10..(row + 1) * 10], &fd);
+                assert!(e < 1e-3, "{act:?} sample {s} probe {j}: HVP relative error {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_softmax_hessian_is_the_closed_form() {
+    // No hidden layer: H = Wᵀ(diag p − ppᵀ)W exactly.
+    let (d, c) = (7, 4);
+    let m = Mlp::init(&[d, c], Activation::Relu, 5);
+    let x = input(d, 1);
+    let w: Vec<f64> = m.weights[0].iter().map(|&v| v as f64).collect();
+    let z: Vec<f64> = (0..c).map(|k| m.biases[0][k] as f64 + (0..d).map(|j| w[k * d + j] * x[j] as f64).sum::<f64>()).collect();
+    let mx = z.iter().cloned().fold(f64::MIN, f64::max);
+    let e: Vec<f64> = z.iter().map(|v| (v - mx).exp()).collect();
+    let p: Vec<f64> = e.iter().map(|v| v / e.iter().sum::<f64>()).collect();
+    let h = |i: usize, j: usize| -> f64 {
+        let mut s = 0.0;
+        for a in 0..c {
+            for b in 0..c {
+                let ab = if a == b { p[a] } else { 0.0 } - p[a] * p[b];
+                s += w[a * d + i] * ab * w[b * d + j];
+            }
+        }
+        s
+    };
+    let v = input(d, 2);
+    let hv = m.input_hvp(&x, &[1], 1, &v, 1);
+    let want: Vec<f64> = (0..d).map(|i| (0..d).map(|j| h(i, j) * v[j] as f64).sum()).collect();
+    assert!(rel_err(&hv, &want) < 1e-5, "{}", rel_err(&hv, &want));
+}
+
+#[test]
+fn probe_free_scores_equal_the_explicit_hessian() {
+    // For relu, build H column by column (H e_i) and compare tr(H²) = ‖H‖²_F, tr(H).
+    let d = 9;
+    let m = Mlp::init(&[d, 30, 30, 6], Activation::Relu, 11);
+    for s in 0..3 {
+        let x = input(d, 40 + s);
+        let y = [(s % 6) as i64];
+        let basis: Vec<f32> = (0..d * d).map(|k| if k / d == k % d { 1.0 } else { 0.0 }).collect();
+        let h = m.input_hvp(&x, &y, 1, &basis, d);
+        let fro: f64 = h.iter().map(|&v| (v as f64).powi(2)).sum();
+        let tr: f64 = (0..d).map(|i| h[i * d + i] as f64).sum();
+        let (tsq, t) = curvature::gauss_newton(&m, &x, 1);
+        assert!((tsq[0] as f64 - fro).abs() <= 1e-4 * fro.max(1e-12), "tr(H²) {} vs {fro}", tsq[0]);
+        assert!((t[0] as f64 - tr).abs() <= 1e-4 * tr.abs().max(1e-12), "tr(H) {} vs {tr}", t[0]);
+    }
+}
+
+#[test]
+fn finite_differences_approach_the_exact_estimator() {
+    let m = Mlp::init(&[16, 32, 8], Activation::Tanh, 2);
+    let rows = 5;
+    let x: Vec<f32> = (0..rows).flat_map(|s| input(16, 900 + s as u64)).collect();
+    let y: Vec<i64> = (0..rows as i64).map(|s| s % 8).collect();
+    let score = |estimator, h| {
+        let cfg = ScoreConfig { estimator, statistic: Statistic::Paper, probes: 4, h, seed: 1 };
+        curvature::scores(&m, &x, &y, 0, &cfg).unwrap().score
+    };
+    let exact = score(Estimator::Hutchinson, 0.0);
+    let err = |h: f32| -> f64 {
+        let fd = score(Estimator::Fd, h);
+        fd.iter().zip(&exact).map(|(a, b)| ((a - b) / b).abs() as f64).fold(0.0, f64::max)
+    };
+    let (coarse, fine) = (err(0.3), err(0.03));
+    assert!(fine < coarse / 4.0, "error at h=0.3: {coarse}, at h=0.03: {fine}");
+    assert!(fine < 0.05, "finite differences at h=0.03 are {fine} off");
+}
+
+#[test]
+fn auroc_and_precision_known_values() {
+    // scikit-learn's roc_auc_score([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) = 0.75.
+    let auc = curvature::auroc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]).unwrap();
+    assert!((auc - 0.75).abs() < 1e-12);
+    // Ties count half.
+    assert_eq!(curvature::auroc(&[1.0, 1.0], &[true, false]), Some(0.5));
+    assert_eq!(curvature::precision_at_k(&[0.9, 0.1, 0.8, 0.7], &[true, false, false, true], 2), 0.5);
+}
+
+#[test]
+fn label_noise_ranks_at_the_top_on_digits() {
+    let dir = tempdir();
+    let run = dir.path().join("run");
+    rote_ok(&[
+        "train", "--data", "digits", "--model", "mlp:64-256-256-10,act=relu", "--epochs", "60", "--batch", "32", "--lr", "0.05",
+        "--label-noise", "0.05", "--duplicate-conflicts", "10", "--out", p(&run),
+    ]);
+    assert!(run.join("checkpoints/epoch-060.safetensors").is_file());
+    let out = dir.path().join("scores");
+    let v = json(&rote_ok(&["curvature", "--run", p(&run), "--every", "5", "--out", p(&out), "--json"]));
+    assert_eq!(v["checkpoints"], 12);
+    assert!(v["auroc"].as_f64().unwrap() >= 0.8, "{v}");
+    assert!(out.join("score.npy").is_file() && out.join("trace.npy").is_file());
+    // The conflicting duplicates (the last 10 samples) rank high: against the clean
+    // samples their AUROC is well above chance. (For relu, H does not depend on the
+    // label, so a duplicate and its original score the same.)
+    let score = rote::data::Array::open_npy(&out.join("score.npy")).unwrap().to_f32();
+    let corrupted = rote::data::Array::open_npy(&run.join("corrupted.npy")).unwrap().to_i64().unwrap();
+    let n = score.len();
+    let (dup_or_clean, is_dup): (Vec<f32>, Vec<bool>) =
+        (0..n).filter(|&i| i >= n - 10 || corrupted[i] == 0).map(|i| (score[i], i >= n - 10)).unzip();
+    let dup_auroc = curvature::auroc(&dup_or_clean, &is_dup).unwrap();
+    assert!(dup_auroc >= 0.75, "duplicates vs clean samples: AUROC {dup_auroc}");
+}
+
+#[test]
+fn checkpoints_from_pytorch_names_load_and_bad_ones_are_rejected() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let dir = tempdir();
+    let m = Mlp::init(&[6, 5, 3], Activation::Tanh, 1);
+    let mut tensors = vec![];
+    for l in 0..2 {
+        tensors.push((format!("{}.weight", 2 * l), vec![m.sizes[l + 1], m.sizes[l]], bytemuck::cast_slice(&m.weights[l]).to_vec()));
+        tensors.push((format!("{}.bias", 2 * l), vec![m.sizes[l + 1]], bytemuck::cast_slice(&m.biases[l]).to_vec()));
+    }
+    let views: Vec<(String, TensorView)> = tensors.iter().map(|(n, s, d)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), d).unwrap())).collect();
+    let path = dir.path().join("torch.safetensors");
+    std::fs::write(&path, safetensors::serialize(views, &None).unwrap()).unwrap();
+    let loaded = rote::nn::checkpoint::load(&path, &[6, 5, 3], Activation::Tanh).unwrap();
+    assert_eq!(loaded.weights, m.weights);
+    let err = rote::nn::checkpoint::load(&path, &[6, 4, 3], Activation::Tanh).unwrap_err().to_string();
+    assert!(err.contains("0.weight") && err.contains("shape"), "{err}");
+    let err = rote::nn::checkpoint::load(&path, &[6, 5, 3, 2], Activation::Tanh).unwrap_err().to_string();
+    assert!(err.contains("missing"), "{err}");
+}
+
+#[test]
+fn bad_training_and_scoring_input_is_rejected() {
+    let dir = tempdir();
+    let err = rote_err(&["train", "--data", "digits", "--model", "mlp:784-10", "--epochs", "1", "--out", p(&dir.path().join("a"))]);
+    assert!(err.contains("784 inputs") && err.contains("64 features"), "{err}");
+    let err = rote_err(&["train", "--data", "digits", "--model", "mlp:64-32-10", "--epochs", "3", "--lr", "1e6", "--out", p(&dir.path().join("b"))]);
+    assert!(err.contains("epoch 1") && err.contains("--lr"), "{err}");
+    let run = dir.path().join("c");
+    rote_ok(&["train", "--data", "digits:subset=20", "--model", "mlp:64-16-10,act=tanh", "--epochs", "1", "--out", p(&run)]);
+    let err = rote_err(&["curvature", "--run", p(&run), "--estimator", "hutchinson", "--probes", "0", "--out", p(&dir.path().join("s"))]);
+    assert!(err.contains("--probes"), "{err}");
+}
