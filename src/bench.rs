@@ -18,6 +18,12 @@ pub struct BenchRow {
     pub speedup: f64,
     /// Work units per second (numbers or rows, named in `workload`).
     pub throughput: f64,
+    /// Achieved arithmetic rate, where the workload's FLOPs are known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gflops: Option<f64>,
+    /// Agreement with the baseline, or other remarks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Median and minimum of `repeats` timed runs, after one untimed warm-up.
@@ -53,6 +59,8 @@ pub fn compare(
             repeats,
             speedup: cpu / median,
             throughput: units / median,
+            gflops: None,
+            note: None,
         });
     }
     Ok(rows)
@@ -82,11 +90,18 @@ pub fn frame(backends: &[Backend], scale: usize, repeats: usize) -> Result<Vec<B
 }
 
 pub fn print_table(rows: &[BenchRow]) {
-    println!("{:<44} {:<8} {:>12} {:>12} {:>10} {:>14}", "workload", "device", "median s", "min s", "speed-up", "units/s");
+    println!("{:<44} {:<8} {:>12} {:>12} {:>10} {:>14} {:>9}", "workload", "device", "median s", "min s", "speed-up", "units/s", "GFLOP/s");
     for r in rows {
         println!(
-            "{:<44} {:<8} {:>12.6} {:>12.6} {:>9.1}× {:>14.3e}",
-            r.workload, r.device, r.median_seconds, r.min_seconds, r.speedup, r.throughput
+            "{:<44} {:<8} {:>12.6} {:>12.6} {:>9.1}× {:>14.3e} {:>9} {}",
+            r.workload,
+            r.device,
+            r.median_seconds,
+            r.min_seconds,
+            r.speedup,
+            r.throughput,
+            r.gflops.map(|g| format!("{g:.1}")).unwrap_or_default(),
+            r.note.as_deref().unwrap_or("")
         );
     }
 }
@@ -145,6 +160,8 @@ pub fn construct(cases: &[ConstructCase], backends: &[Backend], repeats: usize, 
                 repeats: times.len(),
                 speedup: 1.0,
                 throughput: 1.0 / median,
+                gflops: None,
+                note: None,
             });
         }
         for b in backends {
@@ -167,8 +184,103 @@ pub fn construct(cases: &[ConstructCase], backends: &[Backend], repeats: usize, 
                 repeats,
                 speedup: base / median,
                 throughput: 1.0 / median,
+                gflops: None,
+                note: None,
             });
         }
+    }
+    Ok(rows)
+}
+
+/// Per-sample curvature scores: rote's estimators against the JAX baseline
+/// (scripts/baselines/curvature_jax.py, jit(vmap(jvp(grad)))) on the same weights,
+/// inputs and probes. The baseline's scores must agree with rote's Hutchinson scores.
+pub fn curvature(model: &str, batch: usize, probes: usize, repeats: usize, python: Option<&str>) -> Result<Vec<BenchRow>> {
+    use crate::curvature::{self as curv, Estimator, ScoreConfig, Statistic};
+    use crate::nn::mlp::{parse_spec, Mlp};
+    let (sizes, act) = parse_spec(model)?;
+    let m = Mlp::init(&sizes, act, 0);
+    let (d, c) = (m.input_dim(), m.classes());
+    let mut x = vec![0f32; batch * d];
+    Philox::new(7, 1).fill_uniform(0, &mut x);
+    let y: Vec<i64> = (0..batch).map(|i| (Philox::new(7, 2).word(i as u64) % c as u32) as i64).collect();
+    let macs = m.macs_per_sample() as f64;
+    let mut rows = Vec::new();
+    let mut baseline: Option<(f64, Vec<f32>)> = None;
+    if let Some(py) = python {
+        let dir = tempfile::tempdir()?;
+        for l in 0..m.layers() {
+            crate::report::write_npy(&dir.path().join(format!("w{l}.npy")), &[sizes[l + 1], sizes[l]], &m.weights[l])?;
+            crate::report::write_npy(&dir.path().join(format!("b{l}.npy")), &[sizes[l + 1]], &m.biases[l])?;
+        }
+        crate::report::write_npy(&dir.path().join("x.npy"), &[batch, d], &x)?;
+        crate::report::write_npy(&dir.path().join("y.npy"), &[batch], &y)?;
+        let mut v = vec![0f32; batch * probes * d];
+        for s in 0..batch {
+            for j in 0..probes {
+                curv::probe(0, s as u64, j, d, &mut v[(s * probes + j) * d..(s * probes + j + 1) * d]);
+            }
+        }
+        crate::report::write_npy(&dir.path().join("probes.npy"), &[batch, probes, d], &v)?;
+        let meta = serde_json::json!({"activation": serde_json::to_value(act)?, "layers": m.layers()});
+        crate::report::write_json(&dir.path().join("meta.json"), &meta)?;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/baselines/curvature_jax.py");
+        let out = std::process::Command::new(py).arg(script).arg("--dir").arg(dir.path()).args(["--repeats", &repeats.to_string()]).output()?;
+        if !out.status.success() {
+            anyhow::bail!("the JAX baseline failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let median = v["median_seconds"].as_f64().unwrap();
+        let times: Vec<f64> = v["seconds"].as_array().unwrap().iter().filter_map(|t| t.as_f64()).collect();
+        let scores = crate::data::Array::open_npy(&dir.path().join("scores.npy"))?.to_f32();
+        rows.push(BenchRow {
+            workload: format!("curvature {model} B={batch} P={probes}"),
+            device: "jax-cpu".into(),
+            median_seconds: median,
+            min_seconds: times.iter().cloned().fold(f64::INFINITY, f64::min),
+            repeats: times.len(),
+            speedup: 1.0,
+            throughput: batch as f64 / median,
+            gflops: Some(2.0 * macs * (4 * probes) as f64 * batch as f64 / median / 1e9),
+            note: Some(format!("hutchinson, jax {}", v["jax"].as_str().unwrap_or("?"))),
+        });
+        baseline = Some((median, scores));
+    }
+    let mut estimators = vec![(Estimator::Hutchinson, "hutchinson (exact HVP)"), (Estimator::Fd, "finite differences")];
+    if act.piecewise_linear() {
+        estimators.push((Estimator::Exact, "exact probe-free JᵀAJ"));
+    }
+    for (est, name) in estimators {
+        let cfg = ScoreConfig { estimator: est, statistic: Statistic::Paper, probes, h: 1e-3, seed: 0 };
+        let cell = std::sync::Mutex::new(Vec::new());
+        let (median, min) = time_runs(repeats, || {
+            *cell.lock().unwrap() = curv::scores(&m, &x, &y, 0, &cfg)?.score;
+            Ok(())
+        })?;
+        let scores = cell.into_inner().unwrap();
+        // Passes of the network per sample: hutchinson 2 primal + 2P tangent, fd 2 + 2P,
+        // exact 1 forward + C backward rows.
+        let passes = match est {
+            Estimator::Exact if act.piecewise_linear() => 1 + c,
+            _ => 2 + 2 * probes,
+        };
+        let mut note = name.to_string();
+        if let (Some((_, base)), Estimator::Hutchinson) = (&baseline, est) {
+            let err = scores.iter().zip(base).map(|(a, b)| ((a - b) / b.abs().max(1e-20)).abs() as f64).fold(0.0, f64::max);
+            note = format!("{name}; max relative difference to JAX {err:.2e}");
+        }
+        let base = baseline.as_ref().map(|b| b.0).unwrap_or(median);
+        rows.push(BenchRow {
+            workload: format!("curvature {model} B={batch} P={probes}"),
+            device: "cpu".into(),
+            median_seconds: median,
+            min_seconds: min,
+            repeats,
+            speedup: base / median,
+            throughput: batch as f64 / median,
+            gflops: Some(2.0 * macs * passes as f64 * batch as f64 / median / 1e9),
+            note: Some(note),
+        });
     }
     Ok(rows)
 }

@@ -105,6 +105,23 @@ struct SweepConstructArgs {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Per-sample curvature scores: rote's estimators against JAX on the same weights
+    /// and probes.
+    Curvature {
+        #[arg(long, default_value = "mlp:784-512-512-10,act=relu")]
+        model: String,
+        #[arg(long, default_value_t = 1024)]
+        batch: usize,
+        #[arg(long, default_value_t = 10)]
+        probes: usize,
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Python with JAX for the baseline; "none" skips it.
+        #[arg(long, default_value = "python3")]
+        python: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// The construction against the numpy baseline, on the same data.
     Construct {
         /// Which workloads: moons (N=1000, n=500), moons-1m (N=10⁶, n=2000),
@@ -400,6 +417,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train_cmd(args),
         Command::Curvature(args) => curvature_cmd(args),
         Command::Predict { net, data, device, json } => predict_cmd(&net, &data, device.device, json),
+        Command::Bench(BenchCommand::Curvature { model, batch, probes, repeats, python, json }) => {
+            let python = (python != "none").then_some(python.as_str());
+            let rows = rote::bench::curvature(&model, batch.max(1), probes.max(1), repeats.max(1), python)?;
+            if json {
+                print_json(&serde_json::to_value(&rows)?);
+            } else {
+                rote::bench::print_table(&rows);
+            }
+            Ok(())
+        }
         Command::Bench(BenchCommand::Construct { cases, repeats, python, baseline_repeats, device, skip_cpu, json }) => {
             let mut backends = bench_backends(device)?;
             if skip_cpu && backends.len() > 1 {

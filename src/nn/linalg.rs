@@ -9,7 +9,8 @@ pub fn gemm(a: &[f32], m: usize, k: usize, b: &[f32], n: usize, b_transposed: bo
     assert_eq!(b.len(), k * n);
     assert_eq!(c.len(), m * n);
     let (rsb, csb) = if b_transposed { (1, k as isize) } else { (n as isize, 1) };
-    let rows_per_task = (1 << 16) / (k + n).max(1);
+    // One block of rows per thread: each task packs B once, so fewer, larger tasks.
+    let rows_per_task = m.div_ceil(rayon::current_num_threads().max(1)).max(8);
     let run = |a: &[f32], c: &mut [f32]| {
         let rows = c.len() / n.max(1);
         // SAFETY: strides describe the slices exactly.
@@ -20,8 +21,7 @@ pub fn gemm(a: &[f32], m: usize, k: usize, b: &[f32], n: usize, b_transposed: bo
     if m * k * n < 1 << 20 || n == 0 {
         run(a, c);
     } else {
-        let rows = rows_per_task.clamp(8, 256);
-        c.par_chunks_mut(rows * n).zip(a.par_chunks(rows * k)).for_each(|(cc, ac)| run(ac, cc));
+        c.par_chunks_mut(rows_per_task * n).zip(a.par_chunks(rows_per_task * k)).for_each(|(cc, ac)| run(ac, cc));
     }
 }
 

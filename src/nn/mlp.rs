@@ -261,11 +261,12 @@ impl Mlp {
             let zd = self.affine(l, &adot, tp, false);
             if l + 1 < lcount {
                 let out = self.sizes[l + 1];
-                adot = zd
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &t)| t * self.activation.eval(f.z[l][(i / out / probes) * out + i % out]).1)
-                    .collect();
+                let d1: Vec<f32> = f.z[l].iter().map(|&z| self.activation.eval(z).1).collect();
+                adot = zd.clone();
+                for (i, row) in adot.chunks_mut(out).enumerate() {
+                    let s = &d1[(i / probes) * out..(i / probes + 1) * out];
+                    row.iter_mut().zip(s).for_each(|(t, &g)| *t *= g);
+                }
             }
             zdot.push(zd);
         }
@@ -283,15 +284,20 @@ impl Mlp {
             }
             let n = self.sizes[l];
             let (zl, zd, ga) = (&f.z[l - 1], &zdot[l - 1], &ga_hidden[l - 1]);
-            gdot = gad
-                .iter()
-                .enumerate()
-                .map(|(i, &t)| {
-                    let s = (i / n / probes) * n + i % n;
-                    let (_, d1, d2) = self.activation.eval(zl[s]);
-                    d2 * zd[i] * ga[s] + d1 * t
-                })
-                .collect();
+            let derivs: Vec<(f32, f32)> = zl.iter().map(|&z| { let (_, d1, d2) = self.activation.eval(z); (d1, d2) }).collect();
+            gdot = gad;
+            let smooth = !self.activation.piecewise_linear();
+            for (i, row) in gdot.chunks_mut(n).enumerate() {
+                let s = (i / probes) * n;
+                let (dv, gav, zdr) = (&derivs[s..s + n], &ga[s..s + n], &zd[i * n..(i + 1) * n]);
+                if smooth {
+                    for k in 0..n {
+                        row[k] = dv[k].1 * zdr[k] * gav[k] + dv[k].0 * row[k];
+                    }
+                } else {
+                    row.iter_mut().zip(dv).for_each(|(t, d)| *t *= d.0);
+                }
+            }
         }
         unreachable!()
     }
@@ -319,8 +325,11 @@ impl Mlp {
                 return ga;
             }
             let n = self.sizes[l];
-            let zl = &f.z[l - 1];
-            g = ga.iter().enumerate().map(|(i, &t)| t * self.activation.eval(zl[(i / n / c) * n + i % n]).1).collect();
+            let d1: Vec<f32> = f.z[l - 1].iter().map(|&z| self.activation.eval(z).1).collect();
+            g = ga;
+            for (i, row) in g.chunks_mut(n).enumerate() {
+                row.iter_mut().zip(&d1[(i / c) * n..(i / c + 1) * n]).for_each(|(t, &s)| *t *= s);
+            }
         }
         unreachable!()
     }
