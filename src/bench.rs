@@ -258,10 +258,12 @@ pub fn curvature(model: &str, batch: usize, probes: usize, repeats: usize, pytho
             Ok(())
         })?;
         let scores = cell.into_inner().unwrap();
-        // Passes of the network per sample: hutchinson 2 primal + 2P tangent, fd 2 + 2P,
-        // exact 1 forward + C backward rows.
+        // Passes of the network per sample: forward-over-reverse 2 primal + 2P tangent,
+        // finite differences 2 + 2P.
+        // (Piecewise-linear networks take the logit Jacobians, one forward pass and C
+        // backward rows, for the exact and the Hutchinson estimator alike.)
         let passes = match est {
-            Estimator::Exact if act.piecewise_linear() => 1 + c,
+            Estimator::Exact | Estimator::Hutchinson if act.piecewise_linear() => 1 + c,
             _ => 2 + 2 * probes,
         };
         let mut note = name.to_string();

@@ -122,8 +122,29 @@ impl Philox {
         out.par_chunks_mut(GRAIN).enumerate().for_each(|(c, chunk)| fill(c * GRAIN, chunk));
     }
 
+    /// Signs `start..start+out.len()`: one Philox block per 128 outputs (the same
+    /// values as `sign(i)` one at a time).
     pub fn fill_sign(&self, start: u64, out: &mut [f32]) {
-        fill_parallel(out, |i| self.sign(start + i as u64));
+        let fill = |offset: u64, chunk: &mut [f32]| {
+            let mut i = 0;
+            while i < chunk.len() {
+                let index = offset + i as u64;
+                let w = self.block(index / 128);
+                let first = (index % 128) as usize;
+                let take = (128 - first).min(chunk.len() - i);
+                for (k, slot) in chunk[i..i + take].iter_mut().enumerate() {
+                    let bit = first + k;
+                    *slot = if (w[bit / 32] >> (bit % 32)) & 1 == 1 { 1.0 } else { -1.0 };
+                }
+                i += take;
+            }
+        };
+        const GRAIN: usize = 1 << 16;
+        if out.len() <= GRAIN {
+            return fill(start, out);
+        }
+        use rayon::prelude::*;
+        out.par_chunks_mut(GRAIN).enumerate().for_each(|(c, chunk)| fill(start + (c * GRAIN) as u64, chunk));
     }
 
     pub fn fill_words(&self, start: u64, out: &mut [u32]) {
@@ -255,11 +276,15 @@ mod tests {
     #[test]
     fn block_fills_equal_one_at_a_time() {
         let p = Philox::new(8, 1);
-        for (start, len) in [(0u64, 5usize), (7, 1003), (3, 40_000)] {
+        for (start, len) in [(0u64, 5usize), (7, 1003), (3, 40_000), (100, 200_000)] {
             let mut v = vec![0f32; len];
             p.fill_normal(start, &mut v);
             for (i, x) in v.iter().enumerate() {
                 assert_eq!(x.to_bits(), p.normal(start + i as u64).to_bits(), "start {start} index {i}");
+            }
+            p.fill_sign(start, &mut v);
+            for (i, x) in v.iter().enumerate() {
+                assert_eq!(*x, p.sign(start + i as u64), "sign: start {start} index {i}");
             }
         }
     }

@@ -79,6 +79,9 @@ pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfi
         }
     }
     let use_fd = cfg.estimator == Estimator::Fd || cfg.statistic == Statistic::ReleasedCode;
+    if !use_fd && m.activation.piecewise_linear() {
+        return Ok(hutchinson_low_rank(m, x, rows, &v, p, exact_gn));
+    }
     let hv = if use_fd {
         let g0 = m.input_grad(x, y, rows);
         let mut xs = vec![0f32; rows * p * d];
@@ -117,39 +120,97 @@ pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfi
     Ok(Scores { score, trace, gauss_newton })
 }
 
+/// Hutchinson with exact HVPs for piecewise-linear networks, where H = JᵀAJ has rank
+/// ≤ C: with u = Jv and w = Au, ‖Hv‖² = wᵀGw (G = JJᵀ) and vᵀHv = uᵀw, so each probe
+/// costs C·d instead of two passes through the network. The values are those of the
+/// forward-over-reverse HVP (up to rounding); only the arithmetic is cheaper.
+fn hutchinson_low_rank(m: &Mlp, x: &[f32], rows: usize, v: &[f32], probes: usize, with_gn: bool) -> Scores {
+    let f = m.forward(x, rows);
+    let j = m.logit_jacobians(&f);
+    let (c, d) = (m.classes(), m.input_dim());
+    use rayon::prelude::*;
+    let per_sample: Vec<(f32, f32, f32)> = (0..rows)
+        .into_par_iter()
+        .map(|s| {
+            let js = &j[s * c * d..(s + 1) * c * d];
+            let p = &f.probs[s * c..(s + 1) * c];
+            let g = gram(js, c, d);
+            let gn = if with_gn { trace_sq_ag(&a_times(p, &g, c), c) as f32 } else { 0.0 };
+            let (mut sq, mut tr) = (0f64, 0f64);
+            for k in 0..probes {
+                let vk = &v[(s * probes + k) * d..(s * probes + k + 1) * d];
+                let u: Vec<f64> = (0..c).map(|a| dot(&js[a * d..(a + 1) * d], vk)).collect();
+                let pu: f64 = p.iter().zip(&u).map(|(&pp, &uu)| pp as f64 * uu).sum();
+                let w: Vec<f64> = (0..c).map(|a| p[a] as f64 * (u[a] - pu)).collect();
+                sq += (0..c).map(|a| w[a] * (0..c).map(|b| g[a * c + b] * w[b]).sum::<f64>()).sum::<f64>();
+                tr += u.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>();
+            }
+            ((sq / probes as f64) as f32, (tr / probes as f64) as f32, gn)
+        })
+        .collect();
+    let score = per_sample.iter().map(|t| t.0).collect();
+    let trace = per_sample.iter().map(|t| t.1).collect();
+    let gn = per_sample.iter().map(|t| t.2).collect();
+    Scores { score, trace, gauss_newton: with_gn.then_some(gn) }
+}
+
+/// Σ a_i b_i with eight float32 partial sums (so it vectorizes), returned as f64.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    (acc.iter().sum::<f32>() + tail) as f64
+}
+
+/// G = J Jᵀ (C, C) in float64 from one sample's logit Jacobian (C, d).
+fn gram(js: &[f32], c: usize, d: usize) -> Vec<f64> {
+    let mut g = vec![0f64; c * c];
+    for a in 0..c {
+        for b in a..c {
+            let v = dot(&js[a * d..(a + 1) * d], &js[b * d..(b + 1) * d]);
+            g[a * c + b] = v;
+            g[b * c + a] = v;
+        }
+    }
+    g
+}
+
+/// (diag p − ppᵀ) G.
+fn a_times(p: &[f32], g: &[f64], c: usize) -> Vec<f64> {
+    let mut ag = vec![0f64; c * c];
+    for a in 0..c {
+        for b in 0..c {
+            let pg: f64 = (0..c).map(|k| p[k] as f64 * g[k * c + b]).sum();
+            ag[a * c + b] = p[a] as f64 * (g[a * c + b] - pg);
+        }
+    }
+    ag
+}
+
+/// tr(M²) = Σ_ab M_ab M_ba.
+fn trace_sq_ag(ag: &[f64], c: usize) -> f64 {
+    (0..c).flat_map(|a| (0..c).map(move |b| (a, b))).map(|(a, b)| ag[a * c + b] * ag[b * c + a]).sum()
+}
+
 /// (tr((AG)²), tr(AG)) per sample: the exact scores of H = JᵀAJ.
 pub fn gauss_newton(m: &Mlp, x: &[f32], rows: usize) -> (Vec<f32>, Vec<f32>) {
     let f = m.forward(x, rows);
     let j = m.logit_jacobians(&f);
     let (c, d) = (m.classes(), m.input_dim());
-    let mut tsq = vec![0f32; rows];
-    let mut tr = vec![0f32; rows];
-    for s in 0..rows {
-        let js = &j[s * c * d..(s + 1) * c * d];
-        // G = J Jᵀ (C, C) and A = diag p − ppᵀ, in float64.
-        let mut g = vec![0f64; c * c];
-        for a in 0..c {
-            for b in a..c {
-                let v: f64 = js[a * d..(a + 1) * d].iter().zip(&js[b * d..(b + 1) * d]).map(|(&u, &w)| u as f64 * w as f64).sum();
-                g[a * c + b] = v;
-                g[b * c + a] = v;
-            }
-        }
-        let p = &f.probs[s * c..(s + 1) * c];
-        let mut ag = vec![0f64; c * c];
-        for a in 0..c {
-            for b in 0..c {
-                let mut v = p[a] as f64 * g[a * c + b];
-                for k in 0..c {
-                    v -= p[a] as f64 * p[k] as f64 * g[k * c + b];
-                }
-                ag[a * c + b] = v;
-            }
-        }
-        tr[s] = (0..c).map(|a| ag[a * c + a]).sum::<f64>() as f32;
-        tsq[s] = (0..c).flat_map(|a| (0..c).map(move |b| (a, b))).map(|(a, b)| ag[a * c + b] * ag[b * c + a]).sum::<f64>() as f32;
-    }
-    (tsq, tr)
+    use rayon::prelude::*;
+    (0..rows)
+        .into_par_iter()
+        .map(|s| {
+            let ag = a_times(&f.probs[s * c..(s + 1) * c], &gram(&j[s * c * d..(s + 1) * c * d], c, d), c);
+            (trace_sq_ag(&ag, c) as f32, (0..c).map(|a| ag[a * c + a]).sum::<f64>() as f32)
+        })
+        .unzip()
 }
 
 /// Area under the ROC curve of `score` for finding `positive` samples (ties counted
