@@ -71,9 +71,32 @@ unsafe fn min_scan_avx2(masks: &[u64], used: usize, bits: &Bits, rows: &[u32], b
     min_scan_generic(masks, used, bits, rows, best)
 }
 
-/// The CPU twin of the cover_min kernel over a chunk of X⁺ rows, with hardware
-/// popcount when the processor has it. `best` holds running minima.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vpopcntdq")]
+unsafe fn min_scan_avx512(masks: &[u64], used: usize, bits: &Bits, rows: &[u32], best: &mut [u32]) {
+    for &p in rows {
+        let row = &bits.row(p as usize)[..used];
+        let mut all_zero = true;
+        for (k, b) in best.iter_mut().enumerate() {
+            if *b != 0 {
+                *b = (*b).min(crate::simd::popcount_and_avx512(&masks[k * used..(k + 1) * used], row));
+                all_zero &= *b == 0;
+            }
+        }
+        if all_zero {
+            break;
+        }
+    }
+}
+
+/// The CPU twin of the cover_min kernel over a chunk of X⁺ rows, with vector or
+/// hardware popcount when the processor has it. `best` holds running minima.
 pub fn min_scan(masks: &[u64], used: usize, bits: &Bits, rows: &[u32], best: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx512_popcount() {
+        // SAFETY: the features were detected at run time.
+        return unsafe { min_scan_avx512(masks, used, bits, rows, best) };
+    }
     #[cfg(target_arch = "x86_64")]
     if crate::simd::has_avx2() {
         // SAFETY: the features were detected at run time.
@@ -105,8 +128,27 @@ fn mark_chunk_generic(masks: &[u64], thresholds: &[u32], bits: &Bits, rows: &[u3
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vpopcntdq")]
+unsafe fn mark_chunk_avx512(masks: &[u64], thresholds: &[u32], bits: &Bits, rows: &[u32], covered: &mut [u8]) {
+    let used = masks.len() / thresholds.len().max(1);
+    for (c, &r) in covered.iter_mut().zip(rows) {
+        if *c == 0 {
+            let row = &bits.row(r as usize)[..used];
+            if thresholds.iter().enumerate().any(|(k, &m)| crate::simd::popcount_and_avx512(&masks[k * used..(k + 1) * used], row) < m) {
+                *c = 1;
+            }
+        }
+    }
+}
+
 /// The CPU twin of the cover_mark kernel over a chunk of X⁻ rows.
 pub fn mark_chunk(masks: &[u64], thresholds: &[u32], bits: &Bits, rows: &[u32], covered: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx512_popcount() {
+        // SAFETY: the features were detected at run time.
+        return unsafe { mark_chunk_avx512(masks, thresholds, bits, rows, covered) };
+    }
     #[cfg(target_arch = "x86_64")]
     if crate::simd::has_avx2() {
         // SAFETY: the features were detected at run time.
@@ -211,6 +253,19 @@ pub fn best_margin(neurons: &[Neuron], row: &[u64]) -> f32 {
     #[target_feature(enable = "avx2,popcnt")]
     unsafe fn fast(neurons: &[Neuron], row: &[u64]) -> f32 {
         generic(neurons, row)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vpopcntdq")]
+    unsafe fn fast512(neurons: &[Neuron], row: &[u64]) -> f32 {
+        neurons
+            .iter()
+            .map(|ne| ne.threshold - crate::simd::popcount_and_avx512(&ne.mask, row) as f32)
+            .fold(f32::NEG_INFINITY, f32::max)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx512_popcount() {
+        // SAFETY: the features were detected at run time.
+        return unsafe { fast512(neurons, row) };
     }
     #[cfg(target_arch = "x86_64")]
     if crate::simd::has_avx2() {
