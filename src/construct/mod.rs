@@ -22,6 +22,12 @@ const STREAM_ORDER: u64 = 0x0DE5;
 /// First covering batch on the CPU: small, since each acceptance may cover most of
 /// the candidates behind it; it grows while batches accept nothing.
 pub const CPU_BATCH: usize = 4;
+/// First covering batch on the GPU, where a batch costs one launch.
+pub const GPU_BATCH: usize = 64;
+/// Largest covering batch: the in-order acceptance walk checks each candidate against
+/// the batch's earlier acceptances on the host, which grows with the square of the
+/// batch.
+pub const MAX_BATCH: usize = 256;
 /// The prediction of a one-vs-rest network when no class's layer fires.
 pub const ABSTAIN: i64 = -1;
 
@@ -288,7 +294,7 @@ pub fn fit(ds: &Dataset, cfg: &FitConfig, backend: &Backend) -> Result<(Network,
             for (label, neg, pos) in &problems {
                 let order = candidate_order(cfg.seed, *label, neg.len());
                 let mut scanner = c.cover_scanner(&dev_bits, bits.words, cfg.width, pos, neg)?;
-                let cov = cover::greedy_cover(&bits, cfg.width, neg, &order, &mut scanner, 64, 4096)?;
+                let cov = cover::greedy_cover(&bits, cfg.width, neg, &order, &mut scanner, GPU_BATCH, MAX_BATCH)?;
                 uncovered += cov.uncovered;
                 nets.push(ClassNet { label: *label, neurons: cov.neurons });
             }
@@ -300,7 +306,7 @@ pub fn fit(ds: &Dataset, cfg: &FitConfig, backend: &Backend) -> Result<(Network,
             for (label, neg, pos) in &problems {
                 let order = candidate_order(cfg.seed, *label, neg.len());
                 let mut scanner = cover::CpuScanner { bits: &bits, units: cfg.width, pos, neg };
-                let cov = cover::greedy_cover(&bits, cfg.width, neg, &order, &mut scanner as &mut dyn CoverScanner, CPU_BATCH, 256)?;
+                let cov = cover::greedy_cover(&bits, cfg.width, neg, &order, &mut scanner as &mut dyn CoverScanner, CPU_BATCH, MAX_BATCH)?;
                 uncovered += cov.uncovered;
                 nets.push(ClassNet { label: *label, neurons: cov.neurons });
             }
