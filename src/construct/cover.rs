@@ -46,16 +46,17 @@ pub fn masked_popcount(mask: &[u64], row: &[u64]) -> u32 {
 }
 
 /// For each mask (concatenated, `used` words each): min over `rows` of
-/// popcount(mask ∧ φ(row)). Rows are the outer loop so each is read once for all
-/// masks; a chunk stops early once every mask has reached 0.
+/// popcount(mask ∧ φ(row)), with `popcount` computing one such count. Rows are the
+/// outer loop so each is read once for all masks; a chunk stops early once every mask
+/// has reached 0.
 #[inline(always)]
-fn min_scan_generic(masks: &[u64], used: usize, bits: &Bits, rows: &[u32], best: &mut [u32]) {
+fn min_scan_with(popcount: impl Fn(&[u64], &[u64]) -> u32, masks: &[u64], used: usize, bits: &Bits, rows: &[u32], best: &mut [u32]) {
     for &p in rows {
         let row = &bits.row(p as usize)[..used];
         let mut all_zero = true;
         for (k, b) in best.iter_mut().enumerate() {
             if *b != 0 {
-                *b = (*b).min(masked_popcount(&masks[k * used..(k + 1) * used], row));
+                *b = (*b).min(popcount(&masks[k * used..(k + 1) * used], row));
                 all_zero &= *b == 0;
             }
         }
@@ -68,25 +69,13 @@ fn min_scan_generic(masks: &[u64], used: usize, bits: &Bits, rows: &[u32], best:
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,popcnt")]
 unsafe fn min_scan_avx2(masks: &[u64], used: usize, bits: &Bits, rows: &[u32], best: &mut [u32]) {
-    min_scan_generic(masks, used, bits, rows, best)
+    min_scan_with(masked_popcount, masks, used, bits, rows, best)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vpopcntdq")]
 unsafe fn min_scan_avx512(masks: &[u64], used: usize, bits: &Bits, rows: &[u32], best: &mut [u32]) {
-    for &p in rows {
-        let row = &bits.row(p as usize)[..used];
-        let mut all_zero = true;
-        for (k, b) in best.iter_mut().enumerate() {
-            if *b != 0 {
-                *b = (*b).min(crate::simd::popcount_and_avx512(&masks[k * used..(k + 1) * used], row));
-                all_zero &= *b == 0;
-            }
-        }
-        if all_zero {
-            break;
-        }
-    }
+    min_scan_with(|a, b| crate::simd::popcount_and_avx512(a, b), masks, used, bits, rows, best)
 }
 
 /// The CPU twin of the cover_min kernel over a chunk of X⁺ rows, with vector or
@@ -102,44 +91,34 @@ pub fn min_scan(masks: &[u64], used: usize, bits: &Bits, rows: &[u32], best: &mu
         // SAFETY: the features were detected at run time.
         return unsafe { min_scan_avx2(masks, used, bits, rows, best) };
     }
-    min_scan_generic(masks, used, bits, rows, best)
+    min_scan_with(masked_popcount, masks, used, bits, rows, best)
 }
 
-/// Whether any neuron (masks concatenated, `used` words each) fires on `row`.
+/// Marks `covered` for the rows on which some neuron (masks concatenated, with
+/// `thresholds`) fires, with `popcount` computing one masked count.
 #[inline(always)]
-fn any_fires_generic(masks: &[u64], thresholds: &[u32], row: &[u64]) -> bool {
-    let used = row.len();
-    thresholds.iter().enumerate().any(|(k, &m)| masked_popcount(&masks[k * used..(k + 1) * used], row) < m)
+fn mark_chunk_with(popcount: impl Fn(&[u64], &[u64]) -> u32, masks: &[u64], thresholds: &[u32], bits: &Bits, rows: &[u32], covered: &mut [u8]) {
+    let used = masks.len() / thresholds.len().max(1);
+    for (c, &r) in covered.iter_mut().zip(rows) {
+        if *c == 0 {
+            let row = &bits.row(r as usize)[..used];
+            if thresholds.iter().enumerate().any(|(k, &m)| popcount(&masks[k * used..(k + 1) * used], row) < m) {
+                *c = 1;
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,popcnt")]
 unsafe fn mark_chunk_avx2(masks: &[u64], thresholds: &[u32], bits: &Bits, rows: &[u32], covered: &mut [u8]) {
-    mark_chunk_generic(masks, thresholds, bits, rows, covered)
-}
-
-#[inline(always)]
-fn mark_chunk_generic(masks: &[u64], thresholds: &[u32], bits: &Bits, rows: &[u32], covered: &mut [u8]) {
-    let used = masks.len() / thresholds.len().max(1);
-    for (c, &r) in covered.iter_mut().zip(rows) {
-        if *c == 0 && any_fires_generic(masks, thresholds, &bits.row(r as usize)[..used]) {
-            *c = 1;
-        }
-    }
+    mark_chunk_with(masked_popcount, masks, thresholds, bits, rows, covered)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vpopcntdq")]
 unsafe fn mark_chunk_avx512(masks: &[u64], thresholds: &[u32], bits: &Bits, rows: &[u32], covered: &mut [u8]) {
-    let used = masks.len() / thresholds.len().max(1);
-    for (c, &r) in covered.iter_mut().zip(rows) {
-        if *c == 0 {
-            let row = &bits.row(r as usize)[..used];
-            if thresholds.iter().enumerate().any(|(k, &m)| crate::simd::popcount_and_avx512(&masks[k * used..(k + 1) * used], row) < m) {
-                *c = 1;
-            }
-        }
-    }
+    mark_chunk_with(|a, b| crate::simd::popcount_and_avx512(a, b), masks, thresholds, bits, rows, covered)
 }
 
 /// The CPU twin of the cover_mark kernel over a chunk of X⁻ rows.
@@ -154,7 +133,7 @@ pub fn mark_chunk(masks: &[u64], thresholds: &[u32], bits: &Bits, rows: &[u32], 
         // SAFETY: the features were detected at run time.
         return unsafe { mark_chunk_avx2(masks, thresholds, bits, rows, covered) };
     }
-    mark_chunk_generic(masks, thresholds, bits, rows, covered)
+    mark_chunk_with(masked_popcount, masks, thresholds, bits, rows, covered)
 }
 
 /// ¬φ(candidate) restricted to the first `units` units.
