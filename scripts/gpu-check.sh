@@ -35,11 +35,17 @@ for line in sys.stdin:
 fi
 
 export ROTE_REQUIRE_GPU=1
+# cuBLAS (curvature products) is loaded at run time: make sure the loader finds it.
+cublas=$(find /usr/local /usr/lib /opt -name 'libcublas.so*' 2>/dev/null | head -n1)
+if [[ -n "$cublas" ]]; then
+  export LD_LIBRARY_PATH="$(dirname "$cublas")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 log=${OUT:-/tmp}/gpu-check.log
 : > "$log"
 status=0
 echo "== device" | tee -a "$log"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$log"
+echo "cuBLAS: ${cublas:-not found}" | tee -a "$log"
 .gpu/rote device 2>&1 | tee -a "$log" || status=1
 for t in .gpu/tests/*; do
   echo "== tests: $(basename "$t")" | tee -a "$log"
@@ -50,6 +56,8 @@ echo "== bench frame" | tee -a "$log"
 timeout 120 .gpu/rote bench frame --device cuda --scale 4 --repeats 5 2>&1 | tee -a "$log" || status=1
 echo "== bench construct" | tee -a "$log"
 timeout 120 .gpu/rote bench construct --cases moons,moons-1m --python none --device cuda --repeats 5 2>&1 | tee -a "$log" || status=1
+echo "== bench curvature" | tee -a "$log"
+timeout 120 .gpu/rote bench curvature --python none --device cuda --batch 4096 --repeats 5 2>&1 | tee -a "$log" || status=1
 echo "== bench construct cifar-like (GPU only)" | tee -a "$log"
 timeout 240 .gpu/rote bench construct --cases cifar-like --python none --device cuda --skip-cpu --repeats 1 2>&1 | tee -a "$log" || status=1
 
@@ -59,6 +67,6 @@ nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | sed '
 grep -E '^GPU-CHECK' "$log" | sed 's/^GPU-CHECK //' | column -t 2>/dev/null || grep -E '^GPU-CHECK' "$log"
 grep -E '^test result|FAILED|panicked' "$log"
 echo "bench:"
-sed -n '/== bench frame/,$p' "$log" | grep -E 'cpu|cuda|workload|numpy'
+sed -n '/== bench frame/,$p' "$log" | grep -E 'cpu|cuda|workload|numpy|cublas'
 [[ $status -eq 0 ]] && echo "RESULT: PASS" || echo "RESULT: FAIL"
 exit $status

@@ -195,7 +195,7 @@ pub fn construct(cases: &[ConstructCase], backends: &[Backend], repeats: usize, 
 /// Per-sample curvature scores: rote's estimators against the JAX baseline
 /// (scripts/baselines/curvature_jax.py, jit(vmap(jvp(grad)))) on the same weights,
 /// inputs and probes. The baseline's scores must agree with rote's Hutchinson scores.
-pub fn curvature(model: &str, batch: usize, probes: usize, repeats: usize, python: Option<&str>) -> Result<Vec<BenchRow>> {
+pub fn curvature(model: &str, batch: usize, probes: usize, repeats: usize, python: Option<&str>, gpu: Option<&Backend>) -> Result<Vec<BenchRow>> {
     use crate::curvature::{self as curv, Estimator, ScoreConfig, Statistic};
     use crate::nn::mlp::{parse_spec, Mlp};
     let (sizes, act) = parse_spec(model)?;
@@ -250,14 +250,38 @@ pub fn curvature(model: &str, batch: usize, probes: usize, repeats: usize, pytho
     if act.piecewise_linear() {
         estimators.push((Estimator::Exact, "exact probe-free JᵀAJ"));
     }
-    for (est, name) in estimators {
+    let mut runs: Vec<(Estimator, &str, Backend)> = estimators.iter().map(|&(e, n)| (e, n, Backend::Cpu)).collect();
+    if let (Some(g), true) = (gpu, act.piecewise_linear()) {
+        runs.push((Estimator::Hutchinson, "hutchinson (exact HVP)", g.clone()));
+        runs.push((Estimator::Exact, "exact probe-free JᵀAJ", g.clone()));
+    }
+    let cpu_scores: std::cell::RefCell<Vec<(Estimator, Vec<f32>)>> = Default::default();
+    // The cuBLAS floor: the same products alone.
+    let mut gemm_floor = None;
+    if let (Some(Backend::Cuda(g)), true) = (gpu, act.piecewise_linear()) {
+        let (median, min) = time_runs(repeats, || g.curvature_gemms_only(&m, batch))?;
+        gemm_floor = Some(median);
+        rows.push(BenchRow {
+            workload: format!("curvature {model} B={batch} P={probes}"),
+            device: "cublas".into(),
+            median_seconds: median,
+            min_seconds: min,
+            repeats,
+            speedup: baseline.as_ref().map(|b| b.0).unwrap_or(median) / median,
+            throughput: batch as f64 / median,
+            gflops: Some(2.0 * macs * (1 + c) as f64 * batch as f64 / median / 1e9),
+            note: Some("the GPU path's products alone (forward + C-row backward)".into()),
+        });
+    }
+    for (est, name, backend) in runs {
         let cfg = ScoreConfig { estimator: est, statistic: Statistic::Paper, probes, h: 1e-3, seed: 0 };
         let cell = std::sync::Mutex::new(Vec::new());
         let (median, min) = time_runs(repeats, || {
-            *cell.lock().unwrap() = curv::scores(&m, &x, &y, 0, &cfg)?.score;
+            *cell.lock().unwrap() = curv::scores_on(&backend, &m, &x, &y, 0, &cfg)?.score;
             Ok(())
         })?;
         let scores = cell.into_inner().unwrap();
+        let max_rel = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| ((x - y) / y.abs().max(1e-20)).abs() as f64).fold(0.0, f64::max);
         // Passes of the network per sample: forward-over-reverse 2 primal + 2P tangent,
         // finite differences 2 + 2P.
         // (Piecewise-linear networks take the logit Jacobians, one forward pass and C
@@ -267,14 +291,21 @@ pub fn curvature(model: &str, batch: usize, probes: usize, repeats: usize, pytho
             _ => 2 + 2 * probes,
         };
         let mut note = name.to_string();
-        if let (Some((_, base)), Estimator::Hutchinson) = (&baseline, est) {
-            let err = scores.iter().zip(base).map(|(a, b)| ((a - b) / b.abs().max(1e-20)).abs() as f64).fold(0.0, f64::max);
-            note = format!("{name}; max relative difference to JAX {err:.2e}");
+        if let (Some((_, base)), Estimator::Hutchinson, Backend::Cpu) = (&baseline, est, &backend) {
+            note = format!("{name}; max relative difference to JAX {:.2e}", max_rel(&scores, base));
+        }
+        if matches!(backend, Backend::Cpu) {
+            cpu_scores.borrow_mut().push((est, scores.clone()));
+        } else if let Some((_, cpu)) = cpu_scores.borrow().iter().find(|(e, _)| *e == est) {
+            note = format!("{name}; max relative difference to the CPU {:.2e}", max_rel(&scores, cpu));
+            if let Some(floor) = gemm_floor {
+                note.push_str(&format!("; {:.2}× the cuBLAS products' time", median / floor));
+            }
         }
         let base = baseline.as_ref().map(|b| b.0).unwrap_or(median);
         rows.push(BenchRow {
             workload: format!("curvature {model} B={batch} P={probes}"),
-            device: "cpu".into(),
+            device: backend.device().to_string(),
             median_seconds: median,
             min_seconds: min,
             repeats,

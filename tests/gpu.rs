@@ -184,3 +184,34 @@ fn construct_networks_identical() {
         }
     }
 }
+
+#[test]
+fn curvature_scores_agree() {
+    use rote::curvature::{scores_on, Estimator, ScoreConfig, Statistic};
+    use rote::nn::mlp::{Activation, Mlp};
+    let Some(g) = gpu("curvature_scores_agree") else { return };
+    let cuda = Backend::Cuda(g);
+    let m = Mlp::init(&[784, 256, 128, 10], Activation::Relu, 4);
+    let rows = 301;
+    let mut x = vec![0f32; rows * 784];
+    Philox::new(3, 3).fill_uniform(0, &mut x);
+    let y: Vec<i64> = (0..rows as i64).map(|i| i % 10).collect();
+    for (est, probes) in [(Estimator::Exact, 0), (Estimator::Hutchinson, 7)] {
+        let cfg = ScoreConfig { estimator: est, statistic: Statistic::Paper, probes, h: 1e-3, seed: 5 };
+        let cpu = scores_on(&Backend::Cpu, &m, &x, &y, 1000, &cfg).unwrap();
+        let t0 = std::time::Instant::now();
+        let gpu_scores = scores_on(&cuda, &m, &x, &y, 1000, &cfg).unwrap();
+        let secs = t0.elapsed().as_secs_f64();
+        let top = cpu.score.iter().cloned().fold(0f32, f32::max) as f64;
+        let mut max_rel = 0f64;
+        for (a, b) in gpu_scores.score.iter().zip(&cpu.score) {
+            let err = (*a as f64 - *b as f64).abs();
+            assert!(err <= 1e-3 * (*b as f64).abs() + 1e-6 * top, "{est:?}: GPU {a} vs CPU {b}");
+            max_rel = max_rel.max(err / (*b as f64).abs().max(1e-12));
+        }
+        for (a, b) in gpu_scores.trace.iter().zip(&cpu.trace) {
+            assert!(((a - b) as f64).abs() <= 1e-3 * (*b as f64).abs() + 1e-6 * top, "{est:?} trace: GPU {a} vs CPU {b}");
+        }
+        summary(&format!("curvature {est:?} relu 784-256-128-10 B=301 P={probes}"), max_rel, secs);
+    }
+}

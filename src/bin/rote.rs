@@ -119,6 +119,9 @@ enum BenchCommand {
         /// Python with JAX for the baseline; "none" skips it.
         #[arg(long, default_value = "python3")]
         python: String,
+        /// Also time the GPU path (auto: any usable GPU).
+        #[arg(long, default_value = "auto")]
+        device: DeviceRequest,
         #[arg(long)]
         json: bool,
     },
@@ -417,9 +420,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train_cmd(args),
         Command::Curvature(args) => curvature_cmd(args),
         Command::Predict { net, data, device, json } => predict_cmd(&net, &data, device.device, json),
-        Command::Bench(BenchCommand::Curvature { model, batch, probes, repeats, python, json }) => {
+        Command::Bench(BenchCommand::Curvature { model, batch, probes, repeats, python, device, json }) => {
             let python = (python != "none").then_some(python.as_str());
-            let rows = rote::bench::curvature(&model, batch.max(1), probes.max(1), repeats.max(1), python)?;
+            let gpu = bench_backends(device)?.into_iter().find(|b| matches!(b, Backend::Cuda(_)));
+            let rows = rote::bench::curvature(&model, batch.max(1), probes.max(1), repeats.max(1), python, gpu.as_ref())?;
             if json {
                 print_json(&serde_json::to_value(&rows)?);
             } else {
@@ -985,16 +989,22 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
     if a.probes == 0 && !(a.estimator == curvature::Estimator::Exact && activation.piecewise_linear()) {
         bail!("--probes must be at least 1 (only the exact estimator on a piecewise-linear network needs none)");
     }
-    if a.device.device != DeviceRequest::Cpu && a.device.device.resolve()? != rote::device::Device::Cpu {
-        eprintln!("note: curvature scores run on the CPU in this version");
+    let backend = open_device(a.device.device)?;
+    let on_gpu = matches!(backend, Backend::Cuda(_))
+        && activation.piecewise_linear()
+        && a.estimator != curvature::Estimator::Fd
+        && a.statistic == curvature::Statistic::Paper;
+    if matches!(backend, Backend::Cuda(_)) && !on_gpu {
+        eprintln!("note: on the GPU rote scores relu networks with the exact or Hutchinson estimator; this run uses the CPU");
     }
+    let backend = if on_gpu { backend } else { Backend::Cpu };
     let estimator_used = match (a.estimator, activation.piecewise_linear(), a.statistic) {
         (curvature::Estimator::Exact, true, curvature::Statistic::Paper) => "exact (Jᵀ A J, probe-free)",
         (curvature::Estimator::Exact, _, _) => "hutchinson (exact HVP) + exact Gauss–Newton part",
         (curvature::Estimator::Hutchinson, _, _) => "hutchinson (exact HVP)",
         (curvature::Estimator::Fd, _, _) => "hutchinson (finite-difference HVP)",
     };
-    eprintln!("device: cpu; estimator: {estimator_used}");
+    eprintln!("estimator: {estimator_used}");
     let range = a.shard.range(labels.len());
     let score_cfg = ScoreConfig { estimator: a.estimator, statistic: a.statistic, probes: a.probes, h: a.h, seed: a.seed };
     let bar = sched::progress((ckpts.len() * range.len()) as u64, "curvature", !a.json);
@@ -1011,7 +1021,7 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
         for chunk in sched::chunks(range.clone(), a.batch.max(1)) {
             let rows: Vec<u32> = sources[chunk.clone()].to_vec();
             let x = train::gather(&ds.train.x, &rows, cfg.input_scale);
-            let s = curvature::scores(&m, &x, &labels[chunk.clone()], chunk.start as u64, &score_cfg)?;
+            let s = curvature::scores_on(&backend, &m, &x, &labels[chunk.clone()], chunk.start as u64, &score_cfg)?;
             score.extend(s.score);
             trace.extend(s.trace);
             if let Some(g) = s.gauss_newton {
@@ -1062,16 +1072,17 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
     }
     let value = serde_json::json!({
         "samples": range.len(), "checkpoints": ckpts.len(), "probes": if estimator_used.starts_with("exact") { 0 } else { a.probes },
-        "estimator": estimator_used, "statistic": a.statistic, "seconds": seconds, "device": "cpu",
+        "estimator": estimator_used, "statistic": a.statistic, "seconds": seconds, "device": backend.device(),
         "auroc": auroc, "precision_at_k": precision, "corrupted": n_pos, "out": a.out,
     });
     if a.json {
         print_json(&value);
     } else {
         println!(
-            "scored {} samples × {} checkpoints in {seconds:.2} s ({estimator_used}) → {}",
+            "scored {} samples × {} checkpoints in {seconds:.2} s on {} ({estimator_used}) → {}",
             range.len(),
             ckpts.len(),
+            backend.device(),
             a.out.display()
         );
         if let (Some(au), Some(p)) = (auroc, precision) {

@@ -47,8 +47,11 @@ pub struct Scores {
 /// Probe j of sample `global` (its index in the training set): Rademacher signs keyed
 /// by (seed, sample, probe), so any shard or device draws the same.
 pub fn probe(seed: u64, global: u64, j: usize, d: usize, out: &mut [f32]) {
-    Philox::new(seed ^ 0x9B0B_E5, global).fill_sign((j * d) as u64, out);
+    Philox::new(seed ^ PROBE_KEY, global).fill_sign((j * d) as u64, out);
 }
+
+/// Mixed into the seed of the probe stream (kernels/curvature.cu draws the same).
+pub const PROBE_KEY: u64 = 0x9B0B_E5;
 
 pub struct ScoreConfig {
     pub estimator: Estimator,
@@ -125,33 +128,67 @@ pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfi
 /// costs C·d instead of two passes through the network. The values are those of the
 /// forward-over-reverse HVP (up to rounding); only the arithmetic is cheaper.
 fn hutchinson_low_rank(m: &Mlp, x: &[f32], rows: usize, v: &[f32], probes: usize, with_gn: bool) -> Scores {
+    use rayon::prelude::*;
     let f = m.forward(x, rows);
     let j = m.logit_jacobians(&f);
     let (c, d) = (m.classes(), m.input_dim());
+    let gram: Vec<f64> = (0..rows).into_par_iter().flat_map_iter(|s| gram_of(&j[s * c * d..(s + 1) * c * d], c, d)).collect();
+    let u: Vec<f64> = (0..rows * probes)
+        .into_par_iter()
+        .flat_map_iter(|r| {
+            let (js, vk) = (&j[(r / probes) * c * d..(r / probes + 1) * c * d], &v[r * d..(r + 1) * d]);
+            (0..c).map(move |a| dot(&js[a * d..(a + 1) * d], vk)).collect::<Vec<_>>()
+        })
+        .collect();
+    finish_low_rank(&LowRank { rows, classes: c, probes, gram, probs: f.probs, projections: u }, with_gn)
+}
+
+/// What the scores of a piecewise-linear network need, from either backend: per
+/// sample the Gram matrix G = JJᵀ (C, C), the probabilities p (C), and the probe
+/// projections u_k = J v_k (P, C).
+pub struct LowRank {
+    pub rows: usize,
+    pub classes: usize,
+    pub probes: usize,
+    pub gram: Vec<f64>,
+    pub probs: Vec<f32>,
+    pub projections: Vec<f64>,
+}
+
+/// Scores from the low-rank pieces: with `probes` = 0 the exact tr((AG)²) and
+/// tr(AG); otherwise Hutchinson (‖Hv‖² = wᵀGw, vᵀHv = uᵀw, w = Au), plus the exact
+/// part when `with_gn`.
+pub fn finish_low_rank(lr: &LowRank, with_gn: bool) -> Scores {
     use rayon::prelude::*;
-    let per_sample: Vec<(f32, f32, f32)> = (0..rows)
+    let (c, probes) = (lr.classes, lr.probes);
+    let per_sample: Vec<(f32, f32, f32, f32)> = (0..lr.rows)
         .into_par_iter()
         .map(|s| {
-            let js = &j[s * c * d..(s + 1) * c * d];
-            let p = &f.probs[s * c..(s + 1) * c];
-            let g = gram(js, c, d);
-            let gn = if with_gn { trace_sq_ag(&a_times(p, &g, c), c) as f32 } else { 0.0 };
+            let p = &lr.probs[s * c..(s + 1) * c];
+            let g = &lr.gram[s * c * c..(s + 1) * c * c];
+            let ag = a_times(p, g, c);
+            let (gn_sq, gn_tr) = (trace_sq_ag(&ag, c) as f32, (0..c).map(|a| ag[a * c + a]).sum::<f64>() as f32);
             let (mut sq, mut tr) = (0f64, 0f64);
             for k in 0..probes {
-                let vk = &v[(s * probes + k) * d..(s * probes + k + 1) * d];
-                let u: Vec<f64> = (0..c).map(|a| dot(&js[a * d..(a + 1) * d], vk)).collect();
-                let pu: f64 = p.iter().zip(&u).map(|(&pp, &uu)| pp as f64 * uu).sum();
+                let u = &lr.projections[(s * probes + k) * c..(s * probes + k + 1) * c];
+                let pu: f64 = p.iter().zip(u).map(|(&pp, &uu)| pp as f64 * uu).sum();
                 let w: Vec<f64> = (0..c).map(|a| p[a] as f64 * (u[a] - pu)).collect();
                 sq += (0..c).map(|a| w[a] * (0..c).map(|b| g[a * c + b] * w[b]).sum::<f64>()).sum::<f64>();
                 tr += u.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>();
             }
-            ((sq / probes as f64) as f32, (tr / probes as f64) as f32, gn)
+            let n = probes.max(1) as f64;
+            ((sq / n) as f32, (tr / n) as f32, gn_sq, gn_tr)
         })
         .collect();
-    let score = per_sample.iter().map(|t| t.0).collect();
-    let trace = per_sample.iter().map(|t| t.1).collect();
-    let gn = per_sample.iter().map(|t| t.2).collect();
-    Scores { score, trace, gauss_newton: with_gn.then_some(gn) }
+    if probes == 0 {
+        let score: Vec<f32> = per_sample.iter().map(|t| t.2).collect();
+        return Scores { gauss_newton: Some(score.clone()), score, trace: per_sample.iter().map(|t| t.3).collect() };
+    }
+    Scores {
+        score: per_sample.iter().map(|t| t.0).collect(),
+        trace: per_sample.iter().map(|t| t.1).collect(),
+        gauss_newton: with_gn.then(|| per_sample.iter().map(|t| t.2).collect()),
+    }
 }
 
 /// Σ a_i b_i with eight float32 partial sums (so it vectorizes), returned as f64.
@@ -169,7 +206,7 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// G = J Jᵀ (C, C) in float64 from one sample's logit Jacobian (C, d).
-fn gram(js: &[f32], c: usize, d: usize) -> Vec<f64> {
+fn gram_of(js: &[f32], c: usize, d: usize) -> Vec<f64> {
     let mut g = vec![0f64; c * c];
     for a in 0..c {
         for b in a..c {
@@ -200,17 +237,21 @@ fn trace_sq_ag(ag: &[f64], c: usize) -> f64 {
 
 /// (tr((AG)²), tr(AG)) per sample: the exact scores of H = JᵀAJ.
 pub fn gauss_newton(m: &Mlp, x: &[f32], rows: usize) -> (Vec<f32>, Vec<f32>) {
-    let f = m.forward(x, rows);
-    let j = m.logit_jacobians(&f);
-    let (c, d) = (m.classes(), m.input_dim());
-    use rayon::prelude::*;
-    (0..rows)
-        .into_par_iter()
-        .map(|s| {
-            let ag = a_times(&f.probs[s * c..(s + 1) * c], &gram(&j[s * c * d..(s + 1) * c * d], c, d), c);
-            (trace_sq_ag(&ag, c) as f32, (0..c).map(|a| ag[a * c + a]).sum::<f64>() as f32)
-        })
-        .unzip()
+    let s = hutchinson_low_rank(m, x, rows, &[], 0, true);
+    (s.score, s.trace)
+}
+
+/// The pieces `finish_low_rank` needs, computed on the GPU when `backend` is one.
+pub fn scores_on(backend: &crate::device::Backend, m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfig) -> Result<Scores> {
+    let low_rank = m.activation.piecewise_linear() && cfg.estimator != Estimator::Fd && cfg.statistic == Statistic::Paper;
+    match backend {
+        crate::device::Backend::Cuda(g) if low_rank => {
+            let probes = if cfg.estimator == Estimator::Exact { 0 } else { cfg.probes };
+            let lr = g.curvature_low_rank(m, x, y.len(), probes, cfg.seed ^ PROBE_KEY, first_global)?;
+            Ok(finish_low_rank(&lr, cfg.estimator == Estimator::Exact))
+        }
+        _ => scores(m, x, y, first_global, cfg),
+    }
 }
 
 /// Area under the ROC curve of `score` for finding `positive` samples (ties counted

@@ -3,6 +3,7 @@
 
 pub mod cuda;
 mod cuda_construct;
+mod cuda_curvature;
 pub use cuda_construct::GpuScanner;
 
 use anyhow::{bail, Result};
