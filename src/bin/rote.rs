@@ -266,6 +266,8 @@ struct TrainArgs {
     duplicate_conflicts: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[command(flatten)]
+    device: DeviceArg,
     #[arg(long)]
     out: PathBuf,
     #[arg(long)]
@@ -899,7 +901,10 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         input_scale: 1.0,
     };
     cfg.input_scale = train::input_scale_for(&ds);
-    eprintln!("device: cpu (training runs on the CPU; {} threads)", rayon::current_num_threads());
+    if a.device.device.resolve()? != rote::device::Device::Cpu {
+        eprintln!("note: training runs on the CPU in this version (scoring relu networks uses the GPU)");
+    }
+    eprintln!("device: cpu ({} threads)", rayon::current_num_threads());
     let bar = sched::progress(0, "training", !a.json);
     let t0 = Instant::now();
     train::train(&ds, &cfg, &a.out, &|done, total| {
