@@ -1,22 +1,15 @@
-// Per-sample input curvature of relu MLPs (ALGORITHMS.md §2): H = Jᵀ(diag p − ppᵀ)J
-// with J = ∂z_L/∂x. The products run through cuBLAS; these kernels do the rest:
-//   bias_relu        z ← z + b; a = max(z, 0)                 (forward, one layer)
+// Per-sample input curvature of MLPs (ALGORITHMS.md §2). The products run through
+// cuBLAS; these kernels do the rest.
+// Low-rank pieces (J = ∂z_L/∂x, exact for piecewise-linear networks, the Gauss–Newton
+// part otherwise):
 //   softmax_rows     p = softmax(z_L) per row
 //   identity_seeds   C one-hot rows per sample: the seeds of J's backward pass
-//   relu_mask_rows   g ← g ⊙ 1[z > 0], row i of g belonging to sample i / C
 //   gram_per_sample  G_s = J_s J_sᵀ (C × C)
 //   project_probes   U_s = J_s V_sᵀ (C × P) for Rademacher probes V_s drawn here
 // The host finishes tr(AG), tr((AG)²) and the Hutchinson sums from G, p and U — the
-// same function the CPU backend uses.
+// same function the CPU backend uses. Forward-over-reverse HVPs for any activation
+// follow below.
 #include "common.cuh"
-
-extern "C" __global__ void bias_relu(float* z, float* a, const float* bias, u32 rows, u32 n, int relu) {
-    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (u64)rows * n) return;
-    float v = z[i] + bias[i % n];
-    z[i] = v;
-    if (relu) a[i] = v > 0.0f ? v : 0.0f;
-}
 
 // One warp per row.
 extern "C" __global__ void softmax_rows(const float* z, float* p, u32 rows, u32 c) {
@@ -38,13 +31,6 @@ extern "C" __global__ void identity_seeds(float* g, u32 rows, u32 c) {
     if (i >= (u64)rows * c * c) return;
     u64 r = i / c;  // row of g: sample r / c, class r % c
     g[i] = (i % c == r % c) ? 1.0f : 0.0f;
-}
-
-extern "C" __global__ void relu_mask_rows(float* g, const float* z, u32 rows, u32 c, u32 n) {
-    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (u64)rows * c * n) return;
-    u64 r = i / n, k = i % n;
-    if (z[(r / c) * n + k] <= 0.0f) g[i] = 0.0f;
 }
 
 // One block per sample; warps take the C(C+1)/2 pairs in turn.
@@ -85,4 +71,91 @@ extern "C" __global__ void project_probes(const float* j, float* u, u32 rows, u3
         acc = warp_sum(acc);
         if (lane == 0) u[((u64)s * probes + p) * c + a] = acc;
     }
+}
+
+// ---- any activation: forward-over-reverse HVPs (ALGORITHMS.md §2) ------------------
+// act: 0 relu, 1 gelu (erf), 2 tanh, 3 softplus. σ, σ', σ'' as in src/nn/mlp.rs.
+__device__ __forceinline__ void activation(int act, float z, float* s, float* d1, float* d2) {
+    if (act == 0) { *s = z > 0.0f ? z : 0.0f; *d1 = z > 0.0f ? 1.0f : 0.0f; *d2 = 0.0f; }
+    else if (act == 1) {
+        float cdf = 0.5f * (1.0f + erff(z * 0.70710678118654752f));
+        float pdf = 0.3989422804014327f * expf(-0.5f * z * z);
+        *s = z * cdf; *d1 = cdf + z * pdf; *d2 = pdf * (2.0f - z * z);
+    } else if (act == 2) { float t = tanhf(z); *s = t; *d1 = 1.0f - t * t; *d2 = -2.0f * t * (1.0f - t * t); }
+    else { float sg = 1.0f / (1.0f + expf(-z)); *s = fmaxf(z, 0.0f) + log1pf(expf(-fabsf(z))); *d1 = sg; *d2 = sg * (1.0f - sg); }
+}
+
+// z ← z + b; a = σ(z), d1 = σ'(z), d2 = σ''(z) (hidden layers).
+extern "C" __global__ void bias_act(float* z, float* a, float* d1, float* d2, const float* bias, u32 rows, u32 n, int act) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)rows * n) return;
+    float v = z[i] + bias[i % n];
+    z[i] = v;
+    float s, e1, e2;
+    activation(act, v, &s, &e1, &e2);
+    a[i] = s; d1[i] = e1; d2[i] = e2;
+}
+
+extern "C" __global__ void add_bias(float* z, const float* bias, u32 rows, u32 n) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (u64)rows * n) z[i] += bias[i % n];
+}
+
+// g = p − e_y.
+extern "C" __global__ void softmax_grad(const float* p, const long long* y, float* g, u32 rows, u32 c) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)rows * c) return;
+    g[i] = p[i] - ((long long)(i % c) == y[i / c] ? 1.0f : 0.0f);
+}
+
+// out[i] = x[i] · f[sample(i), k]: rows of x are (sample, probe) pairs, `per` of them
+// per sample; f has one row of n per sample.
+extern "C" __global__ void scale_by_sample(float* out, const float* x, const float* f, u32 rows, u32 per, u32 n) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)rows * per * n) return;
+    out[i] = x[i] * f[(i / n / per) * n + i % n];
+}
+
+// Rademacher probes, v[(s·P + j)·d + l] = sign(seed, first_global + s, j·d + l).
+extern "C" __global__ void rademacher_rows(float* v, u32 rows, u32 probes, u32 d, u64 seed, u64 first_global) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)rows * probes * d) return;
+    u64 r = i / d, l = i % d;
+    v[i] = philox_sign(seed, first_global + r / probes, (r % probes) * d + l);
+}
+
+// ġ_L = p ⊙ (ż_L − pᵀż_L), one warp per (sample, probe) row.
+extern "C" __global__ void softmax_tangent(float* gdot, const float* zdot, const float* p, u32 rows, u32 probes, u32 c) {
+    u32 r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    u32 lane = threadIdx.x % 32;
+    if (r >= rows * probes) return;
+    const float* pr = p + (u64)(r / probes) * c;
+    const float* zr = zdot + (u64)r * c;
+    float dot = 0.0f;
+    for (u32 k = lane; k < c; k += 32) dot += pr[k] * zr[k];
+    dot = warp_sum(dot);
+    for (u32 k = lane; k < c; k += 32) gdot[(u64)r * c + k] = pr[k] * (zr[k] - dot);
+}
+
+// ġ_l = σ''(z_l)⊙ż_l⊙g_{a,l} + σ'(z_l)⊙ġ_{a,l}, tangent rows against per-sample z.
+extern "C" __global__ void tangent_back(float* gdot, const float* gad, const float* zdot, const float* ga, const float* d1, const float* d2, u32 rows, u32 probes, u32 n) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)rows * probes * n) return;
+    u64 s = (i / n / probes) * n + i % n;
+    gdot[i] = d2[s] * zdot[i] * ga[s] + d1[s] * gad[i];
+}
+
+// Per row: ‖h‖² and v·h.
+extern "C" __global__ void row_sq_and_dot(const float* h, const float* v, u32 rows, u32 d, float* sq, float* vd) {
+    u32 r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    u32 lane = threadIdx.x % 32;
+    if (r >= rows) return;
+    float a = 0.0f, b = 0.0f;
+    for (u32 l = lane; l < d; l += 32) {
+        float x = h[(u64)r * d + l];
+        a = fmaf(x, x, a);
+        b = fmaf(x, v[(u64)r * d + l], b);
+    }
+    a = warp_sum(a); b = warp_sum(b);
+    if (lane == 0) { sq[r] = a; vd[r] = b; }
 }

@@ -58,6 +58,7 @@ echo "== bench construct" | tee -a "$log"
 timeout 120 .gpu/rote bench construct --cases moons,moons-1m --python none --device cuda --repeats 5 2>&1 | tee -a "$log" || status=1
 echo "== bench curvature" | tee -a "$log"
 timeout 120 .gpu/rote bench curvature --python none --device cuda --batch 4096 --repeats 5 2>&1 | tee -a "$log" || status=1
+timeout 120 .gpu/rote bench curvature --model mlp:784-512-512-10,act=gelu --python none --device cuda --batch 2048 --repeats 3 2>&1 | tee -a "$log" || status=1
 echo "== bench construct cifar-like (GPU only)" | tee -a "$log"
 timeout 240 .gpu/rote bench construct --cases cifar-like --python none --device cuda --skip-cpu --repeats 1 2>&1 | tee -a "$log" || status=1
 

@@ -247,13 +247,12 @@ pub fn curvature(model: &str, batch: usize, probes: usize, repeats: usize, pytho
         baseline = Some((median, scores));
     }
     let mut estimators = vec![(Estimator::Hutchinson, "hutchinson (exact HVP)"), (Estimator::Fd, "finite differences")];
-    if act.piecewise_linear() {
-        estimators.push((Estimator::Exact, "exact probe-free JᵀAJ"));
-    }
+    estimators.push((Estimator::Exact, if act.piecewise_linear() { "exact probe-free JᵀAJ" } else { "hutchinson + exact Gauss–Newton part" }));
     let mut runs: Vec<(Estimator, &str, Backend)> = estimators.iter().map(|&(e, n)| (e, n, Backend::Cpu)).collect();
-    if let (Some(g), true) = (gpu, act.piecewise_linear()) {
+    if let Some(g) = gpu {
         runs.push((Estimator::Hutchinson, "hutchinson (exact HVP)", g.clone()));
-        runs.push((Estimator::Exact, "exact probe-free JᵀAJ", g.clone()));
+        let exact = if act.piecewise_linear() { "exact probe-free JᵀAJ" } else { "hutchinson + exact Gauss–Newton part" };
+        runs.push((Estimator::Exact, exact, g.clone()));
     }
     let cpu_scores: std::cell::RefCell<Vec<(Estimator, Vec<f32>)>> = Default::default();
     // The cuBLAS floor: the same products alone.
@@ -288,6 +287,7 @@ pub fn curvature(model: &str, batch: usize, probes: usize, repeats: usize, pytho
         // backward rows, for the exact and the Hutchinson estimator alike.)
         let passes = match est {
             Estimator::Exact | Estimator::Hutchinson if act.piecewise_linear() => 1 + c,
+            Estimator::Exact => 2 + 2 * probes + 1 + c,
             _ => 2 + 2 * probes,
         };
         let mut note = name.to_string();

@@ -995,12 +995,10 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
         bail!("--probes must be at least 1 (only the exact estimator on a piecewise-linear network needs none)");
     }
     let backend = open_device(a.device.device)?;
-    let on_gpu = matches!(backend, Backend::Cuda(_))
-        && activation.piecewise_linear()
-        && a.estimator != curvature::Estimator::Fd
-        && a.statistic == curvature::Statistic::Paper;
+    let score_cfg = ScoreConfig { estimator: a.estimator, statistic: a.statistic, probes: a.probes, h: a.h, seed: a.seed };
+    let on_gpu = matches!(backend, Backend::Cuda(_)) && curvature::runs_on_gpu(&score_cfg);
     if matches!(backend, Backend::Cuda(_)) && !on_gpu {
-        eprintln!("note: on the GPU rote scores relu networks with the exact or Hutchinson estimator; this run uses the CPU");
+        eprintln!("note: the finite-difference estimator and the released-code statistic run on the CPU");
     }
     let backend = if on_gpu { backend } else { Backend::Cpu };
     let estimator_used = match (a.estimator, activation.piecewise_linear(), a.statistic) {
@@ -1011,7 +1009,6 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
     };
     eprintln!("estimator: {estimator_used}");
     let range = a.shard.range(labels.len());
-    let score_cfg = ScoreConfig { estimator: a.estimator, statistic: a.statistic, probes: a.probes, h: a.h, seed: a.seed };
     let bar = sched::progress((ckpts.len() * range.len()) as u64, "curvature", !a.json);
     let t0 = Instant::now();
     let mut mean_score = vec![0f64; range.len()];

@@ -242,16 +242,39 @@ pub fn gauss_newton(m: &Mlp, x: &[f32], rows: usize) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// The pieces `finish_low_rank` needs, computed on the GPU when `backend` is one.
+///
+/// On the GPU: exact and Hutchinson scores with the paper's statistic (finite
+/// differences and the released code's statistic run on the CPU).
 pub fn scores_on(backend: &crate::device::Backend, m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfig) -> Result<Scores> {
-    let low_rank = m.activation.piecewise_linear() && cfg.estimator != Estimator::Fd && cfg.statistic == Statistic::Paper;
-    match backend {
-        crate::device::Backend::Cuda(g) if low_rank => {
-            let probes = if cfg.estimator == Estimator::Exact { 0 } else { cfg.probes };
-            let lr = g.curvature_low_rank(m, x, y.len(), probes, cfg.seed ^ PROBE_KEY, first_global)?;
-            Ok(finish_low_rank(&lr, cfg.estimator == Estimator::Exact))
-        }
-        _ => scores(m, x, y, first_global, cfg),
+    let crate::device::Backend::Cuda(g) = backend else {
+        return scores(m, x, y, first_global, cfg);
+    };
+    if !runs_on_gpu(cfg) {
+        return scores(m, x, y, first_global, cfg);
     }
+    let exact = cfg.estimator == Estimator::Exact;
+    if m.activation.piecewise_linear() {
+        let probes = if exact { 0 } else { cfg.probes };
+        let lr = g.curvature_low_rank(m, x, y.len(), probes, cfg.seed ^ PROBE_KEY, first_global)?;
+        return Ok(finish_low_rank(&lr, exact));
+    }
+    if cfg.probes == 0 {
+        bail!("--probes must be at least 1 for this estimator");
+    }
+    let p = cfg.probes;
+    let (sq, vd) = g.curvature_hvp(m, x, y, p, cfg.seed ^ PROBE_KEY, first_global)?;
+    let mean = |v: &[f32], s: usize| (v[s * p..(s + 1) * p].iter().map(|&t| t as f64).sum::<f64>() / p as f64) as f32;
+    let gauss_newton = if exact {
+        Some(finish_low_rank(&g.curvature_low_rank(m, x, y.len(), 0, 0, first_global)?, true).score)
+    } else {
+        None
+    };
+    Ok(Scores { score: (0..y.len()).map(|s| mean(&sq, s)).collect(), trace: (0..y.len()).map(|s| mean(&vd, s)).collect(), gauss_newton })
+}
+
+/// Whether `scores_on` uses the GPU for this configuration.
+pub fn runs_on_gpu(cfg: &ScoreConfig) -> bool {
+    cfg.estimator != Estimator::Fd && cfg.statistic == Statistic::Paper
 }
 
 /// Area under the ROC curve of `score` for finding `positive` samples (ties counted

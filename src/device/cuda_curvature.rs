@@ -10,6 +10,49 @@ use anyhow::{anyhow, bail, Result};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
+/// Launches kernel `$f` with config `$cfg` and the given arguments on the backend's
+/// stream. Every kernel here guards its index against the sizes it is passed, which
+/// are the lengths of the buffers handed over.
+macro_rules! launch {
+    ($gpu:expr, $f:expr, $cfg:expr, $($arg:expr),* $(,)?) => {{
+        let f: &cudarc::driver::CudaFunction = &$f;
+        let mut lb = $gpu.stream().launch_builder(f);
+        $( lb.arg($arg); )*
+        // SAFETY: see the macro's comment; shapes are checked by the callers.
+        unsafe { lb.launch($cfg) }?;
+    }};
+}
+
+/// One thread per element.
+fn elems(n: usize) -> LaunchConfig {
+    LaunchConfig::for_num_elems(n as u32)
+}
+
+/// One warp per row, eight warps per block.
+fn warps(rows: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: ((rows as u32).div_ceil(8), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// The activation numbering of kernels/curvature.cu.
+fn activation_code(a: crate::nn::mlp::Activation) -> i32 {
+    use crate::nn::mlp::Activation::*;
+    match a {
+        Relu => 0,
+        Gelu => 1,
+        Tanh => 2,
+        Softplus => 3,
+    }
+}
+
+struct DeviceForward {
+    /// z_1 … z_L (bias added).
+    z: Vec<CudaSlice<f32>>,
+    /// σ'(z_l), σ''(z_l) for the hidden layers.
+    d1: Vec<CudaSlice<f32>>,
+    d2: Vec<CudaSlice<f32>>,
+    probs: CudaSlice<f32>,
+}
+
 impl CudaBackend {
     fn blas(&self) -> Result<CudaBlas> {
         // SAFETY: only tries to dlopen the library; without it cudarc would panic.
@@ -38,64 +81,72 @@ impl CudaBackend {
         unsafe { blas.gemm(cfg, b, a, c) }.map_err(|e| anyhow!("cuBLAS sgemm failed: {e:?}"))
     }
 
-    /// G = JJᵀ, p and (for `probes` > 0) u = Jv per sample, for a relu MLP.
-    pub fn curvature_low_rank(&self, m: &Mlp, x: &[f32], rows: usize, probes: usize, probe_seed: u64, first_global: u64) -> Result<LowRank> {
-        if !m.activation.piecewise_linear() {
-            bail!("the GPU curvature path handles piecewise-linear (relu) networks");
+    /// Forward pass on the device: z_l, and for hidden layers σ(z_l), σ'(z_l), σ''(z_l);
+    /// softmax probabilities of the logits.
+    fn forward_device(&self, blas: &CudaBlas, m: &Mlp, w: &[CudaSlice<f32>], b: &[CudaSlice<f32>], x: &CudaSlice<f32>, rows: usize) -> Result<DeviceForward> {
+        let s = self.stream();
+        let act = activation_code(m.activation);
+        let (bias_act, add_bias) = (self.function("curvature", "bias_act")?, self.function("curvature", "add_bias")?);
+        let mut fw = DeviceForward { z: vec![], d1: vec![], d2: vec![], probs: s.alloc_zeros::<f32>(rows * m.classes())? };
+        let mut a: Option<CudaSlice<f32>> = None;
+        for l in 0..m.layers() {
+            let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
+            let mut z = s.alloc_zeros::<f32>(rows * out)?;
+            self.gemm_rm(blas, a.as_ref().unwrap_or(x), rows, fan_in, &w[l], out, true, &mut z)?;
+            let (r32, n32) = (rows as u32, out as u32);
+            if l + 1 < m.layers() {
+                let mut next = s.alloc_zeros::<f32>(rows * out)?;
+                let mut d1 = s.alloc_zeros::<f32>(rows * out)?;
+                let mut d2 = s.alloc_zeros::<f32>(rows * out)?;
+                launch!(self, bias_act, elems(rows * out), &mut z, &mut next, &mut d1, &mut d2, &b[l], &r32, &n32, &act);
+                fw.d1.push(d1);
+                fw.d2.push(d2);
+                a = Some(next);
+            } else {
+                launch!(self, add_bias, elems(rows * out), &mut z, &b[l], &r32, &n32);
+            }
+            fw.z.push(z);
         }
+        let f = self.function("curvature", "softmax_rows")?;
+        let (r32, c32) = (rows as u32, m.classes() as u32);
+        let logits = fw.z.last().unwrap();
+        let probs = &mut fw.probs;
+        launch!(self, f, warps(rows), logits, probs, &r32, &c32);
+        Ok(fw)
+    }
+
+    fn upload_model(&self, m: &Mlp) -> Result<(Vec<CudaSlice<f32>>, Vec<CudaSlice<f32>>)> {
+        let s = self.stream();
+        Ok((
+            m.weights.iter().map(|w| s.clone_htod(w)).collect::<Result<_, _>>()?,
+            m.biases.iter().map(|b| s.clone_htod(b)).collect::<Result<_, _>>()?,
+        ))
+    }
+
+    /// G = JJᵀ, p and (for `probes` > 0) u = Jv per sample (J = ∂z_L/∂x), any
+    /// activation: for piecewise-linear networks these give the exact and the Hutchinson
+    /// scores, for smooth ones the exact Gauss–Newton part.
+    pub fn curvature_low_rank(&self, m: &Mlp, x: &[f32], rows: usize, probes: usize, probe_seed: u64, first_global: u64) -> Result<LowRank> {
         let s = self.stream();
         let blas = self.blas()?;
         let (c, d, layers) = (m.classes(), m.input_dim(), m.layers());
-        let w: Vec<CudaSlice<f32>> = m.weights.iter().map(|w| s.clone_htod(w)).collect::<Result<_, _>>()?;
-        let b: Vec<CudaSlice<f32>> = m.biases.iter().map(|b| s.clone_htod(b)).collect::<Result<_, _>>()?;
-        let bias_relu = self.function("curvature", "bias_relu")?;
-        // Forward: z_l = a_{l−1} W_lᵀ + b_l, a_l = relu(z_l).
-        let mut zs: Vec<CudaSlice<f32>> = vec![];
-        let mut a = s.clone_htod(x)?;
-        for l in 0..layers {
-            let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
-            let mut z = s.alloc_zeros::<f32>(rows * out)?;
-            self.gemm_rm(&blas, &a, rows, fan_in, &w[l], out, true, &mut z)?;
-            let mut next = s.alloc_zeros::<f32>(rows * out)?;
-            let (r32, n32, relu) = (rows as u32, out as u32, (l + 1 < layers) as i32);
-            let mut lb = s.launch_builder(&bias_relu);
-            lb.arg(&mut z).arg(&mut next).arg(&b[l]).arg(&r32).arg(&n32).arg(&relu);
-            // SAFETY: z and next hold rows·out floats, bias out.
-            unsafe { lb.launch(LaunchConfig::for_num_elems((rows * out) as u32)) }?;
-            zs.push(z);
-            a = next;
-        }
-        let mut p = s.alloc_zeros::<f32>(rows * c)?;
-        {
-            let f = self.function("curvature", "softmax_rows")?;
-            let (r32, c32) = (rows as u32, c as u32);
-            let mut lb = s.launch_builder(&f);
-            lb.arg(&zs[layers - 1]).arg(&mut p).arg(&r32).arg(&c32);
-            let cfg = LaunchConfig { grid_dim: ((rows as u32).div_ceil(8), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-            // SAFETY: one warp per row of rows × c.
-            unsafe { lb.launch(cfg) }?;
-        }
+        let (w, b) = self.upload_model(m)?;
+        let x_dev = s.clone_htod(x)?;
+        let fw = self.forward_device(&blas, m, &w, &b, &x_dev, rows)?;
         // Backward with C one-hot rows per sample: J = ∂z_L/∂x, (rows·C, d).
         let mut g = s.alloc_zeros::<f32>(rows * c * c)?;
-        {
-            let f = self.function("curvature", "identity_seeds")?;
-            let (r32, c32) = (rows as u32, c as u32);
-            let mut lb = s.launch_builder(&f);
-            lb.arg(&mut g).arg(&r32).arg(&c32);
-            // SAFETY: g holds rows·c·c floats.
-            unsafe { lb.launch(LaunchConfig::for_num_elems((rows * c * c) as u32)) }?;
-        }
-        let mask = self.function("curvature", "relu_mask_rows")?;
+        let (r32, c32) = (rows as u32, c as u32);
+        launch!(self, self.function("curvature", "identity_seeds")?, elems(rows * c * c), &mut g, &r32, &c32);
+        let scale = self.function("curvature", "scale_by_sample")?;
         for l in (0..layers).rev() {
             let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
             let mut ga = s.alloc_zeros::<f32>(rows * c * fan_in)?;
             self.gemm_rm(&blas, &g, rows * c, out, &w[l], fan_in, false, &mut ga)?;
             if l > 0 {
-                let (r32, c32, n32) = (rows as u32, c as u32, fan_in as u32);
-                let mut lb = s.launch_builder(&mask);
-                lb.arg(&mut ga).arg(&zs[l - 1]).arg(&r32).arg(&c32).arg(&n32);
-                // SAFETY: ga holds rows·c·fan_in floats, zs[l−1] rows·fan_in.
-                unsafe { lb.launch(LaunchConfig::for_num_elems((rows * c * fan_in) as u32)) }?;
+                let mut scaled = s.alloc_zeros::<f32>(rows * c * fan_in)?;
+                let n32 = fan_in as u32;
+                launch!(self, scale, elems(rows * c * fan_in), &mut scaled, &ga, &fw.d1[l - 1], &r32, &c32, &n32);
+                ga = scaled;
             }
             g = ga;
         }
@@ -103,7 +154,7 @@ impl CudaBackend {
         let mut gram = s.alloc_zeros::<f32>(rows * c * c)?;
         {
             let f = self.function("curvature", "gram_per_sample")?;
-            let (c32, d32) = (c as u32, d as u32);
+            let d32 = d as u32;
             let mut lb = s.launch_builder(&f);
             lb.arg(&j).arg(&mut gram).arg(&c32).arg(&d32);
             let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
@@ -114,17 +165,83 @@ impl CudaBackend {
         if probes > 0 {
             let mut u = s.alloc_zeros::<f32>(rows * probes * c)?;
             let f = self.function("curvature", "project_probes")?;
-            let (r32, c32, p32, d32) = (rows as u32, c as u32, probes as u32, d as u32);
-            let mut lb = s.launch_builder(&f);
-            lb.arg(&j).arg(&mut u).arg(&r32).arg(&c32).arg(&p32).arg(&d32).arg(&probe_seed).arg(&first_global);
-            let cfg = LaunchConfig { grid_dim: (((rows * probes) as u32).div_ceil(8), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-            // SAFETY: one warp per (sample, probe); u holds rows·probes·c floats.
-            unsafe { lb.launch(cfg) }?;
+            let (p32, d32) = (probes as u32, d as u32);
+            launch!(self, f, warps(rows * probes), &j, &mut u, &r32, &c32, &p32, &d32, &probe_seed, &first_global);
             projections = s.clone_dtoh(&u)?.iter().map(|&v| v as f64).collect();
         }
         let gram: Vec<f64> = s.clone_dtoh(&gram)?.iter().map(|&v| v as f64).collect();
-        let probs = s.clone_dtoh(&p)?;
+        let probs = s.clone_dtoh(&fw.probs)?;
         Ok(LowRank { rows, classes: c, probes, gram, probs, projections })
+    }
+
+    /// Per (sample, probe) row: (‖Hv‖², vᵀHv) with Hv by forward-over-reverse on the
+    /// device, the twin of Mlp::input_hvp; probes drawn on the device from Philox.
+    pub fn curvature_hvp(&self, m: &Mlp, x: &[f32], y: &[i64], probes: usize, probe_seed: u64, first_global: u64) -> Result<(Vec<f32>, Vec<f32>)> {
+        let s = self.stream();
+        let blas = self.blas()?;
+        let rows = y.len();
+        let (c, d, layers) = (m.classes(), m.input_dim(), m.layers());
+        let tp = rows * probes;
+        let (w, b) = self.upload_model(m)?;
+        let x_dev = s.clone_htod(x)?;
+        let fw = self.forward_device(&blas, m, &w, &b, &x_dev, rows)?;
+        let (r32, p32, c32, d32) = (rows as u32, probes as u32, c as u32, d as u32);
+        // Primal backward, keeping g_{a,l} for the σ'' term.
+        let y_dev = s.clone_htod(y)?;
+        let mut g = s.alloc_zeros::<f32>(rows * c)?;
+        launch!(self, self.function("curvature", "softmax_grad")?, elems(rows * c), &fw.probs, &y_dev, &mut g, &r32, &c32);
+        let scale = self.function("curvature", "scale_by_sample")?;
+        let one = 1u32;
+        let mut ga_hidden: Vec<Option<CudaSlice<f32>>> = (0..layers).map(|_| None).collect();
+        for l in (1..layers).rev() {
+            let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
+            let mut ga = s.alloc_zeros::<f32>(rows * fan_in)?;
+            self.gemm_rm(&blas, &g, rows, out, &w[l], fan_in, false, &mut ga)?;
+            let mut next = s.alloc_zeros::<f32>(rows * fan_in)?;
+            let n32 = fan_in as u32;
+            launch!(self, scale, elems(rows * fan_in), &mut next, &ga, &fw.d1[l - 1], &r32, &one, &n32);
+            ga_hidden[l - 1] = Some(ga);
+            g = next;
+        }
+        // Tangent forward over rows·probes.
+        let mut v = s.alloc_zeros::<f32>(tp * d)?;
+        launch!(self, self.function("curvature", "rademacher_rows")?, elems(tp * d), &mut v, &r32, &p32, &d32, &probe_seed, &first_global);
+        let mut zdot: Vec<CudaSlice<f32>> = vec![];
+        let mut adot: Option<CudaSlice<f32>> = None;
+        for l in 0..layers {
+            let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
+            let mut zd = s.alloc_zeros::<f32>(tp * out)?;
+            self.gemm_rm(&blas, adot.as_ref().unwrap_or(&v), tp, fan_in, &w[l], out, true, &mut zd)?;
+            if l + 1 < layers {
+                let mut ad = s.alloc_zeros::<f32>(tp * out)?;
+                let n32 = out as u32;
+                launch!(self, scale, elems(tp * out), &mut ad, &zd, &fw.d1[l], &r32, &p32, &n32);
+                adot = Some(ad);
+            }
+            zdot.push(zd);
+        }
+        let mut gdot = s.alloc_zeros::<f32>(tp * c)?;
+        let zl = &zdot[layers - 1];
+        launch!(self, self.function("curvature", "softmax_tangent")?, warps(tp), &mut gdot, zl, &fw.probs, &r32, &p32, &c32);
+        let back = self.function("curvature", "tangent_back")?;
+        for l in (0..layers).rev() {
+            let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
+            let mut gad = s.alloc_zeros::<f32>(tp * fan_in)?;
+            self.gemm_rm(&blas, &gdot, tp, out, &w[l], fan_in, false, &mut gad)?;
+            if l == 0 {
+                gdot = gad;
+                break;
+            }
+            let mut next = s.alloc_zeros::<f32>(tp * fan_in)?;
+            let n32 = fan_in as u32;
+            let ga = ga_hidden[l - 1].as_ref().unwrap();
+            launch!(self, back, elems(tp * fan_in), &mut next, &gad, &zdot[l - 1], ga, &fw.d1[l - 1], &fw.d2[l - 1], &r32, &p32, &n32);
+            gdot = next;
+        }
+        let (mut sq, mut vd) = (s.alloc_zeros::<f32>(tp)?, s.alloc_zeros::<f32>(tp)?);
+        let tp32 = tp as u32;
+        launch!(self, self.function("curvature", "row_sq_and_dot")?, warps(tp), &gdot, &v, &tp32, &d32, &mut sq, &mut vd);
+        Ok((s.clone_dtoh(&sq)?, s.clone_dtoh(&vd)?))
     }
 
     /// Only the products of `curvature_low_rank` (forward for `rows`, backward for
