@@ -159,3 +159,43 @@ extern "C" __global__ void row_sq_and_dot(const float* h, const float* v, u32 ro
     a = warp_sum(a); b = warp_sum(b);
     if (lane == 0) { sq[r] = a; vd[r] = b; }
 }
+
+// ---- training (src/nn/train.rs on the GPU) --------------------------------------------
+// xb[r, :] = x[rows[r], :]
+extern "C" __global__ void gather_rows(float* xb, const float* x, const u32* rows, u32 count, u32 d) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)count * d) return;
+    xb[i] = x[(u64)rows[i / d] * d + i % d];
+}
+
+extern "C" __global__ void scale_in_place(float* x, float alpha, u64 n) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= alpha;
+}
+
+// db[k] = Σ_r g[r, k]
+extern "C" __global__ void column_sums(const float* g, float* db, u32 rows, u32 n) {
+    u32 k = blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= n) return;
+    float s = 0.0f;
+    for (u32 r = 0; r < rows; ++r) s += g[(u64)r * n + k];
+    db[k] = s;
+}
+
+// PyTorch's SGD: v ← μv + (g + λw); w ← w − ηv.
+extern "C" __global__ void sgd_step(float* w, const float* g, float* v, u64 n, float lr, float momentum, float wd) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float vi = momentum * v[i] + g[i] + wd * w[i];
+    v[i] = vi;
+    w[i] -= lr * vi;
+}
+
+// a = σ(z)
+extern "C" __global__ void activate(const float* z, float* a, u64 n, int act) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float s, d1, d2;
+    activation(act, z[i], &s, &d1, &d2);
+    a[i] = s;
+}

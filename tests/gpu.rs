@@ -230,3 +230,48 @@ fn curvature_scores_agree() {
         summary(&format!("curvature {act:?} {est:?} 784-256-128-10 B=301 P={probes}"), max_rel, secs);
     }
 }
+
+#[test]
+fn training_steps_agree() {
+    use rote::nn::{mlp::parse_spec, train};
+    let Some(g) = gpu("training_steps_agree") else { return };
+    let cuda = Backend::Cuda(g);
+    let ds = data::open("digits").unwrap();
+    for model in ["mlp:64-64-10,act=tanh", "mlp:64-128-64-10,act=relu"] {
+        let cfg = train::TrainConfig {
+            data: "digits".into(),
+            model: model.into(),
+            epochs: 3,
+            batch: 32,
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            schedule: train::Schedule::Constant,
+            label_noise: 0.05,
+            duplicate_conflicts: 5,
+            seed: 1,
+            input_scale: train::input_scale_for(&ds),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = std::time::Instant::now();
+        let a = train::train(&ds, &cfg, &dir.path().join("cpu"), &Backend::Cpu, &|_, _| {}).unwrap();
+        let cpu_secs = t0.elapsed().as_secs_f64();
+        let t0 = std::time::Instant::now();
+        let b = train::train(&ds, &cfg, &dir.path().join("gpu"), &cuda, &|_, _| {}).unwrap();
+        let secs = t0.elapsed().as_secs_f64();
+        let (sizes, _) = parse_spec(model).unwrap();
+        let mut worst = 0f64;
+        for l in 0..sizes.len() - 1 {
+            let num: f64 = a.weights[l].iter().zip(&b.weights[l]).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+            let den: f64 = a.weights[l].iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            worst = worst.max(num / den);
+        }
+        // 171 SGD steps: float32 differences in the products may grow, but stay small.
+        assert!(worst < 1e-3, "{model}: weights differ by {worst:.2e} (relative) after 3 epochs");
+        let last = |run: &str| std::fs::read_to_string(dir.path().join(run).join("metrics.csv")).unwrap().lines().last().unwrap().to_string();
+        let (lc, lg) = (last("cpu"), last("gpu"));
+        let loss = |l: &str| l.split(',').nth(1).unwrap().parse::<f64>().unwrap();
+        assert!((loss(&lc) - loss(&lg)).abs() <= 1e-3 * loss(&lc), "{model}: train loss CPU {lc} vs GPU {lg}");
+        summary(&format!("train {model} 3 epochs (cpu {cpu_secs:.2}s)"), worst, secs);
+    }
+}

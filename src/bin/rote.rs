@@ -901,13 +901,10 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         input_scale: 1.0,
     };
     cfg.input_scale = train::input_scale_for(&ds);
-    if a.device.device.resolve()? != rote::device::Device::Cpu {
-        eprintln!("note: training runs on the CPU in this version (scoring relu networks uses the GPU)");
-    }
-    eprintln!("device: cpu ({} threads)", rayon::current_num_threads());
+    let backend = open_device(a.device.device)?;
     let bar = sched::progress(0, "training", !a.json);
     let t0 = Instant::now();
-    train::train(&ds, &cfg, &a.out, &|done, total| {
+    train::train(&ds, &cfg, &a.out, &backend, &|done, total| {
         bar.set_length(total);
         bar.set_position(done);
     })?;
@@ -919,7 +916,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         "train_loss": last.get(1).and_then(|v| v.parse::<f64>().ok()),
         "train_accuracy": last.get(2).and_then(|v| v.parse::<f64>().ok()),
         "test_accuracy": last.get(4).and_then(|v| v.parse::<f64>().ok()),
-        "device": "cpu",
+        "device": backend.device(),
     });
     if a.json {
         print_json(&value);

@@ -266,4 +266,117 @@ impl CudaBackend {
         s.synchronize()?;
         Ok(())
     }
+
+    /// Row-major C (m, n) = Gᵀ · A for G (k, m), A (k, n): the weight gradient.
+    fn gemm_tn_rm(&self, blas: &CudaBlas, g: &CudaSlice<f32>, k: usize, m: usize, a: &CudaSlice<f32>, n: usize, c: &mut CudaSlice<f32>) -> Result<()> {
+        let cfg = GemmConfig {
+            transa: cublasOperation_t::CUBLAS_OP_N,
+            transb: cublasOperation_t::CUBLAS_OP_T,
+            m: n as i32,
+            n: m as i32,
+            k: k as i32,
+            alpha: 1.0f32,
+            lda: n as i32,
+            ldb: m as i32,
+            beta: 0.0f32,
+            ldc: n as i32,
+        };
+        // SAFETY: the buffers hold (k, n), (k, m) and (m, n) floats.
+        unsafe { blas.gemm(cfg, a, g, c) }.map_err(|e| anyhow!("cuBLAS sgemm failed: {e:?}"))
+    }
+
+    /// Uploads a training set (rows, d) and the model's parameters for `GpuTrainer`.
+    pub fn trainer(&self, m: &Mlp, x: &[f32], d: usize) -> Result<GpuTrainer<'_>> {
+        let s = self.stream();
+        let (w, b) = self.upload_model(m)?;
+        let vw = m.weights.iter().map(|w| s.alloc_zeros::<f32>(w.len())).collect::<Result<_, _>>()?;
+        let vb = m.biases.iter().map(|b| s.alloc_zeros::<f32>(b.len())).collect::<Result<_, _>>()?;
+        Ok(GpuTrainer { gpu: self, blas: self.blas()?, x: s.clone_htod(x)?, d, w, b, vw, vb })
+    }
+}
+
+/// SGD on the device: the training set and the parameters stay there between steps.
+pub struct GpuTrainer<'a> {
+    gpu: &'a CudaBackend,
+    blas: CudaBlas,
+    x: CudaSlice<f32>,
+    d: usize,
+    w: Vec<CudaSlice<f32>>,
+    b: Vec<CudaSlice<f32>>,
+    vw: Vec<CudaSlice<f32>>,
+    vb: Vec<CudaSlice<f32>>,
+}
+
+impl GpuTrainer<'_> {
+    /// One SGD step on training rows `rows` (indices into the uploaded set) with labels
+    /// `y`: the mean cross-entropy's gradient, then v ← μv + (g + λw), w ← w − ηv.
+    pub fn step(&mut self, m: &Mlp, rows: &[u32], y: &[i64], lr: f32, momentum: f32, wd: f32) -> Result<()> {
+        let gpu = self.gpu;
+        let s = gpu.stream();
+        let bsz = rows.len();
+        let (c, layers, d) = (m.classes(), m.layers(), self.d);
+        let rows_dev = s.clone_htod(rows)?;
+        let mut xb = s.alloc_zeros::<f32>(bsz * d)?;
+        let (b32, d32) = (bsz as u32, d as u32);
+        launch!(gpu, gpu.function("curvature", "gather_rows")?, elems(bsz * d), &mut xb, &self.x, &rows_dev, &b32, &d32);
+        let fw = gpu.forward_device(&self.blas, m, &self.w, &self.b, &xb, bsz)?;
+        // Hidden activations are recomputed here from z (forward_device keeps σ', σ'').
+        let y_dev = s.clone_htod(y)?;
+        let mut g = s.alloc_zeros::<f32>(bsz * c)?;
+        let c32 = c as u32;
+        launch!(gpu, gpu.function("curvature", "softmax_grad")?, elems(bsz * c), &fw.probs, &y_dev, &mut g, &b32, &c32);
+        let (inv, n64) = (1.0f32 / bsz as f32, (bsz * c) as u64);
+        launch!(gpu, gpu.function("curvature", "scale_in_place")?, elems(bsz * c), &mut g, &inv, &n64);
+        let acts = activations(gpu, m, &fw, bsz)?;
+        let one = 1u32;
+        for l in (0..layers).rev() {
+            let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
+            let input = if l == 0 { &xb } else { &acts[l - 1] };
+            let mut dw = s.alloc_zeros::<f32>(out * fan_in)?;
+            gpu.gemm_tn_rm(&self.blas, &g, bsz, out, input, fan_in, &mut dw)?;
+            let mut db = s.alloc_zeros::<f32>(out)?;
+            let (o32,) = (out as u32,);
+            let cfg = LaunchConfig { grid_dim: ((out as u32).div_ceil(256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            launch!(gpu, gpu.function("curvature", "column_sums")?, cfg, &g, &mut db, &b32, &o32);
+            if l > 0 {
+                let mut ga = s.alloc_zeros::<f32>(bsz * fan_in)?;
+                gpu.gemm_rm(&self.blas, &g, bsz, out, &self.w[l], fan_in, false, &mut ga)?;
+                let mut next = s.alloc_zeros::<f32>(bsz * fan_in)?;
+                let n32 = fan_in as u32;
+                launch!(gpu, gpu.function("curvature", "scale_by_sample")?, elems(bsz * fan_in), &mut next, &ga, &fw.d1[l - 1], &b32, &one, &n32);
+                g = next;
+            }
+            let sgd = gpu.function("curvature", "sgd_step")?;
+            let (nw, nb) = ((out * fan_in) as u64, out as u64);
+            launch!(gpu, sgd, elems(out * fan_in), &mut self.w[l], &dw, &mut self.vw[l], &nw, &lr, &momentum, &wd);
+            launch!(gpu, sgd, elems(out), &mut self.b[l], &db, &mut self.vb[l], &nb, &lr, &momentum, &wd);
+        }
+        Ok(())
+    }
+
+    /// Copies the parameters back into `m`.
+    pub fn download(&self, m: &mut Mlp) -> Result<()> {
+        let s = self.gpu.stream();
+        for l in 0..m.layers() {
+            m.weights[l] = s.clone_dtoh(&self.w[l])?;
+            m.biases[l] = s.clone_dtoh(&self.b[l])?;
+        }
+        Ok(())
+    }
+}
+
+/// σ(z_l) of the hidden layers, recomputed from the forward pass's z.
+fn activations(gpu: &CudaBackend, m: &Mlp, fw: &DeviceForward, rows: usize) -> Result<Vec<CudaSlice<f32>>> {
+    let s = gpu.stream();
+    let act = activation_code(m.activation);
+    let f = gpu.function("curvature", "activate")?;
+    let mut out = vec![];
+    for l in 0..m.layers() - 1 {
+        let n = rows * m.sizes[l + 1];
+        let mut a = s.alloc_zeros::<f32>(n)?;
+        let n64 = n as u64;
+        launch!(gpu, f, elems(n), &fw.z[l], &mut a, &n64, &act);
+        out.push(a);
+    }
+    Ok(out)
 }

@@ -5,6 +5,7 @@ pub mod cuda;
 mod cuda_construct;
 mod cuda_curvature;
 pub use cuda_construct::GpuScanner;
+pub use cuda_curvature::GpuTrainer;
 
 use anyhow::{bail, Result};
 use std::fmt;

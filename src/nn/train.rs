@@ -146,8 +146,10 @@ pub fn checkpoint_path(run: &Path, epoch: usize) -> PathBuf {
     run.join("checkpoints").join(format!("epoch-{epoch:03}.safetensors"))
 }
 
-/// Trains and writes the run directory. `progress(batches_done, total)` is called as it goes.
-pub fn train(ds: &Dataset, cfg: &TrainConfig, run: &Path, progress: &dyn Fn(u64, u64)) -> Result<Mlp> {
+/// Trains and writes the run directory. `progress(batches_done, total)` is called as it
+/// goes. On a CUDA backend the SGD steps run on the device (same batches, same update);
+/// evaluation and checkpoints use the parameters copied back after each epoch.
+pub fn train(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::device::Backend, progress: &dyn Fn(u64, u64)) -> Result<Mlp> {
     let (sizes, activation) = super::mlp::parse_spec(&cfg.model)?;
     let d = ds.train.features();
     if sizes[0] != d {
@@ -178,13 +180,22 @@ pub fn train(ds: &Dataset, cfg: &TrainConfig, run: &Path, progress: &dyn Fn(u64,
     let total = (batches_per_epoch * cfg.epochs) as u64;
     let mut metrics = String::from("epoch,train_loss,train_accuracy,test_loss,test_accuracy,learning_rate,seconds\n");
     let test_rows: Option<Vec<u32>> = ds.test.as_ref().map(|t| (0..t.len() as u32).collect());
+    let mut device_trainer = match backend {
+        crate::device::Backend::Cuda(g) => Some(g.trainer(&m, &gather(&ds.train.x, &set.sources, cfg.input_scale), d)?),
+        crate::device::Backend::Cpu => None,
+    };
     let t0 = Instant::now();
     for epoch in 0..cfg.epochs {
         let lr = learning_rate(cfg, epoch);
         let order = Philox::new(cfg.seed, STREAM_EPOCH + epoch as u64).permutation(n);
         for (b, idx) in order.chunks(cfg.batch).enumerate() {
-            let rows: Vec<u32> = idx.iter().map(|&i| set.sources[i as usize]).collect();
             let ys: Vec<i64> = idx.iter().map(|&i| set.labels[i as usize]).collect();
+            if let Some(t) = device_trainer.as_mut() {
+                t.step(&m, idx, &ys, lr, cfg.momentum, cfg.weight_decay)?;
+                progress((epoch * batches_per_epoch + b + 1) as u64, total);
+                continue;
+            }
+            let rows: Vec<u32> = idx.iter().map(|&i| set.sources[i as usize]).collect();
             let xb = gather(&ds.train.x, &rows, cfg.input_scale);
             let f = m.forward(&xb, rows.len());
             let (gz, _) = m.backward(&f, &ys, 1.0 / rows.len() as f32);
@@ -194,6 +205,9 @@ pub fn train(ds: &Dataset, cfg: &TrainConfig, run: &Path, progress: &dyn Fn(u64,
                 sgd_step(&mut m.biases[l], &db[l], &mut vel_b[l], lr, cfg.momentum, cfg.weight_decay);
             }
             progress((epoch * batches_per_epoch + b + 1) as u64, total);
+        }
+        if let Some(t) = &device_trainer {
+            t.download(&mut m)?;
         }
         let (train_loss, train_acc) = evaluate(&m, &ds.train.x, &set.sources, &set.labels, cfg.input_scale);
         if !train_loss.is_finite() || m.weights.iter().any(|w| w.iter().any(|v| !v.is_finite())) {
