@@ -199,3 +199,44 @@ extern "C" __global__ void activate(const float* z, float* a, u64 n, int act) {
     activation(act, z[i], &s, &d1, &d2);
     a[i] = s;
 }
+
+// The scores from the low-rank pieces, one thread per sample, in double precision:
+// the device twin of curvature::finish_low_rank (A = diag p − ppᵀ):
+//   exact: tr((AG)²), tr(AG);  Hutchinson: mean_k w_kᵀ G w_k and u_kᵀ w_k, w_k = A u_k.
+#define MAX_CLASSES 32
+extern "C" __global__ void finish_low_rank(const float* gram, const float* p, const float* u, u32 rows, u32 c, u32 probes,
+                                           float* score, float* trace, float* gauss_newton) {
+    u32 s = blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= rows || c > MAX_CLASSES) return;
+    const float* g = gram + (u64)s * c * c;
+    const float* ps = p + (u64)s * c;
+    double ag[MAX_CLASSES * MAX_CLASSES];
+    for (u32 b = 0; b < c; ++b) {
+        double pg = 0.0;
+        for (u32 k = 0; k < c; ++k) pg += (double)ps[k] * (double)g[k * c + b];
+        for (u32 a = 0; a < c; ++a) ag[a * c + b] = (double)ps[a] * ((double)g[a * c + b] - pg);
+    }
+    double gn_sq = 0.0, gn_tr = 0.0;
+    for (u32 a = 0; a < c; ++a) {
+        gn_tr += ag[a * c + a];
+        for (u32 b = 0; b < c; ++b) gn_sq += ag[a * c + b] * ag[b * c + a];
+    }
+    gauss_newton[s] = (float)gn_sq;
+    if (probes == 0) { score[s] = (float)gn_sq; trace[s] = (float)gn_tr; return; }
+    double sq = 0.0, tr = 0.0;
+    double w[MAX_CLASSES];
+    for (u32 k = 0; k < probes; ++k) {
+        const float* uk = u + ((u64)s * probes + k) * c;
+        double pu = 0.0;
+        for (u32 a = 0; a < c; ++a) pu += (double)ps[a] * (double)uk[a];
+        for (u32 a = 0; a < c; ++a) w[a] = (double)ps[a] * ((double)uk[a] - pu);
+        for (u32 a = 0; a < c; ++a) {
+            double gw = 0.0;
+            for (u32 b = 0; b < c; ++b) gw += (double)g[a * c + b] * w[b];
+            sq += w[a] * gw;
+            tr += (double)uk[a] * w[a];
+        }
+    }
+    score[s] = (float)(sq / probes);
+    trace[s] = (float)(tr / probes);
+}

@@ -253,10 +253,17 @@ pub fn scores_on(backend: &crate::device::Backend, m: &Mlp, x: &[f32], y: &[i64]
         return scores(m, x, y, first_global, cfg);
     }
     let exact = cfg.estimator == Estimator::Exact;
+    // The low-rank scores (all of them for piecewise-linear networks, the Gauss–Newton
+    // part otherwise), finished on the device when it can.
+    let low_rank = |probes: usize| -> Result<Scores> {
+        let seed = cfg.seed ^ PROBE_KEY;
+        Ok(match g.curvature_low_rank_scores(m, x, y.len(), probes, seed, first_global)? {
+            Some([score, trace, gn]) => Scores { score, trace, gauss_newton: exact.then_some(gn) },
+            None => finish_low_rank(&g.curvature_low_rank(m, x, y.len(), probes, seed, first_global)?, exact),
+        })
+    };
     if m.activation.piecewise_linear() {
-        let probes = if exact { 0 } else { cfg.probes };
-        let lr = g.curvature_low_rank(m, x, y.len(), probes, cfg.seed ^ PROBE_KEY, first_global)?;
-        return Ok(finish_low_rank(&lr, exact));
+        return low_rank(if exact { 0 } else { cfg.probes });
     }
     if cfg.probes == 0 {
         bail!("--probes must be at least 1 for this estimator");
@@ -264,11 +271,7 @@ pub fn scores_on(backend: &crate::device::Backend, m: &Mlp, x: &[f32], y: &[i64]
     let p = cfg.probes;
     let (sq, vd) = g.curvature_hvp(m, x, y, p, cfg.seed ^ PROBE_KEY, first_global)?;
     let mean = |v: &[f32], s: usize| (v[s * p..(s + 1) * p].iter().map(|&t| t as f64).sum::<f64>() / p as f64) as f32;
-    let gauss_newton = if exact {
-        Some(finish_low_rank(&g.curvature_low_rank(m, x, y.len(), 0, 0, first_global)?, true).score)
-    } else {
-        None
-    };
+    let gauss_newton = if exact { low_rank(0)?.gauss_newton } else { None };
     Ok(Scores { score: (0..y.len()).map(|s| mean(&sq, s)).collect(), trace: (0..y.len()).map(|s| mean(&vd, s)).collect(), gauss_newton })
 }
 

@@ -44,6 +44,14 @@ fn activation_code(a: crate::nn::mlp::Activation) -> i32 {
     }
 }
 
+/// The low-rank pieces, still on the device.
+struct DeviceLowRank {
+    classes: usize,
+    gram: CudaSlice<f32>,
+    probs: CudaSlice<f32>,
+    projections: Option<CudaSlice<f32>>,
+}
+
 struct DeviceForward {
     /// z_1 … z_L (bias added).
     z: Vec<CudaSlice<f32>>,
@@ -126,7 +134,7 @@ impl CudaBackend {
     /// G = JJᵀ, p and (for `probes` > 0) u = Jv per sample (J = ∂z_L/∂x), any
     /// activation: for piecewise-linear networks these give the exact and the Hutchinson
     /// scores, for smooth ones the exact Gauss–Newton part.
-    pub fn curvature_low_rank(&self, m: &Mlp, x: &[f32], rows: usize, probes: usize, probe_seed: u64, first_global: u64) -> Result<LowRank> {
+    fn low_rank_device(&self, m: &Mlp, x: &[f32], rows: usize, probes: usize, probe_seed: u64, first_global: u64) -> Result<DeviceLowRank> {
         let s = self.stream();
         let blas = self.blas()?;
         let (c, d, layers) = (m.classes(), m.input_dim(), m.layers());
@@ -161,17 +169,54 @@ impl CudaBackend {
             // SAFETY: j holds rows·c·d floats, gram rows·c·c.
             unsafe { lb.launch(cfg) }?;
         }
-        let mut projections = vec![];
+        let mut projections = None;
         if probes > 0 {
             let mut u = s.alloc_zeros::<f32>(rows * probes * c)?;
             let f = self.function("curvature", "project_probes")?;
             let (p32, d32) = (probes as u32, d as u32);
             launch!(self, f, warps(rows * probes), &j, &mut u, &r32, &c32, &p32, &d32, &probe_seed, &first_global);
-            projections = s.clone_dtoh(&u)?.iter().map(|&v| v as f64).collect();
+            projections = Some(u);
         }
-        let gram: Vec<f64> = s.clone_dtoh(&gram)?.iter().map(|&v| v as f64).collect();
-        let probs = s.clone_dtoh(&fw.probs)?;
-        Ok(LowRank { rows, classes: c, probes, gram, probs, projections })
+        Ok(DeviceLowRank { classes: c, gram, probs: fw.probs, projections })
+    }
+
+    /// G = JJᵀ, p and (for `probes` > 0) u = Jv per sample (J = ∂z_L/∂x), copied to
+    /// the host for curvature::finish_low_rank.
+    pub fn curvature_low_rank(&self, m: &Mlp, x: &[f32], rows: usize, probes: usize, probe_seed: u64, first_global: u64) -> Result<LowRank> {
+        let d = self.low_rank_device(m, x, rows, probes, probe_seed, first_global)?;
+        let s = self.stream();
+        let to_f64 = |v: Vec<f32>| v.into_iter().map(|t| t as f64).collect::<Vec<f64>>();
+        Ok(LowRank {
+            rows,
+            classes: d.classes,
+            probes,
+            gram: to_f64(s.clone_dtoh(&d.gram)?),
+            probs: s.clone_dtoh(&d.probs)?,
+            projections: match &d.projections {
+                Some(u) => to_f64(s.clone_dtoh(u)?),
+                None => vec![],
+            },
+        })
+    }
+
+    /// The low-rank scores finished on the device (kernel finish_low_rank, the twin of
+    /// curvature::finish_low_rank): (score, trace, exact Gauss–Newton tr((AG)²)) per
+    /// sample. None when there are more classes than the kernel holds.
+    pub fn curvature_low_rank_scores(&self, m: &Mlp, x: &[f32], rows: usize, probes: usize, probe_seed: u64, first_global: u64) -> Result<Option<[Vec<f32>; 3]>> {
+        const MAX_CLASSES: usize = 32;
+        if m.classes() > MAX_CLASSES {
+            return Ok(None);
+        }
+        let d = self.low_rank_device(m, x, rows, probes, probe_seed, first_global)?;
+        let s = self.stream();
+        let mut out = [s.alloc_zeros::<f32>(rows)?, s.alloc_zeros::<f32>(rows)?, s.alloc_zeros::<f32>(rows)?];
+        let empty = s.alloc_zeros::<f32>(1)?;
+        let u = d.projections.as_ref().unwrap_or(&empty);
+        let (r32, c32, p32) = (rows as u32, d.classes as u32, probes as u32);
+        let [score, trace, gn] = &mut out;
+        let cfg = LaunchConfig { grid_dim: ((rows as u32).div_ceil(128), 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, self.function("curvature", "finish_low_rank")?, cfg, &d.gram, &d.probs, u, &r32, &c32, &p32, score, trace, gn);
+        Ok(Some([s.clone_dtoh(&out[0])?, s.clone_dtoh(&out[1])?, s.clone_dtoh(&out[2])?]))
     }
 
     /// Per (sample, probe) row: (‖Hv‖², vᵀHv) with Hv by forward-over-reverse on the
