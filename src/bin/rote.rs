@@ -99,6 +99,8 @@ struct SweepConstructArgs {
     /// Write heatmaps and slices (PNG) into this directory.
     #[arg(long)]
     plots: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArg,
     #[arg(long)]
     json: bool,
 }
@@ -796,6 +798,11 @@ fn sweep_construct_cmd(args: SweepConstructArgs) -> Result<()> {
     }
     if args.restarts == 0 {
         bail!("--restarts must be at least 1");
+    }
+    if args.device.device.resolve()? != rote::device::Device::Cpu {
+        // Trials share one product per seed and one threshold pass per λ; on 2-D data
+        // and grids of small fits the CPU does that faster than per-trial GPU fits.
+        eprintln!("note: sweeps run on the CPU (they reuse layer-1 work across the grid); single fits use the GPU");
     }
     let base = data::open(&args.data)?;
     let sizes = if args.sizes.is_empty() { vec![base.train.len()] } else { args.sizes.clone() };
