@@ -589,6 +589,18 @@ struct ShardRecord {
     data: String,
 }
 
+/// Writes one value per row of `shard` as .npy, with the record `rote merge` needs
+/// beside it when the shard is not the whole (`data` names the source, so parts of
+/// different runs are not joined).
+fn write_shard_output(path: &Path, values: &[f32], shard: Shard, total_rows: usize, data: &str) -> Result<()> {
+    report::write_npy(path, &[values.len()], values)?;
+    if !shard.is_whole() {
+        let record = ShardRecord { shard: shard.to_string(), total_rows, row_len: 1, data: data.to_string() };
+        report::write_json(&shard_record_path(path), &record)?;
+    }
+    Ok(())
+}
+
 fn shard_record_path(npy: &Path) -> PathBuf {
     let mut s = npy.as_os_str().to_owned();
     s.push(".shard.json");
@@ -609,11 +621,7 @@ fn norms_cmd(args: NormsArgs) -> Result<()> {
     let seconds = t0.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let norms: Vec<f32> = sq.iter().map(|v| v.sqrt()).collect();
-    report::write_npy(&args.out, &[norms.len()], &norms)?;
-    if !args.shard.is_whole() {
-        let record = ShardRecord { shard: args.shard.to_string(), total_rows: split.len(), row_len: 1, data: args.spec.clone() };
-        report::write_json(&shard_record_path(&args.out), &record)?;
-    }
+    write_shard_output(&args.out, &norms, args.shard, split.len(), &args.spec)?;
     let max = norms.iter().cloned().fold(0f32, f32::max);
     let mean = norms.iter().map(|&v| v as f64).sum::<f64>() / norms.len().max(1) as f64;
     let summary = serde_json::json!({
@@ -1060,12 +1068,7 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
         outputs.push(("gauss_newton.npy", g.iter().map(|&v| v as f32).collect()));
     }
     for (name, values) in &outputs {
-        let path = a.out.join(name);
-        report::write_npy(&path, &[values.len()], values)?;
-        if !a.shard.is_whole() {
-            let record = ShardRecord { shard: a.shard.to_string(), total_rows: labels.len(), row_len: 1, data: format!("{} {}", a.run.display(), name) };
-            report::write_json(&shard_record_path(&path), &record)?;
-        }
+        write_shard_output(&a.out.join(name), values, a.shard, labels.len(), &format!("{} {}", a.run.display(), name))?;
     }
     let positives = &corrupted[range.clone()];
     let n_pos = positives.iter().filter(|&&p| p).count();

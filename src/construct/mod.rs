@@ -147,7 +147,8 @@ impl Network {
 
     /// Predictions for raw (unscaled) samples.
     pub fn predict(&self, split: &Split, backend: &Backend) -> Result<Vec<i64>> {
-        let x = scaled(split, self.input_scale);
+        let mut x = split.x.to_f32();
+        x.iter_mut().for_each(|v| *v *= self.input_scale);
         let (bits, relu) = self.features(&x, backend)?;
         Ok(self.predict_features(&bits, relu.as_deref()))
     }
@@ -169,14 +170,6 @@ impl Network {
 
 pub fn accuracy(pred: &[i64], truth: &[i64]) -> f64 {
     pred.iter().zip(truth).filter(|(a, b)| a == b).count() as f64 / truth.len().max(1) as f64
-}
-
-fn scaled(split: &Split, scale: f32) -> Vec<f32> {
-    let mut x = split.x.to_f32();
-    if scale != 1.0 {
-        x.iter_mut().for_each(|v| *v *= scale);
-    }
-    x
 }
 
 /// φ(X) on the given backend (identical bits on every backend).
@@ -273,58 +266,54 @@ pub fn unit_norm_scale(x: &[f32], dim: usize) -> f32 {
     if max > 0.0 { 1.0 / max } else { 1.0 }
 }
 
+/// A split's inputs as float32, scaled to max ‖x‖₂ = 1 when `to_unit_norm` (the
+/// paper's preprocessing), with the factor used.
+pub fn unit_scaled(split: &Split, to_unit_norm: bool) -> (Vec<f32>, f32) {
+    let mut x = split.x.to_f32();
+    let scale = if to_unit_norm { unit_norm_scale(&x, split.features()) } else { 1.0 };
+    if scale != 1.0 {
+        x.iter_mut().for_each(|v| *v *= scale);
+    }
+    (x, scale)
+}
+
 /// Builds one network on `ds`'s training split and evaluates it.
 pub fn fit(ds: &Dataset, cfg: &FitConfig, backend: &Backend) -> Result<(Network, FitReport)> {
     validate_config(cfg)?;
-    let train = &ds.train;
-    let dim = train.features();
-    let (problems, otherwise) = problems(train, cfg.target)?;
-    let raw = train.x.to_f32();
-    let input_scale = if cfg.scale_to_unit_norm { unit_norm_scale(&raw, dim) } else { 1.0 };
-    let x: Vec<f32> = raw.iter().map(|v| v * input_scale).collect();
+    let (problems, otherwise) = problems(&ds.train, cfg.target)?;
+    let (x, input_scale) = unit_scaled(&ds.train, cfg.scale_to_unit_norm);
+    // The ReLU variant works on real-valued features, on the CPU.
+    let backend = if cfg.activation == Activation::Relu { &Backend::Cpu } else { backend };
 
     let t0 = Instant::now();
-    let layer = Layer1::random(cfg.seed, cfg.width, dim, cfg.max_bias);
+    let layer = Layer1::random(cfg.seed, cfg.width, ds.train.features(), cfg.max_bias);
+    let (bits, device_bits) = match backend {
+        Backend::Cuda(c) => {
+            let (bits, on_device) = c.construct_layer1(&x, &layer)?;
+            (bits, Some(on_device))
+        }
+        Backend::Cpu => (layer1::threshold_bits(&x, &layer), None),
+    };
+    let relu = (cfg.activation == Activation::Relu).then(|| layer1::relu_features(&x, &layer, &bits));
     let mut nets = Vec::new();
     let mut uncovered = 0;
-    let relu_feats;
-    match (cfg.activation, backend) {
-        (Activation::Threshold, Backend::Cuda(c)) => {
-            let (bits, dev_bits) = c.construct_layer1(&x, &layer)?;
-            for (label, neg, pos) in &problems {
-                let order = candidate_order(cfg.seed, *label, neg.len());
-                let mut scanner = c.cover_scanner(&dev_bits, bits.words, cfg.width, pos, neg)?;
-                let cov = cover::greedy_cover(&bits, cfg.width, neg, &order, &mut scanner, GPU_BATCH, MAX_BATCH)?;
-                uncovered += cov.uncovered;
-                nets.push(ClassNet { label: *label, neurons: cov.neurons });
+    for (label, neg, pos) in &problems {
+        let order = candidate_order(cfg.seed, *label, neg.len());
+        let cov = match (&relu, backend, &device_bits) {
+            (Some(feats), _, _) => cover::greedy_cover_relu(&bits, feats, cfg.width, pos, neg, &order),
+            (None, Backend::Cuda(c), Some(on_device)) => {
+                let mut scanner = c.cover_scanner(on_device, bits.words, cfg.width, pos, neg)?;
+                cover::greedy_cover(&bits, cfg.width, neg, &order, &mut scanner, GPU_BATCH, MAX_BATCH)?
             }
-            relu_feats = None;
-            finish(ds, cfg, backend, layer, nets, otherwise, input_scale, uncovered, t0, &x, Some(bits), relu_feats)
-        }
-        (Activation::Threshold, Backend::Cpu) => {
-            let bits = layer1::threshold_bits(&x, &layer);
-            for (label, neg, pos) in &problems {
-                let order = candidate_order(cfg.seed, *label, neg.len());
+            _ => {
                 let mut scanner = cover::CpuScanner { bits: &bits, units: cfg.width, pos, neg };
-                let cov = cover::greedy_cover(&bits, cfg.width, neg, &order, &mut scanner as &mut dyn CoverScanner, CPU_BATCH, MAX_BATCH)?;
-                uncovered += cov.uncovered;
-                nets.push(ClassNet { label: *label, neurons: cov.neurons });
+                cover::greedy_cover(&bits, cfg.width, neg, &order, &mut scanner as &mut dyn CoverScanner, CPU_BATCH, MAX_BATCH)?
             }
-            finish(ds, cfg, backend, layer, nets, otherwise, input_scale, uncovered, t0, &x, Some(bits), None)
-        }
-        (Activation::Relu, _) => {
-            // The ReLU variant works on real-valued features, on the CPU.
-            let bits = layer1::threshold_bits(&x, &layer);
-            let feats = layer1::relu_features(&x, &layer, &bits);
-            for (label, neg, pos) in &problems {
-                let order = candidate_order(cfg.seed, *label, neg.len());
-                let cov = cover::greedy_cover_relu(&bits, &feats, cfg.width, pos, neg, &order);
-                uncovered += cov.uncovered;
-                nets.push(ClassNet { label: *label, neurons: cov.neurons });
-            }
-            finish(ds, cfg, &Backend::Cpu, layer, nets, otherwise, input_scale, uncovered, t0, &x, Some(bits), Some(feats))
-        }
+        };
+        uncovered += cov.uncovered;
+        nets.push(ClassNet { label: *label, neurons: cov.neurons });
     }
+    finish(ds, cfg, backend, layer, nets, otherwise, input_scale, uncovered, t0, &x, bits, relu)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -339,7 +328,7 @@ fn finish(
     uncovered: usize,
     t0: Instant,
     x: &[f32],
-    bits: Option<Bits>,
+    bits: Bits,
     relu: Option<Vec<f32>>,
 ) -> Result<(Network, FitReport)> {
     let fit_seconds = t0.elapsed().as_secs_f64();
@@ -354,7 +343,6 @@ fn finish(
         otherwise,
     };
     // Re-verify by evaluating the finished network on the training set.
-    let bits = bits.expect("features");
     let pred = net.predict_features(&bits, relu.as_deref());
     let train_accuracy = accuracy(&pred, &net.target_labels(&ds.train.y));
     let interpolated = train_accuracy == 1.0;

@@ -131,9 +131,7 @@ pub struct SweepPlan {
 pub fn run_size(ds: &Dataset, size: usize, plan: &SweepPlan, done: &HashSet<(usize, String, usize, u64)>, csv: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<Vec<Trial>> {
     let train = &ds.train;
     let dim = train.features();
-    let raw = train.x.to_f32();
-    let scale = super::unit_norm_scale(&raw, dim);
-    let x: Vec<f32> = raw.iter().map(|v| v * scale).collect();
+    let (x, scale) = super::unit_scaled(train, true);
     let (problems, otherwise) = super::problems(train, plan.target)?;
     let max_width = *plan.widths.iter().max().unwrap();
     let file = std::sync::Mutex::new(std::fs::OpenOptions::new().append(true).open(csv)?);

@@ -71,8 +71,7 @@ pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfi
     }
     let exact_gn = cfg.estimator == Estimator::Exact;
     if exact_gn && m.activation.piecewise_linear() && cfg.statistic == Statistic::Paper {
-        let (tsq, t) = gauss_newton(m, x, rows);
-        return Ok(Scores { score: tsq.clone(), trace: t, gauss_newton: Some(tsq) });
+        return Ok(hutchinson_low_rank(m, x, rows, &[], 0, true));
     }
     let p = cfg.probes;
     let mut v = vec![0f32; rows * p * d];
