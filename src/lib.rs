@@ -5,6 +5,7 @@ pub mod bench;
 pub mod construct;
 pub mod curvature;
 pub mod data;
+pub mod diffusion;
 pub mod nn;
 pub mod device;
 pub mod report;

@@ -172,3 +172,27 @@ impl ScaleMap {
         Array::from_f32(x.shape.clone(), &v, format!("{} (scaled)", x.origin))
     }
 }
+
+/// `n` samples in all, as evenly split across classes as `n` allows (the first n mod C
+/// classes, by label, get one more), each class's first samples in dataset order.
+pub fn balanced_subset(s: &Split, n: usize) -> Result<Split> {
+    if n == 0 || n > s.len() {
+        bail!("a subset of {n} samples: {} has {} (need 1 ≤ subset ≤ {})", s.x.origin, s.len(), s.len());
+    }
+    let counts = s.class_counts();
+    let classes = counts.len();
+    let mut quota: std::collections::BTreeMap<i64, usize> =
+        counts.keys().enumerate().map(|(i, &c)| (c, n / classes + usize::from(i < n % classes))).collect();
+    if let Some((class, have)) = counts.iter().find(|(c, &have)| have < quota[c]) {
+        bail!("a balanced subset of {n}: class {class} of {} has only {have} samples (needs {})", s.x.origin, quota[class]);
+    }
+    let rows: Vec<usize> = (0..s.len())
+        .filter(|&i| {
+            let q = quota.get_mut(&s.y[i]).unwrap();
+            let take = *q > 0;
+            *q = q.saturating_sub(1);
+            take
+        })
+        .collect();
+    Ok(Split { x: s.x.gather_rows(&rows), y: rows.iter().map(|&i| s.y[i]).collect() })
+}

@@ -8,30 +8,8 @@ use crate::curvature::LowRank;
 use crate::nn::mlp::Mlp;
 use anyhow::{anyhow, bail, Result};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
+use super::{elems, warps};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
-
-/// Launches kernel `$f` with config `$cfg` and the given arguments on the backend's
-/// stream. Every kernel here guards its index against the sizes it is passed, which
-/// are the lengths of the buffers handed over.
-macro_rules! launch {
-    ($gpu:expr, $f:expr, $cfg:expr, $($arg:expr),* $(,)?) => {{
-        let f: &cudarc::driver::CudaFunction = &$f;
-        let mut lb = $gpu.stream().launch_builder(f);
-        $( lb.arg($arg); )*
-        // SAFETY: see the macro's comment; shapes are checked by the callers.
-        unsafe { lb.launch($cfg) }?;
-    }};
-}
-
-/// One thread per element.
-fn elems(n: usize) -> LaunchConfig {
-    LaunchConfig::for_num_elems(n as u32)
-}
-
-/// One warp per row, eight warps per block.
-fn warps(rows: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: ((rows as u32).div_ceil(8), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
-}
 
 /// The activation numbering of kernels/curvature.cu.
 fn activation_code(a: crate::nn::mlp::Activation) -> i32 {
@@ -62,10 +40,10 @@ struct DeviceForward {
 }
 
 impl CudaBackend {
-    fn blas(&self) -> Result<CudaBlas> {
+    pub(crate) fn blas(&self) -> Result<CudaBlas> {
         // SAFETY: only tries to dlopen the library; without it cudarc would panic.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-            bail!("cuBLAS (libcublas) was not found; the curvature scores need it on the GPU (use --device cpu)");
+            bail!("cuBLAS (libcublas) was not found; this work needs it on the GPU (use --device cpu)");
         }
         CudaBlas::new(self.stream().clone()).map_err(|e| anyhow!("cannot create a cuBLAS handle: {e:?}"))
     }

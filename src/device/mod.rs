@@ -1,9 +1,34 @@
 //! Where work runs: the CPU (rayon threads, always there) or a CUDA device (through
 //! cudarc, loaded dynamically, so the binary runs where no CUDA is installed).
 
+/// Launches kernel `$f` with config `$cfg` and the given arguments on the backend's
+/// stream. Every kernel here guards its index against the sizes it is passed, which
+/// are the lengths of the buffers handed over.
+macro_rules! launch {
+    ($gpu:expr, $f:expr, $cfg:expr, $($arg:expr),* $(,)?) => {{
+        let f: &cudarc::driver::CudaFunction = &$f;
+        let mut lb = $gpu.stream().launch_builder(f);
+        $( lb.arg($arg); )*
+        // SAFETY: see the macro's comment; shapes are checked by the callers.
+        unsafe { lb.launch($cfg) }?;
+    }};
+}
+
+/// One thread per element.
+pub(crate) fn elems(n: usize) -> cudarc::driver::LaunchConfig {
+    cudarc::driver::LaunchConfig::for_num_elems(n as u32)
+}
+
+/// One warp per row, eight warps per block.
+pub(crate) fn warps(rows: usize) -> cudarc::driver::LaunchConfig {
+    cudarc::driver::LaunchConfig { grid_dim: ((rows as u32).div_ceil(8), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
 pub mod cuda;
 mod cuda_construct;
 mod cuda_curvature;
+pub mod cuda_diffusion;
+pub use cuda_diffusion::GpuDenoiser;
 pub use cuda_construct::GpuScanner;
 pub use cuda_curvature::GpuTrainer;
 

@@ -41,3 +41,16 @@ pub fn gemm_at_b(a: &[f32], k: usize, m: usize, b: &[f32], n: usize, c: &mut [f3
         }
     });
 }
+
+/// C (m, n) = A (m, k) · op(B) on the calling thread, for callers already running one
+/// task per core.
+pub fn gemm_serial(a: &[f32], m: usize, k: usize, b: &[f32], n: usize, b_transposed: bool, c: &mut [f32]) {
+    assert_eq!(a.len(), m * k);
+    assert_eq!(b.len(), k * n);
+    assert_eq!(c.len(), m * n);
+    let (rsb, csb) = if b_transposed { (1, k as isize) } else { (n as isize, 1) };
+    // SAFETY: strides describe the slices exactly.
+    unsafe {
+        matrixmultiply::sgemm(m, k, n, 1.0, a.as_ptr(), k as isize, 1, b.as_ptr(), rsb, csb, 0.0, c.as_mut_ptr(), n as isize, 1);
+    }
+}

@@ -2,6 +2,8 @@
 //! temporary file in the destination directory and is renamed into place, so a crash
 //! never leaves a half-written result.
 
+pub mod image;
+
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::Path;

@@ -10,6 +10,8 @@ use rote::sched::{self, Shard};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod diffusion;
+
 #[derive(Parser)]
 #[command(name = "rote", version, about = "Measure and construct memorization in neural networks, on CPU or NVIDIA GPU")]
 struct Cli {
@@ -47,6 +49,14 @@ enum Command {
     Train(TrainArgs),
     /// Per-sample input-curvature memorization scores of a training run.
     Curvature(CurvatureArgs),
+    /// The optimal denoiser of a training set: sampling (EDM Heun) and evaluation.
+    #[command(subcommand)]
+    Denoise(diffusion::DenoiseCommand),
+    /// Exact k nearest neighbours in a training set (any size; streamed).
+    Knn(diffusion::KnnArgs),
+    /// Memorization ratio of generated samples: the fraction whose nearest training
+    /// sample is much nearer than the second nearest.
+    Memratio(diffusion::MemratioArgs),
     /// Grids of many runs (resumable, one CSV row per trial).
     #[command(subcommand)]
     Sweep(SweepCommand),
@@ -423,6 +433,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sweep(SweepCommand::Construct(args)) => sweep_construct_cmd(args),
         Command::Train(args) => train_cmd(args),
         Command::Curvature(args) => curvature_cmd(args),
+        Command::Denoise(diffusion::DenoiseCommand::Sample(args)) => diffusion::sample_cmd(args),
+        Command::Denoise(diffusion::DenoiseCommand::Eval(args)) => diffusion::eval_cmd(args),
+        Command::Knn(args) => diffusion::knn_cmd(args),
+        Command::Memratio(args) => diffusion::memratio_cmd(args),
         Command::Predict { net, data, device, json } => predict_cmd(&net, &data, device.device, json),
         Command::Bench(BenchCommand::Curvature { model, batch, probes, repeats, python, device, json }) => {
             let python = (python != "none").then_some(python.as_str());

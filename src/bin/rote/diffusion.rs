@@ -1,0 +1,315 @@
+//! `rote denoise …`, `rote knn`, `rote memratio`: the optimal denoiser, exact nearest
+//! neighbours and the memorization ratio.
+
+use super::{open_device, print_json, DeviceArg};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use rote::data::{self, Array, DType};
+use rote::diffusion::knn::{memorization_ratio, Metric};
+use rote::diffusion::sampler::{initial_noise, Schedule};
+use rote::diffusion::{knn_on, quantize, OptimalDenoiser, PixelRange, TrainingSet};
+use rote::report;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Subcommand)]
+pub enum DenoiseCommand {
+    /// Sample with the optimal denoiser of a training set and EDM's Heun sampler;
+    /// writes samples.npy (uint8) and an image grid.
+    Sample(SampleArgs),
+    /// The optimal denoiser D*(x; σ) of a training set for queries in model space [−1, 1].
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+pub struct SampleArgs {
+    #[arg(long)]
+    data: String,
+    /// Use a class-balanced subset of this many training samples.
+    #[arg(long)]
+    subset: Option<usize>,
+    #[arg(long, default_value_t = 1000)]
+    samples: usize,
+    #[arg(long, default_value_t = 18)]
+    steps: usize,
+    #[arg(long, default_value_t = 0.002)]
+    sigma_min: f64,
+    #[arg(long, default_value_t = 80.0)]
+    sigma_max: f64,
+    #[arg(long, default_value_t = 7.0)]
+    rho: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output directory (samples.npy, sample.json, grid.png).
+    #[arg(long)]
+    out: PathBuf,
+    /// Where to draw the image grid of the first 64 samples (default OUT/grid.png).
+    #[arg(long)]
+    grid: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArg,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[arg(long)]
+    data: String,
+    /// Float .npy of queries in model space, shape (B, …) with the training samples' size.
+    #[arg(long)]
+    queries: PathBuf,
+    #[arg(long)]
+    sigma: f64,
+    /// Output .npy (float32, the queries' shape).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArg,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct KnnArgs {
+    #[arg(long)]
+    data: String,
+    /// .npy of queries in the data's own units, shape (Q, …).
+    #[arg(long)]
+    queries: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    k: usize,
+    #[arg(long, value_enum, default_value = "l2")]
+    metric: Metric,
+    /// Output directory: indices.npy (int64, Q×k) and distances.npy (float64, Q×k:
+    /// squared L2 distances, or inner products for --metric ip).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArg,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct MemratioArgs {
+    /// Generated samples: uint8 pixels (as `rote denoise sample` writes) or floats in
+    /// model space [−1, 1]; shape (S, …) with the training samples' size.
+    #[arg(long)]
+    generated: PathBuf,
+    #[arg(long)]
+    data: String,
+    /// A sample is memorized when ‖x − NN1‖ / ‖x − NN2‖ is below this.
+    #[arg(long, default_value_t = 1.0 / 3.0)]
+    threshold: f64,
+    /// Directory for ratios.npy and neighbours.npy (default: beside --generated).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Draw sample | NN1 | NN2 for the most and least memorized samples.
+    #[arg(long)]
+    gallery: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArg,
+    #[arg(long)]
+    json: bool,
+}
+
+/// The training split of `spec`, optionally a class-balanced subset of it.
+pub fn training_data(spec: &str, subset: Option<usize>) -> Result<data::Dataset> {
+    let mut ds = data::open(spec)?;
+    if let Some(n) = subset {
+        ds.train = data::transform::balanced_subset(&ds.train, n)?;
+    }
+    Ok(ds)
+}
+
+/// Rows of a .npy whose samples must have `d` numbers each: (rows, numbers as f32).
+fn read_rows(path: &Path, d: usize, what: &str) -> Result<(Array, usize)> {
+    let a = Array::open_npy(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    if a.shape.is_empty() || a.rows() == 0 {
+        bail!("{}: {what} must be a non-empty array of shape (count, …)", path.display());
+    }
+    if a.row_len() != d {
+        bail!("{}: each of the {} {what} has {} numbers (shape {:?}) but training samples have {d}", path.display(), a.rows(), a.row_len(), a.shape);
+    }
+    if let Some((i, v)) = a.first_non_finite() {
+        bail!("{}: element {i} is {v}", path.display());
+    }
+    let rows = a.rows();
+    Ok((a, rows))
+}
+
+pub fn sample_cmd(a: SampleArgs) -> Result<()> {
+    let schedule = Schedule { steps: a.steps, sigma_min: a.sigma_min, sigma_max: a.sigma_max, rho: a.rho };
+    schedule.validate()?;
+    if a.samples == 0 {
+        bail!("--samples must be at least 1");
+    }
+    let ds = training_data(&a.data, a.subset)?;
+    let range = PixelRange::of(&ds.train.x)?;
+    let train = TrainingSet::new(&ds.train.x, range)?;
+    let d = train.dim();
+    let backend = open_device(a.device.device)?;
+    let t0 = Instant::now();
+    let mut den = OptimalDenoiser::new(&backend, train)?;
+    let x0 = initial_noise(a.seed, 0, a.samples, d, schedule.sigma_max);
+    let bar = rote::sched::progress(schedule.steps as u64, "sampling", true);
+    let x = den.sample(x0, &schedule, &mut |_| bar.inc(1))?;
+    bar.finish_and_clear();
+    let seconds = t0.elapsed().as_secs_f64();
+    let pixels: Vec<u8> = x.iter().map(|&v| quantize(v)).collect();
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let mut shape = vec![a.samples];
+    shape.extend_from_slice(ds.sample_shape());
+    let samples_path = a.out.join("samples.npy");
+    report::write_npy(&samples_path, &shape, &pixels)?;
+    let grid = a.grid.clone().unwrap_or_else(|| a.out.join("grid.png"));
+    let drew = match rote::report::image::image_dims(ds.sample_shape()) {
+        Ok(dims) => {
+            let shown: Vec<f32> = pixels.iter().take(64 * d).map(|&p| p as f32).collect();
+            rote::report::image::grid_png(&shown, dims, (0.0, 255.0), 8, &grid)?;
+            true
+        }
+        Err(e) => {
+            eprintln!("note: no image grid ({e})");
+            false
+        }
+    };
+    let summary = serde_json::json!({
+        "command": "denoise sample",
+        "denoiser": "optimal",
+        "data": a.data,
+        "subset": a.subset,
+        "training_samples": ds.train.len(),
+        "samples": a.samples,
+        "schedule": schedule,
+        "evaluations_per_sample": schedule.evaluations(),
+        "seed": a.seed,
+        "pixel_range": range,
+        "device": backend.device().to_string(),
+        "seconds": seconds,
+        "samples_npy": samples_path,
+        "grid": drew.then_some(&grid),
+    });
+    report::write_json(&a.out.join("sample.json"), &summary)?;
+    if a.json {
+        print_json(&summary);
+    } else {
+        println!(
+            "{} samples from the optimal denoiser of {} training samples in {:.2} s on {} → {}",
+            a.samples,
+            ds.train.len(),
+            seconds,
+            backend.device(),
+            samples_path.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn eval_cmd(a: EvalArgs) -> Result<()> {
+    rote::diffusion::optimal::check_sigma(a.sigma)?;
+    let ds = data::open(&a.data)?;
+    let range = PixelRange::of(&ds.train.x)?;
+    let train = TrainingSet::new(&ds.train.x, range)?;
+    let (q, rows) = read_rows(&a.queries, train.dim(), "queries")?;
+    if q.dtype.is_integer() {
+        bail!("{}: queries are {} but must be floats in model space [−1, 1]", a.queries.display(), q.dtype.name());
+    }
+    let backend = open_device(a.device.device)?;
+    let t0 = Instant::now();
+    let mut den = OptimalDenoiser::new(&backend, train)?;
+    let out = rote::diffusion::sampler::Denoiser::denoise(&mut den, &q.to_f32(), a.sigma)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    report::write_npy(&a.out, &q.shape, &out)?;
+    let summary = serde_json::json!({
+        "queries": rows, "sigma": a.sigma, "device": backend.device().to_string(), "seconds": seconds, "out": a.out,
+    });
+    if a.json {
+        print_json(&summary);
+    } else {
+        println!("denoised {rows} queries at σ = {} in {seconds:.3} s → {}", a.sigma, a.out.display());
+    }
+    Ok(())
+}
+
+pub fn knn_cmd(a: KnnArgs) -> Result<()> {
+    let ds = data::open(&a.data)?;
+    let train = TrainingSet::new(&ds.train.x, PixelRange::MODEL)?;
+    let (q, rows) = read_rows(&a.queries, train.dim(), "queries")?;
+    rote::diffusion::knn::check_k(a.k, train.len())?;
+    let backend = open_device(a.device.device)?;
+    let t0 = Instant::now();
+    let nn = knn_on(&backend, &train, &q.to_f32(), a.k, a.metric)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let idx: Vec<i64> = nn.indices.iter().map(|&i| i as i64).collect();
+    report::write_npy(&a.out.join("indices.npy"), &[rows, a.k], &idx)?;
+    report::write_npy(&a.out.join("distances.npy"), &[rows, a.k], &nn.values)?;
+    let summary = serde_json::json!({
+        "queries": rows, "training_samples": train.len(), "k": a.k, "metric": a.metric,
+        "device": backend.device().to_string(), "seconds": seconds,
+        "indices": a.out.join("indices.npy"), "distances": a.out.join("distances.npy"),
+    });
+    if a.json {
+        print_json(&summary);
+    } else {
+        println!("{} nearest neighbours of {rows} queries among {} in {seconds:.3} s → {}", a.k, train.len(), a.out.display());
+    }
+    Ok(())
+}
+
+pub fn memratio_cmd(a: MemratioArgs) -> Result<()> {
+    let ds = data::open(&a.data)?;
+    let range = PixelRange::of(&ds.train.x)?;
+    let train = TrainingSet::new(&ds.train.x, PixelRange::MODEL)?;
+    let d = train.dim();
+    let (g, samples) = read_rows(&a.generated, d, "generated samples")?;
+    // Generated samples into the training data's units.
+    let generated: Vec<f32> = match g.dtype {
+        DType::U8 => g.bytes().iter().map(|&p| range.pixel_to_data(p)).collect(),
+        DType::F16 | DType::F32 => {
+            let v = g.to_f32();
+            if let Some(bad) = v.iter().find(|x| x.abs() > 1.5) {
+                bail!("{}: float samples must be in model space [−1, 1]; found {bad} (write uint8 pixels instead)", a.generated.display());
+            }
+            v.iter().map(|&x| range.to_data(x)).collect()
+        }
+        other => bail!("{}: generated samples must be uint8 pixels or floats in [−1, 1], not {}", a.generated.display(), other.name()),
+    };
+    let backend = open_device(a.device.device)?;
+    let t0 = Instant::now();
+    let nn = knn_on(&backend, &train, &generated, 2, Metric::L2)?;
+    let m = memorization_ratio(nn, a.threshold)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let dir = a.out.clone().unwrap_or_else(|| a.generated.parent().map(Path::to_path_buf).unwrap_or_default());
+    let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    report::write_npy(&dir.join("ratios.npy"), &[samples], &m.ratios)?;
+    let idx: Vec<i64> = m.neighbours.indices.iter().map(|&i| i as i64).collect();
+    report::write_npy(&dir.join("neighbours.npy"), &[samples, 2], &idx)?;
+    if let Some(path) = &a.gallery {
+        let x = &ds.train.x;
+        rote::diffusion::gallery::draw(&generated, ds.sample_shape(), &m.ratios, &m.neighbours.indices, &|i| x.rows_f32(i, i + 1), (range.lo, range.hi), path)?;
+    }
+    let mut summary = serde_json::to_value(&m)?;
+    let extra = serde_json::json!({
+        "generated": a.generated, "data": a.data, "training_samples": train.len(),
+        "ratios": dir.join("ratios.npy"), "neighbours": dir.join("neighbours.npy"), "gallery": a.gallery,
+        "device": backend.device().to_string(), "seconds": seconds,
+    });
+    summary.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    if a.json {
+        print_json(&summary);
+    } else {
+        println!(
+            "memorization ratio {:.4}: {} of {} samples have ‖x − NN1‖/‖x − NN2‖ < {:.4} ({seconds:.2} s on {})",
+            m.memorization_ratio,
+            m.memorized,
+            samples,
+            a.threshold,
+            backend.device()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! Diffusion models and memorization (ALGORITHMS.md §3): the closed-form optimal
+//! denoiser of a training set, EDM's deterministic Heun sampler, exact nearest
+//! neighbours and the memorization ratio.
+
+pub mod gallery;
+pub mod knn;
+pub mod optimal;
+pub mod sampler;
+
+use crate::data::{Array, DType};
+use anyhow::{bail, Result};
+
+/// The affine map between a dataset's values and the model space [−1, 1] in which
+/// denoisers work: 8-bit pixels p ↦ p/127.5 − 1 (ALGORITHMS.md), other data from its
+/// range (see `of`).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PixelRange {
+    pub lo: f32,
+    pub hi: f32,
+}
+
+impl PixelRange {
+    /// Data already in model space.
+    pub const MODEL: PixelRange = PixelRange { lo: -1.0, hi: 1.0 };
+
+    /// 8-bit images (uint8 with values reaching 128 or more) use [0, 255]; other uint8
+    /// data (digits' 0…16 counts) [0, max]; any other type the training split's
+    /// [min, max].
+    pub fn of(x: &Array) -> Result<Self> {
+        let mut lo = f32::INFINITY;
+        let mut hi = f32::NEG_INFINITY;
+        let mut buf = Vec::new();
+        for r in crate::sched::chunks(0..x.rows(), 4096) {
+            buf.resize(r.len() * x.row_len(), 0.0);
+            x.rows_f32_into(r.start, r.end, &mut buf);
+            for &v in &buf {
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+        }
+        if x.dtype == DType::U8 {
+            lo = 0.0;
+            if hi >= 128.0 {
+                hi = 255.0;
+            }
+        }
+        if !(hi > lo) {
+            bail!("{}: every value is {lo}; a denoiser needs data that varies", x.origin);
+        }
+        Ok(Self { lo, hi })
+    }
+
+    /// Maps data values to model space in place.
+    pub fn to_model(&self, v: &mut [f32]) {
+        if *self == Self::MODEL {
+            return;
+        }
+        let scale = 2.0 / (self.hi - self.lo);
+        v.iter_mut().for_each(|x| *x = (*x - self.lo) * scale - 1.0);
+    }
+
+    /// What a uint8 pixel of a generated image (see `quantize`) stands for in the data's
+    /// units: the pixel itself for uint8 data.
+    pub fn pixel_to_data(&self, p: u8) -> f32 {
+        if self.lo == 0.0 && self.hi == 255.0 {
+            return p as f32;
+        }
+        self.lo + p as f32 / 255.0 * (self.hi - self.lo)
+    }
+
+    /// A model-space value in the data's units.
+    pub fn to_data(&self, x: f32) -> f32 {
+        if *self == Self::MODEL {
+            return x;
+        }
+        self.lo + (x + 1.0) * 0.5 * (self.hi - self.lo)
+    }
+}
+
+/// Model space → uint8 as EDM writes its images: `(x·127.5 + 128).clip(0, 255)`
+/// truncated, which rounds x·127.5 + 127.5 to the nearest pixel and maps −1 ↦ 0, 1 ↦ 255.
+pub fn quantize(x: f32) -> u8 {
+    (x * 127.5 + 128.0).clamp(0.0, 255.0) as u8
+}
+
+/// The model-space value a uint8 pixel stands for (inverse of `quantize` on pixels).
+pub fn dequantize(q: u8) -> f32 {
+    (q as f32 - 127.5) / 127.5
+}
+
+/// A training set as the denoiser and the neighbour search read it: rows converted to
+/// model space chunk by chunk from the (memory-mapped) array, never held whole.
+pub struct TrainingSet<'a> {
+    pub x: &'a Array,
+    pub range: PixelRange,
+    /// The largest squared norm of a model-space row.
+    pub max_sq_norm: f64,
+}
+
+impl<'a> TrainingSet<'a> {
+    pub fn new(x: &'a Array, range: PixelRange) -> Result<Self> {
+        if x.rows() == 0 {
+            bail!("{}: the training set is empty", x.origin);
+        }
+        let mut max_sq_norm = 0f64;
+        let mut buf = Vec::new();
+        let mut set = Self { x, range, max_sq_norm: 0.0 };
+        for r in crate::sched::chunks(0..x.rows(), 4096) {
+            set.rows(r, &mut buf);
+            for row in buf.chunks_exact(x.row_len()) {
+                max_sq_norm = max_sq_norm.max(sq_norm(row));
+            }
+        }
+        set.max_sq_norm = max_sq_norm;
+        Ok(set)
+    }
+
+    pub fn len(&self) -> usize {
+        self.x.rows()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.x.rows() == 0
+    }
+
+    pub fn dim(&self) -> usize {
+        self.x.row_len()
+    }
+
+    /// Rows `r` in model space, into `out` (resized).
+    pub fn rows(&self, r: std::ops::Range<usize>, out: &mut Vec<f32>) {
+        out.resize(r.len() * self.dim(), 0.0);
+        self.x.rows_f32_into(r.start, r.end, out);
+        self.range.to_model(out);
+    }
+
+    /// Checks that queries of `len` numbers are whole rows of this set's width.
+    pub fn check_queries(&self, len: usize, what: &str) -> Result<usize> {
+        let d = self.dim();
+        if len % d != 0 || len == 0 {
+            bail!("{what}: {len} numbers are not a whole number of samples of dimension {d} (the training data's)");
+        }
+        Ok(len / d)
+    }
+}
+
+/// Squared norm, summed in float64 in index order.
+pub fn sq_norm(v: &[f32]) -> f64 {
+    v.iter().map(|&a| a as f64 * a as f64).sum()
+}
+
+/// ‖a − b‖² in float64, summed in index order: every term is exact (a difference of
+/// two floats and its square fit in a double), so this is the value the CUDA kernels
+/// compute too, bit for bit.
+pub fn exact_sq_dist(a: &[f32], b: &[f32]) -> f64 {
+    let mut s = 0f64;
+    for (&x, &y) in a.iter().zip(b) {
+        let d = x as f64 - y as f64;
+        s += d * d;
+    }
+    s
+}
+
+/// a·b in float64, summed in index order (each product of two floats is exact).
+pub fn exact_dot(a: &[f32], b: &[f32]) -> f64 {
+    let mut s = 0f64;
+    for (&x, &y) in a.iter().zip(b) {
+        s += x as f64 * y as f64;
+    }
+    s
+}
+
+/// A bound on the error of a float32 dot product of length `d`, per unit of Σ|aᵢbᵢ|:
+/// γ_d = d·u/(1 − d·u), u = 2⁻²⁴, with a margin for the final subtractions.
+pub fn f32_dot_error_factor(d: usize) -> f64 {
+    let u = f64::powi(2.0, -24);
+    let du = (d as f64 + 4.0) * u;
+    1.05 * du / (1.0 - du)
+}
+
+/// The optimal denoiser of a training set on the CPU or a GPU.
+pub enum OptimalDenoiser<'a> {
+    Cpu(TrainingSet<'a>),
+    Cuda(crate::device::GpuDenoiser),
+}
+
+impl<'a> OptimalDenoiser<'a> {
+    /// On `backend`; on a GPU this uploads the training set (as much as fits).
+    pub fn new(backend: &crate::device::Backend, train: TrainingSet<'a>) -> Result<Self> {
+        Ok(match backend {
+            crate::device::Backend::Cpu => Self::Cpu(train),
+            crate::device::Backend::Cuda(g) => Self::Cuda(crate::device::GpuDenoiser::new(g.clone(), &train)?),
+        })
+    }
+
+    /// Runs the Heun sampler from `x0`; on a GPU every step stays on the device.
+    pub fn sample(&mut self, x0: Vec<f32>, schedule: &sampler::Schedule, step: &mut dyn FnMut(usize)) -> Result<Vec<f32>> {
+        schedule.validate()?;
+        match self {
+            Self::Cuda(g) => g.sample(&x0, schedule, step),
+            Self::Cpu(_) => sampler::heun(self, x0, schedule, step),
+        }
+    }
+}
+
+impl sampler::Denoiser for OptimalDenoiser<'_> {
+    fn dim(&self) -> usize {
+        match self {
+            Self::Cpu(t) => t.dim(),
+            Self::Cuda(g) => g.dim(),
+        }
+    }
+
+    fn denoise(&mut self, x: &[f32], sigma: f64) -> Result<Vec<f32>> {
+        match self {
+            Self::Cpu(t) => Ok(optimal::denoise(t, x, sigma)?.0),
+            Self::Cuda(g) => {
+                optimal::check_sigma(sigma)?;
+                if x.is_empty() || x.len() % g.dim() != 0 {
+                    bail!("denoiser queries: {} numbers are not a whole number of samples of dimension {}", x.len(), g.dim());
+                }
+                g.denoise(x, sigma)
+            }
+        }
+    }
+}
+
+/// Exact k nearest neighbours on `backend`.
+pub fn knn_on(backend: &crate::device::Backend, train: &TrainingSet, queries: &[f32], k: usize, metric: knn::Metric) -> Result<knn::Neighbours> {
+    match backend {
+        crate::device::Backend::Cpu => knn::knn(train, queries, k, metric),
+        crate::device::Backend::Cuda(g) => crate::device::cuda_diffusion::knn(g, train, queries, k, metric),
+    }
+}
