@@ -61,6 +61,13 @@ timeout 120 .gpu/rote bench curvature --python none --device cuda --batch 4096 -
 timeout 120 .gpu/rote bench curvature --model mlp:784-512-512-10,act=gelu --python none --device cuda --batch 2048 --repeats 3 2>&1 | tee -a "$log" || status=1
 echo "== bench construct cifar-like (GPU only)" | tee -a "$log"
 timeout 240 .gpu/rote bench construct --cases cifar-like --python none --device cuda --skip-cpu --repeats 1 2>&1 | tee -a "$log" || status=1
+echo "== bench denoise (GPU only; N=60000, D=784, B=4096)" | tee -a "$log"
+timeout 240 .gpu/rote bench denoise --data blobs:n=60000,dim=784,centers=10,seed=3 --batch 4096 --python none --device cuda --skip-cpu --repeats 2 2>&1 | tee -a "$log" || status=1
+echo "== bench knn" | tee -a "$log"
+timeout 120 .gpu/rote bench knn --data blobs:n=60000,dim=784,centers=10,seed=3 --queries 10000 --python none --device cuda --repeats 3 2>&1 | tee -a "$log" || status=1
+echo "== denoise sample + memratio on digits (cuda)" | tee -a "$log"
+timeout 120 .gpu/rote denoise sample --data digits --samples 2000 --device cuda --out "${OUT:-/tmp}/digits-samples" 2>&1 | tee -a "$log" || status=1
+timeout 60 .gpu/rote memratio --generated "${OUT:-/tmp}/digits-samples/samples.npy" --data digits --device cuda 2>&1 | tee -a "$log" || status=1
 
 echo
 echo "================ GPU CHECK SUMMARY ================"
@@ -68,6 +75,6 @@ nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | sed '
 grep -E '^GPU-CHECK' "$log" | sed 's/^GPU-CHECK //' | column -t 2>/dev/null || grep -E '^GPU-CHECK' "$log"
 grep -E '^test result|FAILED|panicked' "$log"
 echo "bench:"
-sed -n '/== bench frame/,$p' "$log" | grep -E 'cpu|cuda|workload|numpy|cublas'
+sed -n '/== bench frame/,$p' "$log" | grep -E 'cpu|cuda|workload|numpy|cublas|faiss|memorization ratio|samples from'
 [[ $status -eq 0 ]] && echo "RESULT: PASS" || echo "RESULT: FAIL"
 exit $status

@@ -317,3 +317,186 @@ pub fn curvature(model: &str, batch: usize, probes: usize, repeats: usize, pytho
     }
     Ok(rows)
 }
+
+/// Runs a baseline script on files in `dir`; returns its JSON and the BenchRow for it.
+fn run_baseline(python: &str, script: &str, args: &[String], workload: &str, device: &str, units: f64, flops: f64) -> Result<(serde_json::Value, BenchRow)> {
+    let path = format!("{}/scripts/baselines/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(python).arg(&path).args(args).output()?;
+    if !out.status.success() {
+        anyhow::bail!("the baseline {script} failed (set --python, or PYTHONPATH for its packages):\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let times: Vec<f64> = v["seconds"].as_array().map(|a| a.iter().filter_map(|t| t.as_f64()).collect()).unwrap_or_default();
+    let median = v["seconds_median"].as_f64().unwrap_or(f64::NAN);
+    let row = BenchRow {
+        workload: workload.to_string(),
+        device: device.to_string(),
+        median_seconds: median,
+        min_seconds: times.iter().cloned().fold(f64::INFINITY, f64::min),
+        repeats: times.len(),
+        speedup: 1.0,
+        throughput: units / median,
+        gflops: Some(flops / median / 1e9),
+        note: None,
+    };
+    Ok((v, row))
+}
+
+/// D*(x; σ) in float64 over all of `y` (direct distances, log-sum-exp): the accuracy
+/// reference for the denoiser benchmark.
+fn denoise_f64(y: &[f32], d: usize, x: &[f32], sigma: f64) -> Vec<f64> {
+    let logits: Vec<f64> = y.chunks_exact(d).map(|yi| -crate::diffusion::exact_sq_dist(x, yi) / (2.0 * sigma * sigma)).collect();
+    let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut out = vec![0f64; d];
+    let mut s = 0f64;
+    for (l, yi) in logits.iter().zip(y.chunks_exact(d)) {
+        let w = (l - m).exp();
+        s += w;
+        out.iter_mut().zip(yi).for_each(|(o, &v)| *o += w * v as f64);
+    }
+    out.iter_mut().for_each(|o| *o /= s);
+    out
+}
+
+fn relative_error(a: &[f32], b: &[f64]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(&x, y)| (x as f64 - y).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// The optimal denoiser over the sampler's 18 noise levels: B queries per level (noisy
+/// training points, as in sampling), one call per level; effective GFLOP/s count
+/// 4·B·N·D per call. Accuracy: the largest relative error against float64 over the
+/// first 8 queries of every level. The numpy baseline (full float32 distance matrix)
+/// runs on the same data in the same run.
+pub fn denoise(spec: &str, batch: usize, repeats: usize, python: Option<&str>, backends: &[Backend], baseline_repeats: usize) -> Result<Vec<BenchRow>> {
+    use crate::diffusion::{sampler::Schedule, OptimalDenoiser, PixelRange, TrainingSet};
+    let ds = crate::data::open(spec)?;
+    let range = PixelRange::of(&ds.train.x)?;
+    let train = TrainingSet::new(&ds.train.x, range)?;
+    let (n, d) = (train.len(), train.dim());
+    let mut y = Vec::new();
+    train.rows(0..n, &mut y);
+    let sigmas: Vec<f64> = Schedule::default().sigmas()[..18].to_vec();
+    let perm = Philox::new(17, 1).permutation(n);
+    let queries: Vec<Vec<f32>> = sigmas
+        .iter()
+        .enumerate()
+        .map(|(s, &sigma)| {
+            let mut z = vec![0f32; batch * d];
+            Philox::new(17, 2 + s as u64).fill_normal(0, &mut z);
+            (0..batch * d).map(|k| y[perm[(k / d) % n] as usize * d + k % d] + (sigma * z[k] as f64) as f32).collect()
+        })
+        .collect();
+    let keep = 8.min(batch);
+    let reference: Vec<Vec<f64>> = {
+        use rayon::prelude::*;
+        let jobs: Vec<(usize, f64, usize)> = sigmas.iter().enumerate().flat_map(|(s, &sigma)| (0..keep).map(move |q| (s, sigma, q))).collect();
+        jobs.into_par_iter().map(|(s, sigma, q)| denoise_f64(&y, d, &queries[s][q * d..(q + 1) * d], sigma)).collect()
+    };
+    let worst_error = |outs: &[Vec<f32>]| -> f64 {
+        let mut worst = 0f64;
+        for s in 0..sigmas.len() {
+            for q in 0..keep {
+                worst = worst.max(relative_error(&outs[s][q * d..(q + 1) * d], &reference[s * keep + q]));
+            }
+        }
+        worst
+    };
+    let workload = format!("optimal denoiser, 18 σ (B={batch}, N={n}, D={d})");
+    let flops = 18.0 * 4.0 * (batch * n * d) as f64;
+    let mut rows = Vec::new();
+    if let Some(py) = python {
+        let dir = tempfile::tempdir()?;
+        crate::report::write_npy(&dir.path().join("y.npy"), &[n, d], &y)?;
+        let flat: Vec<f32> = queries.iter().flatten().copied().collect();
+        crate::report::write_npy(&dir.path().join("x.npy"), &[sigmas.len(), batch, d], &flat)?;
+        std::fs::write(dir.path().join("sigmas.json"), serde_json::to_string(&sigmas)?)?;
+        let args = vec!["--dir".into(), dir.path().display().to_string(), "--repeats".into(), baseline_repeats.to_string(), "--keep".into(), keep.to_string()];
+        let (_, mut row) = run_baseline(py, "denoise_numpy.py", &args, &workload, "numpy32", 18.0 * batch as f64, flops)?;
+        let kept = crate::data::Array::open_npy(&dir.path().join("out.npy"))?.to_f32();
+        let outs: Vec<Vec<f32>> = kept.chunks_exact(keep * d).map(|c| c.to_vec()).collect();
+        row.note = Some(format!("max rel. error {:.1e}", worst_error(&outs)));
+        rows.push(row);
+    }
+    for b in backends {
+        let mut den = OptimalDenoiser::new(b, TrainingSet::new(&ds.train.x, range)?)?;
+        let outs = std::sync::Mutex::new(Vec::new());
+        let (median, min) = time_runs(repeats, || {
+            let mut o = Vec::with_capacity(sigmas.len());
+            for (s, &sigma) in sigmas.iter().enumerate() {
+                o.push(crate::diffusion::sampler::Denoiser::denoise(&mut den, &queries[s], sigma)?);
+            }
+            *outs.lock().unwrap() = o;
+            Ok(())
+        })?;
+        let base = rows.first().map(|r: &BenchRow| r.median_seconds).unwrap_or(median);
+        rows.push(BenchRow {
+            workload: workload.clone(),
+            device: b.device().to_string(),
+            median_seconds: median,
+            min_seconds: min,
+            repeats,
+            speedup: base / median,
+            throughput: 18.0 * batch as f64 / median,
+            gflops: Some(flops / median / 1e9),
+            note: Some(format!("max rel. error {:.1e}", worst_error(&outs.into_inner().unwrap()))),
+        });
+    }
+    Ok(rows)
+}
+
+/// Exact kNN of `queries` test samples (training samples when there is no test split)
+/// among the training set, in the data's own units; effective GFLOP/s count 2·Q·N·D.
+/// faiss-cpu's IndexFlatL2 runs on the same data in the same run; the note says how
+/// many queries got the same k indices from both.
+pub fn knn(spec: &str, queries: usize, k: usize, repeats: usize, python: Option<&str>, backends: &[Backend], baseline_repeats: usize) -> Result<Vec<BenchRow>> {
+    use crate::diffusion::{knn::Metric, knn_on, PixelRange, TrainingSet};
+    let ds = crate::data::open(spec)?;
+    let train = TrainingSet::new(&ds.train.x, PixelRange::MODEL)?;
+    let (n, d) = (train.len(), train.dim());
+    let source = ds.test.as_ref().map(|t| &t.x).unwrap_or(&ds.train.x);
+    let q = queries.min(source.rows());
+    let x = source.rows_f32(0, q);
+    let workload = format!("exact kNN k={k} (Q={q}, N={n}, D={d})");
+    let flops = 2.0 * (q * n * d) as f64;
+    let mut rows = Vec::new();
+    let mut faiss_indices: Option<Vec<i64>> = None;
+    if let Some(py) = python {
+        let dir = tempfile::tempdir()?;
+        let mut y = Vec::new();
+        train.rows(0..n, &mut y);
+        crate::report::write_npy(&dir.path().join("y.npy"), &[n, d], &y)?;
+        crate::report::write_npy(&dir.path().join("x.npy"), &[q, d], &x)?;
+        let args = vec!["--dir".into(), dir.path().display().to_string(), "--k".into(), k.to_string(), "--repeats".into(), baseline_repeats.to_string()];
+        let (v, mut row) = run_baseline(py, "knn_faiss.py", &args, &workload, "faiss", q as f64, flops)?;
+        row.note = Some(format!("{} threads", v["threads"]));
+        faiss_indices = Some(crate::data::Array::open_npy(&dir.path().join("idx.npy"))?.to_i64()?);
+        rows.push(row);
+    }
+    for b in backends {
+        let out = std::sync::Mutex::new(None);
+        let (median, min) = time_runs(repeats, || {
+            *out.lock().unwrap() = Some(knn_on(b, &train, &x, k, Metric::L2)?);
+            Ok(())
+        })?;
+        let nn = out.into_inner().unwrap().unwrap();
+        let note = faiss_indices.as_ref().map(|f| {
+            let same = (0..q).filter(|&i| (0..k).all(|j| f[i * k + j] == nn.indices[i * k + j] as i64)).count();
+            format!("same indices as faiss for {same}/{q} queries")
+        });
+        let base = rows.first().map(|r: &BenchRow| r.median_seconds).unwrap_or(median);
+        rows.push(BenchRow {
+            workload: workload.clone(),
+            device: b.device().to_string(),
+            median_seconds: median,
+            min_seconds: min,
+            repeats,
+            speedup: base / median,
+            throughput: q as f64 / median,
+            gflops: Some(flops / median / 1e9),
+            note,
+        });
+    }
+    Ok(rows)
+}

@@ -244,3 +244,109 @@ fn optimal_denoiser_samples_of_digits_are_copies_and_held_out_digits_are_not() {
     let ratio = json(&s)["memorization_ratio"].as_f64().unwrap();
     assert!(ratio < 0.2, "held-out digits memorization ratio {ratio}");
 }
+
+#[test]
+fn bad_diffusion_input_is_rejected_with_the_file_and_the_problem() {
+    let dir = tempdir();
+    let d = dir.path();
+    // Queries of the wrong dimension (digits samples have 64 numbers).
+    let q = d.join("q.npy");
+    rote::report::write_npy(&q, &[3, 10], &vec![0f32; 30]).unwrap();
+    let e = rote_err(&["denoise", "eval", "--data", "digits", "--queries", p(&q), "--sigma", "1", "--out", p(&d.join("o.npy"))]);
+    assert!(e.contains("q.npy") && e.contains("64"), "{e}");
+    let e = rote_err(&["knn", "--data", "digits", "--queries", p(&q), "--k", "2", "--out", p(&d.join("nn"))]);
+    assert!(e.contains("q.npy") && e.contains("64"), "{e}");
+    // σ ≤ 0.
+    let q64 = d.join("q64.npy");
+    rote::report::write_npy(&q64, &[2, 8, 8], &vec![0f32; 128]).unwrap();
+    for sigma in ["0", "-1"] {
+        let e = rote_err(&["denoise", "eval", "--data", "digits", "--queries", p(&q64), "--sigma", sigma, "--out", p(&d.join("o.npy"))]);
+        assert!(e.contains("σ must be a positive"), "{e}");
+    }
+    assert!(!d.join("o.npy").exists(), "nothing is written on bad input");
+    // Integer queries to the denoiser (which works in model space).
+    let qi = d.join("qi.npy");
+    rote::report::write_npy(&qi, &[2, 64], &vec![1u8; 128]).unwrap();
+    let e = rote_err(&["denoise", "eval", "--data", "digits", "--queries", p(&qi), "--sigma", "1", "--out", p(&d.join("o.npy"))]);
+    assert!(e.contains("model space"), "{e}");
+    // k out of range.
+    let e = rote_err(&["knn", "--data", "digits", "--queries", p(&q64), "--k", "0", "--out", p(&d.join("nn"))]);
+    assert!(e.contains("k = 0"), "{e}");
+    // An empty training set.
+    let empty = d.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    rote::report::write_npy(&empty.join("x.npy"), &[0, 64], &Vec::<f32>::new()).unwrap();
+    rote::report::write_npy(&empty.join("y.npy"), &[0], &Vec::<i64>::new()).unwrap();
+    let e = rote_err(&["denoise", "sample", "--data", p(&empty), "--samples", "2", "--out", p(&d.join("s"))]);
+    assert!(e.contains("empty") || e.contains("no samples"), "{e}");
+    // Generated samples of the wrong type or shape.
+    let gen = d.join("gen.npy");
+    rote::report::write_npy(&gen, &[4, 64], &vec![3i64; 256]).unwrap();
+    let e = rote_err(&["memratio", "--generated", p(&gen), "--data", "digits"]);
+    assert!(e.contains("gen.npy") && e.contains("uint8"), "{e}");
+    rote::report::write_npy(&gen, &[4, 7, 7], &vec![3u8; 196]).unwrap();
+    let e = rote_err(&["memratio", "--generated", p(&gen), "--data", "digits"]);
+    assert!(e.contains("gen.npy") && e.contains("49"), "{e}");
+    rote::report::write_npy(&gen, &[2, 64], &vec![100f32; 128]).unwrap();
+    let e = rote_err(&["memratio", "--generated", p(&gen), "--data", "digits"]);
+    assert!(e.contains("model space"), "{e}");
+    // Sampler settings.
+    let e = rote_err(&["denoise", "sample", "--data", "digits", "--samples", "2", "--sigma-min", "0", "--out", p(&d.join("s"))]);
+    assert!(e.contains("--sigma-min"), "{e}");
+    let e = rote_err(&["denoise", "sample", "--data", "digits", "--subset", "5000", "--samples", "2", "--out", p(&d.join("s"))]);
+    assert!(e.contains("5000") && e.contains("1797"), "{e}");
+}
+
+#[test]
+fn knn_and_eval_commands_write_their_outputs() {
+    let dir = tempdir();
+    let d = dir.path();
+    let ds = data::open("digits").unwrap();
+    // Queries: training rows 5 and 9 themselves; their nearest neighbour is themselves
+    // (or an identical earlier duplicate).
+    let mut q = ds.train.x.rows_f32(5, 6);
+    q.extend(ds.train.x.rows_f32(9, 10));
+    let qp = d.join("q.npy");
+    rote::report::write_npy(&qp, &[2, 8, 8], &q).unwrap();
+    let s = rote_ok(&["knn", "--data", "digits", "--queries", p(&qp), "--k", "3", "--out", p(&d.join("nn")), "--json"]);
+    assert_eq!(json(&s)["k"], 3);
+    let idx = Array::open_npy(&d.join("nn/indices.npy")).unwrap().to_i64().unwrap();
+    let dist = Array::open_npy(&d.join("nn/distances.npy")).unwrap().to_f32();
+    assert_eq!(idx.len(), 6);
+    assert_eq!(dist[0], 0.0);
+    assert_eq!(dist[3], 0.0);
+    assert!(idx[0] <= 5 && idx[3] <= 9);
+    assert!(dist[1] >= dist[0] && dist[2] >= dist[1]);
+    // eval: at σ = 1e-3 the optimal denoiser returns the training point a query sits on.
+    let model: Vec<f32> = q.iter().map(|v| v / 8.0 - 1.0).collect();
+    let mp = d.join("m.npy");
+    rote::report::write_npy(&mp, &[2, 8, 8], &model).unwrap();
+    rote_ok(&["denoise", "eval", "--data", "digits", "--queries", p(&mp), "--sigma", "0.001", "--out", p(&d.join("out.npy"))]);
+    let out = Array::open_npy(&d.join("out.npy")).unwrap();
+    assert_eq!(out.shape, vec![2, 8, 8]);
+    let err = out.to_f32().iter().zip(&model).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(err < 1e-6, "{err}");
+}
+
+#[test]
+fn optimal_denoiser_samples_of_fashion_mnist_are_copies_and_test_images_are_not() {
+    if !std::path::Path::new("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists() {
+        assert!(std::env::var("ROTE_REQUIRE_FASHION_MNIST").is_err(), "dataset-fashion-mnist is not installed but ROTE_REQUIRE_FASHION_MNIST is set");
+        eprintln!("SKIPPED: apt-get install dataset-fashion-mnist to run this test");
+        return;
+    }
+    let dir = tempdir();
+    let out = dir.path().join("s");
+    rote_ok(&["denoise", "sample", "--data", "fashion-mnist", "--subset", "2000", "--samples", "100", "--out", p(&out)]);
+    let v = json(&rote_ok(&["memratio", "--generated", p(&out.join("samples.npy")), "--data", "fashion-mnist:subset=200", "--json"]));
+    assert!(v["memorization_ratio"].as_f64().unwrap() >= 0.99, "{v}");
+    // 500 test images as "generated" samples against all 60 000 training images.
+    let ds = data::open("fashion-mnist").unwrap();
+    let test = ds.test.unwrap();
+    let held = dir.path().join("test500.npy");
+    rote::report::write_npy(&held, &[500, 28, 28], test.x.row_bytes(0, 500)).unwrap();
+    let v = json(&rote_ok(&["memratio", "--generated", p(&held), "--data", "fashion-mnist", "--json"]));
+    let ratio = v["memorization_ratio"].as_f64().unwrap();
+    assert!(ratio < 0.1, "test images: memorization ratio {ratio}");
+    eprintln!("fashion-mnist test images: memorization ratio {ratio}");
+}

@@ -275,3 +275,113 @@ fn training_steps_agree() {
         summary(&format!("train {model} 3 epochs (cpu {cpu_secs:.2}s)"), worst, secs);
     }
 }
+
+/// Points in [−1, 1]^d with exact and near duplicates (pairs 1e-4 apart).
+fn denoiser_points(n: usize, d: usize) -> Vec<f32> {
+    let mut z = vec![0f32; n * d];
+    Philox::new(21, 0).fill_normal(0, &mut z);
+    let mut y: Vec<f32> = z.iter().map(|v| (0.4 * v).clamp(-1.0, 1.0)).collect();
+    for p in 0..n / 10 {
+        let (a, b) = (p * 7 % n, (p * 7 + 3) % n);
+        let src = y[a * d..(a + 1) * d].to_vec();
+        y[b * d..(b + 1) * d].copy_from_slice(&src);
+        y[b * d + p % d] += 1e-4;
+    }
+    y
+}
+
+fn reference_denoise(y: &[f32], d: usize, x: &[f32], sigma: f64) -> Vec<f64> {
+    let logits: Vec<f64> = y
+        .chunks_exact(d)
+        .map(|yi| -yi.iter().zip(x).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>() / (2.0 * sigma * sigma))
+        .collect();
+    let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let w: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
+    let s: f64 = w.iter().sum();
+    let mut out = vec![0f64; d];
+    for (wi, yi) in w.iter().zip(y.chunks_exact(d)) {
+        out.iter_mut().zip(yi).for_each(|(o, &v)| *o += wi * v as f64 / s);
+    }
+    out
+}
+
+#[test]
+fn optimal_denoiser_on_gpu_matches_float64_and_streams_beyond_its_budget() {
+    use rote::diffusion::{PixelRange, TrainingSet};
+    let Some(g) = gpu("optimal_denoiser_on_gpu_matches_float64_and_streams_beyond_its_budget") else { return };
+    let (n, d) = (20_000, 784);
+    let y = denoiser_points(n, d);
+    let arr = Array::from_f32(vec![n, d], &y, "points");
+    let train = TrainingSet::new(&arr, PixelRange::MODEL).unwrap();
+    let resident = rote::device::GpuDenoiser::new(g.clone(), &train).unwrap();
+    assert_eq!(resident.resident_rows(), n);
+    // A budget of a third of the set: two thirds are uploaded on every call.
+    let streamed = rote::device::GpuDenoiser::with_budget(g.clone(), &train, n * (d + 1) * 8 / 3).unwrap();
+    assert!(streamed.resident_rows() < n / 2);
+    let mut worst = 0f64;
+    let t0 = std::time::Instant::now();
+    for sigma in [0.002f64, 0.01, 0.1, 1.0, 10.0, 80.0] {
+        let mut z = vec![0f32; 64 * d];
+        Philox::new(5, sigma.to_bits()).fill_normal(0, &mut z);
+        let x: Vec<f32> = (0..64 * d).map(|k| y[((k / d) * 31 % n) * d + k % d] + (sigma * z[k] as f64) as f32).collect();
+        let a = resident.denoise(&x, sigma).unwrap();
+        let b = streamed.denoise(&x, sigma).unwrap();
+        assert_eq!(a, b, "σ = {sigma}: streamed chunks changed the result");
+        for q in 0..64 {
+            let want = reference_denoise(&y, d, &x[q * d..(q + 1) * d], sigma);
+            let got = &a[q * d..(q + 1) * d];
+            let num: f64 = got.iter().zip(&want).map(|(&u, v)| (u as f64 - v).powi(2)).sum();
+            let den: f64 = want.iter().map(|v| v * v).sum();
+            let rel = (num / den).sqrt();
+            assert!(rel <= 1e-4, "σ = {sigma}, query {q}: relative error {rel:.3e}");
+            worst = worst.max(rel);
+        }
+    }
+    summary("optimal denoiser vs float64 (σ 0.002…80, N=20000, D=784)", worst, t0.elapsed().as_secs_f64());
+}
+
+#[test]
+fn knn_on_gpu_agrees_exactly_with_the_cpu() {
+    use rote::diffusion::knn::Metric;
+    use rote::diffusion::{knn_on, PixelRange, TrainingSet};
+    let Some(g) = gpu("knn_on_gpu_agrees_exactly_with_the_cpu") else { return };
+    let cuda = Backend::Cuda(g);
+    let (n, d) = (30_000, 100);
+    // Integer pixels: many exact ties, broken by the lower index on both sides.
+    let y: Vec<f32> = denoiser_points(n, d).iter().map(|v| ((v + 1.0) * 4.0).round()).collect();
+    let arr = Array::from_f32(vec![n, d], &y, "pixels");
+    let train = TrainingSet::new(&arr, PixelRange::MODEL).unwrap();
+    let q: Vec<f32> = (0..300 * d).map(|k| y[((k / d) * 97 % n) * d + k % d] + ((k * 7919) % 3) as f32 - 1.0).collect();
+    let t0 = std::time::Instant::now();
+    for metric in [Metric::L2, Metric::Ip] {
+        for k in [1, 2, 32] {
+            let a = knn_on(&Backend::Cpu, &train, &q, k, metric).unwrap();
+            let b = knn_on(&cuda, &train, &q, k, metric).unwrap();
+            assert_eq!(a.indices, b.indices, "{metric:?} k={k}: indices differ");
+            assert_eq!(a.values, b.values, "{metric:?} k={k}: values differ");
+        }
+    }
+    summary("knn_tile exact (l2, ip; k 1, 2, 32; N=30000)", 0.0, t0.elapsed().as_secs_f64());
+}
+
+#[test]
+fn optimal_denoiser_sampling_on_gpu_agrees_with_the_cpu() {
+    use rote::diffusion::sampler::{initial_noise, Schedule};
+    use rote::diffusion::{quantize, OptimalDenoiser, PixelRange, TrainingSet};
+    let Some(g) = gpu("optimal_denoiser_sampling_on_gpu_agrees_with_the_cpu") else { return };
+    let ds = data::open("digits").unwrap();
+    let range = PixelRange::of(&ds.train.x).unwrap();
+    let schedule = Schedule::default();
+    let x0 = initial_noise(7, 0, 256, 64, schedule.sigma_max);
+    let mut cpu = OptimalDenoiser::new(&Backend::Cpu, TrainingSet::new(&ds.train.x, range).unwrap()).unwrap();
+    let a = cpu.sample(x0.clone(), &schedule, &mut |_| {}).unwrap();
+    let t0 = std::time::Instant::now();
+    let mut gpu_den = OptimalDenoiser::new(&Backend::Cuda(g), TrainingSet::new(&ds.train.x, range).unwrap()).unwrap();
+    let b = gpu_den.sample(x0, &schedule, &mut |_| {}).unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    let worst = a.iter().zip(&b).map(|(u, v)| (u - v).abs() as f64).fold(0.0, f64::max);
+    let same_pixels = a.iter().zip(&b).filter(|(u, v)| quantize(**u) == quantize(**v)).count();
+    assert!(worst < 1e-3, "samples differ by {worst:.3e}");
+    assert!(same_pixels as f64 >= 0.999 * a.len() as f64, "{same_pixels} of {} pixels agree", a.len());
+    summary("Heun sampler with the optimal denoiser (digits, 256 samples)", worst, secs);
+}

@@ -13,6 +13,7 @@ pub enum DType {
     U8,
     F16,
     F32,
+    F64,
     I8,
     I16,
     I32,
@@ -28,12 +29,12 @@ impl DType {
             DType::U8 | DType::I8 => 1,
             DType::F16 | DType::I16 | DType::U16 => 2,
             DType::F32 | DType::I32 | DType::U32 => 4,
-            DType::I64 | DType::U64 => 8,
+            DType::F64 | DType::I64 | DType::U64 => 8,
         }
     }
 
     pub fn is_integer(self) -> bool {
-        !matches!(self, DType::F16 | DType::F32)
+        !matches!(self, DType::F16 | DType::F32 | DType::F64)
     }
 
     pub fn name(self) -> &'static str {
@@ -41,6 +42,7 @@ impl DType {
             DType::U8 => "uint8",
             DType::F16 => "float16",
             DType::F32 => "float32",
+            DType::F64 => "float64",
             DType::I8 => "int8",
             DType::I16 => "int16",
             DType::I32 => "int32",
@@ -56,6 +58,7 @@ impl DType {
             DType::U8 => "|u1",
             DType::F16 => "<f2",
             DType::F32 => "<f4",
+            DType::F64 => "<f8",
             DType::I8 => "|i1",
             DType::I16 => "<i2",
             DType::I32 => "<i4",
@@ -200,7 +203,7 @@ impl Array {
                     i64::try_from(v).map_err(|_| anyhow::anyhow!("{}: label {v} does not fit in int64", self.origin))
                 })
                 .collect::<Result<_>>()?,
-            DType::F16 | DType::F32 => bail!(
+            DType::F16 | DType::F32 | DType::F64 => bail!(
                 "{} holds {} values, but labels must be integers (save them with y.astype(np.int64))",
                 self.origin,
                 self.dtype.name()
@@ -262,6 +265,7 @@ pub fn convert_to_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
             .iter_mut()
             .zip(bytes.chunks_exact(2))
             .for_each(|(o, c)| *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        DType::F64 => out.iter_mut().zip(bytes.chunks_exact(8)).for_each(|(o, c)| *o = f64::from_le_bytes(c.try_into().unwrap()) as f32),
         DType::I16 => out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, c)| *o = i16::from_le_bytes([c[0], c[1]]) as f32),
         DType::U16 => out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, c)| *o = u16::from_le_bytes([c[0], c[1]]) as f32),
         DType::I32 => out.iter_mut().zip(bytes.chunks_exact(4)).for_each(|(o, c)| *o = i32::from_le_bytes(c.try_into().unwrap()) as f32),
@@ -299,7 +303,8 @@ fn parse_npy_header(bytes: &[u8]) -> Result<(DType, Vec<usize>, usize)> {
                 (TypeChar::Int, Some(8)) => DType::I64,
                 (TypeChar::Float, Some(2)) => DType::F16,
                 (TypeChar::Float, Some(4)) => DType::F32,
-                _ => bail!("unsupported dtype {ts}; rote reads uint8, float16, float32 and integer labels"),
+                (TypeChar::Float, Some(8)) => DType::F64,
+                _ => bail!("unsupported dtype {ts}; rote reads uint8, float16, float32, float64 and integer labels"),
             }
         }
         other => bail!("unsupported structured dtype {}", other.descr()),

@@ -69,10 +69,16 @@ fn gemm_f64<A: DevicePtr<f64>, B: DevicePtr<f64>, C: DevicePtrMut<f64>>(
 }
 
 impl GpuDenoiser {
+    /// Keeps as much of the training set on the device as half its free memory holds.
     pub fn new(gpu: Arc<CudaBackend>, train: &TrainingSet) -> Result<Self> {
-        let blas = gpu.blas()?;
         let (free, _) = cudarc::driver::result::mem_get_info().map_err(|e| anyhow!("cannot query device memory: {e}"))?;
-        let budget = free / 2;
+        Self::with_budget(gpu, train, free / 2)
+    }
+
+    /// Keeps at most `budget` bytes of the training set on the device; the rest is
+    /// uploaded on every call.
+    pub fn with_budget(gpu: Arc<CudaBackend>, train: &TrainingSet, budget: usize) -> Result<Self> {
+        let blas = gpu.blas()?;
         let (d, n) = (train.dim(), train.len());
         let mut me = Self { gpu, blas, x: train.x.clone(), range: train.range, d, n, resident: vec![], streamed_from: n };
         let mut used = 0usize;

@@ -59,7 +59,7 @@ pub struct EvalArgs {
     /// Float .npy of queries in model space, shape (B, …) with the training samples' size.
     #[arg(long)]
     queries: PathBuf,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     sigma: f64,
     /// Output .npy (float32, the queries' shape).
     #[arg(long)]
@@ -268,7 +268,7 @@ pub fn memratio_cmd(a: MemratioArgs) -> Result<()> {
     // Generated samples into the training data's units.
     let generated: Vec<f32> = match g.dtype {
         DType::U8 => g.bytes().iter().map(|&p| range.pixel_to_data(p)).collect(),
-        DType::F16 | DType::F32 => {
+        DType::F16 | DType::F32 | DType::F64 => {
             let v = g.to_f32();
             if let Some(bad) = v.iter().find(|x| x.abs() > 1.5) {
                 bail!("{}: float samples must be in model space [−1, 1]; found {bad} (write uint8 pixels instead)", a.generated.display());

@@ -159,6 +159,52 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The optimal denoiser over the sampler's 18 noise levels against the numpy
+    /// baseline (full float32 distance matrix), on the same data and queries.
+    Denoise {
+        #[arg(long, default_value = "fashion-mnist:subset-random=10000")]
+        data: String,
+        /// Queries per noise level.
+        #[arg(long, default_value_t = 512)]
+        batch: usize,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Python with numpy for the baseline; "none" skips it.
+        #[arg(long, default_value = "python3")]
+        python: String,
+        #[arg(long, default_value_t = 3)]
+        baseline_repeats: usize,
+        #[arg(long, default_value = "auto")]
+        device: DeviceRequest,
+        /// Time only the GPU (for sizes too large for the CPU in a bench run).
+        #[arg(long)]
+        skip_cpu: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exact kNN against faiss-cpu's flat L2 index, on the same data and queries.
+    Knn {
+        #[arg(long, default_value = "fashion-mnist")]
+        data: String,
+        /// How many test samples to query with.
+        #[arg(long, default_value_t = 2000)]
+        queries: usize,
+        #[arg(long, default_value_t = 2)]
+        k: usize,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Python with faiss-cpu for the baseline; "none" skips it.
+        #[arg(long, default_value = "python3")]
+        python: String,
+        #[arg(long, default_value_t = 3)]
+        baseline_repeats: usize,
+        #[arg(long, default_value = "auto")]
+        device: DeviceRequest,
+        #[arg(long)]
+        skip_cpu: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// The frame's kernels: Philox fills and streamed row norms.
     Frame {
         /// Multiplies the workload sizes.
@@ -463,6 +509,18 @@ fn run(cli: Cli) -> Result<()> {
                 rote::bench::print_table(&rows);
             }
             Ok(())
+        }
+        Command::Bench(BenchCommand::Denoise { data, batch, repeats, python, baseline_repeats, device, skip_cpu, json }) => {
+            let backends = bench_backends_maybe_gpu_only(device, skip_cpu)?;
+            let python = (python != "none").then_some(python.as_str());
+            let rows = rote::bench::denoise(&data, batch.max(1), repeats.max(1), python, &backends, baseline_repeats.max(1))?;
+            print_rows(&rows, json)
+        }
+        Command::Bench(BenchCommand::Knn { data, queries, k, repeats, python, baseline_repeats, device, skip_cpu, json }) => {
+            let backends = bench_backends_maybe_gpu_only(device, skip_cpu)?;
+            let python = (python != "none").then_some(python.as_str());
+            let rows = rote::bench::knn(&data, queries.max(1), k.max(1), repeats.max(1), python, &backends, baseline_repeats.max(1))?;
+            print_rows(&rows, json)
         }
         Command::Bench(BenchCommand::Frame { scale, repeats, device, json }) => {
             let backends = bench_backends(device)?;
@@ -883,6 +941,24 @@ fn sweep_construct_cmd(args: SweepConstructArgs) -> Result<()> {
 }
 
 /// The CPU, plus the GPU `device` names when it resolves to one.
+/// The bench backends, without the CPU when `skip_cpu` and a GPU is there.
+fn bench_backends_maybe_gpu_only(device: DeviceRequest, skip_cpu: bool) -> Result<Vec<Backend>> {
+    let mut backends = bench_backends(device)?;
+    if skip_cpu && backends.len() > 1 {
+        backends.remove(0);
+    }
+    Ok(backends)
+}
+
+fn print_rows(rows: &[rote::bench::BenchRow], json: bool) -> Result<()> {
+    if json {
+        print_json(&serde_json::to_value(rows)?);
+    } else {
+        rote::bench::print_table(rows);
+    }
+    Ok(())
+}
+
 fn bench_backends(device: DeviceRequest) -> Result<Vec<Backend>> {
     let mut backends = vec![Backend::Cpu];
     if device != DeviceRequest::Cpu {
