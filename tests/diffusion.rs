@@ -350,3 +350,37 @@ fn optimal_denoiser_samples_of_fashion_mnist_are_copies_and_test_images_are_not(
     assert!(ratio < 0.1, "test images: memorization ratio {ratio}");
     eprintln!("fashion-mnist test images: memorization ratio {ratio}");
 }
+
+#[test]
+fn knn_on_pixels_matches_brute_force_exactly() {
+    // uint8 data take the integer kernel where the CPU has AVX-512 VNNI (else the
+    // float screen); odd dimension, point and query counts off the kernel's blocks.
+    let (n, d) = (3001, 49);
+    let mut y: Vec<u8> = (0..n * d).map(|i| (Philox::new(8, 0).word(i as u64) % 7 * 40) as u8).collect();
+    for p in 0..200 {
+        let (a, b) = (p * 13 % n, (p * 13 + 5) % n);
+        let src = y[a * d..(a + 1) * d].to_vec();
+        y[b * d..(b + 1) * d].copy_from_slice(&src);
+    }
+    let arr = Array::from_u8(vec![n, d], &y, "pixels");
+    let train = TrainingSet::new(&arr, PixelRange::MODEL).unwrap();
+    let yf: Vec<f32> = y.iter().map(|&v| v as f32).collect();
+    let mut x: Vec<f32> = (0..61 * d).map(|i| yf[(i / d * 37 % n) * d + i % d]).collect();
+    x.extend((0..9 * d).map(|i| (Philox::new(9, 0).word(i as u64) % 256) as f32));
+    let q = x.len() / d;
+    eprintln!("integer kernel available: {}", rote::diffusion::knn_u8::available());
+    for metric in [Metric::L2, Metric::Ip] {
+        for k in [1, 2, 5, 32] {
+            let got = knn(&train, &x, k, metric).unwrap();
+            for i in 0..q {
+                let want = reference_knn(&yf, d, &x[i * d..(i + 1) * d], k, metric);
+                assert_eq!(&got.indices[i * k..(i + 1) * k], &want[..], "query {i}, k = {k}, {metric:?}");
+                let v0 = match metric {
+                    Metric::L2 => (0..d).map(|j| (x[i * d + j] as f64 - yf[want[0] as usize * d + j] as f64).powi(2)).sum::<f64>(),
+                    Metric::Ip => (0..d).map(|j| x[i * d + j] as f64 * yf[want[0] as usize * d + j] as f64).sum::<f64>(),
+                };
+                assert_eq!(got.values[i * k], v0);
+            }
+        }
+    }
+}

@@ -57,6 +57,12 @@ pub fn knn(train: &TrainingSet, queries: &[f32], k: usize, metric: Metric) -> Re
     let n = train.len();
     let q = train.check_queries(queries.len(), "kNN queries")?;
     check_k(k, n)?;
+    if train.x.dtype == crate::data::DType::U8 && train.range == super::PixelRange::MODEL && super::knn_u8::available() && super::knn_u8::fits(d) {
+        if let Some(pixels) = as_pixels(queries) {
+            let x = train.x;
+            return super::knn_u8::knn(&|r| x.row_bytes(r.start, r.end).to_vec(), n, d, &pixels, k, metric);
+        }
+    }
     let kappa = f32_dot_error_factor(d);
     let max_norm = train.max_sq_norm.sqrt();
     let mut blocks: Vec<Screen> = queries.chunks(QUERY_BLOCK * d).map(|x| Screen::new(x, d, k, metric, kappa * max_norm)).collect();
@@ -98,6 +104,11 @@ pub fn knn(train: &TrainingSet, queries: &[f32], k: usize, metric: Metric) -> Re
         }
     }
     Ok(out)
+}
+
+/// The queries as pixels, when every value is an integer in 0…255.
+fn as_pixels(x: &[f32]) -> Option<Vec<u8>> {
+    x.iter().map(|&v| (v >= 0.0 && v <= 255.0 && v.fract() == 0.0).then_some(v as u8)).collect()
 }
 
 struct Screen {

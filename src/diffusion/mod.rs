@@ -4,6 +4,7 @@
 
 pub mod gallery;
 pub mod knn;
+pub mod knn_u8;
 pub mod optimal;
 pub mod sampler;
 
