@@ -500,3 +500,84 @@ pub fn knn(spec: &str, queries: usize, k: usize, repeats: usize, python: Option<
     }
     Ok(rows)
 }
+
+/// Training the EDM denoiser network (src/diffusion/net.rs) against the same network,
+/// loss, Adam and EMA in JAX (scripts/baselines/denoise_train_jax.py), on the same data:
+/// samples per second over `steps` steps (JAX's after compiling and 20 warm-up steps).
+pub fn denoise_train(spec: &str, model: &str, batch: usize, steps: usize, python: Option<&str>) -> Result<Vec<BenchRow>> {
+    use crate::diffusion::train::{self, DenoiserConfig, Labels};
+    use crate::diffusion::PixelRange;
+    let ds = crate::data::open(spec)?;
+    let range = PixelRange::of(&ds.train.x)?;
+    let net = crate::diffusion::net::NetSpec::parse(model)?;
+    let (n, d) = (ds.train.len(), ds.train.features());
+    let workload = format!("denoiser training {model} (B={batch}, N={n}, D={d})");
+    let mut rows = Vec::new();
+    if let Some(py) = python {
+        let dir = tempfile::tempdir()?;
+        let mut y = vec![0f32; n * d];
+        ds.train.x.rows_f32_into(0, n, &mut y);
+        range.to_model(&mut y);
+        crate::report::write_npy(&dir.path().join("y.npy"), &[n, d], &y)?;
+        let path = format!("{}/scripts/baselines/denoise_train_jax.py", env!("CARGO_MANIFEST_DIR"));
+        let out = std::process::Command::new(py)
+            .arg(&path)
+            .args(["--dir", &dir.path().display().to_string(), "--width", &net.width.to_string(), "--blocks", &net.blocks.to_string()])
+            .args(["--batch", &batch.to_string(), "--steps", &steps.to_string()])
+            .output()?;
+        if !out.status.success() {
+            anyhow::bail!("the JAX baseline failed (set --python, or PYTHONPATH for jax):\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let secs = v["seconds"].as_f64().unwrap_or(f64::NAN);
+        rows.push(BenchRow {
+            workload: workload.clone(),
+            device: "jax-cpu".into(),
+            median_seconds: secs,
+            min_seconds: secs,
+            repeats: 1,
+            speedup: 1.0,
+            throughput: (steps * batch) as f64 / secs,
+            gflops: None,
+            note: Some(format!("loss of the last 100 steps {:.4}", v["loss_last_100"].as_f64().unwrap_or(f64::NAN))),
+        });
+    }
+    let cfg = DenoiserConfig {
+        command: train::COMMAND.into(),
+        data: spec.into(),
+        subset: None,
+        labels: Labels::None,
+        model: model.into(),
+        steps,
+        batch,
+        lr: 1e-3,
+        ema: 0.99,
+        seed: 0,
+        checkpoint_every: 0,
+        pixel_range: range,
+        sample_shape: ds.sample_shape().to_vec(),
+        classes: 0,
+        training_samples: n,
+    };
+    let layout = cfg.layout()?;
+    let dir = tempfile::tempdir()?;
+    let t0 = Instant::now();
+    train::train(&ds.train, &cfg, &dir.path().join("run"), &|_| {})?;
+    let secs = t0.elapsed().as_secs_f64();
+    let metrics = std::fs::read_to_string(dir.path().join("run/metrics.csv"))?;
+    let last = metrics.lines().last().and_then(|l| l.split(',').nth(1)).unwrap_or("").to_string();
+    let base = rows.first().map(|r: &BenchRow| r.median_seconds).unwrap_or(secs);
+    let flops = 6.0 * (layout.macs_per_sample() * batch * steps) as f64;
+    rows.push(BenchRow {
+        workload,
+        device: "cpu".into(),
+        median_seconds: secs,
+        min_seconds: secs,
+        repeats: 1,
+        speedup: base / secs,
+        throughput: (steps * batch) as f64 / secs,
+        gflops: Some(flops / secs / 1e9),
+        note: Some(format!("loss of the last 100 steps {last}")),
+    });
+    Ok(rows)
+}

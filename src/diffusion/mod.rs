@@ -5,8 +5,10 @@
 pub mod gallery;
 pub mod knn;
 pub mod knn_u8;
+pub mod net;
 pub mod optimal;
 pub mod sampler;
+pub mod train;
 
 use crate::data::{Array, DType};
 use anyhow::{bail, Result};

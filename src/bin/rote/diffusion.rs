@@ -14,17 +14,81 @@ use std::time::Instant;
 
 #[derive(Subcommand)]
 pub enum DenoiseCommand {
-    /// Sample with the optimal denoiser of a training set and EDM's Heun sampler;
-    /// writes samples.npy (uint8) and an image grid.
+    /// Sample with EDM's Heun sampler from the optimal denoiser of a training set
+    /// (--data) or from a trained model (--run); writes samples.npy (uint8) and a grid.
     Sample(SampleArgs),
+    /// Train a score-matching denoiser (EDM preconditioning and loss, Adam, EMA).
+    Train(TrainArgs),
+    /// Mean squared distance between a trained denoiser and the optimal one, per σ of
+    /// the sampler's schedule.
+    Gap(GapArgs),
     /// The optimal denoiser D*(x; σ) of a training set for queries in model space [−1, 1].
     Eval(EvalArgs),
 }
 
 #[derive(Args)]
-pub struct SampleArgs {
+pub struct TrainArgs {
     #[arg(long)]
     data: String,
+    /// Train on a class-balanced subset of this many samples.
+    #[arg(long)]
+    subset: Option<usize>,
+    /// Conditioning: none, true (the dataset's labels) or random:C (C random classes).
+    #[arg(long, default_value = "none")]
+    labels: String,
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: String,
+    #[arg(long, default_value_t = DEFAULT_STEPS)]
+    steps: usize,
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f64,
+    /// EMA decay of the weights per step.
+    #[arg(long, default_value_t = 0.999)]
+    ema: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Save the EMA weights every this many steps (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every: usize,
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArg,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct GapArgs {
+    #[arg(long)]
+    run: PathBuf,
+    /// The training data (default: the run's own --data and --subset).
+    #[arg(long)]
+    data: Option<String>,
+    /// Noisy training samples per σ.
+    #[arg(long, default_value_t = 256)]
+    queries: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    device: DeviceArg,
+    #[arg(long)]
+    json: bool,
+}
+
+pub const DEFAULT_MODEL: &str = "resmlp:width=256,blocks=3";
+pub const DEFAULT_STEPS: usize = 4000;
+
+#[derive(Args)]
+pub struct SampleArgs {
+    /// Training data: sample with its optimal denoiser.
+    #[arg(long, required_unless_present = "run", conflicts_with = "run")]
+    data: Option<String>,
+    /// A `denoise train` run: sample with its trained (EMA) denoiser.
+    #[arg(long)]
+    run: Option<PathBuf>,
     /// Use a class-balanced subset of this many training samples.
     #[arg(long)]
     subset: Option<usize>,
@@ -145,42 +209,36 @@ pub fn sample_cmd(a: SampleArgs) -> Result<()> {
     if a.samples == 0 {
         bail!("--samples must be at least 1");
     }
-    let ds = training_data(&a.data, a.subset)?;
-    let range = PixelRange::of(&ds.train.x)?;
-    let train = TrainingSet::new(&ds.train.x, range)?;
-    let d = train.dim();
     let backend = open_device(a.device.device)?;
     let t0 = Instant::now();
-    let mut den = OptimalDenoiser::new(&backend, train)?;
-    let x0 = initial_noise(a.seed, 0, a.samples, d, schedule.sigma_max);
-    let bar = rote::sched::progress(schedule.steps as u64, "sampling", true);
-    let x = den.sample(x0, &schedule, &mut |_| bar.inc(1))?;
-    bar.finish_and_clear();
-    let seconds = t0.elapsed().as_secs_f64();
-    let pixels: Vec<u8> = x.iter().map(|&v| quantize(v)).collect();
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
-    let mut shape = vec![a.samples];
-    shape.extend_from_slice(ds.sample_shape());
-    let samples_path = a.out.join("samples.npy");
-    report::write_npy(&samples_path, &shape, &pixels)?;
-    let grid = a.grid.clone().unwrap_or_else(|| a.out.join("grid.png"));
-    let drew = match rote::report::image::image_dims(ds.sample_shape()) {
-        Ok(dims) => {
-            let shown: Vec<f32> = pixels.iter().take(64 * d).map(|&p| p as f32).collect();
-            rote::report::image::grid_png(&shown, dims, (0.0, 255.0), 8, &grid)?;
-            true
+    let (x, sample_shape, training_samples, denoiser, range) = if let Some(run) = &a.run {
+        if a.subset.is_some() {
+            bail!("--subset applies to --data; a run was trained on its own subset");
         }
-        Err(e) => {
-            eprintln!("note: no image grid ({e})");
-            false
-        }
+        let (cfg, layout, weights) = rote::diffusion::train::open_run(run)?;
+        let x = rote::diffusion::train::sample_trained(&cfg, layout, weights, a.samples, &schedule, a.seed, &backend)?;
+        (x, cfg.sample_shape.clone(), cfg.training_samples, format!("trained ({})", run.display()), cfg.pixel_range)
+    } else {
+        let ds = training_data(a.data.as_deref().unwrap(), a.subset)?;
+        let range = PixelRange::of(&ds.train.x)?;
+        let train = TrainingSet::new(&ds.train.x, range)?;
+        let d = train.dim();
+        let mut den = OptimalDenoiser::new(&backend, train)?;
+        let x0 = initial_noise(a.seed, 0, a.samples, d, schedule.sigma_max);
+        let bar = rote::sched::progress(schedule.steps as u64, "sampling", true);
+        let x = den.sample(x0, &schedule, &mut |_| bar.inc(1))?;
+        bar.finish_and_clear();
+        (x, ds.sample_shape().to_vec(), ds.train.len(), "optimal".to_string(), range)
     };
+    let seconds = t0.elapsed().as_secs_f64();
+    let (samples_path, grid) = write_samples(&a.out, &x, &sample_shape, a.grid.clone())?;
     let summary = serde_json::json!({
         "command": "denoise sample",
-        "denoiser": "optimal",
+        "denoiser": denoiser,
         "data": a.data,
+        "run": a.run,
         "subset": a.subset,
-        "training_samples": ds.train.len(),
+        "training_samples": training_samples,
         "samples": a.samples,
         "schedule": schedule,
         "evaluations_per_sample": schedule.evaluations(),
@@ -189,20 +247,111 @@ pub fn sample_cmd(a: SampleArgs) -> Result<()> {
         "device": backend.device().to_string(),
         "seconds": seconds,
         "samples_npy": samples_path,
-        "grid": drew.then_some(&grid),
+        "grid": grid,
     });
     report::write_json(&a.out.join("sample.json"), &summary)?;
     if a.json {
         print_json(&summary);
     } else {
-        println!(
-            "{} samples from the optimal denoiser of {} training samples in {:.2} s on {} → {}",
-            a.samples,
-            ds.train.len(),
-            seconds,
-            backend.device(),
-            samples_path.display()
-        );
+        println!("{} samples from the {denoiser} denoiser of {training_samples} training samples in {seconds:.2} s on {} → {}", a.samples, backend.device(), samples_path.display());
+    }
+    Ok(())
+}
+
+/// Writes OUT/samples.npy (uint8, quantized as EDM writes images) and an image grid of
+/// the first 64 (when the samples are images); returns both paths.
+pub fn write_samples(out: &Path, x: &[f32], sample_shape: &[usize], grid: Option<PathBuf>) -> Result<(PathBuf, Option<PathBuf>)> {
+    let d: usize = sample_shape.iter().product();
+    let count = x.len() / d;
+    let pixels: Vec<u8> = x.iter().map(|&v| quantize(v)).collect();
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut shape = vec![count];
+    shape.extend_from_slice(sample_shape);
+    let samples_path = out.join("samples.npy");
+    report::write_npy(&samples_path, &shape, &pixels)?;
+    let grid = grid.unwrap_or_else(|| out.join("grid.png"));
+    match rote::report::image::image_dims(sample_shape) {
+        Ok(dims) => {
+            let shown: Vec<f32> = pixels.iter().take(64 * d).map(|&p| p as f32).collect();
+            rote::report::image::grid_png(&shown, dims, (0.0, 255.0), 8, &grid)?;
+            Ok((samples_path, Some(grid)))
+        }
+        Err(e) => {
+            eprintln!("note: no image grid ({e})");
+            Ok((samples_path, None))
+        }
+    }
+}
+
+pub fn train_cmd(a: TrainArgs) -> Result<()> {
+    use rote::diffusion::train::{self, DenoiserConfig, Labels};
+    let labels = Labels::parse(&a.labels)?;
+    let ds = training_data(&a.data, a.subset)?;
+    let range = PixelRange::of(&ds.train.x)?;
+    let (classes, _) = train::conditioning_labels(&ds.train, labels, a.seed);
+    let cfg = DenoiserConfig {
+        command: train::COMMAND.into(),
+        data: a.data.clone(),
+        subset: a.subset,
+        labels,
+        model: a.model.clone(),
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        ema: a.ema,
+        seed: a.seed,
+        checkpoint_every: a.checkpoint_every,
+        pixel_range: range,
+        sample_shape: ds.sample_shape().to_vec(),
+        classes,
+        training_samples: ds.train.len(),
+    };
+    cfg.layout()?;
+    let backend = open_device(a.device.device)?;
+    let bar = rote::sched::progress(a.steps as u64, "training", true);
+    let t0 = Instant::now();
+    train::train_on(&backend, &ds.train, &cfg, &a.out, &|s| bar.set_position(s as u64))?;
+    bar.finish_and_clear();
+    let seconds = t0.elapsed().as_secs_f64();
+    let last = std::fs::read_to_string(a.out.join("metrics.csv"))?.lines().last().unwrap_or("").to_string();
+    let loss: f64 = last.split(',').nth(1).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+    let summary = serde_json::json!({
+        "run": a.out, "training_samples": ds.train.len(), "steps": a.steps, "batch": a.batch,
+        "final_loss": loss, "seconds": seconds, "samples_per_second": (a.steps * a.batch) as f64 / seconds,
+        "device": backend.device().to_string(), "labels": labels.to_string(), "model": a.model,
+    });
+    if a.json {
+        print_json(&summary);
+    } else {
+        println!("trained {} on {} samples: {} steps in {seconds:.1} s, final loss {loss:.4} → {}", a.model, ds.train.len(), a.steps, a.out.display());
+    }
+    Ok(())
+}
+
+pub fn gap_cmd(a: GapArgs) -> Result<()> {
+    let (cfg, layout, weights) = rote::diffusion::train::open_run(&a.run)?;
+    let ds = match &a.data {
+        Some(spec) => data::open(spec)?,
+        None => training_data(&cfg.data, cfg.subset)?,
+    };
+    if ds.train.features() != layout.dim {
+        bail!("the run's model takes {} numbers per sample but {} has {}", layout.dim, a.data.as_deref().unwrap_or(&cfg.data), ds.train.features());
+    }
+    let backend = open_device(a.device.device)?;
+    let rows = rote::diffusion::train::gap(&cfg, layout, weights, &ds.train, a.queries.max(1), a.seed, &backend)?;
+    let mut csv = String::from("sigma,gap,optimal_to_clean\n");
+    for r in &rows {
+        csv.push_str(&format!("{},{},{}\n", r.sigma, r.gap, r.optimal_to_clean));
+    }
+    report::write_atomic(&a.run.join("gap.csv"), |w| Ok(w.write_all(csv.as_bytes())?))?;
+    if a.json {
+        print_json(&serde_json::json!({ "run": a.run, "gap": rows }));
+    } else {
+        println!("{:>10} {:>14} {:>18}", "σ", "gap", "optimal→clean");
+        for r in &rows {
+            println!("{:>10.4} {:>14.6e} {:>18.6e}", r.sigma, r.gap, r.optimal_to_clean);
+        }
+        println!("(mean squared distance per pixel in model space; written to {})", a.run.join("gap.csv").display());
     }
     Ok(())
 }

@@ -12,6 +12,11 @@ use std::time::Instant;
 
 mod diffusion;
 
+/// mimalloc: the training loops allocate and free many short-lived buffers of a few
+/// hundred KB, which glibc serves with mmap/munmap (page faults on every step).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "rote", version, about = "Measure and construct memorization in neural networks, on CPU or NVIDIA GPU")]
 struct Cli {
@@ -202,6 +207,22 @@ enum BenchCommand {
         device: DeviceRequest,
         #[arg(long)]
         skip_cpu: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Denoiser training throughput against the same network and loss in JAX.
+    DenoiseTrain {
+        #[arg(long, default_value = "digits")]
+        data: String,
+        #[arg(long, default_value = "resmlp:width=256,blocks=3")]
+        model: String,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long, default_value_t = 500)]
+        steps: usize,
+        /// Python with JAX for the baseline; "none" skips it.
+        #[arg(long, default_value = "python3")]
+        python: String,
         #[arg(long)]
         json: bool,
     },
@@ -481,6 +502,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Curvature(args) => curvature_cmd(args),
         Command::Denoise(diffusion::DenoiseCommand::Sample(args)) => diffusion::sample_cmd(args),
         Command::Denoise(diffusion::DenoiseCommand::Eval(args)) => diffusion::eval_cmd(args),
+        Command::Denoise(diffusion::DenoiseCommand::Train(args)) => diffusion::train_cmd(args),
+        Command::Denoise(diffusion::DenoiseCommand::Gap(args)) => diffusion::gap_cmd(args),
         Command::Knn(args) => diffusion::knn_cmd(args),
         Command::Memratio(args) => diffusion::memratio_cmd(args),
         Command::Predict { net, data, device, json } => predict_cmd(&net, &data, device.device, json),
@@ -520,6 +543,11 @@ fn run(cli: Cli) -> Result<()> {
             let backends = bench_backends_maybe_gpu_only(device, skip_cpu)?;
             let python = (python != "none").then_some(python.as_str());
             let rows = rote::bench::knn(&data, queries.max(1), k.max(1), repeats.max(1), python, &backends, baseline_repeats.max(1))?;
+            print_rows(&rows, json)
+        }
+        Command::Bench(BenchCommand::DenoiseTrain { data, model, batch, steps, python, json }) => {
+            let python = (python != "none").then_some(python.as_str());
+            let rows = rote::bench::denoise_train(&data, &model, batch.max(1), steps.max(1), python)?;
             print_rows(&rows, json)
         }
         Command::Bench(BenchCommand::Frame { scale, repeats, device, json }) => {

@@ -1,0 +1,333 @@
+//! The trained denoiser's network F (ALGORITHMS.md §3, EDM preconditioning): a residual
+//! MLP on the flattened image, conditioned on c_noise = ln(σ)/4 through a positional
+//! embedding and, for class-conditional models, on the label through a learned
+//! embedding:
+//!
+//!   t  = [cos(c_noise·f_j), sin(c_noise·f_j)],  f_j = 10000^(−j/(E/2))     (E numbers)
+//!   e  = silu(t·M1ᵀ + m1 + onehot(label)·Lᵀ)·M2ᵀ + m2                      (H)
+//!   h₀ = x_in·Winᵀ + b_in
+//!   h_{b+1} = h_b + silu(silu(h_b)·W1_bᵀ + b1_b + e)·W2_bᵀ + b2_b         (blocks)
+//!   F  = silu(h_B)·Woutᵀ + b_out                                          (D)
+//!
+//! All parameters live in one flat vector (so Adam, the EMA and checkpoints treat them
+//! alike); `Layout` names the slices. Rows are samples, matrices row-major.
+
+/// Row-major C (m, n) = A (m, k) · op(B) + beta·C on the calling thread: training splits
+/// the batch across threads, one slice each, so the products stay serial.
+fn gemm(a: &[f32], m: usize, k: usize, b: &[f32], n: usize, b_transposed: bool, beta: f32, c: &mut [f32]) {
+    let (rsb, csb) = if b_transposed { (1, k as isize) } else { (n as isize, 1) };
+    debug_assert!(a.len() == m * k && b.len() == k * n && c.len() == m * n);
+    // SAFETY: strides describe the slices exactly.
+    unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a.as_ptr(), k as isize, 1, b.as_ptr(), rsb, csb, beta, c.as_mut_ptr(), n as isize, 1) }
+}
+
+/// C (m, n) += Aᵀ · B for A (k, m), B (k, n), on the calling thread.
+fn gemm_at_b(a: &[f32], k: usize, m: usize, b: &[f32], n: usize, c: &mut [f32]) {
+    debug_assert!(a.len() == k * m && b.len() == k * n && c.len() == m * n);
+    // SAFETY: A read transposed with row stride m; B and C exact.
+    unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a.as_ptr(), 1, m as isize, b.as_ptr(), n as isize, 1, 1.0, c.as_mut_ptr(), n as isize, 1) }
+}
+use crate::rng::Philox;
+use anyhow::{bail, Result};
+
+pub const EMBED: usize = 64;
+
+/// `resmlp:width=H,blocks=B` (defaults 256 and 3).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NetSpec {
+    pub width: usize,
+    pub blocks: usize,
+}
+
+impl NetSpec {
+    pub fn parse(spec: &str) -> Result<Self> {
+        let (kind, opts) = spec.split_once(':').unwrap_or((spec, ""));
+        if kind != "resmlp" {
+            bail!("model '{spec}': the denoiser network is resmlp[:width=H,blocks=B]");
+        }
+        let mut s = Self { width: 256, blocks: 3 };
+        for kv in opts.split(',').filter(|t| !t.is_empty()) {
+            let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("model '{spec}': '{kv}' is not key=value"))?;
+            let v: usize = v.parse().map_err(|_| anyhow::anyhow!("model '{spec}': {k}={v} is not a whole number"))?;
+            match k {
+                "width" => s.width = v,
+                "blocks" => s.blocks = v,
+                _ => bail!("model '{spec}': unknown option '{k}' (width, blocks)"),
+            }
+        }
+        if s.width == 0 {
+            bail!("model '{spec}': width must be at least 1");
+        }
+        Ok(s)
+    }
+}
+
+/// Where each tensor sits in the flat parameter vector.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub dim: usize,
+    pub width: usize,
+    pub blocks: usize,
+    /// Label classes (0: unconditional).
+    pub classes: usize,
+    pub tensors: Vec<(String, Vec<usize>, usize)>,
+    pub total: usize,
+}
+
+impl Layout {
+    pub fn new(dim: usize, spec: NetSpec, classes: usize) -> Self {
+        let h = spec.width;
+        let mut tensors = Vec::new();
+        let mut at = 0;
+        let mut add = |name: String, shape: Vec<usize>| {
+            let n: usize = shape.iter().product();
+            tensors.push((name, shape, at));
+            at += n;
+        };
+        add("map.0.weight".into(), vec![h, EMBED]);
+        add("map.0.bias".into(), vec![h]);
+        if classes > 0 {
+            add("map.label.weight".into(), vec![h, classes]);
+        }
+        add("map.1.weight".into(), vec![h, h]);
+        add("map.1.bias".into(), vec![h]);
+        add("input.weight".into(), vec![h, dim]);
+        add("input.bias".into(), vec![h]);
+        for b in 0..spec.blocks {
+            add(format!("blocks.{b}.0.weight"), vec![h, h]);
+            add(format!("blocks.{b}.0.bias"), vec![h]);
+            add(format!("blocks.{b}.1.weight"), vec![h, h]);
+            add(format!("blocks.{b}.1.bias"), vec![h]);
+        }
+        add("output.weight".into(), vec![dim, h]);
+        add("output.bias".into(), vec![dim]);
+        Self { dim, width: h, blocks: spec.blocks, classes, tensors, total: at }
+    }
+
+    pub fn range(&self, name: &str) -> std::ops::Range<usize> {
+        let (_, shape, at) = self.tensors.iter().find(|t| t.0 == name).unwrap_or_else(|| panic!("no tensor {name}"));
+        *at..*at + shape.iter().product::<usize>()
+    }
+
+    /// Parameters drawn as PyTorch's Linear does (uniform ±1/√fan_in), except the
+    /// output layer, which starts at zero so that D(x; σ) = c_skip·x at first.
+    pub fn init(&self, seed: u64) -> Vec<f32> {
+        let mut p = vec![0f32; self.total];
+        let rng = Philox::new(seed, 0x1A17);
+        for (name, shape, at) in &self.tensors {
+            if name.starts_with("output") {
+                continue;
+            }
+            let fan_in = if shape.len() == 2 { shape[1] } else { self.fan_in_of_bias(name) };
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            let n: usize = shape.iter().product();
+            let mut u = vec![0f32; n];
+            rng.fill_uniform(*at as u64, &mut u);
+            for (o, v) in p[*at..*at + n].iter_mut().zip(u) {
+                *o = (2.0 * v - 1.0) * bound;
+            }
+        }
+        p
+    }
+
+    fn fan_in_of_bias(&self, name: &str) -> usize {
+        let weight = name.replace(".bias", ".weight");
+        self.tensors.iter().find(|t| t.0 == weight).map(|t| t.1[1]).unwrap_or(1)
+    }
+
+    /// Multiply-adds per sample of one forward pass.
+    pub fn macs_per_sample(&self) -> usize {
+        let h = self.width;
+        h * EMBED + h * self.classes.min(1) + h * h + h * self.dim + self.blocks * 2 * h * h + self.dim * h
+    }
+}
+
+pub fn silu(z: f32) -> f32 {
+    z / (1.0 + (-z).exp())
+}
+
+pub fn silu_grad(z: f32) -> f32 {
+    let s = 1.0 / (1.0 + (-z).exp());
+    s * (1.0 + z * (1.0 - s))
+}
+
+/// The positional embedding of c_noise for each row.
+pub fn embedding(c_noise: &[f32]) -> Vec<f32> {
+    let half = EMBED / 2;
+    let mut t = vec![0f32; c_noise.len() * EMBED];
+    for (r, &c) in c_noise.iter().enumerate() {
+        for j in 0..half {
+            let f = (10000f64).powf(-(j as f64) / half as f64);
+            let a = c as f64 * f;
+            t[r * EMBED + j] = a.cos() as f32;
+            t[r * EMBED + half + j] = a.sin() as f32;
+        }
+    }
+    t
+}
+
+/// Everything the backward pass needs from a forward pass.
+pub struct Activations {
+    rows: usize,
+    t: Vec<f32>,
+    a1: Vec<f32>,
+    /// h_0 … h_B.
+    h: Vec<Vec<f32>>,
+    /// Pre-activations u_b of each block's inner layer.
+    u: Vec<Vec<f32>>,
+    /// (sigmoid(z), silu(z)) of a1, of each h_b and of each u_b: one exp per
+    /// pre-activation, shared by the forward and the backward pass.
+    act_a1: (Vec<f32>, Vec<f32>),
+    act_h: Vec<(Vec<f32>, Vec<f32>)>,
+    act_u: Vec<(Vec<f32>, Vec<f32>)>,
+    pub out: Vec<f32>,
+}
+
+/// (sigmoid(z), silu(z)) elementwise.
+fn activate(z: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let sig: Vec<f32> = z.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect();
+    let silu = z.iter().zip(&sig).map(|(&v, &s)| v * s).collect();
+    (sig, silu)
+}
+
+/// g·silu'(z) from z and sigmoid(z).
+fn times_silu_grad(g: &[f32], z: &[f32], sig: &[f32]) -> Vec<f32> {
+    g.iter().zip(z.iter().zip(sig)).map(|(&g, (&z, &s))| g * s * (1.0 + z * (1.0 - s))).collect()
+}
+
+fn add_bias(z: &mut [f32], b: &[f32]) {
+    for row in z.chunks_exact_mut(b.len()) {
+        row.iter_mut().zip(b).for_each(|(v, &bi)| *v += bi);
+    }
+}
+
+fn col_sums(g: &[f32], n: usize, out: &mut [f32]) {
+    for row in g.chunks_exact(n) {
+        out.iter_mut().zip(row).for_each(|(o, &v)| *o += v);
+    }
+}
+
+/// F(x_in, c_noise, label) for `rows` rows; labels only for conditional layouts.
+pub fn forward(l: &Layout, p: &[f32], x_in: &[f32], c_noise: &[f32], labels: Option<&[i64]>) -> Activations {
+    let rows = c_noise.len();
+    let (h, d) = (l.width, l.dim);
+    let w = |name: &str| &p[l.range(name)];
+    let t = embedding(c_noise);
+    let mut a1 = vec![0f32; rows * h];
+    gemm(&t, rows, EMBED, w("map.0.weight"), h, true, 0.0, &mut a1);
+    add_bias(&mut a1, w("map.0.bias"));
+    if l.classes > 0 {
+        let lw = w("map.label.weight");
+        for (r, &y) in labels.expect("a conditional network needs labels").iter().enumerate() {
+            for j in 0..h {
+                a1[r * h + j] += lw[j * l.classes + y as usize];
+            }
+        }
+    }
+    let act_a1 = activate(&a1);
+    let mut e = vec![0f32; rows * h];
+    gemm(&act_a1.1, rows, h, w("map.1.weight"), h, true, 0.0, &mut e);
+    add_bias(&mut e, w("map.1.bias"));
+    let mut h0 = vec![0f32; rows * h];
+    gemm(x_in, rows, d, w("input.weight"), h, true, 0.0, &mut h0);
+    add_bias(&mut h0, w("input.bias"));
+    let mut hs = vec![h0];
+    let mut us = Vec::new();
+    let (mut act_h, mut act_u) = (Vec::new(), Vec::new());
+    for b in 0..l.blocks {
+        let hb = hs.last().unwrap();
+        let ah = activate(hb);
+        let mut u = e.clone();
+        gemm(&ah.1, rows, h, w(&format!("blocks.{b}.0.weight")), h, true, 1.0, &mut u);
+        add_bias(&mut u, w(&format!("blocks.{b}.0.bias")));
+        let au = activate(&u);
+        let mut next = hb.clone();
+        gemm(&au.1, rows, h, w(&format!("blocks.{b}.1.weight")), h, true, 1.0, &mut next);
+        add_bias(&mut next, w(&format!("blocks.{b}.1.bias")));
+        us.push(u);
+        hs.push(next);
+        act_h.push(ah);
+        act_u.push(au);
+    }
+    let al = activate(hs.last().unwrap());
+    let mut out = vec![0f32; rows * d];
+    gemm(&al.1, rows, h, w("output.weight"), d, true, 0.0, &mut out);
+    add_bias(&mut out, w("output.bias"));
+    act_h.push(al);
+    Activations { rows, t, a1, h: hs, u: us, act_a1, act_h, act_u, out }
+}
+
+/// Gradient of Σ dout·F with respect to the parameters, added to `grad`.
+pub fn backward(l: &Layout, p: &[f32], x_in: &[f32], labels: Option<&[i64]>, act: &Activations, dout: &[f32], grad: &mut [f32]) {
+    let rows = act.rows;
+    let (h, d) = (l.width, l.dim);
+    let w = |name: &str| &p[l.range(name)];
+    // Output layer.
+    let hl = act.h.last().unwrap();
+    let (sig_l, s) = act.act_h.last().unwrap();
+    gemm_at_b(dout, rows, d, s, h, &mut grad[l.range("output.weight")]);
+    col_sums(dout, d, &mut grad[l.range("output.bias")]);
+    let mut ds = vec![0f32; rows * h];
+    gemm(dout, rows, d, w("output.weight"), h, false, 0.0, &mut ds);
+    let mut dh = times_silu_grad(&ds, hl, sig_l);
+    let mut de = vec![0f32; rows * h];
+    let mut dv = vec![0f32; rows * h];
+    let mut dsb = vec![0f32; rows * h];
+    for b in (0..l.blocks).rev() {
+        let (hb, u) = (&act.h[b], &act.u[b]);
+        let (sig_u, v) = &act.act_u[b];
+        let (sig_h, sb) = &act.act_h[b];
+        gemm_at_b(&dh, rows, h, v, h, &mut grad[l.range(&format!("blocks.{b}.1.weight"))]);
+        col_sums(&dh, h, &mut grad[l.range(&format!("blocks.{b}.1.bias"))]);
+        gemm(&dh, rows, h, w(&format!("blocks.{b}.1.weight")), h, false, 0.0, &mut dv);
+        let du = times_silu_grad(&dv, u, sig_u);
+        gemm_at_b(&du, rows, h, sb, h, &mut grad[l.range(&format!("blocks.{b}.0.weight"))]);
+        col_sums(&du, h, &mut grad[l.range(&format!("blocks.{b}.0.bias"))]);
+        de.iter_mut().zip(&du).for_each(|(a, &g)| *a += g);
+        gemm(&du, rows, h, w(&format!("blocks.{b}.0.weight")), h, false, 0.0, &mut dsb);
+        let back = times_silu_grad(&dsb, hb, sig_h);
+        dh.iter_mut().zip(&back).for_each(|(a, &g)| *a += g);
+    }
+    gemm_at_b(&dh, rows, h, x_in, d, &mut grad[l.range("input.weight")]);
+    col_sums(&dh, h, &mut grad[l.range("input.bias")]);
+    // Embedding: e = silu(a1)·M2ᵀ + m2.
+    let (sig_a1, sa1) = &act.act_a1;
+    gemm_at_b(&de, rows, h, sa1, h, &mut grad[l.range("map.1.weight")]);
+    col_sums(&de, h, &mut grad[l.range("map.1.bias")]);
+    let mut dsa1 = vec![0f32; rows * h];
+    gemm(&de, rows, h, w("map.1.weight"), h, false, 0.0, &mut dsa1);
+    let da1 = times_silu_grad(&dsa1, &act.a1, sig_a1);
+    gemm_at_b(&da1, rows, h, &act.t, EMBED, &mut grad[l.range("map.0.weight")]);
+    col_sums(&da1, h, &mut grad[l.range("map.0.bias")]);
+    if l.classes > 0 {
+        let r = l.range("map.label.weight");
+        let gl = &mut grad[r];
+        for (row, &y) in labels.unwrap().iter().enumerate() {
+            for j in 0..h {
+                gl[j * l.classes + y as usize] += da1[row * h + j];
+            }
+        }
+    }
+}
+
+/// EDM's preconditioning at σ with σ_data = 0.5: (c_skip, c_out, c_in, c_noise).
+pub fn precondition(sigma: f64) -> (f64, f64, f64, f64) {
+    const SD: f64 = 0.5;
+    let s2 = sigma * sigma + SD * SD;
+    (SD * SD / s2, sigma * SD / s2.sqrt(), 1.0 / s2.sqrt(), sigma.ln() / 4.0)
+}
+
+/// EDM's loss weight λ(σ) = (σ² + σ_d²)/(σ·σ_d)².
+pub fn loss_weight(sigma: f64) -> f64 {
+    const SD: f64 = 0.5;
+    (sigma * sigma + SD * SD) / (sigma * SD).powi(2)
+}
+
+/// D(x; σ) = c_skip·x + c_out·F(c_in·x, c_noise) for rows at one σ.
+pub fn denoise(l: &Layout, p: &[f32], x: &[f32], sigma: f64, labels: Option<&[i64]>) -> Vec<f32> {
+    let rows = x.len() / l.dim;
+    let (c_skip, c_out, c_in, c_noise) = precondition(sigma);
+    let x_in: Vec<f32> = x.iter().map(|&v| (v as f64 * c_in) as f32).collect();
+    let act = forward(l, p, &x_in, &vec![c_noise as f32; rows], labels);
+    x.iter().zip(&act.out).map(|(&xv, &f)| (c_skip * xv as f64 + c_out * f as f64) as f32).collect()
+}

@@ -1,0 +1,386 @@
+//! Training score-matching denoisers with EDM's preconditioning and loss (ALGORITHMS.md
+//! §3): σ_data = 0.5, ln σ ~ N(−1.2, 1.2²), loss λ(σ)‖D(y + σε; σ) − y‖², Adam, an EMA
+//! of the weights. Because λ(σ)·c_out² = 1 the loss is ‖F − (y − c_skip·x)/c_out‖², the
+//! form used here. A run directory holds:
+//!
+//!   run.json            the configuration (command "denoise train", data, subset, …)
+//!   labels.npy          int64 conditioning labels of the training samples (conditional runs)
+//!   metrics.csv         step, mean loss since the last row, seconds
+//!   checkpoints/step-NNNNNNN.safetensors   EMA weights every --checkpoint-every steps
+//!   ema.safetensors     the final EMA weights (what sampling uses)
+
+use super::net::{self, Layout, NetSpec};
+use super::PixelRange;
+use crate::data::Split;
+use crate::rng::Philox;
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const COMMAND: &str = "denoise train";
+
+/// Conditioning: none, the true labels, or labels drawn uniformly from C classes.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Labels {
+    None,
+    True,
+    Random(usize),
+}
+
+impl Labels {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(Self::None),
+            "true" => Ok(Self::True),
+            _ => match s.strip_prefix("random:").map(|c| c.parse::<usize>()) {
+                Some(Ok(c)) if c >= 1 => Ok(Self::Random(c)),
+                _ => bail!("--labels {s}: use none, true or random:C (C ≥ 1 classes)"),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Labels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => write!(f, "none"),
+            Self::True => write!(f, "true"),
+            Self::Random(c) => write!(f, "random:{c}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct DenoiserConfig {
+    pub command: String,
+    pub data: String,
+    pub subset: Option<usize>,
+    pub labels: Labels,
+    pub model: String,
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f64,
+    /// EMA decay per step.
+    pub ema: f64,
+    pub seed: u64,
+    pub checkpoint_every: usize,
+    pub pixel_range: PixelRange,
+    pub sample_shape: Vec<usize>,
+    /// Label classes the network is conditioned on (0 when unconditional).
+    pub classes: usize,
+    pub training_samples: usize,
+}
+
+impl DenoiserConfig {
+    pub fn layout(&self) -> Result<Layout> {
+        Ok(Layout::new(self.sample_shape.iter().product(), NetSpec::parse(&self.model)?, self.classes))
+    }
+}
+
+const STREAM_BATCH: u64 = 0xBA7C;
+const STREAM_SIGMA: u64 = 0x516A;
+const STREAM_NOISE: u64 = 0x2015E;
+const STREAM_LABELS: u64 = 0x1ABE1;
+
+/// The conditioning labels of the training samples.
+pub fn conditioning_labels(train: &Split, labels: Labels, seed: u64) -> (usize, Vec<i64>) {
+    match labels {
+        Labels::None => (0, vec![]),
+        Labels::True => {
+            let classes = train.y.iter().copied().max().map(|m| m as usize + 1).unwrap_or(1);
+            (classes, train.y.clone())
+        }
+        Labels::Random(c) => {
+            let rng = Philox::new(seed, STREAM_LABELS);
+            (c, (0..train.len()).map(|i| (rng.word(i as u64) % c as u32) as i64).collect())
+        }
+    }
+}
+
+/// The mean of (F − target)² over the batch and its gradient (into `grad`): the batch
+/// is split into one slice per thread, each running forward and backward serially.
+pub fn loss_and_gradient(l: &Layout, p: &[f32], x_in: &[f32], c_noise: &[f32], labels: Option<&[i64]>, target: &[f32], grad: &mut [f32], scratch: &mut Vec<Vec<f32>>) -> f64 {
+    use rayon::prelude::*;
+    let (b, d) = (c_noise.len(), l.dim);
+    let scale = 2.0 / (b * d) as f32;
+    let per = b.div_ceil(rayon::current_num_threads().max(1)).max(1);
+    let starts: Vec<usize> = (0..b).step_by(per).collect();
+    scratch.resize_with(starts.len(), || vec![0f32; p.len()]);
+    let losses: Vec<f64> = starts
+        .into_par_iter()
+        .zip(scratch.par_iter_mut())
+        .map(|(r0, g)| {
+            let r1 = (r0 + per).min(b);
+            let act = net::forward(l, p, &x_in[r0 * d..r1 * d], &c_noise[r0..r1], labels.map(|y| &y[r0..r1]));
+            let mut loss = 0f64;
+            let dout: Vec<f32> = act
+                .out
+                .iter()
+                .zip(&target[r0 * d..r1 * d])
+                .map(|(&f, &t)| {
+                    loss += ((f - t) as f64).powi(2);
+                    scale * (f - t)
+                })
+                .collect();
+            g.iter_mut().for_each(|v| *v = 0.0);
+            net::backward(l, p, &x_in[r0 * d..r1 * d], labels.map(|y| &y[r0..r1]), &act, &dout, g);
+            loss
+        })
+        .collect();
+    grad.copy_from_slice(&scratch[0]);
+    for g in &scratch[1..losses.len()] {
+        grad.iter_mut().zip(g).for_each(|(a, &v)| *a += v);
+    }
+    losses.iter().sum::<f64>() / (b * d) as f64
+}
+
+/// Adam (β = 0.9, 0.999, ε = 1e-8) with bias correction.
+struct Adam {
+    m: Vec<f32>,
+    v: Vec<f32>,
+    t: i32,
+}
+
+impl Adam {
+    /// One Adam step on `p`, then ema ← decay·ema + (1 − decay)·p; in parallel chunks.
+    fn step(&mut self, p: &mut [f32], g: &[f32], lr: f64, ema: &mut [f32], decay: f32) {
+        use rayon::prelude::*;
+        self.t += 1;
+        let (b1, b2) = (0.9f32, 0.999f32);
+        let c1 = 1.0 - b1.powi(self.t);
+        let c2 = 1.0 - b2.powi(self.t);
+        let step = lr as f32 * c2.sqrt() / c1;
+        let eps = 1e-8 * c2.sqrt();
+        const CHUNK: usize = 1 << 14;
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(self.m.par_chunks_mut(CHUNK).zip(self.v.par_chunks_mut(CHUNK)))
+            .zip(ema.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), (m, v)), e)| {
+                for i in 0..p.len() {
+                    m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+                    v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                    p[i] -= step * m[i] / (v[i].sqrt() + eps);
+                    e[i] = decay * e[i] + (1.0 - decay) * p[i];
+                }
+            });
+    }
+}
+
+pub fn checkpoint_path(run: &Path, step: usize) -> PathBuf {
+    run.join("checkpoints").join(format!("step-{step:07}.safetensors"))
+}
+
+pub fn save_weights(l: &Layout, p: &[f32], cfg: &DenoiserConfig, path: &Path) -> Result<()> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let views: Vec<(String, TensorView)> = l
+        .tensors
+        .iter()
+        .map(|(name, shape, at)| {
+            let n: usize = shape.iter().product();
+            Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(&p[*at..*at + n]))?))
+        })
+        .collect::<Result<_>>()?;
+    let meta: std::collections::HashMap<String, String> =
+        [("model".to_string(), cfg.model.clone()), ("classes".to_string(), cfg.classes.to_string()), ("dim".to_string(), l.dim.to_string())].into();
+    let bytes = safetensors::serialize(views, &Some(meta))?;
+    crate::report::write_atomic(path, |w| Ok(w.write_all(&bytes)?))
+}
+
+pub fn load_weights(l: &Layout, path: &Path) -> Result<Vec<f32>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a safetensors file ({e})", path.display()))?;
+    let mut p = vec![0f32; l.total];
+    for (name, shape, at) in &l.tensors {
+        let t = st.tensor(name).map_err(|_| anyhow!("{}: tensor '{name}' is missing (a different --model?)", path.display()))?;
+        if t.shape() != shape.as_slice() || t.dtype() != safetensors::Dtype::F32 {
+            bail!("{}: tensor '{name}' is {:?} {:?}, expected F32 {shape:?}", path.display(), t.dtype(), t.shape());
+        }
+        let n: usize = shape.iter().product();
+        for (o, c) in p[*at..*at + n].iter_mut().zip(t.data().chunks_exact(4)) {
+            *o = f32::from_le_bytes(c.try_into().unwrap());
+        }
+    }
+    Ok(p)
+}
+
+/// Reads a run directory written by `denoise train`.
+pub fn open_run(run: &Path) -> Result<(DenoiserConfig, Layout, Vec<f32>)> {
+    let path = run.join("run.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{} is not a denoiser run (no run.json); make one with `rote denoise train`", run.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    if v["command"] != COMMAND {
+        bail!("{} was written by another command ({}), not `rote denoise train`", run.display(), v.get("command").map(|c| c.to_string()).unwrap_or_else(|| "`rote train`".into()));
+    }
+    let cfg: DenoiserConfig = serde_json::from_value(v).with_context(|| format!("{} is not a denoiser run description", path.display()))?;
+    let layout = cfg.layout()?;
+    let weights = load_weights(&layout, &run.join("ema.safetensors"))?;
+    Ok((cfg, layout, weights))
+}
+
+/// Trains on `train` (rows in data units, converted with the config's pixel range) and
+/// writes the run directory. `progress(step)` after each step.
+pub fn train(train: &Split, cfg: &DenoiserConfig, run: &Path, progress: &dyn Fn(usize)) -> Result<Vec<f32>> {
+    if cfg.steps == 0 || cfg.batch == 0 {
+        bail!("--steps and --batch must be at least 1");
+    }
+    if !(cfg.lr > 0.0) || !(0.0..1.0).contains(&cfg.ema) {
+        bail!("--lr must be positive and --ema in [0, 1) (got {} and {})", cfg.lr, cfg.ema);
+    }
+    if run.join("run.json").exists() {
+        bail!("{} already holds a run; choose another --out", run.display());
+    }
+    let layout = cfg.layout()?;
+    let d = layout.dim;
+    let n = train.len();
+    let mut y = vec![0f32; n * d];
+    train.x.rows_f32_into(0, n, &mut y);
+    cfg.pixel_range.to_model(&mut y);
+    let (_, cond) = conditioning_labels(train, cfg.labels, cfg.seed);
+    std::fs::create_dir_all(run.join("checkpoints")).with_context(|| format!("cannot create {}", run.display()))?;
+    crate::report::write_json(&run.join("run.json"), cfg)?;
+    if cfg.classes > 0 {
+        crate::report::write_npy(&run.join("labels.npy"), &[n], &cond)?;
+    }
+    let mut p = layout.init(cfg.seed);
+    let mut ema = p.clone();
+    let mut adam = Adam { m: vec![0.0; p.len()], v: vec![0.0; p.len()], t: 0 };
+    let mut grad = vec![0f32; p.len()];
+    let mut scratch = Vec::new();
+    let b = cfg.batch;
+    let (batch_rng, sigma_rng, noise_rng) = (Philox::new(cfg.seed, STREAM_BATCH), Philox::new(cfg.seed, STREAM_SIGMA), Philox::new(cfg.seed, STREAM_NOISE));
+    let mut metrics = String::from("step,loss,seconds\n");
+    let (mut loss_sum, mut loss_count) = (0f64, 0usize);
+    let t0 = Instant::now();
+    let mut z = vec![0f32; b];
+    let mut eps = vec![0f32; b * d];
+    for step in 0..cfg.steps {
+        let idx: Vec<usize> = (0..b).map(|i| (batch_rng.key64((step * b + i) as u64) % n as u64) as usize).collect();
+        sigma_rng.fill_normal((step * b) as u64, &mut z);
+        noise_rng.fill_normal((step * b * d) as u64, &mut eps);
+        let mut x_in = vec![0f32; b * d];
+        let mut target = vec![0f32; b * d];
+        let mut c_noise = vec![0f32; b];
+        for r in 0..b {
+            let sigma = (-1.2 + 1.2 * z[r] as f64).exp();
+            let (c_skip, c_out, c_in, cn) = net::precondition(sigma);
+            c_noise[r] = cn as f32;
+            let yr = &y[idx[r] * d..(idx[r] + 1) * d];
+            for j in 0..d {
+                let x = yr[j] as f64 + sigma * eps[r * d + j] as f64;
+                x_in[r * d + j] = (c_in * x) as f32;
+                target[r * d + j] = ((yr[j] as f64 - c_skip * x) / c_out) as f32;
+            }
+        }
+        let labels: Option<Vec<i64>> = (cfg.classes > 0).then(|| idx.iter().map(|&i| cond[i]).collect());
+        let loss = loss_and_gradient(&layout, &p, &x_in, &c_noise, labels.as_deref(), &target, &mut grad, &mut scratch);
+        if !loss.is_finite() {
+            bail!("step {}: the loss became {loss}; the run diverged — try a smaller --lr than {}", step + 1, cfg.lr);
+        }
+        adam.step(&mut p, &grad, cfg.lr, &mut ema, cfg.ema as f32);
+        loss_sum += loss;
+        loss_count += 1;
+        let done = step + 1;
+        if done % 100 == 0 || done == cfg.steps {
+            metrics.push_str(&format!("{done},{:.6},{:.3}\n", loss_sum / loss_count as f64, t0.elapsed().as_secs_f64()));
+            crate::report::write_atomic(&run.join("metrics.csv"), |w| Ok(w.write_all(metrics.as_bytes())?))?;
+            (loss_sum, loss_count) = (0.0, 0);
+        }
+        if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 {
+            save_weights(&layout, &ema, cfg, &checkpoint_path(run, done))?;
+        }
+        progress(done);
+    }
+    save_weights(&layout, &ema, cfg, &run.join("ema.safetensors"))?;
+    Ok(ema)
+}
+
+/// A trained denoiser as a sampler's `Denoiser`; conditional models take the labels of
+/// the rows being sampled.
+pub struct TrainedDenoiser {
+    pub layout: Layout,
+    pub weights: Vec<f32>,
+    pub labels: Option<Vec<i64>>,
+}
+
+impl super::sampler::Denoiser for TrainedDenoiser {
+    fn dim(&self) -> usize {
+        self.layout.dim
+    }
+
+    fn denoise(&mut self, x: &[f32], sigma: f64) -> Result<Vec<f32>> {
+        super::optimal::check_sigma(sigma)?;
+        Ok(net::denoise(&self.layout, &self.weights, x, sigma, self.labels.as_deref()))
+    }
+}
+
+/// Labels for generated samples of a conditional model: uniform over its classes,
+/// Philox stream keyed by the sampling seed; sample k's label depends only on k.
+pub fn sample_labels(classes: usize, seed: u64, count: usize) -> Vec<i64> {
+    let rng = Philox::new(seed, STREAM_LABELS + 1);
+    (0..count).map(|i| (rng.word(i as u64) % classes as u32) as i64).collect()
+}
+
+/// Trains on `backend`. The network's forward and backward passes run on the CPU (the
+/// GPU path of this network is not written yet; a CUDA request says so and trains here).
+pub fn train_on(backend: &crate::device::Backend, train_split: &Split, cfg: &DenoiserConfig, run: &Path, progress: &dyn Fn(usize)) -> Result<Vec<f32>> {
+    if matches!(backend, crate::device::Backend::Cuda(_)) {
+        eprintln!("note: denoiser training runs on the CPU in this version");
+    }
+    train(train_split, cfg, run, progress)
+}
+
+/// `count` samples from a trained model with the Heun sampler (model space); noise as
+/// for the optimal denoiser, labels from `sample_labels` for conditional models.
+pub fn sample_trained(
+    cfg: &DenoiserConfig,
+    layout: Layout,
+    weights: Vec<f32>,
+    count: usize,
+    schedule: &super::sampler::Schedule,
+    seed: u64,
+    _backend: &crate::device::Backend,
+) -> Result<Vec<f32>> {
+    let d = layout.dim;
+    let labels = (cfg.classes > 0).then(|| sample_labels(cfg.classes, seed, count));
+    let mut den = TrainedDenoiser { layout, weights, labels };
+    let x0 = super::sampler::initial_noise(seed, 0, count, d, schedule.sigma_max);
+    super::sampler::heun(&mut den, x0, schedule, &mut |_| {})
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GapRow {
+    pub sigma: f64,
+    /// Mean over queries and pixels of (D_θ − D*)², model space.
+    pub gap: f64,
+    /// Mean of (D* − y)²: how far the optimum itself is from the clean sample.
+    pub optimal_to_clean: f64,
+}
+
+/// The gap between a trained denoiser and the optimal denoiser of `train_split`, per σ
+/// of the default schedule, on `queries` noisy training samples per σ.
+pub fn gap(cfg: &DenoiserConfig, layout: Layout, weights: Vec<f32>, train_split: &Split, queries: usize, seed: u64, backend: &crate::device::Backend) -> Result<Vec<GapRow>> {
+    let d = layout.dim;
+    let n = train_split.len();
+    let set = super::TrainingSet::new(&train_split.x, cfg.pixel_range)?;
+    let mut y = Vec::new();
+    set.rows(0..n, &mut y);
+    let (_, cond) = conditioning_labels(train_split, cfg.labels, cfg.seed);
+    let order = Philox::new(seed, 0x6A9).permutation(n);
+    let rows: Vec<usize> = (0..queries).map(|i| order[i % n] as usize).collect();
+    let labels: Option<Vec<i64>> = (cfg.classes > 0).then(|| rows.iter().map(|&r| cond[r]).collect());
+    let mut optimal = super::OptimalDenoiser::new(backend, set)?;
+    let mut out = Vec::new();
+    for (s, &sigma) in super::sampler::Schedule::default().sigmas()[..18].iter().enumerate() {
+        let mut z = vec![0f32; queries * d];
+        Philox::new(seed, 0x6A9 + 1 + s as u64).fill_normal(0, &mut z);
+        let x: Vec<f32> = (0..queries * d).map(|k| y[rows[k / d] * d + k % d] + (sigma * z[k] as f64) as f32).collect();
+        let trained = net::denoise(&layout, &weights, &x, sigma, labels.as_deref());
+        let best = super::sampler::Denoiser::denoise(&mut optimal, &x, sigma)?;
+        let gap = trained.iter().zip(&best).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / (queries * d) as f64;
+        let clean = (0..queries * d).map(|k| ((best[k] - y[rows[k / d] * d + k % d]) as f64).powi(2)).sum::<f64>() / (queries * d) as f64;
+        out.push(GapRow { sigma, gap, optimal_to_clean: clean });
+    }
+    Ok(out)
+}
