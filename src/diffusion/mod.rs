@@ -2,6 +2,7 @@
 //! denoiser of a training set, EDM's deterministic Heun sampler, exact nearest
 //! neighbours and the memorization ratio.
 
+pub mod emm;
 pub mod gallery;
 pub mod knn;
 pub mod knn_u8;

@@ -73,6 +73,11 @@ pub struct DenoiserConfig {
 }
 
 impl DenoiserConfig {
+    /// Checks a model spec.
+    pub fn layout_for(model: &str) -> Result<NetSpec> {
+        NetSpec::parse(model)
+    }
+
     pub fn layout(&self) -> Result<Layout> {
         Ok(Layout::new(self.sample_shape.iter().product(), NetSpec::parse(&self.model)?, self.classes))
     }

@@ -462,3 +462,96 @@ pub fn memratio_cmd(a: MemratioArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Args)]
+pub struct EmmArgs {
+    #[arg(long)]
+    data: String,
+    /// Training-set sizes, increasing (class-balanced subsets).
+    #[arg(long, value_delimiter = ',', required = true)]
+    sizes: Vec<usize>,
+    /// Conditioning: none, true or random:C.
+    #[arg(long, default_value = "none")]
+    labels: String,
+    /// EMM is the largest size whose memorization ratio is at least this.
+    #[arg(long, default_value_t = 0.9)]
+    threshold: f64,
+    /// Generated samples per size.
+    #[arg(long, default_value_t = 1000)]
+    samples: usize,
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: String,
+    #[arg(long, default_value_t = DEFAULT_STEPS)]
+    steps: usize,
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Adam's step (larger than `denoise train`'s default: small sets, few steps).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.99)]
+    ema: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Bisection steps between the bracketing sizes after the sweep.
+    #[arg(long, default_value_t = 0)]
+    refine: usize,
+    /// ‖x − NN1‖/‖x − NN2‖ below which a sample counts as memorized.
+    #[arg(long, default_value_t = 1.0 / 3.0)]
+    ratio_threshold: f64,
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArg,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn emm_cmd(a: EmmArgs) -> Result<()> {
+    use rote::diffusion::emm::{self, EmmSettings};
+    use rote::diffusion::train::Labels;
+    let labels = Labels::parse(&a.labels)?;
+    if !(a.threshold > 0.0 && a.threshold <= 1.0) {
+        bail!("--threshold must be in (0, 1] (got {})", a.threshold);
+    }
+    if a.samples < 1 {
+        bail!("--samples must be at least 1");
+    }
+    rote::diffusion::train::DenoiserConfig::layout_for(&a.model)?;
+    let ds = data::open(&a.data)?;
+    emm::check_sizes(&a.sizes, ds.train.len())?;
+    let backend = open_device(a.device.device)?;
+    let settings = EmmSettings {
+        data: a.data.clone(),
+        labels,
+        model: a.model.clone(),
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        ema: a.ema,
+        seed: a.seed,
+        samples: a.samples,
+        ratio_threshold: a.ratio_threshold,
+    };
+    let t0 = Instant::now();
+    let r = emm::sweep(&ds, &settings, &a.sizes, a.threshold, a.refine, &a.out, &backend, &|m| eprintln!("{m}"))?;
+    let seconds = t0.elapsed().as_secs_f64();
+    if a.json {
+        let sizes: Vec<serde_json::Value> = r.sizes.iter().map(|s| serde_json::json!({"size": s.size, "memorization_ratio": s.memorization_ratio})).collect();
+        print_json(&serde_json::json!({
+            "emm": r.emm, "all_above_threshold": r.all_above, "threshold": r.threshold, "sizes": sizes,
+            "labels": labels.to_string(), "csv": a.out.join("emm.csv"), "plot": a.out.join("emm.png"), "seconds": seconds,
+        }));
+    } else {
+        println!("{:>8} {:>20}", "size", "memorization ratio");
+        for s in &r.sizes {
+            println!("{:>8} {:>20.4}", s.size, s.memorization_ratio);
+        }
+        match r.emm {
+            Some(e) if r.all_above => println!("EMM ≥ {e} (every size memorized ≥ {:.0}%; try larger sizes)", a.threshold * 100.0),
+            Some(e) => println!("EMM = {e} (largest size with ratio ≥ {})", a.threshold),
+            None => println!("EMM < {} (even the smallest size memorized less than {:.0}%)", a.sizes[0], a.threshold * 100.0),
+        }
+        println!("{seconds:.1} s; {} and {}", a.out.join("emm.csv").display(), a.out.join("emm.png").display());
+    }
+    Ok(())
+}

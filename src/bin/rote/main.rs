@@ -62,6 +62,9 @@ enum Command {
     /// Memorization ratio of generated samples: the fraction whose nearest training
     /// sample is much nearer than the second nearest.
     Memratio(diffusion::MemratioArgs),
+    /// Effective model memorization: train a denoiser per training-set size, sample,
+    /// measure the memorization ratio; EMM is the largest size still ≥ 90% memorized.
+    Emm(diffusion::EmmArgs),
     /// Grids of many runs (resumable, one CSV row per trial).
     #[command(subcommand)]
     Sweep(SweepCommand),
@@ -505,6 +508,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Denoise(diffusion::DenoiseCommand::Train(args)) => diffusion::train_cmd(args),
         Command::Denoise(diffusion::DenoiseCommand::Gap(args)) => diffusion::gap_cmd(args),
         Command::Knn(args) => diffusion::knn_cmd(args),
+        Command::Emm(args) => diffusion::emm_cmd(args),
         Command::Memratio(args) => diffusion::memratio_cmd(args),
         Command::Predict { net, data, device, json } => predict_cmd(&net, &data, device.device, json),
         Command::Bench(BenchCommand::Curvature { model, batch, probes, repeats, python, device, json }) => {
