@@ -3,6 +3,7 @@
 //! never leaves a half-written result.
 
 pub mod image;
+pub mod plot;
 
 use anyhow::{Context, Result};
 use std::io::Write;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 mod diffusion;
+mod reproduce;
 
 /// mimalloc: the training loops allocate and free many short-lived buffers of a few
 /// hundred KB, which glibc serves with mmap/munmap (page faults on every step).
@@ -26,6 +27,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Reproduce the three papers' findings on built-in data and write a report
+    /// (index.html, figures, CSV): --quick takes minutes on 2 CPU cores.
+    Reproduce(reproduce::ReproduceArgs),
     /// List compute devices: CPU threads, CUDA devices, and how kernels reach them.
     Device {
         #[arg(long)]
@@ -68,9 +72,9 @@ enum Command {
     /// Grids of many runs (resumable, one CSV row per trial).
     #[command(subcommand)]
     Sweep(SweepCommand),
-    /// Time workloads on the CPU and every usable GPU, side by side.
-    #[command(subcommand)]
-    Bench(BenchCommand),
+    /// Time workloads on the CPU and every usable GPU, side by side with their
+    /// baselines; without a subcommand, every benchmark at its defaults in one table.
+    Bench(BenchArgs),
     /// Join the outputs of `--shard I/N` runs into the result of a single run.
     Merge {
         /// Shard outputs (.npy files, each with its .shard.json beside it).
@@ -119,6 +123,20 @@ struct SweepConstructArgs {
     plots: Option<PathBuf>,
     #[command(flatten)]
     device: DeviceArg,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
+    /// Python for the baselines (numpy, JAX, faiss-cpu: see scripts/bench.sh); "none"
+    /// skips them.
+    #[arg(long, default_value = "python3")]
+    python: String,
+    #[arg(long, default_value = "auto")]
+    device: DeviceRequest,
     #[arg(long)]
     json: bool,
 }
@@ -508,10 +526,20 @@ fn run(cli: Cli) -> Result<()> {
         Command::Denoise(diffusion::DenoiseCommand::Train(args)) => diffusion::train_cmd(args),
         Command::Denoise(diffusion::DenoiseCommand::Gap(args)) => diffusion::gap_cmd(args),
         Command::Knn(args) => diffusion::knn_cmd(args),
+        Command::Reproduce(args) => reproduce::reproduce_cmd(args),
+        Command::Bench(b) => match b.command {
+            Some(c) => bench_one(c),
+            None => bench_all(&b.python, b.device, b.json),
+        },
         Command::Emm(args) => diffusion::emm_cmd(args),
         Command::Memratio(args) => diffusion::memratio_cmd(args),
         Command::Predict { net, data, device, json } => predict_cmd(&net, &data, device.device, json),
-        Command::Bench(BenchCommand::Curvature { model, batch, probes, repeats, python, device, json }) => {
+    }
+}
+
+fn bench_one(c: BenchCommand) -> Result<()> {
+    match c {
+        BenchCommand::Curvature { model, batch, probes, repeats, python, device, json } => {
             let python = (python != "none").then_some(python.as_str());
             let gpu = bench_backends(device)?.into_iter().find(|b| matches!(b, Backend::Cuda(_)));
             let rows = rote::bench::curvature(&model, batch.max(1), probes.max(1), repeats.max(1), python, gpu.as_ref())?;
@@ -522,7 +550,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench(BenchCommand::Construct { cases, repeats, python, baseline_repeats, device, skip_cpu, json }) => {
+        BenchCommand::Construct { cases, repeats, python, baseline_repeats, device, skip_cpu, json } => {
             let mut backends = bench_backends(device)?;
             if skip_cpu && backends.len() > 1 {
                 backends.remove(0);
@@ -537,24 +565,24 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench(BenchCommand::Denoise { data, batch, repeats, python, baseline_repeats, device, skip_cpu, json }) => {
+        BenchCommand::Denoise { data, batch, repeats, python, baseline_repeats, device, skip_cpu, json } => {
             let backends = bench_backends_maybe_gpu_only(device, skip_cpu)?;
             let python = (python != "none").then_some(python.as_str());
             let rows = rote::bench::denoise(&data, batch.max(1), repeats.max(1), python, &backends, baseline_repeats.max(1))?;
             print_rows(&rows, json)
         }
-        Command::Bench(BenchCommand::Knn { data, queries, k, repeats, python, baseline_repeats, device, skip_cpu, json }) => {
+        BenchCommand::Knn { data, queries, k, repeats, python, baseline_repeats, device, skip_cpu, json } => {
             let backends = bench_backends_maybe_gpu_only(device, skip_cpu)?;
             let python = (python != "none").then_some(python.as_str());
             let rows = rote::bench::knn(&data, queries.max(1), k.max(1), repeats.max(1), python, &backends, baseline_repeats.max(1))?;
             print_rows(&rows, json)
         }
-        Command::Bench(BenchCommand::DenoiseTrain { data, model, batch, steps, python, json }) => {
+        BenchCommand::DenoiseTrain { data, model, batch, steps, python, json } => {
             let python = (python != "none").then_some(python.as_str());
             let rows = rote::bench::denoise_train(&data, &model, batch.max(1), steps.max(1), python)?;
             print_rows(&rows, json)
         }
-        Command::Bench(BenchCommand::Frame { scale, repeats, device, json }) => {
+        BenchCommand::Frame { scale, repeats, device, json } => {
             let backends = bench_backends(device)?;
             let rows = rote::bench::frame(&backends, scale.max(1), repeats.max(1))?;
             if json {
@@ -565,6 +593,21 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Every benchmark at sizes that finish in a few minutes on 2 cores, one table.
+fn bench_all(python: &str, device: DeviceRequest, json: bool) -> Result<()> {
+    let py = (python != "none").then_some(python);
+    let backends = bench_backends(device)?;
+    let gpu = backends.iter().find(|b| matches!(b, Backend::Cuda(_))).cloned();
+    let mut rows = Vec::new();
+    let cases = ["moons", "moons-1m"].iter().map(|c| construct_case(c)).collect::<Result<Vec<_>>>()?;
+    rows.extend(rote::bench::construct(&cases, &backends, 5, py, 3)?);
+    rows.extend(rote::bench::curvature("mlp:784-512-512-10,act=relu", 1024, 10, 3, py, gpu.as_ref())?);
+    rows.extend(rote::bench::denoise("fashion-mnist:subset-random=10000", 512, 3, py, &backends, 3)?);
+    rows.extend(rote::bench::knn("fashion-mnist", 2000, 2, 3, py, &backends, 3)?);
+    rows.extend(rote::bench::denoise_train("digits", "resmlp:width=256,blocks=3", 128, 500, py)?);
+    print_rows(&rows, json)
 }
 
 fn print_json(value: &serde_json::Value) {

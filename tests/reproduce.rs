@@ -1,0 +1,69 @@
+//! `rote reproduce --quick`: the report exists, links only files that exist, every
+//! figure has its CSV, and its numbers are the run's (recomputed here from the data
+//! files it wrote).
+
+mod common;
+use common::*;
+
+fn attribute_values(html: &str, attr: &str) -> Vec<String> {
+    let pat = format!("{attr}=\"");
+    html.match_indices(&pat).map(|(i, _)| html[i + pat.len()..].split('"').next().unwrap().to_string()).collect()
+}
+
+/// AUROC of scores with positives marked, by the rank-sum formula (ties count half).
+fn auroc(scores: &[f64], positive: &[bool]) -> f64 {
+    let (mut wins, mut pairs) = (0f64, 0f64);
+    for (i, &a) in scores.iter().enumerate().filter(|(i, _)| positive[*i]) {
+        let _ = i;
+        for (_, &b) in scores.iter().enumerate().filter(|(j, _)| !positive[*j]) {
+            pairs += 1.0;
+            wins += if a > b { 1.0 } else if a == b { 0.5 } else { 0.0 };
+        }
+    }
+    wins / pairs
+}
+
+#[test]
+fn quick_reproduction_writes_a_consistent_report() {
+    let dir = tempdir();
+    let out = dir.path().join("report");
+    let v = json(&rote_ok(&["reproduce", "--quick", "--out", p(&out), "--json"]));
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    // Every linked file exists.
+    let links: Vec<String> = attribute_values(&html, "src").into_iter().chain(attribute_values(&html, "href")).collect();
+    assert!(links.len() >= 20, "{links:?}");
+    for l in &links {
+        assert!(!l.starts_with('/') && !l.contains("://"), "{l} is not a relative link");
+        assert!(out.join(l).is_file(), "the report links {l}, which does not exist");
+    }
+    // Every figure: a PNG and a CSV with a header and data.
+    let figures: Vec<&str> = html.split("<figure>").skip(1).collect();
+    assert!(figures.len() >= 8);
+    assert_eq!(figures.len(), v["figures"].as_array().unwrap().len());
+    for fig in figures {
+        let img = attribute_values(fig, "src");
+        let csv = attribute_values(fig, "href");
+        assert!(img.len() == 1 && img[0].ends_with(".png"), "{fig}");
+        assert!(csv.len() == 1 && csv[0].ends_with(".csv"), "{fig}");
+        let bytes = std::fs::read(out.join(&img[0])).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        let text = std::fs::read_to_string(out.join(&csv[0])).unwrap();
+        assert!(text.lines().count() >= 2, "{} has no data", csv[0]);
+    }
+    // The AUROC shown is the one the written scores give.
+    let rows: Vec<(bool, f64)> = std::fs::read_to_string(out.join("curvature/scores.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let c: Vec<&str> = l.split(',').collect();
+            (c[2] != "0", c[3].parse().unwrap())
+        })
+        .collect();
+    let a = auroc(&rows.iter().map(|r| r.1).collect::<Vec<_>>(), &rows.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert!(html.contains(&format!("AUROC {a:.3}")), "AUROC {a:.3} not in the report");
+    assert!(a > 0.8, "AUROC {a}");
+    // The EMM shown is the sweep's.
+    let emm: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("diffusion/emm/emm.json")).unwrap()).unwrap();
+    assert!(html.contains(&format!("EMM = {}", emm["emm"])), "EMM {} not in the report", emm["emm"]);
+}
