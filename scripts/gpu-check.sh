@@ -68,6 +68,9 @@ timeout 120 .gpu/rote bench knn --data blobs:n=60000,dim=784,centers=10,seed=3 -
 echo "== denoise sample + memratio on digits (cuda)" | tee -a "$log"
 timeout 120 .gpu/rote denoise sample --data digits --samples 2000 --device cuda --out "${OUT:-/tmp}/digits-samples" 2>&1 | tee -a "$log" || status=1
 timeout 60 .gpu/rote memratio --generated "${OUT:-/tmp}/digits-samples/samples.npy" --data digits --device cuda 2>&1 | tee -a "$log" || status=1
+echo "== denoiser training (cuda) and EMM on digits" | tee -a "$log"
+timeout 120 .gpu/rote bench denoise-train --python none --device cuda --steps 500 2>&1 | tee -a "$log" || status=1
+timeout 180 .gpu/rote emm --data digits --sizes 20,200 --steps 2000 --samples 500 --device cuda --out "${OUT:-/tmp}/emm" 2>&1 | tee -a "$log" || status=1
 
 echo
 echo "================ GPU CHECK SUMMARY ================"
@@ -75,6 +78,6 @@ nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | sed '
 grep -E '^GPU-CHECK' "$log" | sed 's/^GPU-CHECK //' | column -t 2>/dev/null || grep -E '^GPU-CHECK' "$log"
 grep -E '^test result|FAILED|panicked' "$log"
 echo "bench:"
-sed -n '/== bench frame/,$p' "$log" | grep -E 'cpu|cuda|workload|numpy|cublas|faiss|memorization ratio|samples from'
+sed -n '/== bench frame/,$p' "$log" | grep -E 'cpu|cuda|workload|numpy|cublas|faiss|memorization ratio|samples from|EMM|^ +[0-9]+ +[0-9.]+$'
 [[ $status -eq 0 ]] && echo "RESULT: PASS" || echo "RESULT: FAIL"
 exit $status

@@ -504,7 +504,7 @@ pub fn knn(spec: &str, queries: usize, k: usize, repeats: usize, python: Option<
 /// Training the EDM denoiser network (src/diffusion/net.rs) against the same network,
 /// loss, Adam and EMA in JAX (scripts/baselines/denoise_train_jax.py), on the same data:
 /// samples per second over `steps` steps (JAX's after compiling and 20 warm-up steps).
-pub fn denoise_train(spec: &str, model: &str, batch: usize, steps: usize, python: Option<&str>) -> Result<Vec<BenchRow>> {
+pub fn denoise_train(spec: &str, model: &str, batch: usize, steps: usize, python: Option<&str>, backends: &[Backend]) -> Result<Vec<BenchRow>> {
     use crate::diffusion::train::{self, DenoiserConfig, Labels};
     use crate::diffusion::PixelRange;
     let ds = crate::data::open(spec)?;
@@ -560,24 +560,26 @@ pub fn denoise_train(spec: &str, model: &str, batch: usize, steps: usize, python
         training_samples: n,
     };
     let layout = cfg.layout()?;
-    let dir = tempfile::tempdir()?;
-    let t0 = Instant::now();
-    train::train(&ds.train, &cfg, &dir.path().join("run"), &|_| {})?;
-    let secs = t0.elapsed().as_secs_f64();
-    let metrics = std::fs::read_to_string(dir.path().join("run/metrics.csv"))?;
-    let last = metrics.lines().last().and_then(|l| l.split(',').nth(1)).unwrap_or("").to_string();
-    let base = rows.first().map(|r: &BenchRow| r.median_seconds).unwrap_or(secs);
-    let flops = 6.0 * (layout.macs_per_sample() * batch * steps) as f64;
-    rows.push(BenchRow {
-        workload,
-        device: "cpu".into(),
-        median_seconds: secs,
-        min_seconds: secs,
-        repeats: 1,
-        speedup: base / secs,
-        throughput: (steps * batch) as f64 / secs,
-        gflops: Some(flops / secs / 1e9),
-        note: Some(format!("loss of the last 100 steps {last}")),
-    });
+    for b in backends {
+        let dir = tempfile::tempdir()?;
+        let t0 = Instant::now();
+        train::train_with(b, &ds.train, &cfg, &dir.path().join("run"), &|_| {})?;
+        let secs = t0.elapsed().as_secs_f64();
+        let metrics = std::fs::read_to_string(dir.path().join("run/metrics.csv"))?;
+        let last = metrics.lines().last().and_then(|l| l.split(',').nth(1)).unwrap_or("").to_string();
+        let base = rows.first().map(|r: &BenchRow| r.median_seconds).unwrap_or(secs);
+        let flops = 6.0 * (layout.macs_per_sample() * batch * steps) as f64;
+        rows.push(BenchRow {
+            workload: workload.clone(),
+            device: b.device().to_string(),
+            median_seconds: secs,
+            min_seconds: secs,
+            repeats: 1,
+            speedup: base / secs,
+            throughput: (steps * batch) as f64 / secs,
+            gflops: Some(flops / secs / 1e9),
+            note: Some(format!("loss of the last 100 steps {last}")),
+        });
+    }
     Ok(rows)
 }

@@ -385,3 +385,51 @@ fn optimal_denoiser_sampling_on_gpu_agrees_with_the_cpu() {
     assert!(same_pixels as f64 >= 0.999 * a.len() as f64, "{same_pixels} of {} pixels agree", a.len());
     summary("Heun sampler with the optimal denoiser (digits, 256 samples)", worst, secs);
 }
+
+#[test]
+fn denoiser_training_on_gpu_agrees_with_the_cpu() {
+    use rote::diffusion::train::{self, DenoiserConfig, Labels};
+    use rote::diffusion::PixelRange;
+    let Some(g) = gpu("denoiser_training_on_gpu_agrees_with_the_cpu") else { return };
+    let cuda = Backend::Cuda(g);
+    let ds = data::open("digits:subset=5").unwrap();
+    for labels in [Labels::None, Labels::Random(10)] {
+        let (classes, _) = train::conditioning_labels(&ds.train, labels, 3);
+        let cfg = DenoiserConfig {
+            command: train::COMMAND.into(),
+            data: "digits:subset=5".into(),
+            subset: None,
+            labels,
+            model: "resmlp:width=64,blocks=2".into(),
+            steps: 40,
+            batch: 32,
+            lr: 1e-3,
+            ema: 0.9,
+            seed: 3,
+            checkpoint_every: 0,
+            pixel_range: PixelRange::of(&ds.train.x).unwrap(),
+            sample_shape: vec![8, 8],
+            classes,
+            training_samples: ds.train.len(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let a = train::train_with(&Backend::Cpu, &ds.train, &cfg, &dir.path().join("cpu"), &|_| {}).unwrap();
+        let t0 = std::time::Instant::now();
+        let b = train::train_with(&cuda, &ds.train, &cfg, &dir.path().join("gpu"), &|_| {}).unwrap();
+        let secs = t0.elapsed().as_secs_f64();
+        let num: f64 = a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+        let den: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let rel = num / den;
+        assert!(rel < 1e-3, "{labels}: EMA weights differ by {rel:.2e} after 40 steps");
+        let last = |run: &str| std::fs::read_to_string(dir.path().join(run).join("metrics.csv")).unwrap().lines().last().unwrap().split(',').nth(1).unwrap().parse::<f64>().unwrap();
+        assert!((last("cpu") - last("gpu")).abs() <= 1e-3 * last("cpu"), "{labels}: loss {} vs {}", last("cpu"), last("gpu"));
+        // Sampling from the trained weights on both.
+        let layout = cfg.layout().unwrap();
+        let schedule = rote::diffusion::sampler::Schedule::default();
+        let sa = train::sample_trained(&cfg, layout.clone(), a.clone(), 16, &schedule, 1, &Backend::Cpu).unwrap();
+        let sb = train::sample_trained(&cfg, layout, a.clone(), 16, &schedule, 1, &cuda).unwrap();
+        let worst = sa.iter().zip(&sb).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max);
+        assert!(worst < 1e-2, "{labels}: samples differ by {worst:.3e}");
+        summary(&format!("denoiser training 40 steps + sampling, labels {labels}"), rel.max(worst), secs);
+    }
+}

@@ -27,6 +27,7 @@ pub(crate) fn warps(rows: usize) -> cudarc::driver::LaunchConfig {
 pub mod cuda;
 mod cuda_construct;
 mod cuda_curvature;
+pub mod cuda_denoiser;
 pub mod cuda_diffusion;
 pub use cuda_diffusion::GpuDenoiser;
 pub use cuda_construct::GpuScanner;

@@ -227,6 +227,11 @@ pub fn open_run(run: &Path) -> Result<(DenoiserConfig, Layout, Vec<f32>)> {
 /// Trains on `train` (rows in data units, converted with the config's pixel range) and
 /// writes the run directory. `progress(step)` after each step.
 pub fn train(train: &Split, cfg: &DenoiserConfig, run: &Path, progress: &dyn Fn(usize)) -> Result<Vec<f32>> {
+    train_with(&crate::device::Backend::Cpu, train, cfg, run, progress)
+}
+
+/// As `train`, with the steps on `backend` (the same batches either way).
+pub fn train_with(backend: &crate::device::Backend, train: &Split, cfg: &DenoiserConfig, run: &Path, progress: &dyn Fn(usize)) -> Result<Vec<f32>> {
     if cfg.steps == 0 || cfg.batch == 0 {
         bail!("--steps and --batch must be at least 1");
     }
@@ -250,6 +255,10 @@ pub fn train(train: &Split, cfg: &DenoiserConfig, run: &Path, progress: &dyn Fn(
     }
     let mut p = layout.init(cfg.seed);
     let mut ema = p.clone();
+    let mut device_net = match backend {
+        crate::device::Backend::Cuda(g) => Some(crate::device::cuda_denoiser::GpuDenoiserNet::new(g.clone(), layout.clone(), &p)?),
+        crate::device::Backend::Cpu => None,
+    };
     let mut adam = Adam { m: vec![0.0; p.len()], v: vec![0.0; p.len()], t: 0 };
     let mut grad = vec![0f32; p.len()];
     let mut scratch = Vec::new();
@@ -279,11 +288,16 @@ pub fn train(train: &Split, cfg: &DenoiserConfig, run: &Path, progress: &dyn Fn(
             }
         }
         let labels: Option<Vec<i64>> = (cfg.classes > 0).then(|| idx.iter().map(|&i| cond[i]).collect());
-        let loss = loss_and_gradient(&layout, &p, &x_in, &c_noise, labels.as_deref(), &target, &mut grad, &mut scratch);
+        let loss = match device_net.as_mut() {
+            Some(net) => net.step(&x_in, &c_noise, labels.as_deref(), &target, cfg.lr, cfg.ema as f32)?,
+            None => loss_and_gradient(&layout, &p, &x_in, &c_noise, labels.as_deref(), &target, &mut grad, &mut scratch),
+        };
         if !loss.is_finite() {
             bail!("step {}: the loss became {loss}; the run diverged — try a smaller --lr than {}", step + 1, cfg.lr);
         }
-        adam.step(&mut p, &grad, cfg.lr, &mut ema, cfg.ema as f32);
+        if device_net.is_none() {
+            adam.step(&mut p, &grad, cfg.lr, &mut ema, cfg.ema as f32);
+        }
         loss_sum += loss;
         loss_count += 1;
         let done = step + 1;
@@ -293,9 +307,15 @@ pub fn train(train: &Split, cfg: &DenoiserConfig, run: &Path, progress: &dyn Fn(
             (loss_sum, loss_count) = (0.0, 0);
         }
         if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 {
+            if let Some(net) = &device_net {
+                ema = net.download()?.1;
+            }
             save_weights(&layout, &ema, cfg, &checkpoint_path(run, done))?;
         }
         progress(done);
+    }
+    if let Some(net) = &device_net {
+        ema = net.download()?.1;
     }
     save_weights(&layout, &ema, cfg, &run.join("ema.safetensors"))?;
     Ok(ema)
@@ -327,13 +347,9 @@ pub fn sample_labels(classes: usize, seed: u64, count: usize) -> Vec<i64> {
     (0..count).map(|i| (rng.word(i as u64) % classes as u32) as i64).collect()
 }
 
-/// Trains on `backend`. The network's forward and backward passes run on the CPU (the
-/// GPU path of this network is not written yet; a CUDA request says so and trains here).
+/// Trains on `backend` (on a GPU: cuBLAS products and kernels/denoiser.cu).
 pub fn train_on(backend: &crate::device::Backend, train_split: &Split, cfg: &DenoiserConfig, run: &Path, progress: &dyn Fn(usize)) -> Result<Vec<f32>> {
-    if matches!(backend, crate::device::Backend::Cuda(_)) {
-        eprintln!("note: denoiser training runs on the CPU in this version");
-    }
-    train(train_split, cfg, run, progress)
+    train_with(backend, train_split, cfg, run, progress)
 }
 
 /// `count` samples from a trained model with the Heun sampler (model space); noise as
@@ -345,13 +361,40 @@ pub fn sample_trained(
     count: usize,
     schedule: &super::sampler::Schedule,
     seed: u64,
-    _backend: &crate::device::Backend,
+    backend: &crate::device::Backend,
 ) -> Result<Vec<f32>> {
     let d = layout.dim;
     let labels = (cfg.classes > 0).then(|| sample_labels(cfg.classes, seed, count));
-    let mut den = TrainedDenoiser { layout, weights, labels };
     let x0 = super::sampler::initial_noise(seed, 0, count, d, schedule.sigma_max);
-    super::sampler::heun(&mut den, x0, schedule, &mut |_| {})
+    match backend {
+        crate::device::Backend::Cuda(g) => {
+            let net = crate::device::cuda_denoiser::GpuDenoiserNet::new(g.clone(), layout, &weights)?;
+            let mut den = GpuTrained { net, labels, dim: d };
+            super::sampler::heun(&mut den, x0, schedule, &mut |_| {})
+        }
+        crate::device::Backend::Cpu => {
+            let mut den = TrainedDenoiser { layout, weights, labels };
+            super::sampler::heun(&mut den, x0, schedule, &mut |_| {})
+        }
+    }
+}
+
+/// A trained denoiser evaluated on a GPU.
+struct GpuTrained {
+    net: crate::device::cuda_denoiser::GpuDenoiserNet,
+    labels: Option<Vec<i64>>,
+    dim: usize,
+}
+
+impl super::sampler::Denoiser for GpuTrained {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn denoise(&mut self, x: &[f32], sigma: f64) -> Result<Vec<f32>> {
+        super::optimal::check_sigma(sigma)?;
+        self.net.denoise(x, sigma, self.labels.as_deref())
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]

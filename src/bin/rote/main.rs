@@ -244,6 +244,8 @@ enum BenchCommand {
         /// Python with JAX for the baseline; "none" skips it.
         #[arg(long, default_value = "python3")]
         python: String,
+        #[arg(long, default_value = "auto")]
+        device: DeviceRequest,
         #[arg(long)]
         json: bool,
     },
@@ -577,9 +579,10 @@ fn bench_one(c: BenchCommand) -> Result<()> {
             let rows = rote::bench::knn(&data, queries.max(1), k.max(1), repeats.max(1), python, &backends, baseline_repeats.max(1))?;
             print_rows(&rows, json)
         }
-        BenchCommand::DenoiseTrain { data, model, batch, steps, python, json } => {
+        BenchCommand::DenoiseTrain { data, model, batch, steps, python, device, json } => {
             let python = (python != "none").then_some(python.as_str());
-            let rows = rote::bench::denoise_train(&data, &model, batch.max(1), steps.max(1), python)?;
+            let backends = bench_backends(device)?;
+            let rows = rote::bench::denoise_train(&data, &model, batch.max(1), steps.max(1), python, &backends)?;
             print_rows(&rows, json)
         }
         BenchCommand::Frame { scale, repeats, device, json } => {
@@ -606,7 +609,7 @@ fn bench_all(python: &str, device: DeviceRequest, json: bool) -> Result<()> {
     rows.extend(rote::bench::curvature("mlp:784-512-512-10,act=relu", 1024, 10, 3, py, gpu.as_ref())?);
     rows.extend(rote::bench::denoise("fashion-mnist:subset-random=10000", 512, 3, py, &backends, 3)?);
     rows.extend(rote::bench::knn("fashion-mnist", 2000, 2, 3, py, &backends, 3)?);
-    rows.extend(rote::bench::denoise_train("digits", "resmlp:width=256,blocks=3", 128, 500, py)?);
+    rows.extend(rote::bench::denoise_train("digits", "resmlp:width=256,blocks=3", 128, 500, py, &backends)?);
     print_rows(&rows, json)
 }
 
