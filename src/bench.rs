@@ -26,6 +26,25 @@ pub struct BenchRow {
     pub note: Option<String>,
 }
 
+impl BenchRow {
+    /// A row timed at (median, min) over `repeats` runs; the speed-up is against
+    /// `baseline` seconds (this row's own median when there is none).
+    #[allow(clippy::too_many_arguments)]
+    pub fn timed(workload: &str, device: &str, (median, min): (f64, f64), repeats: usize, baseline: Option<f64>, units: f64, flops: Option<f64>, note: Option<String>) -> Self {
+        Self {
+            workload: workload.to_string(),
+            device: device.to_string(),
+            median_seconds: median,
+            min_seconds: min,
+            repeats,
+            speedup: baseline.unwrap_or(median) / median,
+            throughput: units / median,
+            gflops: flops.map(|f| f / median / 1e9),
+            note,
+        }
+    }
+}
+
 /// Median and minimum of `repeats` timed runs, after one untimed warm-up.
 pub fn time_runs(repeats: usize, mut run: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
     run()?;
@@ -328,17 +347,7 @@ fn run_baseline(python: &str, script: &str, args: &[String], workload: &str, dev
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let times: Vec<f64> = v["seconds"].as_array().map(|a| a.iter().filter_map(|t| t.as_f64()).collect()).unwrap_or_default();
     let median = v["seconds_median"].as_f64().unwrap_or(f64::NAN);
-    let row = BenchRow {
-        workload: workload.to_string(),
-        device: device.to_string(),
-        median_seconds: median,
-        min_seconds: times.iter().cloned().fold(f64::INFINITY, f64::min),
-        repeats: times.len(),
-        speedup: 1.0,
-        throughput: units / median,
-        gflops: Some(flops / median / 1e9),
-        note: None,
-    };
+    let row = BenchRow::timed(workload, device, (median, times.iter().cloned().fold(f64::INFINITY, f64::min)), times.len(), None, units, Some(flops), None);
     Ok((v, row))
 }
 
@@ -430,18 +439,9 @@ pub fn denoise(spec: &str, batch: usize, repeats: usize, python: Option<&str>, b
             *outs.lock().unwrap() = o;
             Ok(())
         })?;
-        let base = rows.first().map(|r: &BenchRow| r.median_seconds).unwrap_or(median);
-        rows.push(BenchRow {
-            workload: workload.clone(),
-            device: b.device().to_string(),
-            median_seconds: median,
-            min_seconds: min,
-            repeats,
-            speedup: base / median,
-            throughput: 18.0 * batch as f64 / median,
-            gflops: Some(flops / median / 1e9),
-            note: Some(format!("max rel. error {:.1e}", worst_error(&outs.into_inner().unwrap()))),
-        });
+        let note = format!("max rel. error {:.1e}", worst_error(&outs.into_inner().unwrap()));
+        let base = rows.first().map(|r: &BenchRow| r.median_seconds);
+        rows.push(BenchRow::timed(&workload, &b.device().to_string(), (median, min), repeats, base, 18.0 * batch as f64, Some(flops), Some(note)));
     }
     Ok(rows)
 }
@@ -485,18 +485,8 @@ pub fn knn(spec: &str, queries: usize, k: usize, repeats: usize, python: Option<
             let same = (0..q).filter(|&i| (0..k).all(|j| f[i * k + j] == nn.indices[i * k + j] as i64)).count();
             format!("same indices as faiss for {same}/{q} queries")
         });
-        let base = rows.first().map(|r: &BenchRow| r.median_seconds).unwrap_or(median);
-        rows.push(BenchRow {
-            workload: workload.clone(),
-            device: b.device().to_string(),
-            median_seconds: median,
-            min_seconds: min,
-            repeats,
-            speedup: base / median,
-            throughput: q as f64 / median,
-            gflops: Some(flops / median / 1e9),
-            note,
-        });
+        let base = rows.first().map(|r: &BenchRow| r.median_seconds);
+        rows.push(BenchRow::timed(&workload, &b.device().to_string(), (median, min), repeats, base, q as f64, Some(flops), note));
     }
     Ok(rows)
 }
@@ -530,17 +520,8 @@ pub fn denoise_train(spec: &str, model: &str, batch: usize, steps: usize, python
         }
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         let secs = v["seconds"].as_f64().unwrap_or(f64::NAN);
-        rows.push(BenchRow {
-            workload: workload.clone(),
-            device: "jax-cpu".into(),
-            median_seconds: secs,
-            min_seconds: secs,
-            repeats: 1,
-            speedup: 1.0,
-            throughput: (steps * batch) as f64 / secs,
-            gflops: None,
-            note: Some(format!("loss of the last 100 steps {:.4}", v["loss_last_100"].as_f64().unwrap_or(f64::NAN))),
-        });
+        let note = format!("loss of the last 100 steps {:.4}", v["loss_last_100"].as_f64().unwrap_or(f64::NAN));
+        rows.push(BenchRow::timed(&workload, "jax-cpu", (secs, secs), 1, None, (steps * batch) as f64, None, Some(note)));
     }
     let cfg = DenoiserConfig {
         command: train::COMMAND.into(),
@@ -567,19 +548,10 @@ pub fn denoise_train(spec: &str, model: &str, batch: usize, steps: usize, python
         let secs = t0.elapsed().as_secs_f64();
         let metrics = std::fs::read_to_string(dir.path().join("run/metrics.csv"))?;
         let last = metrics.lines().last().and_then(|l| l.split(',').nth(1)).unwrap_or("").to_string();
-        let base = rows.first().map(|r: &BenchRow| r.median_seconds).unwrap_or(secs);
+        let base = rows.first().map(|r: &BenchRow| r.median_seconds);
         let flops = 6.0 * (layout.macs_per_sample() * batch * steps) as f64;
-        rows.push(BenchRow {
-            workload: workload.clone(),
-            device: b.device().to_string(),
-            median_seconds: secs,
-            min_seconds: secs,
-            repeats: 1,
-            speedup: base / secs,
-            throughput: (steps * batch) as f64 / secs,
-            gflops: Some(flops / secs / 1e9),
-            note: Some(format!("loss of the last 100 steps {last}")),
-        });
+        let note = format!("loss of the last 100 steps {last}");
+        rows.push(BenchRow::timed(&workload, &b.device().to_string(), (secs, secs), 1, base, (steps * batch) as f64, Some(flops), Some(note)));
     }
     Ok(rows)
 }
