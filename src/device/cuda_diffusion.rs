@@ -25,8 +25,18 @@ struct Chunk {
     yy: CudaSlice<f64>,
 }
 
+/// Work buffers of one denoiser call, kept between calls (the sampler makes 35).
+struct Scratch {
+    rows: usize,
+    g: CudaSlice<f64>,
+    acc: CudaSlice<f64>,
+    sum: CudaSlice<f64>,
+    rescale: CudaSlice<f64>,
+}
+
 /// The optimal denoiser of one training set on one GPU.
 pub struct GpuDenoiser {
+    scratch: std::sync::Mutex<Option<Scratch>>,
     gpu: Arc<CudaBackend>,
     blas: CudaBlas,
     x: Array,
@@ -80,7 +90,7 @@ impl GpuDenoiser {
     pub fn with_budget(gpu: Arc<CudaBackend>, train: &TrainingSet, budget: usize) -> Result<Self> {
         let blas = gpu.blas()?;
         let (d, n) = (train.dim(), train.len());
-        let mut me = Self { gpu, blas, x: train.x.clone(), range: train.range, d, n, resident: vec![], streamed_from: n };
+        let mut me = Self { scratch: std::sync::Mutex::new(None), gpu, blas, x: train.x.clone(), range: train.range, d, n, resident: vec![], streamed_from: n };
         let mut used = 0usize;
         for r in crate::sched::chunks(0..n, CHUNK) {
             let bytes = r.len() * (d + 1) * 8;
@@ -136,27 +146,34 @@ impl GpuDenoiser {
         let scale = self.gpu.function("diffusion", "scale_rows")?;
         let finish = self.gpu.function("diffusion", "finish_rows")?;
         let qb_max = rows.min(QUERY_BLOCK);
-        let mut g = s.alloc_zeros::<f64>(qb_max * CHUNK)?;
-        let mut acc = s.alloc_zeros::<f64>(qb_max * d)?;
-        let mut sum = s.alloc_zeros::<f64>(qb_max)?;
-        let mut rescale = s.alloc_zeros::<f64>(qb_max)?;
+        let mut cached = self.scratch.lock().unwrap();
+        if cached.as_ref().is_none_or(|c| c.rows < qb_max) {
+            *cached = Some(Scratch {
+                rows: qb_max,
+                g: s.alloc_zeros::<f64>(qb_max * CHUNK)?,
+                acc: s.alloc_zeros::<f64>(qb_max * d)?,
+                sum: s.alloc_zeros::<f64>(qb_max)?,
+                rescale: s.alloc_zeros::<f64>(qb_max)?,
+            });
+        }
+        let Scratch { g, acc, sum, rescale, .. } = cached.as_mut().unwrap();
         let streamed: Vec<std::ops::Range<usize>> = crate::sched::chunks(self.streamed_from..self.n, CHUNK).collect();
         for q0 in (0..rows).step_by(QUERY_BLOCK) {
             let qb = (rows - q0).min(QUERY_BLOCK);
             let xq = x.slice(q0 * d..(q0 + qb) * d);
             let mut run_max = s.clone_htod(&vec![f64::NEG_INFINITY; qb])?;
-            s.memset_zeros(&mut acc)?;
-            s.memset_zeros(&mut sum)?;
+            s.memset_zeros(acc)?;
+            s.memset_zeros(sum)?;
             let mut absorb = |c: &Chunk| -> Result<()> {
                 let nc = c.rows;
                 let mut gv = g.slice_mut(0..qb * nc);
                 gemm_f64(&self.blas, &xq, qb, d, &c.y, nc, true, 0.0, &mut gv)?;
                 let (qb32, nc32) = (qb as u32, nc as u32);
                 let cfg = LaunchConfig { grid_dim: (qb32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-                launch!(self.gpu, softmax, cfg, &mut gv, &c.yy, &qb32, &nc32, &two_s2, &tail, &mut run_max, &mut sum, &mut rescale);
+                launch!(self.gpu, softmax, cfg, &mut gv, &c.yy, &qb32, &nc32, &two_s2, &tail, &mut run_max, &mut *sum, &mut *rescale);
                 let d32 = d as u32;
                 let mut accv = acc.slice_mut(0..qb * d);
-                launch!(self.gpu, scale, elems(qb * d), &mut accv, &rescale, &qb32, &d32);
+                launch!(self.gpu, scale, elems(qb * d), &mut accv, &*rescale, &qb32, &d32);
                 let gv = g.slice(0..qb * nc);
                 gemm_f64(&self.blas, &gv, qb, nc, &c.y, d, false, 1.0, &mut accv)
             };
@@ -169,7 +186,7 @@ impl GpuDenoiser {
             }
             let (qb32, d32) = (qb as u32, d as u32);
             let mut o = out.slice_mut(q0 * d..(q0 + qb) * d);
-            launch!(self.gpu, finish, elems(qb * d), &acc, &sum, &mut o, &qb32, &d32);
+            launch!(self.gpu, finish, elems(qb * d), &*acc, &*sum, &mut o, &qb32, &d32);
         }
         Ok(())
     }
