@@ -290,6 +290,8 @@ fn bad_diffusion_input_is_rejected_with_the_file_and_the_problem() {
     rote::report::write_npy(&gen, &[2, 64], &vec![100f32; 128]).unwrap();
     let e = rote_err(&["memratio", "--generated", p(&gen), "--data", "digits"]);
     assert!(e.contains("model space"), "{e}");
+    let e = rote_err(&["memratio", "--generated", p(d), "--data", "digits"]);
+    assert!(e.contains("is a directory"), "{e}");
     // Sampler settings.
     let e = rote_err(&["denoise", "sample", "--data", "digits", "--samples", "2", "--sigma-min", "0", "--out", p(&d.join("s"))]);
     assert!(e.contains("--sigma-min"), "{e}");

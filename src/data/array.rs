@@ -124,6 +124,9 @@ impl Array {
 
     /// Memory-maps a .npy file, checking its header and length before anything is read.
     pub fn open_npy(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            bail!("{} is a directory, not a .npy file", path.display());
+        }
         let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         // SAFETY: the map is read-only; rote never writes to its inputs. A file truncated
         // by another process while mapped would fault; that is the usual mmap contract.
