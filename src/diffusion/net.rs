@@ -146,21 +146,16 @@ pub fn silu(z: f32) -> f32 {
     z / (1.0 + (-z).exp())
 }
 
-pub fn silu_grad(z: f32) -> f32 {
-    let s = 1.0 / (1.0 + (-z).exp());
-    s * (1.0 + z * (1.0 - s))
-}
-
 /// The positional embedding of c_noise for each row.
 pub fn embedding(c_noise: &[f32]) -> Vec<f32> {
     let half = EMBED / 2;
+    let freqs: Vec<f64> = (0..half).map(|j| 10000f64.powf(-(j as f64) / half as f64)).collect();
     let mut t = vec![0f32; c_noise.len() * EMBED];
-    for (r, &c) in c_noise.iter().enumerate() {
-        for j in 0..half {
-            let f = (10000f64).powf(-(j as f64) / half as f64);
+    for (row, &c) in t.chunks_exact_mut(EMBED).zip(c_noise) {
+        for (j, &f) in freqs.iter().enumerate() {
             let a = c as f64 * f;
-            t[r * EMBED + j] = a.cos() as f32;
-            t[r * EMBED + half + j] = a.sin() as f32;
+            row[j] = a.cos() as f32;
+            row[half + j] = a.sin() as f32;
         }
     }
     t
@@ -200,34 +195,17 @@ fn exp_f32(x: f32) -> f32 {
     p * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
-#[inline(always)]
-fn activate_into(z: &[f32], sig: &mut [f32], silu: &mut [f32]) {
-    let n = z.len();
-    let (sig, silu) = (&mut sig[..n], &mut silu[..n]);
-    for i in 0..n {
-        let g = 1.0 / (1.0 + exp_f32(-z[i]));
-        sig[i] = g;
-        silu[i] = z[i] * g;
-    }
-}
-
-/// (sigmoid(z), silu(z)) elementwise; compiled for AVX2 where the CPU has it.
+/// (sigmoid(z), silu(z)) elementwise, through `simd::dispatch` so the loop vectorizes.
 fn activate(z: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let (mut sig, mut out) = (vec![0f32; z.len()], vec![0f32; z.len()]);
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        unsafe fn wide(z: &[f32], sig: &mut [f32], silu: &mut [f32]) {
-            activate_into(z, sig, silu)
+    let (mut sig, mut silu) = (vec![0f32; z.len()], vec![0f32; z.len()]);
+    crate::simd::dispatch(|| {
+        for ((s, o), &v) in sig.iter_mut().zip(silu.iter_mut()).zip(z) {
+            let g = 1.0 / (1.0 + exp_f32(-v));
+            *s = g;
+            *o = v * g;
         }
-        if crate::simd::has_avx2() {
-            // SAFETY: the CPU has AVX2 (checked above).
-            unsafe { wide(z, &mut sig, &mut out) };
-            return (sig, out);
-        }
-    }
-    activate_into(z, &mut sig, &mut out);
-    (sig, out)
+    });
+    (sig, silu)
 }
 
 /// g·silu'(z) from z and sigmoid(z).

@@ -166,12 +166,11 @@ impl Adam {
     }
 }
 
-/// One chunk of the Adam + EMA update; compiled for AVX2 where the CPU has it, so the
-/// square roots and divisions run eight at a time (same IEEE results as scalar code).
+/// One chunk of the Adam + EMA update, through `simd::dispatch` so the square roots and
+/// divisions vectorize (same IEEE results as scalar code).
 #[allow(clippy::too_many_arguments)]
 fn adam_ema_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], e: &mut [f32], step: f32, eps: f32, decay: f32) {
-    #[inline(always)]
-    fn body(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], e: &mut [f32], step: f32, eps: f32, decay: f32) {
+    crate::simd::dispatch(|| {
         let (b1, b2) = (0.9f32, 0.999f32);
         let n = p.len();
         let (g, m, v, e) = (&g[..n], &mut m[..n], &mut v[..n], &mut e[..n]);
@@ -181,19 +180,7 @@ fn adam_ema_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], e: &mu
             p[i] -= step * m[i] / (v[i].sqrt() + eps);
             e[i] = decay * e[i] + (1.0 - decay) * p[i];
         }
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        unsafe fn wide(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], e: &mut [f32], step: f32, eps: f32, decay: f32) {
-            body(p, g, m, v, e, step, eps, decay)
-        }
-        if crate::simd::has_avx2() {
-            // SAFETY: the CPU has AVX2 (checked above).
-            return unsafe { wide(p, g, m, v, e, step, eps, decay) };
-        }
-    }
-    body(p, g, m, v, e, step, eps, decay)
+    })
 }
 
 pub fn checkpoint_path(run: &Path, step: usize) -> PathBuf {
