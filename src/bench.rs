@@ -513,7 +513,7 @@ pub fn knn(spec: &str, queries: usize, k: usize, repeats: usize, python: Option<
 /// loss, Adam and EMA in JAX (scripts/baselines/denoise_train_jax.py), on the same data:
 /// samples per second over `steps` steps (JAX's after compiling and 20 warm-up steps).
 pub fn denoise_train(spec: &str, model: &str, batch: usize, steps: usize, python: Option<&str>, backends: &[Backend]) -> Result<Vec<BenchRow>> {
-    use crate::diffusion::train::{self, DenoiserConfig, Labels};
+    use crate::diffusion::train::{self, DenoiserConfig, Labels, Recipe};
     use crate::diffusion::PixelRange;
     let ds = crate::data::open(spec)?;
     let range = PixelRange::of(&ds.train.x)?;
@@ -541,28 +541,13 @@ pub fn denoise_train(spec: &str, model: &str, batch: usize, steps: usize, python
         let note = format!("loss of the last 100 steps {:.4}", v["loss_last_100"].as_f64().unwrap_or(f64::NAN));
         rows.push(BenchRow::timed(&workload, "jax-cpu", (secs, secs), 1, None, (steps * batch) as f64, None, Some(note)));
     }
-    let cfg = DenoiserConfig {
-        command: train::COMMAND.into(),
-        data: spec.into(),
-        subset: None,
-        labels: Labels::None,
-        model: model.into(),
-        steps,
-        batch,
-        lr: 1e-3,
-        ema: 0.99,
-        seed: 0,
-        checkpoint_every: 0,
-        pixel_range: range,
-        sample_shape: ds.sample_shape().to_vec(),
-        classes: 0,
-        training_samples: n,
-    };
+    let recipe = Recipe { model: model.into(), steps, batch, lr: 1e-3, ema: 0.99, seed: 0 };
+    let cfg = DenoiserConfig::new(spec, None, Labels::None, recipe, &ds.train, ds.sample_shape(), range, 0)?;
     let layout = cfg.layout()?;
     for b in backends {
         let dir = tempfile::tempdir()?;
         let t0 = Instant::now();
-        train::train_with(b, &ds.train, &cfg, &dir.path().join("run"), &|_| {})?;
+        train::train(b, &ds.train, &cfg, &dir.path().join("run"), &|_| {})?;
         let secs = t0.elapsed().as_secs_f64();
         let metrics = std::fs::read_to_string(dir.path().join("run/metrics.csv"))?;
         let last = metrics.lines().last().and_then(|l| l.split(',').nth(1)).unwrap_or("").to_string();

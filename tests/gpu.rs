@@ -388,34 +388,19 @@ fn optimal_denoiser_sampling_on_gpu_agrees_with_the_cpu() {
 
 #[test]
 fn denoiser_training_on_gpu_agrees_with_the_cpu() {
-    use rote::diffusion::train::{self, DenoiserConfig, Labels};
+    use rote::diffusion::train::{self, DenoiserConfig, Labels, Recipe};
     use rote::diffusion::PixelRange;
     let Some(g) = gpu("denoiser_training_on_gpu_agrees_with_the_cpu") else { return };
     let cuda = Backend::Cuda(g);
     let ds = data::open("digits:subset=5").unwrap();
     for labels in [Labels::None, Labels::Random(10)] {
-        let (classes, _) = train::conditioning_labels(&ds.train, labels, 3);
-        let cfg = DenoiserConfig {
-            command: train::COMMAND.into(),
-            data: "digits:subset=5".into(),
-            subset: None,
-            labels,
-            model: "resmlp:width=64,blocks=2".into(),
-            steps: 40,
-            batch: 32,
-            lr: 1e-3,
-            ema: 0.9,
-            seed: 3,
-            checkpoint_every: 0,
-            pixel_range: PixelRange::of(&ds.train.x).unwrap(),
-            sample_shape: vec![8, 8],
-            classes,
-            training_samples: ds.train.len(),
-        };
+        let recipe = Recipe { model: "resmlp:width=64,blocks=2".into(), steps: 40, batch: 32, lr: 1e-3, ema: 0.9, seed: 3 };
+        let range = PixelRange::of(&ds.train.x).unwrap();
+        let cfg = DenoiserConfig::new("digits:subset=5", None, labels, recipe, &ds.train, &[8, 8], range, 0).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let a = train::train_with(&Backend::Cpu, &ds.train, &cfg, &dir.path().join("cpu"), &|_| {}).unwrap();
+        let a = train::train(&Backend::Cpu, &ds.train, &cfg, &dir.path().join("cpu"), &|_| {}).unwrap();
         let t0 = std::time::Instant::now();
-        let b = train::train_with(&cuda, &ds.train, &cfg, &dir.path().join("gpu"), &|_| {}).unwrap();
+        let b = train::train(&cuda, &ds.train, &cfg, &dir.path().join("gpu"), &|_| {}).unwrap();
         let secs = t0.elapsed().as_secs_f64();
         let num: f64 = a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
         let den: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();

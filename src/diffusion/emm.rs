@@ -4,7 +4,7 @@
 //! bisection between the bracketing sizes. Each size lives in OUT/size-N/ (the run, the
 //! samples, result.json), so an interrupted sweep resumes from the finished sizes.
 
-use super::train::{self, DenoiserConfig, Labels};
+use super::train::{self, DenoiserConfig, Labels, Recipe};
 use super::{knn::Metric, PixelRange, TrainingSet};
 use crate::data::Dataset;
 use anyhow::{bail, Context, Result};
@@ -15,12 +15,8 @@ use std::time::Instant;
 pub struct EmmSettings {
     pub data: String,
     pub labels: Labels,
-    pub model: String,
-    pub steps: usize,
-    pub batch: usize,
-    pub lr: f64,
-    pub ema: f64,
-    pub seed: u64,
+    #[serde(flatten)]
+    pub recipe: Recipe,
     pub samples: usize,
     pub ratio_threshold: f64,
 }
@@ -85,27 +81,10 @@ pub fn measure(ds: &Dataset, settings: &EmmSettings, size: usize, out: &Path, ba
     }
     let subset = crate::data::transform::balanced_subset(&ds.train, size)?;
     let range = PixelRange::of(&ds.train.x)?;
-    let (classes, _) = train::conditioning_labels(&subset, settings.labels, settings.seed);
-    let cfg = DenoiserConfig {
-        command: train::COMMAND.into(),
-        data: settings.data.clone(),
-        subset: Some(size),
-        labels: settings.labels,
-        model: settings.model.clone(),
-        steps: settings.steps,
-        batch: settings.batch,
-        lr: settings.lr,
-        ema: settings.ema,
-        seed: settings.seed,
-        checkpoint_every: 0,
-        pixel_range: range,
-        sample_shape: ds.sample_shape().to_vec(),
-        classes,
-        training_samples: size,
-    };
+    let cfg = DenoiserConfig::new(&settings.data, Some(size), settings.labels, settings.recipe.clone(), &subset, ds.sample_shape(), range, 0)?;
     let t0 = Instant::now();
     let run = dir.join("run");
-    let weights = train::train_on(backend, &subset, &cfg, &run, &|_| {})?;
+    let weights = train::train(backend, &subset, &cfg, &run, &|_| {})?;
     let train_seconds = t0.elapsed().as_secs_f64();
     let final_loss = std::fs::read_to_string(run.join("metrics.csv"))?
         .lines()
@@ -113,7 +92,7 @@ pub fn measure(ds: &Dataset, settings: &EmmSettings, size: usize, out: &Path, ba
         .and_then(|l| l.split(',').nth(1).and_then(|v| v.parse().ok()))
         .unwrap_or(f64::NAN);
     let schedule = super::sampler::Schedule::default();
-    let x = train::sample_trained(&cfg, cfg.layout()?, weights, settings.samples, &schedule, settings.seed, backend)?;
+    let x = train::sample_trained(&cfg, cfg.layout()?, weights, settings.samples, &schedule, settings.recipe.seed, backend)?;
     // Memorization in the data's units against the training subset.
     let generated: Vec<f32> = x.iter().map(|&v| range.pixel_to_data(super::quantize(v))).collect();
     let set = TrainingSet::new(&subset.x, PixelRange::MODEL)?;

@@ -57,13 +57,8 @@ pub struct DenoiserConfig {
     pub data: String,
     pub subset: Option<usize>,
     pub labels: Labels,
-    pub model: String,
-    pub steps: usize,
-    pub batch: usize,
-    pub lr: f64,
-    /// EMA decay per step.
-    pub ema: f64,
-    pub seed: u64,
+    #[serde(flatten)]
+    pub recipe: Recipe,
     pub checkpoint_every: usize,
     pub pixel_range: PixelRange,
     pub sample_shape: Vec<usize>,
@@ -72,14 +67,43 @@ pub struct DenoiserConfig {
     pub training_samples: usize,
 }
 
+/// How a denoiser is trained: the network and the optimization, apart from the data.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Recipe {
+    pub model: String,
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f64,
+    /// EMA decay per step.
+    pub ema: f64,
+    pub seed: u64,
+}
+
 impl DenoiserConfig {
-    /// Checks a model spec.
-    pub fn layout_for(model: &str) -> Result<NetSpec> {
-        NetSpec::parse(model)
+    /// A `denoise train` run of `recipe` on `train` (`subset` of `data`, samples of
+    /// `sample_shape` mapped to model space by `pixel_range`); the conditioning classes
+    /// and the training-set size come from `train` and `labels`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(data: &str, subset: Option<usize>, labels: Labels, recipe: Recipe, train: &Split, sample_shape: &[usize], pixel_range: PixelRange, checkpoint_every: usize) -> Result<Self> {
+        let (classes, _) = conditioning_labels(train, labels, recipe.seed);
+        let cfg = Self {
+            command: COMMAND.into(),
+            data: data.into(),
+            subset,
+            labels,
+            recipe,
+            checkpoint_every,
+            pixel_range,
+            sample_shape: sample_shape.to_vec(),
+            classes,
+            training_samples: train.len(),
+        };
+        cfg.layout()?;
+        Ok(cfg)
     }
 
     pub fn layout(&self) -> Result<Layout> {
-        Ok(Layout::new(self.sample_shape.iter().product(), NetSpec::parse(&self.model)?, self.classes))
+        Ok(Layout::new(self.sample_shape.iter().product(), NetSpec::parse(&self.recipe.model)?, self.classes))
     }
 }
 
@@ -198,7 +222,7 @@ pub fn save_weights(l: &Layout, p: &[f32], cfg: &DenoiserConfig, path: &Path) ->
         })
         .collect::<Result<_>>()?;
     let meta: std::collections::HashMap<String, String> =
-        [("model".to_string(), cfg.model.clone()), ("classes".to_string(), cfg.classes.to_string()), ("dim".to_string(), l.dim.to_string())].into();
+        [("model".to_string(), cfg.recipe.model.clone()), ("classes".to_string(), cfg.classes.to_string()), ("dim".to_string(), l.dim.to_string())].into();
     let bytes = safetensors::serialize(views, &Some(meta))?;
     crate::report::write_atomic(path, |w| Ok(w.write_all(&bytes)?))
 }
@@ -235,18 +259,15 @@ pub fn open_run(run: &Path) -> Result<(DenoiserConfig, Layout, Vec<f32>)> {
 }
 
 /// Trains on `train` (rows in data units, converted with the config's pixel range) and
-/// writes the run directory. `progress(step)` after each step.
-pub fn train(train: &Split, cfg: &DenoiserConfig, run: &Path, progress: &dyn Fn(usize)) -> Result<Vec<f32>> {
-    train_with(&crate::device::Backend::Cpu, train, cfg, run, progress)
-}
-
-/// As `train`, with the steps on `backend` (the same batches either way).
-pub fn train_with(backend: &crate::device::Backend, train: &Split, cfg: &DenoiserConfig, run: &Path, progress: &dyn Fn(usize)) -> Result<Vec<f32>> {
-    if cfg.steps == 0 || cfg.batch == 0 {
+/// writes the run directory; the steps run on `backend` (on a GPU: cuBLAS products and
+/// kernels/denoiser.cu), on the same batches either way. `progress(step)` after each step.
+pub fn train(backend: &crate::device::Backend, train: &Split, cfg: &DenoiserConfig, run: &Path, progress: &dyn Fn(usize)) -> Result<Vec<f32>> {
+    let recipe = &cfg.recipe;
+    if recipe.steps == 0 || recipe.batch == 0 {
         bail!("--steps and --batch must be at least 1");
     }
-    if !(cfg.lr > 0.0) || !(0.0..1.0).contains(&cfg.ema) {
-        bail!("--lr must be positive and --ema in [0, 1) (got {} and {})", cfg.lr, cfg.ema);
+    if !(recipe.lr > 0.0) || !(0.0..1.0).contains(&recipe.ema) {
+        bail!("--lr must be positive and --ema in [0, 1) (got {} and {})", recipe.lr, recipe.ema);
     }
     if run.join("run.json").exists() {
         bail!("{} already holds a run; choose another --out", run.display());
@@ -257,13 +278,13 @@ pub fn train_with(backend: &crate::device::Backend, train: &Split, cfg: &Denoise
     let mut y = vec![0f32; n * d];
     train.x.rows_f32_into(0, n, &mut y);
     cfg.pixel_range.to_model(&mut y);
-    let (_, cond) = conditioning_labels(train, cfg.labels, cfg.seed);
+    let (_, cond) = conditioning_labels(train, cfg.labels, recipe.seed);
     std::fs::create_dir_all(run.join("checkpoints")).with_context(|| format!("cannot create {}", run.display()))?;
     crate::report::write_json(&run.join("run.json"), cfg)?;
     if cfg.classes > 0 {
         crate::report::write_npy(&run.join("labels.npy"), &[n], &cond)?;
     }
-    let mut p = layout.init(cfg.seed);
+    let mut p = layout.init(recipe.seed);
     let mut ema = p.clone();
     let mut device_net = match backend {
         crate::device::Backend::Cuda(g) => Some(crate::device::cuda_denoiser::GpuDenoiserNet::new(g.clone(), layout.clone(), &p)?),
@@ -272,14 +293,14 @@ pub fn train_with(backend: &crate::device::Backend, train: &Split, cfg: &Denoise
     let mut adam = Adam { m: vec![0.0; p.len()], v: vec![0.0; p.len()], t: 0 };
     let mut grad = vec![0f32; p.len()];
     let mut scratch = Vec::new();
-    let b = cfg.batch;
-    let (batch_rng, sigma_rng, noise_rng) = (Philox::new(cfg.seed, STREAM_BATCH), Philox::new(cfg.seed, STREAM_SIGMA), Philox::new(cfg.seed, STREAM_NOISE));
+    let b = recipe.batch;
+    let (batch_rng, sigma_rng, noise_rng) = (Philox::new(recipe.seed, STREAM_BATCH), Philox::new(recipe.seed, STREAM_SIGMA), Philox::new(recipe.seed, STREAM_NOISE));
     let mut metrics = String::from("step,loss,seconds\n");
     let (mut loss_sum, mut loss_count) = (0f64, 0usize);
     let t0 = Instant::now();
     let mut z = vec![0f32; b];
     let mut eps = vec![0f32; b * d];
-    for step in 0..cfg.steps {
+    for step in 0..recipe.steps {
         let idx: Vec<usize> = (0..b).map(|i| (batch_rng.key64((step * b + i) as u64) % n as u64) as usize).collect();
         sigma_rng.fill_normal((step * b) as u64, &mut z);
         noise_rng.fill_normal((step * b * d) as u64, &mut eps);
@@ -299,19 +320,19 @@ pub fn train_with(backend: &crate::device::Backend, train: &Split, cfg: &Denoise
         }
         let labels: Option<Vec<i64>> = (cfg.classes > 0).then(|| idx.iter().map(|&i| cond[i]).collect());
         let loss = match device_net.as_mut() {
-            Some(net) => net.step(&x_in, &c_noise, labels.as_deref(), &target, cfg.lr, cfg.ema as f32)?,
+            Some(net) => net.step(&x_in, &c_noise, labels.as_deref(), &target, recipe.lr, recipe.ema as f32)?,
             None => loss_and_gradient(&layout, &p, &x_in, &c_noise, labels.as_deref(), &target, &mut grad, &mut scratch),
         };
         if !loss.is_finite() {
-            bail!("step {}: the loss became {loss}; the run diverged — try a smaller --lr than {}", step + 1, cfg.lr);
+            bail!("step {}: the loss became {loss}; the run diverged — try a smaller --lr than {}", step + 1, recipe.lr);
         }
         if device_net.is_none() {
-            adam.step(&mut p, &grad, cfg.lr, &mut ema, cfg.ema as f32);
+            adam.step(&mut p, &grad, recipe.lr, &mut ema, recipe.ema as f32);
         }
         loss_sum += loss;
         loss_count += 1;
         let done = step + 1;
-        if done % 100 == 0 || done == cfg.steps {
+        if done % 100 == 0 || done == recipe.steps {
             metrics.push_str(&format!("{done},{:.6},{:.3}\n", loss_sum / loss_count as f64, t0.elapsed().as_secs_f64()));
             crate::report::write_atomic(&run.join("metrics.csv"), |w| Ok(w.write_all(metrics.as_bytes())?))?;
             (loss_sum, loss_count) = (0.0, 0);
@@ -355,11 +376,6 @@ impl super::sampler::Denoiser for TrainedDenoiser {
 pub fn sample_labels(classes: usize, seed: u64, count: usize) -> Vec<i64> {
     let rng = Philox::new(seed, STREAM_LABELS + 1);
     (0..count).map(|i| (rng.word(i as u64) % classes as u32) as i64).collect()
-}
-
-/// Trains on `backend` (on a GPU: cuBLAS products and kernels/denoiser.cu).
-pub fn train_on(backend: &crate::device::Backend, train_split: &Split, cfg: &DenoiserConfig, run: &Path, progress: &dyn Fn(usize)) -> Result<Vec<f32>> {
-    train_with(backend, train_split, cfg, run, progress)
 }
 
 /// `count` samples from a trained model with the Heun sampler (model space); noise as
@@ -424,7 +440,7 @@ pub fn gap(cfg: &DenoiserConfig, layout: Layout, weights: Vec<f32>, train_split:
     let set = super::TrainingSet::new(&train_split.x, cfg.pixel_range)?;
     let mut y = Vec::new();
     set.rows(0..n, &mut y);
-    let (_, cond) = conditioning_labels(train_split, cfg.labels, cfg.seed);
+    let (_, cond) = conditioning_labels(train_split, cfg.labels, cfg.recipe.seed);
     let order = Philox::new(seed, 0x6A9).permutation(n);
     let rows: Vec<usize> = (0..queries).map(|i| order[i % n] as usize).collect();
     let labels: Option<Vec<i64>> = (cfg.classes > 0).then(|| rows.iter().map(|&r| cond[r]).collect());

@@ -284,33 +284,16 @@ pub fn write_samples(out: &Path, x: &[f32], sample_shape: &[usize], grid: Option
 }
 
 pub fn train_cmd(a: TrainArgs) -> Result<()> {
-    use rote::diffusion::train::{self, DenoiserConfig, Labels};
+    use rote::diffusion::train::{self, DenoiserConfig, Labels, Recipe};
     let labels = Labels::parse(&a.labels)?;
     let ds = training_data(&a.data, a.subset)?;
     let range = PixelRange::of(&ds.train.x)?;
-    let (classes, _) = train::conditioning_labels(&ds.train, labels, a.seed);
-    let cfg = DenoiserConfig {
-        command: train::COMMAND.into(),
-        data: a.data.clone(),
-        subset: a.subset,
-        labels,
-        model: a.model.clone(),
-        steps: a.steps,
-        batch: a.batch,
-        lr: a.lr,
-        ema: a.ema,
-        seed: a.seed,
-        checkpoint_every: a.checkpoint_every,
-        pixel_range: range,
-        sample_shape: ds.sample_shape().to_vec(),
-        classes,
-        training_samples: ds.train.len(),
-    };
-    cfg.layout()?;
+    let recipe = Recipe { model: a.model.clone(), steps: a.steps, batch: a.batch, lr: a.lr, ema: a.ema, seed: a.seed };
+    let cfg = DenoiserConfig::new(&a.data, a.subset, labels, recipe, &ds.train, ds.sample_shape(), range, a.checkpoint_every)?;
     let backend = open_device(a.device.device)?;
     let bar = rote::sched::progress(a.steps as u64, "training", true);
     let t0 = Instant::now();
-    train::train_on(&backend, &ds.train, &cfg, &a.out, &|s| bar.set_position(s as u64))?;
+    train::train(&backend, &ds.train, &cfg, &a.out, &|s| bar.set_position(s as u64))?;
     bar.finish_and_clear();
     let seconds = t0.elapsed().as_secs_f64();
     let last = std::fs::read_to_string(a.out.join("metrics.csv"))?.lines().last().unwrap_or("").to_string();
@@ -516,19 +499,14 @@ pub fn emm_cmd(a: EmmArgs) -> Result<()> {
     if a.samples < 1 {
         bail!("--samples must be at least 1");
     }
-    rote::diffusion::train::DenoiserConfig::layout_for(&a.model)?;
+    rote::diffusion::net::NetSpec::parse(&a.model)?;
     let ds = data::open(&a.data)?;
     emm::check_sizes(&a.sizes, ds.train.len())?;
     let backend = open_device(a.device.device)?;
     let settings = EmmSettings {
         data: a.data.clone(),
         labels,
-        model: a.model.clone(),
-        steps: a.steps,
-        batch: a.batch,
-        lr: a.lr,
-        ema: a.ema,
-        seed: a.seed,
+        recipe: rote::diffusion::train::Recipe { model: a.model.clone(), steps: a.steps, batch: a.batch, lr: a.lr, ema: a.ema, seed: a.seed },
         samples: a.samples,
         ratio_threshold: a.ratio_threshold,
     };
