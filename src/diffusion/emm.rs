@@ -98,15 +98,7 @@ pub fn measure(ds: &Dataset, settings: &EmmSettings, size: usize, out: &Path, ba
     let set = TrainingSet::new(&subset.x, PixelRange::MODEL)?;
     let nn = super::knn_on(backend, &set, &generated, 2, Metric::L2)?;
     let m = super::knn::memorization_ratio(nn, settings.ratio_threshold)?;
-    let pixels: Vec<u8> = x.iter().map(|&v| super::quantize(v)).collect();
-    let mut shape = vec![settings.samples];
-    shape.extend_from_slice(ds.sample_shape());
-    crate::report::write_npy(&dir.join("samples.npy"), &shape, &pixels)?;
-    if let Ok(dims) = crate::report::image::image_dims(ds.sample_shape()) {
-        let d: usize = ds.sample_shape().iter().product();
-        let shown: Vec<f32> = pixels.iter().take(64 * d).map(|&p| p as f32).collect();
-        crate::report::image::grid_png(&shown, dims, (0.0, 255.0), 8, &dir.join("grid.png"))?;
-    }
+    super::write_samples(&dir, &x, ds.sample_shape(), None)?;
     let r = SizeResult {
         size,
         memorization_ratio: m.memorization_ratio,

@@ -92,6 +92,25 @@ pub fn dequantize(q: u8) -> f32 {
     (q as f32 - 127.5) / 127.5
 }
 
+/// Writes OUT/samples.npy (model-space rows quantized to uint8 as EDM writes images,
+/// shape (count, …sample_shape)) and, when the samples are images, a grid of the first
+/// 64 at `grid` (default OUT/grid.png); returns both paths.
+pub fn write_samples(out: &std::path::Path, x: &[f32], sample_shape: &[usize], grid: Option<std::path::PathBuf>) -> Result<(std::path::PathBuf, Option<std::path::PathBuf>)> {
+    use anyhow::Context;
+    let d: usize = sample_shape.iter().product();
+    let pixels: Vec<u8> = x.iter().map(|&v| quantize(v)).collect();
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut shape = vec![x.len() / d];
+    shape.extend_from_slice(sample_shape);
+    let samples_path = out.join("samples.npy");
+    crate::report::write_npy(&samples_path, &shape, &pixels)?;
+    let Ok(dims) = crate::report::image::image_dims(sample_shape) else { return Ok((samples_path, None)) };
+    let grid = grid.unwrap_or_else(|| out.join("grid.png"));
+    let shown: Vec<f32> = pixels.iter().take(64 * d).map(|&p| p as f32).collect();
+    crate::report::image::grid_png(&shown, dims, (0.0, 255.0), 8, &grid)?;
+    Ok((samples_path, Some(grid)))
+}
+
 /// A training set as the denoiser and the neighbour search read it: rows converted to
 /// model space chunk by chunk from the (memory-mapped) array, never held whole.
 pub struct TrainingSet<'a> {

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use rote::data::{self, Array, DType};
 use rote::diffusion::knn::{memorization_ratio, Metric};
 use rote::diffusion::sampler::{initial_noise, Schedule};
-use rote::diffusion::{knn_on, quantize, OptimalDenoiser, PixelRange, TrainingSet};
+use rote::diffusion::{knn_on, OptimalDenoiser, PixelRange, TrainingSet};
 use rote::report;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -231,7 +231,10 @@ pub fn sample_cmd(a: SampleArgs) -> Result<()> {
         (x, ds.sample_shape().to_vec(), ds.train.len(), "optimal".to_string(), range)
     };
     let seconds = t0.elapsed().as_secs_f64();
-    let (samples_path, grid) = write_samples(&a.out, &x, &sample_shape, a.grid.clone())?;
+    let (samples_path, grid) = rote::diffusion::write_samples(&a.out, &x, &sample_shape, a.grid.clone())?;
+    if grid.is_none() {
+        eprintln!("note: no image grid (samples of shape {sample_shape:?} are not images)");
+    }
     let summary = serde_json::json!({
         "command": "denoise sample",
         "denoiser": denoiser,
@@ -256,31 +259,6 @@ pub fn sample_cmd(a: SampleArgs) -> Result<()> {
         println!("{} samples from the {denoiser} denoiser of {training_samples} training samples in {seconds:.2} s on {} → {}", a.samples, backend.device(), samples_path.display());
     }
     Ok(())
-}
-
-/// Writes OUT/samples.npy (uint8, quantized as EDM writes images) and an image grid of
-/// the first 64 (when the samples are images); returns both paths.
-pub fn write_samples(out: &Path, x: &[f32], sample_shape: &[usize], grid: Option<PathBuf>) -> Result<(PathBuf, Option<PathBuf>)> {
-    let d: usize = sample_shape.iter().product();
-    let count = x.len() / d;
-    let pixels: Vec<u8> = x.iter().map(|&v| quantize(v)).collect();
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let mut shape = vec![count];
-    shape.extend_from_slice(sample_shape);
-    let samples_path = out.join("samples.npy");
-    report::write_npy(&samples_path, &shape, &pixels)?;
-    let grid = grid.unwrap_or_else(|| out.join("grid.png"));
-    match rote::report::image::image_dims(sample_shape) {
-        Ok(dims) => {
-            let shown: Vec<f32> = pixels.iter().take(64 * d).map(|&p| p as f32).collect();
-            rote::report::image::grid_png(&shown, dims, (0.0, 255.0), 8, &grid)?;
-            Ok((samples_path, Some(grid)))
-        }
-        Err(e) => {
-            eprintln!("note: no image grid ({e})");
-            Ok((samples_path, None))
-        }
-    }
 }
 
 pub fn train_cmd(a: TrainArgs) -> Result<()> {
