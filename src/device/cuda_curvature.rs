@@ -7,8 +7,8 @@ use super::cuda::CudaBackend;
 use crate::curvature::LowRank;
 use crate::nn::mlp::Mlp;
 use anyhow::{anyhow, bail, Result};
-use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
-use super::{elems, warps};
+use cudarc::cublas::CudaBlas;
+use super::{elems, gemm_rm, warps};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 /// The activation numbering of kernels/curvature.cu.
@@ -48,25 +48,6 @@ impl CudaBackend {
         CudaBlas::new(self.stream().clone()).map_err(|e| anyhow!("cannot create a cuBLAS handle: {e:?}"))
     }
 
-    /// Row-major C (m, n) = A (m, k) · op(B), op(B) = Bᵀ for B (n, k) or B for B (k, n):
-    /// cuBLAS is column-major, so it computes Cᵀ = op(B)ᵀ · Aᵀ on the same buffers.
-    fn gemm_rm(&self, blas: &CudaBlas, a: &CudaSlice<f32>, m: usize, k: usize, b: &CudaSlice<f32>, n: usize, b_transposed: bool, c: &mut CudaSlice<f32>) -> Result<()> {
-        let cfg = GemmConfig {
-            transa: if b_transposed { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N },
-            transb: cublasOperation_t::CUBLAS_OP_N,
-            m: n as i32,
-            n: m as i32,
-            k: k as i32,
-            alpha: 1.0f32,
-            lda: if b_transposed { k as i32 } else { n as i32 },
-            ldb: k as i32,
-            beta: 0.0f32,
-            ldc: n as i32,
-        };
-        // SAFETY: the buffers hold (m, k), (n, k) or (k, n), and (m, n) floats.
-        unsafe { blas.gemm(cfg, b, a, c) }.map_err(|e| anyhow!("cuBLAS sgemm failed: {e:?}"))
-    }
-
     /// Forward pass on the device: z_l, and for hidden layers σ(z_l), σ'(z_l), σ''(z_l);
     /// softmax probabilities of the logits.
     fn forward_device(&self, blas: &CudaBlas, m: &Mlp, w: &[CudaSlice<f32>], b: &[CudaSlice<f32>], x: &CudaSlice<f32>, rows: usize) -> Result<DeviceForward> {
@@ -78,7 +59,7 @@ impl CudaBackend {
         for l in 0..m.layers() {
             let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
             let mut z = s.alloc_zeros::<f32>(rows * out)?;
-            self.gemm_rm(blas, a.as_ref().unwrap_or(x), rows, fan_in, &w[l], out, true, &mut z)?;
+            gemm_rm(blas, a.as_ref().unwrap_or(x), false, &w[l], true, (rows, fan_in, out), 0.0f32, &mut z)?;
             let (r32, n32) = (rows as u32, out as u32);
             if l + 1 < m.layers() {
                 let mut next = s.alloc_zeros::<f32>(rows * out)?;
@@ -127,7 +108,7 @@ impl CudaBackend {
         for l in (0..layers).rev() {
             let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
             let mut ga = s.alloc_zeros::<f32>(rows * c * fan_in)?;
-            self.gemm_rm(&blas, &g, rows * c, out, &w[l], fan_in, false, &mut ga)?;
+            gemm_rm(&blas, &g, false, &w[l], false, (rows * c, out, fan_in), 0.0f32, &mut ga)?;
             if l > 0 {
                 let mut scaled = s.alloc_zeros::<f32>(rows * c * fan_in)?;
                 let n32 = fan_in as u32;
@@ -219,7 +200,7 @@ impl CudaBackend {
         for l in (1..layers).rev() {
             let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
             let mut ga = s.alloc_zeros::<f32>(rows * fan_in)?;
-            self.gemm_rm(&blas, &g, rows, out, &w[l], fan_in, false, &mut ga)?;
+            gemm_rm(&blas, &g, false, &w[l], false, (rows, out, fan_in), 0.0f32, &mut ga)?;
             let mut next = s.alloc_zeros::<f32>(rows * fan_in)?;
             let n32 = fan_in as u32;
             launch!(self, scale, elems(rows * fan_in), &mut next, &ga, &fw.d1[l - 1], &r32, &one, &n32);
@@ -234,7 +215,7 @@ impl CudaBackend {
         for l in 0..layers {
             let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
             let mut zd = s.alloc_zeros::<f32>(tp * out)?;
-            self.gemm_rm(&blas, adot.as_ref().unwrap_or(&v), tp, fan_in, &w[l], out, true, &mut zd)?;
+            gemm_rm(&blas, adot.as_ref().unwrap_or(&v), false, &w[l], true, (tp, fan_in, out), 0.0f32, &mut zd)?;
             if l + 1 < layers {
                 let mut ad = s.alloc_zeros::<f32>(tp * out)?;
                 let n32 = out as u32;
@@ -250,7 +231,7 @@ impl CudaBackend {
         for l in (0..layers).rev() {
             let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
             let mut gad = s.alloc_zeros::<f32>(tp * fan_in)?;
-            self.gemm_rm(&blas, &gdot, tp, out, &w[l], fan_in, false, &mut gad)?;
+            gemm_rm(&blas, &gdot, false, &w[l], false, (tp, out, fan_in), 0.0f32, &mut gad)?;
             if l == 0 {
                 gdot = gad;
                 break;
@@ -277,36 +258,19 @@ impl CudaBackend {
         let mut a = s.alloc_zeros::<f32>(rows * m.input_dim())?;
         for l in 0..m.layers() {
             let mut z = s.alloc_zeros::<f32>(rows * m.sizes[l + 1])?;
-            self.gemm_rm(&blas, &a, rows, m.sizes[l], &w[l], m.sizes[l + 1], true, &mut z)?;
+            gemm_rm(&blas, &a, false, &w[l], true, (rows, m.sizes[l], m.sizes[l + 1]), 0.0f32, &mut z)?;
             a = z;
         }
         let mut g = s.alloc_zeros::<f32>(rows * c * c)?;
         for l in (0..m.layers()).rev() {
             let mut ga = s.alloc_zeros::<f32>(rows * c * m.sizes[l])?;
-            self.gemm_rm(&blas, &g, rows * c, m.sizes[l + 1], &w[l], m.sizes[l], false, &mut ga)?;
+            gemm_rm(&blas, &g, false, &w[l], false, (rows * c, m.sizes[l + 1], m.sizes[l]), 0.0f32, &mut ga)?;
             g = ga;
         }
         s.synchronize()?;
         Ok(())
     }
 
-    /// Row-major C (m, n) = Gᵀ · A for G (k, m), A (k, n): the weight gradient.
-    fn gemm_tn_rm(&self, blas: &CudaBlas, g: &CudaSlice<f32>, k: usize, m: usize, a: &CudaSlice<f32>, n: usize, c: &mut CudaSlice<f32>) -> Result<()> {
-        let cfg = GemmConfig {
-            transa: cublasOperation_t::CUBLAS_OP_N,
-            transb: cublasOperation_t::CUBLAS_OP_T,
-            m: n as i32,
-            n: m as i32,
-            k: k as i32,
-            alpha: 1.0f32,
-            lda: n as i32,
-            ldb: m as i32,
-            beta: 0.0f32,
-            ldc: n as i32,
-        };
-        // SAFETY: the buffers hold (k, n), (k, m) and (m, n) floats.
-        unsafe { blas.gemm(cfg, a, g, c) }.map_err(|e| anyhow!("cuBLAS sgemm failed: {e:?}"))
-    }
 
     /// Uploads a training set (rows, d) and the model's parameters for `GpuTrainer`.
     pub fn trainer(&self, m: &Mlp, x: &[f32], d: usize) -> Result<GpuTrainer<'_>> {
@@ -356,14 +320,14 @@ impl GpuTrainer<'_> {
             let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
             let input = if l == 0 { &xb } else { &acts[l - 1] };
             let mut dw = s.alloc_zeros::<f32>(out * fan_in)?;
-            gpu.gemm_tn_rm(&self.blas, &g, bsz, out, input, fan_in, &mut dw)?;
+            gemm_rm(&self.blas, &g, true, input, false, (out, bsz, fan_in), 0.0f32, &mut dw)?;
             let mut db = s.alloc_zeros::<f32>(out)?;
             let (o32,) = (out as u32,);
             let cfg = LaunchConfig { grid_dim: ((out as u32).div_ceil(256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             launch!(gpu, gpu.function("curvature", "column_sums")?, cfg, &g, &mut db, &b32, &o32);
             if l > 0 {
                 let mut ga = s.alloc_zeros::<f32>(bsz * fan_in)?;
-                gpu.gemm_rm(&self.blas, &g, bsz, out, &self.w[l], fan_in, false, &mut ga)?;
+                gemm_rm(&self.blas, &g, false, &self.w[l], false, (bsz, out, fan_in), 0.0f32, &mut ga)?;
                 let mut next = s.alloc_zeros::<f32>(bsz * fan_in)?;
                 let n32 = fan_in as u32;
                 launch!(gpu, gpu.function("curvature", "scale_by_sample")?, elems(bsz * fan_in), &mut next, &ga, &fw.d1[l - 1], &b32, &one, &n32);

@@ -4,33 +4,12 @@
 //! (the same Philox draws), so both backends train on identical data.
 
 use super::cuda::CudaBackend;
-use super::elems;
+use super::{elems, gemm_rm};
 use crate::diffusion::net::{self, Layout, EMBED};
-use anyhow::{anyhow, Result};
-use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use anyhow::Result;
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
-
-/// Row-major C (m, n) = op(A) · op(B) + beta·C in float32: op(A) is A (m, k) or, with
-/// `a_t`, Aᵀ for A (k, m); op(B) is B (k, n) or, with `b_t`, Bᵀ for B (n, k).
-#[allow(clippy::too_many_arguments)]
-fn sgemm<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(blas: &CudaBlas, a: &A, a_t: bool, b: &B, b_t: bool, m: usize, k: usize, n: usize, beta: f32, c: &mut C) -> Result<()> {
-    let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
-    let cfg = GemmConfig {
-        transa: op(b_t),
-        transb: op(a_t),
-        m: n as i32,
-        n: m as i32,
-        k: k as i32,
-        alpha: 1.0f32,
-        lda: if b_t { k as i32 } else { n as i32 },
-        ldb: if a_t { m as i32 } else { k as i32 },
-        beta,
-        ldc: n as i32,
-    };
-    // SAFETY: callers pass buffers holding the shapes described above.
-    unsafe { blas.gemm(cfg, b, a, c) }.map_err(|e| anyhow!("cuBLAS sgemm failed: {e:?}"))
-}
 
 fn columns(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: ((n as u32).div_ceil(128), 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 }
@@ -106,7 +85,7 @@ impl GpuDenoiserNet {
         let w = |name: &str| params.slice(l.range(name));
         let t = s.clone_htod(&net::embedding(c_noise))?;
         let mut a1 = s.alloc_zeros::<f32>(rows * h)?;
-        sgemm(&self.blas, &t, false, &w("map.0.weight"), true, rows, EMBED, h, 0.0, &mut a1)?;
+        gemm_rm(&self.blas, &t, false, &w("map.0.weight"), true, (rows, EMBED, h), 0.0f32, &mut a1)?;
         self.add_bias(&mut a1, params, "map.0.bias", rows)?;
         if let (true, Some(y)) = (l.classes > 0, labels) {
             let f = self.gpu.function("denoiser", "add_label_columns")?;
@@ -116,28 +95,28 @@ impl GpuDenoiserNet {
         }
         let (sig_a1, s_a1) = self.silu(&a1)?;
         let mut e = s.alloc_zeros::<f32>(rows * h)?;
-        sgemm(&self.blas, &s_a1, false, &w("map.1.weight"), true, rows, h, h, 0.0, &mut e)?;
+        gemm_rm(&self.blas, &s_a1, false, &w("map.1.weight"), true, (rows, h, h), 0.0f32, &mut e)?;
         self.add_bias(&mut e, params, "map.1.bias", rows)?;
         let mut h0 = s.alloc_zeros::<f32>(rows * h)?;
-        sgemm(&self.blas, x_in, false, &w("input.weight"), true, rows, d, h, 0.0, &mut h0)?;
+        gemm_rm(&self.blas, x_in, false, &w("input.weight"), true, (rows, d, h), 0.0f32, &mut h0)?;
         self.add_bias(&mut h0, params, "input.bias", rows)?;
         let (sig0, s0) = self.silu(&h0)?;
         let mut hs = vec![(h0, sig0, s0)];
         let mut us = Vec::new();
         for b in 0..l.blocks {
             let mut u = s.clone_dtod(&e)?;
-            sgemm(&self.blas, &hs[b].2, false, &w(&format!("blocks.{b}.0.weight")), true, rows, h, h, 1.0, &mut u)?;
+            gemm_rm(&self.blas, &hs[b].2, false, &w(&format!("blocks.{b}.0.weight")), true, (rows, h, h), 1.0f32, &mut u)?;
             self.add_bias(&mut u, params, &format!("blocks.{b}.0.bias"), rows)?;
             let (sig_u, s_u) = self.silu(&u)?;
             let mut next = s.clone_dtod(&hs[b].0)?;
-            sgemm(&self.blas, &s_u, false, &w(&format!("blocks.{b}.1.weight")), true, rows, h, h, 1.0, &mut next)?;
+            gemm_rm(&self.blas, &s_u, false, &w(&format!("blocks.{b}.1.weight")), true, (rows, h, h), 1.0f32, &mut next)?;
             self.add_bias(&mut next, params, &format!("blocks.{b}.1.bias"), rows)?;
             let (sig_n, s_n) = self.silu(&next)?;
             us.push((u, sig_u, s_u));
             hs.push((next, sig_n, s_n));
         }
         let mut out = s.alloc_zeros::<f32>(rows * d)?;
-        sgemm(&self.blas, &hs[l.blocks].2, false, &w("output.weight"), true, rows, h, d, 0.0, &mut out)?;
+        gemm_rm(&self.blas, &hs[l.blocks].2, false, &w("output.weight"), true, (rows, h, d), 0.0f32, &mut out)?;
         self.add_bias(&mut out, params, "output.bias", rows)?;
         Ok(Act { t, a1, sig_a1, s_a1, h: hs, u: us, out })
     }
@@ -156,7 +135,7 @@ impl GpuDenoiserNet {
         let wr = self.layout.range(weight);
         {
             let mut gw = self.g.slice_mut(wr);
-            sgemm(&self.blas, a, true, b, false, m, rows, n, 0.0, &mut gw)?;
+            gemm_rm(&self.blas, a, true, b, false, (m, rows, n), 0.0f32, &mut gw)?;
         }
         if let Some(bias) = bias {
             let br = self.layout.range(bias);
@@ -189,7 +168,7 @@ impl GpuDenoiserNet {
         // Output layer.
         self.param_grad(&dout, &act.h[blocks].2, rows, d, h, "output.weight", Some("output.bias"))?;
         let mut ds = s.alloc_zeros::<f32>(rows * h)?;
-        sgemm(&self.blas, &dout, false, &self.p.slice(self.layout.range("output.weight")), false, rows, d, h, 0.0, &mut ds)?;
+        gemm_rm(&self.blas, &dout, false, &self.p.slice(self.layout.range("output.weight")), false, (rows, d, h), 0.0f32, &mut ds)?;
         let mut dh = self.times_silu_grad(&ds, &act.h[blocks].0, &act.h[blocks].1)?;
         let mut de = s.alloc_zeros::<f32>(rows * h)?;
         let add = self.gpu.function("denoiser", "add_into")?;
@@ -199,19 +178,19 @@ impl GpuDenoiserNet {
             let (hb, sig_h, s_h) = &act.h[b];
             self.param_grad(&dh, s_u, rows, h, h, &format!("blocks.{b}.1.weight"), Some(&format!("blocks.{b}.1.bias")))?;
             let mut dv = s.alloc_zeros::<f32>(rows * h)?;
-            sgemm(&self.blas, &dh, false, &self.p.slice(self.layout.range(&format!("blocks.{b}.1.weight"))), false, rows, h, h, 0.0, &mut dv)?;
+            gemm_rm(&self.blas, &dh, false, &self.p.slice(self.layout.range(&format!("blocks.{b}.1.weight"))), false, (rows, h, h), 0.0f32, &mut dv)?;
             let du = self.times_silu_grad(&dv, u, sig_u)?;
             self.param_grad(&du, s_h, rows, h, h, &format!("blocks.{b}.0.weight"), Some(&format!("blocks.{b}.0.bias")))?;
             launch!(self.gpu, add, elems(rows * h), &mut de, &du, &nh);
             let mut dsb = s.alloc_zeros::<f32>(rows * h)?;
-            sgemm(&self.blas, &du, false, &self.p.slice(self.layout.range(&format!("blocks.{b}.0.weight"))), false, rows, h, h, 0.0, &mut dsb)?;
+            gemm_rm(&self.blas, &du, false, &self.p.slice(self.layout.range(&format!("blocks.{b}.0.weight"))), false, (rows, h, h), 0.0f32, &mut dsb)?;
             let back = self.times_silu_grad(&dsb, hb, sig_h)?;
             launch!(self.gpu, add, elems(rows * h), &mut dh, &back, &nh);
         }
         self.param_grad(&dh, &x_dev, rows, h, d, "input.weight", Some("input.bias"))?;
         self.param_grad(&de, &act.s_a1, rows, h, h, "map.1.weight", Some("map.1.bias"))?;
         let mut dsa1 = s.alloc_zeros::<f32>(rows * h)?;
-        sgemm(&self.blas, &de, false, &self.p.slice(self.layout.range("map.1.weight")), false, rows, h, h, 0.0, &mut dsa1)?;
+        gemm_rm(&self.blas, &de, false, &self.p.slice(self.layout.range("map.1.weight")), false, (rows, h, h), 0.0f32, &mut dsa1)?;
         let da1 = self.times_silu_grad(&dsa1, &act.a1, &act.sig_a1)?;
         self.param_grad(&da1, &act.t, rows, h, EMBED, "map.0.weight", Some("map.0.bias"))?;
         if let (true, Some(y)) = (self.layout.classes > 0, &y_dev) {

@@ -5,14 +5,14 @@
 //! device memory.
 
 use super::cuda::CudaBackend;
-use super::{elems, warps};
+use super::{elems, gemm_rm, warps};
 use crate::data::Array;
 use crate::diffusion::knn::{Metric, Neighbours};
 use crate::diffusion::sampler::Schedule;
 use crate::diffusion::{PixelRange, TrainingSet};
 use anyhow::{anyhow, bail, Result};
-use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
 
 const CHUNK: usize = 8192;
@@ -46,36 +46,6 @@ pub struct GpuDenoiser {
     resident: Vec<Chunk>,
     /// Rows from here on did not fit and are uploaded on every call.
     streamed_from: usize,
-}
-
-/// Row-major C (m, n) = A (m, k) · op(B) + beta·C in float64, op(B) = Bᵀ for B (n, k)
-/// or B for B (k, n); cuBLAS, column-major, computes Cᵀ on the same buffers.
-#[allow(clippy::too_many_arguments)]
-fn gemm_f64<A: DevicePtr<f64>, B: DevicePtr<f64>, C: DevicePtrMut<f64>>(
-    blas: &CudaBlas,
-    a: &A,
-    m: usize,
-    k: usize,
-    b: &B,
-    n: usize,
-    b_transposed: bool,
-    beta: f64,
-    c: &mut C,
-) -> Result<()> {
-    let cfg = GemmConfig {
-        transa: if b_transposed { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N },
-        transb: cublasOperation_t::CUBLAS_OP_N,
-        m: n as i32,
-        n: m as i32,
-        k: k as i32,
-        alpha: 1.0f64,
-        lda: if b_transposed { k as i32 } else { n as i32 },
-        ldb: k as i32,
-        beta,
-        ldc: n as i32,
-    };
-    // SAFETY: callers pass buffers of (m, k), (n, k) or (k, n), and (m, n) doubles.
-    unsafe { blas.gemm(cfg, b, a, c) }.map_err(|e| anyhow!("cuBLAS dgemm failed: {e:?}"))
 }
 
 impl GpuDenoiser {
@@ -167,7 +137,7 @@ impl GpuDenoiser {
             let mut absorb = |c: &Chunk| -> Result<()> {
                 let nc = c.rows;
                 let mut gv = g.slice_mut(0..qb * nc);
-                gemm_f64(&self.blas, &xq, qb, d, &c.y, nc, true, 0.0, &mut gv)?;
+                gemm_rm(&self.blas, &xq, false, &c.y, true, (qb, d, nc), 0.0f64, &mut gv)?;
                 let (qb32, nc32) = (qb as u32, nc as u32);
                 let cfg = LaunchConfig { grid_dim: (qb32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
                 launch!(self.gpu, softmax, cfg, &mut gv, &c.yy, &qb32, &nc32, &two_s2, &tail, &mut run_max, &mut *sum, &mut *rescale);
@@ -175,7 +145,7 @@ impl GpuDenoiser {
                 let mut accv = acc.slice_mut(0..qb * d);
                 launch!(self.gpu, scale, elems(qb * d), &mut accv, &*rescale, &qb32, &d32);
                 let gv = g.slice(0..qb * nc);
-                gemm_f64(&self.blas, &gv, qb, nc, &c.y, d, false, 1.0, &mut accv)
+                gemm_rm(&self.blas, &gv, false, &c.y, false, (qb, nc, d), 1.0f64, &mut accv)
             };
             for c in &self.resident {
                 absorb(c)?;

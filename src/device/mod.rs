@@ -24,6 +24,37 @@ pub(crate) fn warps(rows: usize) -> cudarc::driver::LaunchConfig {
     cudarc::driver::LaunchConfig { grid_dim: ((rows as u32).div_ceil(8), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// Row-major C (m, n) = op(A) · op(B) + beta·C through cuBLAS, for f32 or f64: op(A)
+/// is A (m, k) or, with `a_t`, Aᵀ for A (k, m); op(B) is B (k, n) or, with `b_t`, Bᵀ
+/// for B (n, k). cuBLAS is column-major, so it computes Cᵀ = op(B)ᵀ · op(A)ᵀ on the same
+/// buffers.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_rm<T, A, B, C>(blas: &cudarc::cublas::CudaBlas, a: &A, a_t: bool, b: &B, b_t: bool, (m, k, n): (usize, usize, usize), beta: T, c: &mut C) -> Result<()>
+where
+    T: From<f32>,
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+    A: cudarc::driver::DevicePtr<T>,
+    B: cudarc::driver::DevicePtr<T>,
+    C: cudarc::driver::DevicePtrMut<T>,
+{
+    use cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
+    let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+    let cfg = GemmConfig {
+        transa: op(b_t),
+        transb: op(a_t),
+        m: n as i32,
+        n: m as i32,
+        k: k as i32,
+        alpha: T::from(1.0),
+        lda: if b_t { k as i32 } else { n as i32 },
+        ldb: if a_t { m as i32 } else { k as i32 },
+        beta,
+        ldc: n as i32,
+    };
+    // SAFETY: callers pass buffers holding the shapes described above.
+    unsafe { blas.gemm(cfg, b, a, c) }.map_err(|e| anyhow::anyhow!("cuBLAS GEMM ({m}×{k}·{k}×{n}) failed: {e:?}"))
+}
+
 pub mod cuda;
 mod cuda_construct;
 mod cuda_curvature;
