@@ -70,17 +70,7 @@ pub fn compare(
     for b in backends {
         let (median, min) = time_runs(repeats, || run(b))?;
         let cpu = rows.first().map(|r| r.median_seconds).unwrap_or(median);
-        rows.push(BenchRow {
-            workload: workload.to_string(),
-            device: b.device().to_string(),
-            median_seconds: median,
-            min_seconds: min,
-            repeats,
-            speedup: cpu / median,
-            throughput: units / median,
-            gflops: None,
-            note: None,
-        });
+        rows.push(BenchRow::timed(workload, &b.device().to_string(), (median, min), repeats, Some(cpu), units, None, None));
     }
     Ok(rows)
 }
@@ -171,17 +161,9 @@ pub fn construct(cases: &[ConstructCase], backends: &[Backend], repeats: usize, 
             let times: Vec<f64> = v["fit_seconds"].as_array().unwrap().iter().filter_map(|t| t.as_f64()).collect();
             let median = v["fit_seconds_median"].as_f64().unwrap();
             first = Some(median);
-            rows.push(BenchRow {
-                workload: workload.clone(),
-                device: if case.numpy_float32 { "numpy32".into() } else { "numpy".into() },
-                median_seconds: median,
-                min_seconds: times.iter().cloned().fold(f64::INFINITY, f64::min),
-                repeats: times.len(),
-                speedup: 1.0,
-                throughput: 1.0 / median,
-                gflops: None,
-                note: None,
-            });
+            let device = if case.numpy_float32 { "numpy32" } else { "numpy" };
+            let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+            rows.push(BenchRow::timed(&workload, device, (median, min), times.len(), None, 1.0, None, None));
         }
         for b in backends {
             let cell = std::sync::Mutex::new(Vec::new());
@@ -195,17 +177,7 @@ pub fn construct(cases: &[ConstructCase], backends: &[Backend], repeats: usize, 
             fits.sort_by(|a, c| a.partial_cmp(c).unwrap());
             let median = fits[fits.len() / 2];
             let base = *first.get_or_insert(median);
-            rows.push(BenchRow {
-                workload: workload.clone(),
-                device: b.device().to_string(),
-                median_seconds: median,
-                min_seconds: fits[0],
-                repeats,
-                speedup: base / median,
-                throughput: 1.0 / median,
-                gflops: None,
-                note: None,
-            });
+            rows.push(BenchRow::timed(&workload, &b.device().to_string(), (median, fits[0]), repeats, Some(base), 1.0, None, None));
         }
     }
     Ok(rows)
@@ -217,6 +189,7 @@ pub fn construct(cases: &[ConstructCase], backends: &[Backend], repeats: usize, 
 pub fn curvature(model: &str, batch: usize, probes: usize, repeats: usize, python: Option<&str>, gpu: Option<&Backend>) -> Result<Vec<BenchRow>> {
     use crate::curvature::{self as curv, Estimator, ScoreConfig, Statistic};
     use crate::nn::mlp::{parse_spec, Mlp};
+    let workload = format!("curvature {model} B={batch} P={probes}");
     let (sizes, act) = parse_spec(model)?;
     let m = Mlp::init(&sizes, act, 0);
     let (d, c) = (m.input_dim(), m.classes());
@@ -252,17 +225,10 @@ pub fn curvature(model: &str, batch: usize, probes: usize, repeats: usize, pytho
         let median = v["median_seconds"].as_f64().unwrap();
         let times: Vec<f64> = v["seconds"].as_array().unwrap().iter().filter_map(|t| t.as_f64()).collect();
         let scores = crate::data::Array::open_npy(&dir.path().join("scores.npy"))?.to_f32();
-        rows.push(BenchRow {
-            workload: format!("curvature {model} B={batch} P={probes}"),
-            device: "jax-cpu".into(),
-            median_seconds: median,
-            min_seconds: times.iter().cloned().fold(f64::INFINITY, f64::min),
-            repeats: times.len(),
-            speedup: 1.0,
-            throughput: batch as f64 / median,
-            gflops: Some(2.0 * macs * (4 * probes) as f64 * batch as f64 / median / 1e9),
-            note: Some(format!("hutchinson, jax {}", v["jax"].as_str().unwrap_or("?"))),
-        });
+        let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+        let flops = 2.0 * macs * (4 * probes) as f64 * batch as f64;
+        let note = format!("hutchinson, jax {}", v["jax"].as_str().unwrap_or("?"));
+        rows.push(BenchRow::timed(&workload, "jax-cpu", (median, min), times.len(), None, batch as f64, Some(flops), Some(note)));
         baseline = Some((median, scores));
     }
     let mut estimators = vec![(Estimator::Hutchinson, "hutchinson (exact HVP)"), (Estimator::Fd, "finite differences")];
@@ -279,17 +245,9 @@ pub fn curvature(model: &str, batch: usize, probes: usize, repeats: usize, pytho
     if let (Some(Backend::Cuda(g)), true) = (gpu, act.piecewise_linear()) {
         let (median, min) = time_runs(repeats, || g.curvature_gemms_only(&m, batch))?;
         gemm_floor = Some(median);
-        rows.push(BenchRow {
-            workload: format!("curvature {model} B={batch} P={probes}"),
-            device: "cublas".into(),
-            median_seconds: median,
-            min_seconds: min,
-            repeats,
-            speedup: baseline.as_ref().map(|b| b.0).unwrap_or(median) / median,
-            throughput: batch as f64 / median,
-            gflops: Some(2.0 * macs * (1 + c) as f64 * batch as f64 / median / 1e9),
-            note: Some("the GPU path's products alone (forward + C-row backward)".into()),
-        });
+        let flops = 2.0 * macs * (1 + c) as f64 * batch as f64;
+        let note = "the GPU path's products alone (forward + C-row backward)".to_string();
+        rows.push(BenchRow::timed(&workload, "cublas", (median, min), repeats, baseline.as_ref().map(|b| b.0), batch as f64, Some(flops), Some(note)));
     }
     for (est, name, backend) in runs {
         let cfg = ScoreConfig { estimator: est, statistic: Statistic::Paper, probes, h: 1e-3, seed: 0 };
@@ -322,17 +280,8 @@ pub fn curvature(model: &str, batch: usize, probes: usize, repeats: usize, pytho
             }
         }
         let base = baseline.as_ref().map(|b| b.0).unwrap_or(median);
-        rows.push(BenchRow {
-            workload: format!("curvature {model} B={batch} P={probes}"),
-            device: backend.device().to_string(),
-            median_seconds: median,
-            min_seconds: min,
-            repeats,
-            speedup: base / median,
-            throughput: batch as f64 / median,
-            gflops: Some(2.0 * macs * passes as f64 * batch as f64 / median / 1e9),
-            note: Some(note),
-        });
+        let flops = 2.0 * macs * passes as f64 * batch as f64;
+        rows.push(BenchRow::timed(&workload, &backend.device().to_string(), (median, min), repeats, Some(base), batch as f64, Some(flops), Some(note)));
     }
     Ok(rows)
 }
