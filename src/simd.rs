@@ -41,6 +41,24 @@ pub fn dispatch<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// AVX-512 Foundation: sixteen float32 lanes and masked loads and stores.
+pub fn has_avx512f() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        if std::env::var("ROTE_NO_SIMD").is_ok_and(|v| v == "1") {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// AVX-512 with the VPOPCNTDQ extension: eight 64-bit popcounts per instruction.
 pub fn has_avx512_popcount() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();

@@ -79,6 +79,54 @@ impl Reference {
     }
 }
 
+impl Reference {
+    /// J = ∂z_L/∂x (C, d), row-major, by the chain rule in float64.
+    fn jacobian(&self, x: &[f64]) -> Vec<f64> {
+        let (zs, _) = self.forward(x);
+        let layers = self.w.len();
+        let c = self.sizes[layers];
+        // Rows: output units; start with W_L and walk towards the input.
+        let mut j = self.w[layers - 1].clone();
+        for l in (0..layers - 1).rev() {
+            let (i, o) = (self.sizes[l], self.sizes[l + 1]);
+            let mut next = vec![0f64; c * i];
+            for r in 0..c {
+                for k in 0..o {
+                    let t = j[r * o + k] * self.sigma(zs[l][k]).1;
+                    for q in 0..i {
+                        next[r * i + q] += t * self.w[l][k * i + q];
+                    }
+                }
+            }
+            j = next;
+        }
+        j
+    }
+
+    /// (tr((JᵀAJ)²), tr(JᵀAJ)) with A = diag p − ppᵀ, through the explicit d × d matrix.
+    fn gauss_newton(&self, x: &[f64]) -> (f64, f64) {
+        let (zs, _) = self.forward(x);
+        let z = zs.last().unwrap();
+        let (c, d) = (z.len(), x.len());
+        let mx = z.iter().cloned().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = z.iter().map(|v| (v - mx).exp()).collect();
+        let p: Vec<f64> = e.iter().map(|v| v / e.iter().sum::<f64>()).collect();
+        let j = self.jacobian(x);
+        let mut h = vec![0f64; d * d];
+        for a in 0..c {
+            for b in 0..c {
+                let ab = if a == b { p[a] } else { 0.0 } - p[a] * p[b];
+                for u in 0..d {
+                    for v in 0..d {
+                        h[u * d + v] += j[a * d + u] * ab * j[b * d + v];
+                    }
+                }
+            }
+        }
+        (h.iter().map(|v| v * v).sum(), (0..d).map(|u| h[u * d + u]).sum())
+    }
+}
+
 fn input(d: usize, seed: u64) -> Vec<f32> {
     let mut x = vec![0f32; d];
     rote::rng::Philox::new(seed, 77).fill_normal(0, &mut x);
@@ -187,6 +235,55 @@ fn probe_free_scores_equal_the_explicit_hessian() {
         let (tsq, t) = curvature::gauss_newton(&m, &x, 1);
         assert!((tsq[0] as f64 - fro).abs() <= 1e-4 * fro.max(1e-12), "tr(H²) {} vs {fro}", tsq[0]);
         assert!((t[0] as f64 - tr).abs() <= 1e-4 * tr.abs().max(1e-12), "tr(H) {} vs {tr}", t[0]);
+    }
+}
+
+#[test]
+fn gauss_newton_scores_match_the_float64_jacobian() {
+    // Widths with partial 32-column strips, and 13 classes (more than one register
+    // block of output rows), for every activation; several samples per call.
+    for act in ACTS {
+        let m = Mlp::init(&[45, 70, 37, 13], act, 21);
+        let r = Reference::of(&m);
+        let rows = 6;
+        let x: Vec<f32> = (0..rows).flat_map(|s| input(45, 300 + s as u64)).collect();
+        let (tsq, t) = curvature::gauss_newton(&m, &x, rows);
+        for s in 0..rows {
+            let xd: Vec<f64> = x[s * 45..(s + 1) * 45].iter().map(|&v| v as f64).collect();
+            let (want_sq, want_tr) = r.gauss_newton(&xd);
+            assert!((tsq[s] as f64 - want_sq).abs() <= 1e-4 * want_sq, "{act:?} sample {s}: tr((JᵀAJ)²) {} vs {want_sq}", tsq[s]);
+            assert!((t[s] as f64 - want_tr).abs() <= 1e-4 * want_tr, "{act:?} sample {s}: tr(JᵀAJ) {} vs {want_tr}", t[s]);
+        }
+    }
+}
+
+#[test]
+fn relu_hutchinson_equals_forward_over_reverse_probes() {
+    // The low-rank shortcut for relu must give the scores of the plain HVPs on the
+    // same probes.
+    let (d, p, rows) = (45, 3, 5);
+    let m = Mlp::init(&[d, 70, 37, 13], Activation::Relu, 8);
+    let x: Vec<f32> = (0..rows).flat_map(|s| input(d, 500 + s as u64)).collect();
+    let y: Vec<i64> = (0..rows as i64).map(|s| s % 13).collect();
+    let cfg = ScoreConfig { estimator: Estimator::Hutchinson, statistic: Statistic::Paper, probes: p, h: 0.0, seed: 4 };
+    let got = curvature::scores(&m, &x, &y, 100, &cfg).unwrap();
+    let mut v = vec![0f32; rows * p * d];
+    for s in 0..rows {
+        for j in 0..p {
+            curvature::probe(4, 100 + s as u64, j, d, &mut v[(s * p + j) * d..(s * p + j + 1) * d]);
+        }
+    }
+    let hv = m.input_hvp(&x, &y, rows, &v, p);
+    for s in 0..rows {
+        let (mut sq, mut tr) = (0f64, 0f64);
+        for j in 0..p {
+            let r = s * p + j;
+            sq += hv[r * d..(r + 1) * d].iter().map(|&t| (t as f64).powi(2)).sum::<f64>();
+            tr += hv[r * d..(r + 1) * d].iter().zip(&v[r * d..(r + 1) * d]).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>();
+        }
+        let (sq, tr) = (sq / p as f64, tr / p as f64);
+        assert!((got.score[s] as f64 - sq).abs() <= 1e-4 * sq, "sample {s}: {} vs {sq}", got.score[s]);
+        assert!((got.trace[s] as f64 - tr).abs() <= 1e-4 * tr.abs().max(1e-3 * sq.sqrt()), "sample {s}: {} vs {tr}", got.trace[s]);
     }
 }
 

@@ -103,11 +103,11 @@ pub fn products(x: &[f32], rows: usize, layer: &Layer1, out: &mut [f32]) {
     }
     // SAFETY: shapes and strides describe the slices exactly.
     unsafe {
-        matrixmultiply::sgemm(
-            rows, d, n, 1.0,
-            x.as_ptr(), d as isize, 1,
-            layer.weight.as_ptr(), 1, d as isize,
-            0.0, out.as_mut_ptr(), n as isize, 1,
+        crate::nn::linalg::gemm_strided(
+            (rows, d, n),
+            x.as_ptr(), (d as isize, 1),
+            layer.weight.as_ptr(), (1, d as isize),
+            false, out.as_mut_ptr(), (n as isize, 1),
         );
     }
 }

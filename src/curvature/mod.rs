@@ -71,18 +71,18 @@ pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfi
     }
     let exact_gn = cfg.estimator == Estimator::Exact;
     if exact_gn && m.activation.piecewise_linear() && cfg.statistic == Statistic::Paper {
-        return Ok(hutchinson_low_rank(m, x, rows, &[], 0, true));
+        return Ok(finish_low_rank(&low_rank_cpu(m, x, rows, None), true));
     }
     let p = cfg.probes;
+    let use_fd = cfg.estimator == Estimator::Fd || cfg.statistic == Statistic::ReleasedCode;
+    if !use_fd && m.activation.piecewise_linear() {
+        return Ok(finish_low_rank(&low_rank_cpu(m, x, rows, Some((cfg.seed, first_global, p))), exact_gn));
+    }
     let mut v = vec![0f32; rows * p * d];
     for s in 0..rows {
         for j in 0..p {
             probe(cfg.seed, first_global + s as u64, j, d, &mut v[(s * p + j) * d..(s * p + j + 1) * d]);
         }
-    }
-    let use_fd = cfg.estimator == Estimator::Fd || cfg.statistic == Statistic::ReleasedCode;
-    if !use_fd && m.activation.piecewise_linear() {
-        return Ok(hutchinson_low_rank(m, x, rows, &v, p, exact_gn));
     }
     let hv = if use_fd {
         let g0 = m.input_grad(x, y, rows);
@@ -126,20 +126,103 @@ pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfi
 /// ≤ C: with u = Jv and w = Au, ‖Hv‖² = wᵀGw (G = JJᵀ) and vᵀHv = uᵀw, so each probe
 /// costs C·d instead of two passes through the network. The values are those of the
 /// forward-over-reverse HVP (up to rounding); only the arithmetic is cheaper.
-fn hutchinson_low_rank(m: &Mlp, x: &[f32], rows: usize, v: &[f32], probes: usize, with_gn: bool) -> Scores {
+///
+/// The CPU builds each sample's logit Jacobian J = W_L D_{L−1} W_{L−1} ⋯ D_1 W_1 (D_l =
+/// diag σ′(z_l)) from the output side, through only the units with σ′ ≠ 0 (for relu, the
+/// ones the sample switches on: about half the work of a dense backward pass), then
+/// takes G = JJᵀ and the projections u_k = J v_k while J is still in cache. `probes` is
+/// (seed, index of the first sample in the training set, probes per sample).
+fn low_rank_cpu(m: &Mlp, x: &[f32], rows: usize, probes: Option<(u64, u64, usize)>) -> LowRank {
+    use crate::nn::linalg::active_rows_product;
     use rayon::prelude::*;
+    /// Samples per task: each layer's step runs for the whole group before the next
+    /// layer's, so one weight matrix at a time stays in this core's L2 cache.
+    const GROUP: usize = 16;
+    /// Columns of a weight matrix per pass over the group: 128 columns of a 512-row
+    /// matrix are 256 KiB, which stay in L2 while every sample of the group uses them.
+    const COLUMN_BLOCK: usize = 128;
+    struct Scratch {
+        g: Vec<f32>,
+        next: Vec<f32>,
+        compact: Vec<f32>,
+        active: Vec<Vec<u32>>,
+        slope: Vec<f32>,
+        v: Vec<f32>,
+    }
     let f = m.forward(x, rows);
-    let j = m.logit_jacobians(&f);
-    let (c, d) = (m.classes(), m.input_dim());
-    let gram: Vec<f64> = (0..rows).into_par_iter().flat_map_iter(|s| gram_of(&j[s * c * d..(s + 1) * c * d], c, d)).collect();
-    let u: Vec<f64> = (0..rows * probes)
+    let (c, d, layers) = (m.classes(), m.input_dim(), m.layers());
+    let widest = *m.sizes.iter().max().unwrap();
+    let p = probes.map_or(0, |t| t.2);
+    let scratch = || Scratch {
+        g: vec![0f32; GROUP * c * widest],
+        next: vec![0f32; GROUP * c * widest],
+        compact: vec![0f32; GROUP * c * widest],
+        active: vec![Vec::with_capacity(widest); GROUP],
+        slope: Vec::with_capacity(widest),
+        v: vec![0f32; d],
+    };
+    let per_group: Vec<(Vec<f64>, Vec<f64>)> = (0..rows.div_ceil(GROUP))
         .into_par_iter()
-        .flat_map_iter(|r| {
-            let (js, vk) = (&j[(r / probes) * c * d..(r / probes + 1) * c * d], &v[r * d..(r + 1) * d]);
-            (0..c).map(move |a| dot(&js[a * d..(a + 1) * d], vk)).collect::<Vec<_>>()
+        .map_init(scratch, |sc, group| {
+            let samples = group * GROUP..((group + 1) * GROUP).min(rows);
+            let mut width = m.sizes[layers - 1];
+            for t in 0..samples.len() {
+                sc.g[t * c * widest..][..c * width].copy_from_slice(&m.weights[layers - 1]);
+            }
+            for l in (0..layers - 1).rev() {
+                let n = m.sizes[l];
+                for (t, s) in samples.clone().enumerate() {
+                    let (active, slope) = (&mut sc.active[t], &mut sc.slope);
+                    active.clear();
+                    slope.clear();
+                    for (i, &z) in f.z[l][s * width..(s + 1) * width].iter().enumerate() {
+                        let sl = m.activation.eval(z).1;
+                        if sl != 0.0 {
+                            active.push(i as u32);
+                            slope.push(sl);
+                        }
+                    }
+                    let k = active.len();
+                    let (g, compact) = (&sc.g[t * c * widest..][..c * width], &mut sc.compact[t * c * widest..][..c * k]);
+                    for (src, dst) in g.chunks_exact(width).zip(compact.chunks_exact_mut(k.max(1))) {
+                        for ((o, &i), &sl) in dst.iter_mut().zip(active.iter()).zip(slope.iter()) {
+                            *o = src[i as usize] * sl;
+                        }
+                    }
+                }
+                for c0 in (0..n).step_by(COLUMN_BLOCK) {
+                    for t in 0..samples.len() {
+                        let k = sc.active[t].len();
+                        let (compact, out) = (&sc.compact[t * c * widest..][..c * k], &mut sc.next[t * c * widest..][..c * n]);
+                        active_rows_product(compact, c, &sc.active[t], &m.weights[l], n, c0..(c0 + COLUMN_BLOCK).min(n), out);
+                    }
+                }
+                std::mem::swap(&mut sc.g, &mut sc.next);
+                width = n;
+            }
+            // The dot products vectorize with AVX2 inside `dispatch`.
+            crate::simd::dispatch(|| {
+                let (mut gram, mut u) = (Vec::with_capacity(samples.len() * c * c), Vec::with_capacity(samples.len() * p * c));
+                for (t, s) in samples.enumerate() {
+                    let js = &sc.g[t * c * widest..][..c * d];
+                    if let Some((seed, first, _)) = probes {
+                        for j in 0..p {
+                            probe(seed, first + s as u64, j, d, &mut sc.v);
+                            u.extend((0..c).map(|a| dot(&js[a * d..(a + 1) * d], &sc.v)));
+                        }
+                    }
+                    gram.extend(gram_of(js, c, d));
+                }
+                (gram, u)
+            })
         })
         .collect();
-    finish_low_rank(&LowRank { rows, classes: c, probes, gram, probs: f.probs, projections: u }, with_gn)
+    let (gram, projections) = per_group.into_iter().fold((Vec::new(), Vec::new()), |(mut g, mut u), (gs, us)| {
+        g.extend(gs);
+        u.extend(us);
+        (g, u)
+    });
+    LowRank { rows, classes: c, probes: p, gram, probs: f.probs, projections }
 }
 
 /// What the scores of a piecewise-linear network need, from either backend: per
@@ -205,6 +288,7 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// G = J Jᵀ (C, C) in float64 from one sample's logit Jacobian (C, d).
+#[inline]
 fn gram_of(js: &[f32], c: usize, d: usize) -> Vec<f64> {
     let mut g = vec![0f64; c * c];
     for a in 0..c {
@@ -236,7 +320,7 @@ fn trace_sq_ag(ag: &[f64], c: usize) -> f64 {
 
 /// (tr((AG)²), tr(AG)) per sample: the exact scores of H = JᵀAJ.
 pub fn gauss_newton(m: &Mlp, x: &[f32], rows: usize) -> (Vec<f32>, Vec<f32>) {
-    let s = hutchinson_low_rank(m, x, rows, &[], 0, true);
+    let s = finish_low_rank(&low_rank_cpu(m, x, rows, None), true);
     (s.score, s.trace)
 }
 

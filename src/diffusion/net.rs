@@ -12,23 +12,25 @@
 //! All parameters live in one flat vector (so Adam, the EMA and checkpoints treat them
 //! alike); `Layout` names the slices. Rows are samples, matrices row-major.
 
-/// Row-major C (m, n) = A (m, k) · op(B) + beta·C on the calling thread: training splits
+use crate::nn::linalg::gemm_strided;
+use crate::rng::Philox;
+use anyhow::{bail, Result};
+
+/// Row-major C (m, n) = A (m, k) · op(B) (+ C when `accumulate`) on the calling thread: training splits
 /// the batch across threads, one slice each, so the products stay serial.
-fn gemm(a: &[f32], m: usize, k: usize, b: &[f32], n: usize, b_transposed: bool, beta: f32, c: &mut [f32]) {
+fn gemm(a: &[f32], m: usize, k: usize, b: &[f32], n: usize, b_transposed: bool, accumulate: bool, c: &mut [f32]) {
     let (rsb, csb) = if b_transposed { (1, k as isize) } else { (n as isize, 1) };
     debug_assert!(a.len() == m * k && b.len() == k * n && c.len() == m * n);
     // SAFETY: strides describe the slices exactly.
-    unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a.as_ptr(), k as isize, 1, b.as_ptr(), rsb, csb, beta, c.as_mut_ptr(), n as isize, 1) }
+    unsafe { gemm_strided((m, k, n), a.as_ptr(), (k as isize, 1), b.as_ptr(), (rsb, csb), accumulate, c.as_mut_ptr(), (n as isize, 1)) }
 }
 
 /// C (m, n) += Aᵀ · B for A (k, m), B (k, n), on the calling thread.
 fn gemm_at_b(a: &[f32], k: usize, m: usize, b: &[f32], n: usize, c: &mut [f32]) {
     debug_assert!(a.len() == k * m && b.len() == k * n && c.len() == m * n);
     // SAFETY: A read transposed with row stride m; B and C exact.
-    unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a.as_ptr(), 1, m as isize, b.as_ptr(), n as isize, 1, 1.0, c.as_mut_ptr(), n as isize, 1) }
+    unsafe { gemm_strided((m, k, n), a.as_ptr(), (1, m as isize), b.as_ptr(), (n as isize, 1), true, c.as_mut_ptr(), (n as isize, 1)) }
 }
-use crate::rng::Philox;
-use anyhow::{bail, Result};
 
 pub const EMBED: usize = 64;
 
@@ -232,7 +234,7 @@ pub fn forward(l: &Layout, p: &[f32], x_in: &[f32], c_noise: &[f32], labels: Opt
     let w = |name: &str| &p[l.range(name)];
     let t = embedding(c_noise);
     let mut a1 = vec![0f32; rows * h];
-    gemm(&t, rows, EMBED, w("map.0.weight"), h, true, 0.0, &mut a1);
+    gemm(&t, rows, EMBED, w("map.0.weight"), h, true, false, &mut a1);
     add_bias(&mut a1, w("map.0.bias"));
     if l.classes > 0 {
         let lw = w("map.label.weight");
@@ -244,10 +246,10 @@ pub fn forward(l: &Layout, p: &[f32], x_in: &[f32], c_noise: &[f32], labels: Opt
     }
     let act_a1 = activate(&a1);
     let mut e = vec![0f32; rows * h];
-    gemm(&act_a1.1, rows, h, w("map.1.weight"), h, true, 0.0, &mut e);
+    gemm(&act_a1.1, rows, h, w("map.1.weight"), h, true, false, &mut e);
     add_bias(&mut e, w("map.1.bias"));
     let mut h0 = vec![0f32; rows * h];
-    gemm(x_in, rows, d, w("input.weight"), h, true, 0.0, &mut h0);
+    gemm(x_in, rows, d, w("input.weight"), h, true, false, &mut h0);
     add_bias(&mut h0, w("input.bias"));
     let mut hs = vec![h0];
     let mut us = Vec::new();
@@ -256,11 +258,11 @@ pub fn forward(l: &Layout, p: &[f32], x_in: &[f32], c_noise: &[f32], labels: Opt
         let hb = hs.last().unwrap();
         let ah = activate(hb);
         let mut u = e.clone();
-        gemm(&ah.1, rows, h, w(&format!("blocks.{b}.0.weight")), h, true, 1.0, &mut u);
+        gemm(&ah.1, rows, h, w(&format!("blocks.{b}.0.weight")), h, true, true, &mut u);
         add_bias(&mut u, w(&format!("blocks.{b}.0.bias")));
         let au = activate(&u);
         let mut next = hb.clone();
-        gemm(&au.1, rows, h, w(&format!("blocks.{b}.1.weight")), h, true, 1.0, &mut next);
+        gemm(&au.1, rows, h, w(&format!("blocks.{b}.1.weight")), h, true, true, &mut next);
         add_bias(&mut next, w(&format!("blocks.{b}.1.bias")));
         us.push(u);
         hs.push(next);
@@ -269,7 +271,7 @@ pub fn forward(l: &Layout, p: &[f32], x_in: &[f32], c_noise: &[f32], labels: Opt
     }
     let al = activate(hs.last().unwrap());
     let mut out = vec![0f32; rows * d];
-    gemm(&al.1, rows, h, w("output.weight"), d, true, 0.0, &mut out);
+    gemm(&al.1, rows, h, w("output.weight"), d, true, false, &mut out);
     add_bias(&mut out, w("output.bias"));
     act_h.push(al);
     Activations { rows, t, a1, h: hs, u: us, act_a1, act_h, act_u, out }
@@ -286,7 +288,7 @@ pub fn backward(l: &Layout, p: &[f32], x_in: &[f32], labels: Option<&[i64]>, act
     gemm_at_b(dout, rows, d, s, h, &mut grad[l.range("output.weight")]);
     col_sums(dout, d, &mut grad[l.range("output.bias")]);
     let mut ds = vec![0f32; rows * h];
-    gemm(dout, rows, d, w("output.weight"), h, false, 0.0, &mut ds);
+    gemm(dout, rows, d, w("output.weight"), h, false, false, &mut ds);
     let mut dh = times_silu_grad(&ds, hl, sig_l);
     let mut de = vec![0f32; rows * h];
     let mut dv = vec![0f32; rows * h];
@@ -297,12 +299,12 @@ pub fn backward(l: &Layout, p: &[f32], x_in: &[f32], labels: Option<&[i64]>, act
         let (sig_h, sb) = &act.act_h[b];
         gemm_at_b(&dh, rows, h, v, h, &mut grad[l.range(&format!("blocks.{b}.1.weight"))]);
         col_sums(&dh, h, &mut grad[l.range(&format!("blocks.{b}.1.bias"))]);
-        gemm(&dh, rows, h, w(&format!("blocks.{b}.1.weight")), h, false, 0.0, &mut dv);
+        gemm(&dh, rows, h, w(&format!("blocks.{b}.1.weight")), h, false, false, &mut dv);
         let du = times_silu_grad(&dv, u, sig_u);
         gemm_at_b(&du, rows, h, sb, h, &mut grad[l.range(&format!("blocks.{b}.0.weight"))]);
         col_sums(&du, h, &mut grad[l.range(&format!("blocks.{b}.0.bias"))]);
         de.iter_mut().zip(&du).for_each(|(a, &g)| *a += g);
-        gemm(&du, rows, h, w(&format!("blocks.{b}.0.weight")), h, false, 0.0, &mut dsb);
+        gemm(&du, rows, h, w(&format!("blocks.{b}.0.weight")), h, false, false, &mut dsb);
         let back = times_silu_grad(&dsb, hb, sig_h);
         dh.iter_mut().zip(&back).for_each(|(a, &g)| *a += g);
     }
@@ -313,7 +315,7 @@ pub fn backward(l: &Layout, p: &[f32], x_in: &[f32], labels: Option<&[i64]>, act
     gemm_at_b(&de, rows, h, sa1, h, &mut grad[l.range("map.1.weight")]);
     col_sums(&de, h, &mut grad[l.range("map.1.bias")]);
     let mut dsa1 = vec![0f32; rows * h];
-    gemm(&de, rows, h, w("map.1.weight"), h, false, 0.0, &mut dsa1);
+    gemm(&de, rows, h, w("map.1.weight"), h, false, false, &mut dsa1);
     let da1 = times_silu_grad(&dsa1, &act.a1, sig_a1);
     gemm_at_b(&da1, rows, h, &act.t, EMBED, &mut grad[l.range("map.0.weight")]);
     col_sums(&da1, h, &mut grad[l.range("map.0.bias")]);

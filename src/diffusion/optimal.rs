@@ -12,6 +12,7 @@
 //! σ = 0.002 is still below 2e-5 in any logit.
 
 use super::{exact_sq_dist, f32_dot_error_factor, sq_norm, TrainingSet};
+use crate::nn::linalg::gemm_strided;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
@@ -245,7 +246,7 @@ impl DenseBlock {
         self.g.resize(rows * nc, 0.0);
         // SAFETY: strides describe the row-major buffers exactly.
         unsafe {
-            matrixmultiply::dgemm(rows, d, nc, 1.0, self.x.as_ptr(), d as isize, 1, y.as_ptr(), 1, d as isize, 0.0, self.g.as_mut_ptr(), nc as isize, 1);
+            gemm_strided((rows, d, nc), self.x.as_ptr(), (d as isize, 1), y.as_ptr(), (1, d as isize), false, self.g.as_mut_ptr(), (nc as isize, 1));
         }
         let mut nonzero = 0usize;
         for q in 0..rows {
@@ -286,7 +287,7 @@ impl DenseBlock {
                 let k = PRODUCT_DEPTH.min(nc - k0);
                 // SAFETY: W's columns k0..k0+k (row stride nc) and Y's rows k0..k0+k.
                 unsafe {
-                    matrixmultiply::sgemm(rows, k, d, 1.0, w32.as_ptr().add(k0), nc as isize, 1, y32.as_ptr().add(k0 * d), d as isize, 1, 0.0, part.as_mut_ptr(), d as isize, 1);
+                    gemm_strided((rows, k, d), w32.as_ptr().add(k0), (nc as isize, 1), y32.as_ptr().add(k0 * d), (d as isize, 1), false, part.as_mut_ptr(), (d as isize, 1));
                 }
                 self.acc.iter_mut().zip(&part).for_each(|(a, &p)| *a += p as f64);
             }

@@ -157,7 +157,7 @@ impl Mlp {
                 r.copy_from_slice(&self.biases[l]);
             }
         }
-        gemm(x, rows, fan_in, &self.weights[l], out, true, if bias { 1.0 } else { 0.0 }, &mut z);
+        gemm(x, rows, fan_in, &self.weights[l], out, true, bias, &mut z);
         z
     }
 
@@ -165,7 +165,7 @@ impl Mlp {
     fn back(&self, l: usize, g: &[f32], rows: usize) -> Vec<f32> {
         let (fan_in, out) = (self.sizes[l], self.sizes[l + 1]);
         let mut r = vec![0f32; rows * fan_in];
-        gemm(g, rows, out, &self.weights[l], fan_in, false, 0.0, &mut r);
+        gemm(g, rows, out, &self.weights[l], fan_in, false, false, &mut r);
         r
     }
 
@@ -306,32 +306,6 @@ impl Mlp {
     pub fn input_grad(&self, x: &[f32], y: &[i64], rows: usize) -> Vec<f32> {
         let f = self.forward(x, rows);
         self.backward(&f, y, 1.0).1
-    }
-
-    /// Jacobians of the logits, J_s = ∂z_L/∂x (C, d) per sample, by one backward pass
-    /// with C one-hot rows per sample: (rows·C, d), sample-major.
-    pub fn logit_jacobians(&self, f: &Forward) -> Vec<f32> {
-        let c = self.classes();
-        let rows = f.rows;
-        let mut g = vec![0f32; rows * c * c];
-        for s in 0..rows {
-            for k in 0..c {
-                g[(s * c + k) * c + k] = 1.0;
-            }
-        }
-        for l in (0..self.layers()).rev() {
-            let ga = self.back(l, &g, rows * c);
-            if l == 0 {
-                return ga;
-            }
-            let n = self.sizes[l];
-            let d1: Vec<f32> = f.z[l - 1].iter().map(|&z| self.activation.eval(z).1).collect();
-            g = ga;
-            for (i, row) in g.chunks_mut(n).enumerate() {
-                row.iter_mut().zip(&d1[(i / c) * n..(i / c + 1) * n]).for_each(|(t, &s)| *t *= s);
-            }
-        }
-        unreachable!()
     }
 }
 
