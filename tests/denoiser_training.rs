@@ -50,7 +50,8 @@ fn network_gradient_matches_central_differences() {
             a.out.iter().zip(&dout).map(|(&f, &g)| f as f64 * g as f64).sum()
         };
         let act = net::forward(&l, &p, &x, &c_noise, labels);
-        let mut grad = vec![0f32; p.len()];
+        // NaN everywhere: backward must write every entry.
+        let mut grad = vec![f32::NAN; p.len()];
         net::backward(&l, &p, &x, labels, &act, &dout, &mut grad);
         let h = 1e-2f32;
         let mut worst = 0f64;

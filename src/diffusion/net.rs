@@ -25,11 +25,11 @@ fn gemm(a: &[f32], m: usize, k: usize, b: &[f32], n: usize, b_transposed: bool, 
     unsafe { gemm_strided((m, k, n), a.as_ptr(), (k as isize, 1), b.as_ptr(), (rsb, csb), accumulate, c.as_mut_ptr(), (n as isize, 1)) }
 }
 
-/// C (m, n) += Aᵀ · B for A (k, m), B (k, n), on the calling thread.
+/// C (m, n) = Aᵀ · B for A (k, m), B (k, n), on the calling thread.
 fn gemm_at_b(a: &[f32], k: usize, m: usize, b: &[f32], n: usize, c: &mut [f32]) {
     debug_assert!(a.len() == k * m && b.len() == k * n && c.len() == m * n);
     // SAFETY: A read transposed with row stride m; B and C exact.
-    unsafe { gemm_strided((m, k, n), a.as_ptr(), (1, m as isize), b.as_ptr(), (n as isize, 1), true, c.as_mut_ptr(), (n as isize, 1)) }
+    unsafe { gemm_strided((m, k, n), a.as_ptr(), (1, m as isize), b.as_ptr(), (n as isize, 1), false, c.as_mut_ptr(), (n as isize, 1)) }
 }
 
 pub const EMBED: usize = 64;
@@ -210,9 +210,9 @@ fn activate(z: &[f32]) -> (Vec<f32>, Vec<f32>) {
     (sig, silu)
 }
 
-/// g·silu'(z) from z and sigmoid(z).
+/// g·silu'(z) from z and sigmoid(z), vectorized through `simd::dispatch`.
 fn times_silu_grad(g: &[f32], z: &[f32], sig: &[f32]) -> Vec<f32> {
-    g.iter().zip(z.iter().zip(sig)).map(|(&g, (&z, &s))| g * s * (1.0 + z * (1.0 - s))).collect()
+    crate::simd::dispatch(|| g.iter().zip(z.iter().zip(sig)).map(|(&g, (&z, &s))| g * s * (1.0 + z * (1.0 - s))).collect())
 }
 
 fn add_bias(z: &mut [f32], b: &[f32]) {
@@ -221,7 +221,9 @@ fn add_bias(z: &mut [f32], b: &[f32]) {
     }
 }
 
+/// out = the column sums of g (rows of n).
 fn col_sums(g: &[f32], n: usize, out: &mut [f32]) {
+    out.fill(0.0);
     for row in g.chunks_exact(n) {
         out.iter_mut().zip(row).for_each(|(o, &v)| *o += v);
     }
@@ -277,7 +279,8 @@ pub fn forward(l: &Layout, p: &[f32], x_in: &[f32], c_noise: &[f32], labels: Opt
     Activations { rows, t, a1, h: hs, u: us, act_a1, act_h, act_u, out }
 }
 
-/// Gradient of Σ dout·F with respect to the parameters, added to `grad`.
+/// Gradient of Σ dout·F with respect to the parameters, written into `grad` (every
+/// entry, so it needs no clearing).
 pub fn backward(l: &Layout, p: &[f32], x_in: &[f32], labels: Option<&[i64]>, act: &Activations, dout: &[f32], grad: &mut [f32]) {
     let rows = act.rows;
     let (h, d) = (l.width, l.dim);
@@ -322,6 +325,7 @@ pub fn backward(l: &Layout, p: &[f32], x_in: &[f32], labels: Option<&[i64]>, act
     if l.classes > 0 {
         let r = l.range("map.label.weight");
         let gl = &mut grad[r];
+        gl.fill(0.0);
         for (row, &y) in labels.unwrap().iter().enumerate() {
             for j in 0..h {
                 gl[j * l.classes + y as usize] += da1[row * h + j];

@@ -127,18 +127,20 @@ pub fn conditioning_labels(train: &Split, labels: Labels, seed: u64) -> (usize, 
     }
 }
 
-/// The mean of (F − target)² over the batch and its gradient (into `grad`): the batch
-/// is split into one slice per thread, each running forward and backward serially.
-pub fn loss_and_gradient(l: &Layout, p: &[f32], x_in: &[f32], c_noise: &[f32], labels: Option<&[i64]>, target: &[f32], grad: &mut [f32], scratch: &mut Vec<Vec<f32>>) -> f64 {
+/// The mean of (F − target)² over the batch, and its gradient as the sum of the
+/// vectors left in `partials`: the batch is split into one slice per thread, each
+/// running forward and backward serially into its own vector (Adam adds them up as it
+/// reads them, so no serial reduction runs here).
+pub fn loss_and_gradient(l: &Layout, p: &[f32], x_in: &[f32], c_noise: &[f32], labels: Option<&[i64]>, target: &[f32], partials: &mut Vec<Vec<f32>>) -> f64 {
     use rayon::prelude::*;
     let (b, d) = (c_noise.len(), l.dim);
     let scale = 2.0 / (b * d) as f32;
     let per = b.div_ceil(rayon::current_num_threads().max(1)).max(1);
     let starts: Vec<usize> = (0..b).step_by(per).collect();
-    scratch.resize_with(starts.len(), || vec![0f32; p.len()]);
+    partials.resize_with(starts.len(), || vec![0f32; p.len()]);
     let losses: Vec<f64> = starts
         .into_par_iter()
-        .zip(scratch.par_iter_mut())
+        .zip(partials.par_iter_mut())
         .map(|(r0, g)| {
             let r1 = (r0 + per).min(b);
             let act = net::forward(l, p, &x_in[r0 * d..r1 * d], &c_noise[r0..r1], labels.map(|y| &y[r0..r1]));
@@ -152,15 +154,10 @@ pub fn loss_and_gradient(l: &Layout, p: &[f32], x_in: &[f32], c_noise: &[f32], l
                     scale * (f - t)
                 })
                 .collect();
-            g.iter_mut().for_each(|v| *v = 0.0);
             net::backward(l, p, &x_in[r0 * d..r1 * d], labels.map(|y| &y[r0..r1]), &act, &dout, g);
             loss
         })
         .collect();
-    grad.copy_from_slice(&scratch[0]);
-    for g in &scratch[1..losses.len()] {
-        grad.iter_mut().zip(g).for_each(|(a, &v)| *a += v);
-    }
     losses.iter().sum::<f64>() / (b * d) as f64
 }
 
@@ -172,8 +169,10 @@ struct Adam {
 }
 
 impl Adam {
-    /// One Adam step on `p`, then ema ← decay·ema + (1 − decay)·p; in parallel chunks.
-    fn step(&mut self, p: &mut [f32], g: &[f32], lr: f64, ema: &mut [f32], decay: f32) {
+    /// One Adam step on `p` with the gradient Σ `partials`, then ema ← decay·ema +
+    /// (1 − decay)·p; in parallel chunks, each summing its piece of the partials first
+    /// (into the first of them) while it is in cache.
+    fn step(&mut self, p: &mut [f32], partials: &mut [Vec<f32>], lr: f64, ema: &mut [f32], decay: f32) {
         use rayon::prelude::*;
         self.t += 1;
         let (b1, b2) = (0.9f32, 0.999f32);
@@ -182,11 +181,18 @@ impl Adam {
         let step = lr as f32 * c2.sqrt() / c1;
         let eps = 1e-8 * c2.sqrt();
         const CHUNK: usize = 1 << 14;
+        let (sum, rest) = partials.split_first_mut().expect("at least one gradient");
+        let rest: &[Vec<f32>] = rest;
         p.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
+            .zip(sum.par_chunks_mut(CHUNK).enumerate())
             .zip(self.m.par_chunks_mut(CHUNK).zip(self.v.par_chunks_mut(CHUNK)))
             .zip(ema.par_chunks_mut(CHUNK))
-            .for_each(|(((p, g), (m, v)), e)| adam_ema_chunk(p, g, m, v, e, step, eps, decay));
+            .for_each(|(((p, (i, g)), (m, v)), e)| {
+                for other in rest {
+                    g.iter_mut().zip(&other[i * CHUNK..]).for_each(|(a, &b)| *a += b);
+                }
+                adam_ema_chunk(p, g, m, v, e, step, eps, decay)
+            });
     }
 }
 
@@ -291,8 +297,7 @@ pub fn train(backend: &crate::device::Backend, train: &Split, cfg: &DenoiserConf
         crate::device::Backend::Cpu => None,
     };
     let mut adam = Adam { m: vec![0.0; p.len()], v: vec![0.0; p.len()], t: 0 };
-    let mut grad = vec![0f32; p.len()];
-    let mut scratch = Vec::new();
+    let mut partials = Vec::new();
     let b = recipe.batch;
     let (batch_rng, sigma_rng, noise_rng) = (Philox::new(recipe.seed, STREAM_BATCH), Philox::new(recipe.seed, STREAM_SIGMA), Philox::new(recipe.seed, STREAM_NOISE));
     let mut metrics = String::from("step,loss,seconds\n");
@@ -321,13 +326,13 @@ pub fn train(backend: &crate::device::Backend, train: &Split, cfg: &DenoiserConf
         let labels: Option<Vec<i64>> = (cfg.classes > 0).then(|| idx.iter().map(|&i| cond[i]).collect());
         let loss = match device_net.as_mut() {
             Some(net) => net.step(&x_in, &c_noise, labels.as_deref(), &target, recipe.lr, recipe.ema as f32)?,
-            None => loss_and_gradient(&layout, &p, &x_in, &c_noise, labels.as_deref(), &target, &mut grad, &mut scratch),
+            None => loss_and_gradient(&layout, &p, &x_in, &c_noise, labels.as_deref(), &target, &mut partials),
         };
         if !loss.is_finite() {
             bail!("step {}: the loss became {loss}; the run diverged — try a smaller --lr than {}", step + 1, recipe.lr);
         }
         if device_net.is_none() {
-            adam.step(&mut p, &grad, recipe.lr, &mut ema, recipe.ema as f32);
+            adam.step(&mut p, &mut partials, recipe.lr, &mut ema, recipe.ema as f32);
         }
         loss_sum += loss;
         loss_count += 1;
