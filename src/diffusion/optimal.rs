@@ -19,7 +19,13 @@ use rayon::prelude::*;
 /// Weights below e^−(ln N + TAIL) of the largest are dropped; together they weigh at
 /// most e^−TAIL of the total.
 pub const TAIL: f64 = 30.0;
-const QUERY_BLOCK: usize = 64;
+/// Queries per block: one block per thread, at most MAX_QUERY_BLOCK rows — each block's
+/// GEMM packs the whole training chunk again, so fewer, taller blocks pack less.
+const MAX_QUERY_BLOCK: usize = 256;
+
+fn query_block(queries: usize) -> usize {
+    queries.div_ceil(rayon::current_num_threads().max(1)).clamp(16, MAX_QUERY_BLOCK)
+}
 const CHUNK: usize = 2048;
 /// Points per float32 partial product of the weighted sum (see DenseBlock::absorb).
 const PRODUCT_DEPTH: usize = 512;
@@ -56,7 +62,8 @@ pub fn denoise(train: &TrainingSet, queries: &[f32], sigma: f64) -> Result<(Vec<
     // float64 pass 4·N·d at GEMM speed, roughly ten times faster per operation.
     let cap = (n / 12).max(64);
 
-    let mut blocks: Vec<ScreenBlock> = queries.chunks(QUERY_BLOCK * d).map(|x| ScreenBlock::new(x, d, kappa, max_norm, two_s2 * tail)).collect();
+    let per_block = query_block(b);
+    let mut blocks: Vec<ScreenBlock> = queries.chunks(per_block * d).map(|x| ScreenBlock::new(x, d, kappa, max_norm, two_s2 * tail)).collect();
     let mut yc = Vec::new();
     for r in crate::sched::chunks(0..n, CHUNK) {
         if blocks.iter().all(|b| b.all_dense()) {
@@ -73,7 +80,7 @@ pub fn denoise(train: &TrainingSet, queries: &[f32], sigma: f64) -> Result<(Vec<
     let mut screened = Vec::new();
     for (bi, blk) in blocks.iter_mut().enumerate() {
         for q in 0..blk.rows {
-            let row = bi * QUERY_BLOCK + q;
+            let row = bi * per_block + q;
             if blk.dense[q] {
                 dense_rows.push(row);
             } else {
@@ -104,7 +111,7 @@ pub fn denoise(train: &TrainingSet, queries: &[f32], sigma: f64) -> Result<(Vec<
     Ok((out, stats))
 }
 
-/// The float32 screen of up to QUERY_BLOCK queries.
+/// The float32 screen of a block of queries.
 struct ScreenBlock {
     rows: usize,
     d: usize,
@@ -206,7 +213,7 @@ fn weigh_exactly(train: &TrainingSet, x: &[f32], candidates: &[(u32, f64)], two_
 pub fn dense_f64(train: &TrainingSet, x: &[f32], two_s2: f64, tail: f64) -> Vec<f32> {
     let d = train.dim();
     let n = train.len();
-    let mut blocks: Vec<DenseBlock> = x.chunks(QUERY_BLOCK * d).map(|x| DenseBlock::new(x, d)).collect();
+    let mut blocks: Vec<DenseBlock> = x.chunks(query_block(x.len() / d.max(1)) * d).map(|x| DenseBlock::new(x, d)).collect();
     let mut yc = Vec::new();
     for r in crate::sched::chunks(0..n, CHUNK) {
         train.rows(r, &mut yc);
