@@ -89,47 +89,6 @@ pub fn gemm_serial(a: &[f32], m: usize, k: usize, b: &[f32], n: usize, b_transpo
     }
 }
 
-/// dst (cols, rows) = srcᵀ for src (rows, cols), row-major, in 8×8 tiles (which LLVM
-/// turns into register shuffles), the rows of dst split across threads. The GEMM packs
-/// a row-major right operand directly but a transposed one element by element, per
-/// call: a chunk used by many calls is cheaper transposed once.
-pub fn transpose<T: Copy + Default + Send + Sync>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
-    assert_eq!(src.len(), rows * cols);
-    assert_eq!(dst.len(), rows * cols);
-    if rows == 0 || cols == 0 {
-        return;
-    }
-    const TILE: usize = 8;
-    // Bands of TILE rows of dst (columns of src), several per task.
-    let band = TILE * (cols.div_ceil(TILE) / (4 * rayon::current_num_threads().max(1))).max(1);
-    dst.par_chunks_mut(band * rows).enumerate().for_each(|(b, out)| {
-        let c_start = b * band;
-        let c_end = (c_start + band).min(cols);
-        for r0 in (0..rows).step_by(TILE) {
-            for c0 in (c_start..c_end).step_by(TILE) {
-                if r0 + TILE <= rows && c0 + TILE <= c_end {
-                    let mut tile = [[T::default(); TILE]; TILE];
-                    for (i, t) in tile.iter_mut().enumerate() {
-                        t.copy_from_slice(&src[(r0 + i) * cols + c0..][..TILE]);
-                    }
-                    for j in 0..TILE {
-                        let o = &mut out[(c0 - c_start + j) * rows + r0..][..TILE];
-                        for i in 0..TILE {
-                            o[i] = tile[i][j];
-                        }
-                    }
-                } else {
-                    for r in r0..(r0 + TILE).min(rows) {
-                        for c in c0..(c0 + TILE).min(c_end) {
-                            out[(c - c_start) * rows + r] = src[r * cols + c];
-                        }
-                    }
-                }
-            }
-        }
-    });
-}
-
 /// Columns `cols` of out (c, n) = g · w[active, :] for g (c, active.len()) row-major:
 /// the product with only the listed rows of w (n columns). A relu network's backward
 /// pass only flows through the units a sample switches on, about half of them, so a
@@ -230,20 +189,6 @@ mod active_rows_avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn transpose_moves_every_element() {
-        for (rows, cols) in [(1, 1), (8, 8), (13, 70), (64, 9), (100, 257)] {
-            let src: Vec<u32> = (0..(rows * cols) as u32).collect();
-            let mut dst = vec![u32::MAX; rows * cols];
-            transpose(&src, rows, cols, &mut dst);
-            for r in 0..rows {
-                for c in 0..cols {
-                    assert_eq!(dst[c * rows + r], src[r * cols + c], "{rows}×{cols} at ({r}, {c})");
-                }
-            }
-        }
-    }
 
     /// The dispatched product (AVX-512 here) and the portable loop against float64, for
     /// row counts around the 12-row register block and column ranges with partial
