@@ -61,6 +61,9 @@ pub struct ScoreConfig {
     pub seed: u64,
 }
 
+/// Samples per pass of the probe-based estimators (see `scores`).
+const PROBE_GROUP: usize = 128;
+
 /// Scores of samples `x` (rows, d) with labels `y`, whose training-set indices start
 /// at `first_global`.
 pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfig) -> Result<Scores> {
@@ -77,6 +80,22 @@ pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfi
     let use_fd = cfg.estimator == Estimator::Fd || cfg.statistic == Statistic::ReleasedCode;
     if !use_fd && m.activation.piecewise_linear() {
         return Ok(finish_low_rank(&low_rank_cpu(m, x, rows, Some((cfg.seed, first_global, p))), exact_gn));
+    }
+    // The probe-based estimators hold rows·probes tangents per layer: a large batch
+    // runs a group of samples at a time, so that those stay in cache and the buffers
+    // are reused instead of being faulted in afresh.
+    if rows > PROBE_GROUP {
+        let mut all = Scores { score: Vec::with_capacity(rows), trace: Vec::with_capacity(rows), gauss_newton: exact_gn.then(Vec::new) };
+        for s0 in (0..rows).step_by(PROBE_GROUP) {
+            let s1 = (s0 + PROBE_GROUP).min(rows);
+            let part = scores(m, &x[s0 * d..s1 * d], &y[s0..s1], first_global + s0 as u64, cfg)?;
+            all.score.extend(part.score);
+            all.trace.extend(part.trace);
+            if let (Some(gn), Some(more)) = (all.gauss_newton.as_mut(), part.gauss_newton) {
+                gn.extend(more);
+            }
+        }
+        return Ok(all);
     }
     let mut v = vec![0f32; rows * p * d];
     for s in 0..rows {
