@@ -288,6 +288,28 @@ fn relu_hutchinson_equals_forward_over_reverse_probes() {
 }
 
 #[test]
+fn large_batches_score_like_single_samples() {
+    // Batches are scored in groups; each sample keeps its own probes (keyed by its index).
+    let (d, rows) = (20, 300);
+    let m = Mlp::init(&[d, 16, 5], Activation::Gelu, 6);
+    let x: Vec<f32> = (0..rows).flat_map(|s| input(d, 700 + s as u64)).collect();
+    let y: Vec<i64> = (0..rows as i64).map(|s| s % 5).collect();
+    for estimator in [Estimator::Hutchinson, Estimator::Exact, Estimator::Fd] {
+        let cfg = ScoreConfig { estimator, statistic: Statistic::Paper, probes: 2, h: 1e-2, seed: 3 };
+        let batch = curvature::scores(&m, &x, &y, 40, &cfg).unwrap();
+        for s in (0..rows).step_by(37) {
+            let one = curvature::scores(&m, &x[s * d..(s + 1) * d], &y[s..s + 1], 40 + s as u64, &cfg).unwrap();
+            let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * a.abs().max(b.abs()).max(1e-6);
+            assert!(close(batch.score[s], one.score[0]), "{estimator:?} sample {s}: {} vs {}", batch.score[s], one.score[0]);
+            assert!(close(batch.trace[s], one.trace[0]), "{estimator:?} sample {s}: {} vs {}", batch.trace[s], one.trace[0]);
+            if let (Some(a), Some(b)) = (&batch.gauss_newton, &one.gauss_newton) {
+                assert!(close(a[s], b[0]), "{estimator:?} sample {s}: Gauss–Newton {} vs {}", a[s], b[0]);
+            }
+        }
+    }
+}
+
+#[test]
 fn finite_differences_approach_the_exact_estimator() {
     let m = Mlp::init(&[16, 32, 8], Activation::Tanh, 2);
     let rows = 5;
