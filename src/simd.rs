@@ -29,10 +29,21 @@ unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Runs `f`, compiled for AVX2 + POPCNT when available. `f` must be a closure whose
-/// body (and the `#[inline]` functions it calls) should be specialized.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,popcnt,fma")]
+unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// Runs `f`, compiled for AVX-512 (or else AVX2 + POPCNT) when available. `f` must be a
+/// closure whose body (and the `#[inline]` functions it calls) should be specialized.
 #[inline(always)]
 pub fn dispatch<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512f() && has_avx2() {
+        // SAFETY: the features were detected at run time.
+        return unsafe { with_avx512(f) };
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the features were detected at run time.

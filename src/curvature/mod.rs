@@ -219,21 +219,9 @@ fn low_rank_cpu(m: &Mlp, x: &[f32], rows: usize, probes: Option<(u64, u64, usize
                 std::mem::swap(&mut sc.g, &mut sc.next);
                 width = n;
             }
-            // The dot products vectorize with AVX2 inside `dispatch`.
-            crate::simd::dispatch(|| {
-                let (mut gram, mut u) = (Vec::with_capacity(samples.len() * c * c), Vec::with_capacity(samples.len() * p * c));
-                for (t, s) in samples.enumerate() {
-                    let js = &sc.g[t * c * widest..][..c * d];
-                    if let Some((seed, first, _)) = probes {
-                        for j in 0..p {
-                            probe(seed, first + s as u64, j, d, &mut sc.v);
-                            u.extend((0..c).map(|a| dot(&js[a * d..(a + 1) * d], &sc.v)));
-                        }
-                    }
-                    gram.extend(gram_of(js, c, d));
-                }
-                (gram, u)
-            })
+            // The dot products vectorize inside `dispatch`.
+            let js: Vec<&[f32]> = (0..samples.len()).map(|t| &sc.g[t * c * widest..][..c * d]).collect();
+            crate::simd::dispatch(#[inline(always)] || gram_and_projections(&js, samples.start, c, d, probes, &mut sc.v))
         })
         .collect();
     let (gram, projections) = per_group.into_iter().fold((Vec::new(), Vec::new()), |(mut g, mut u), (gs, us)| {
@@ -242,6 +230,24 @@ fn low_rank_cpu(m: &Mlp, x: &[f32], rows: usize, probes: Option<(u64, u64, usize
         (g, u)
     });
     LowRank { rows, classes: c, probes: p, gram, probs: f.probs, projections }
+}
+
+/// Per sample (logit Jacobian `js[t]` of sample first + t): G = JJᵀ, and J v_k for its
+/// probes. Always inlined, so that it is compiled with the features `dispatch` enables.
+#[inline(always)]
+fn gram_and_projections(js: &[&[f32]], first: usize, c: usize, d: usize, probes: Option<(u64, u64, usize)>, v: &mut [f32]) -> (Vec<f64>, Vec<f64>) {
+    let p = probes.map_or(0, |t| t.2);
+    let (mut gram, mut u) = (Vec::with_capacity(js.len() * c * c), Vec::with_capacity(js.len() * p * c));
+    for (t, j) in js.iter().enumerate() {
+        if let Some((seed, first_global, _)) = probes {
+            for k in 0..p {
+                probe(seed, first_global + (first + t) as u64, k, d, v);
+                u.extend((0..c).map(|a| dot(&j[a * d..(a + 1) * d], v)));
+            }
+        }
+        gram.extend(gram_of(j, c, d));
+    }
+    (gram, u)
 }
 
 /// What the scores of a piecewise-linear network need, from either backend: per
@@ -293,7 +299,7 @@ pub fn finish_low_rank(lr: &LowRank, with_gn: bool) -> Scores {
 }
 
 /// Σ a_i b_i with eight float32 partial sums (so it vectorizes), returned as f64.
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f64 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -307,7 +313,7 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// G = J Jᵀ (C, C) in float64 from one sample's logit Jacobian (C, d).
-#[inline]
+#[inline(always)]
 fn gram_of(js: &[f32], c: usize, d: usize) -> Vec<f64> {
     let mut g = vec![0f64; c * c];
     for a in 0..c {

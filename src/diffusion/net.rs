@@ -198,21 +198,33 @@ fn exp_f32(x: f32) -> f32 {
 }
 
 /// (sigmoid(z), silu(z)) elementwise, through `simd::dispatch` so the loop vectorizes.
+/// (The loops are `#[inline(always)]` functions so that they are compiled with the
+/// features `dispatch` enables; a closure body the inliner leaves out is not.)
 fn activate(z: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let (mut sig, mut silu) = (vec![0f32; z.len()], vec![0f32; z.len()]);
-    crate::simd::dispatch(|| {
+    #[inline(always)]
+    fn body(z: &[f32], sig: &mut [f32], silu: &mut [f32]) {
         for ((s, o), &v) in sig.iter_mut().zip(silu.iter_mut()).zip(z) {
             let g = 1.0 / (1.0 + exp_f32(-v));
             *s = g;
             *o = v * g;
         }
-    });
+    }
+    let (mut sig, mut silu) = (vec![0f32; z.len()], vec![0f32; z.len()]);
+    crate::simd::dispatch(#[inline(always)] || body(z, &mut sig, &mut silu));
     (sig, silu)
 }
 
 /// g·silu'(z) from z and sigmoid(z), vectorized through `simd::dispatch`.
 fn times_silu_grad(g: &[f32], z: &[f32], sig: &[f32]) -> Vec<f32> {
-    crate::simd::dispatch(|| g.iter().zip(z.iter().zip(sig)).map(|(&g, (&z, &s))| g * s * (1.0 + z * (1.0 - s))).collect())
+    #[inline(always)]
+    fn body(g: &[f32], z: &[f32], sig: &[f32], out: &mut [f32]) {
+        for (o, (&g, (&z, &s))) in out.iter_mut().zip(g.iter().zip(z.iter().zip(sig))) {
+            *o = g * s * (1.0 + z * (1.0 - s));
+        }
+    }
+    let mut out = vec![0f32; g.len()];
+    crate::simd::dispatch(#[inline(always)] || body(g, z, sig, &mut out));
+    out
 }
 
 fn add_bias(z: &mut [f32], b: &[f32]) {

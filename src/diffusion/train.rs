@@ -189,28 +189,43 @@ impl Adam {
             .zip(ema.par_chunks_mut(CHUNK))
             .for_each(|(((p, (i, g)), (m, v)), e)| {
                 for other in rest {
-                    g.iter_mut().zip(&other[i * CHUNK..]).for_each(|(a, &b)| *a += b);
+                    add_into(g, &other[i * CHUNK..]);
                 }
                 adam_ema_chunk(p, g, m, v, e, step, eps, decay)
             });
     }
 }
 
+/// acc += x (x at least as long), vectorized through `simd::dispatch`.
+fn add_into(acc: &mut [f32], x: &[f32]) {
+    #[inline(always)]
+    fn body(acc: &mut [f32], x: &[f32]) {
+        acc.iter_mut().zip(x).for_each(|(a, &b)| *a += b);
+    }
+    crate::simd::dispatch(#[inline(always)] || body(acc, x))
+}
+
 /// One chunk of the Adam + EMA update, through `simd::dispatch` so the square roots and
 /// divisions vectorize (same IEEE results as scalar code).
 #[allow(clippy::too_many_arguments)]
 fn adam_ema_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], e: &mut [f32], step: f32, eps: f32, decay: f32) {
-    crate::simd::dispatch(|| {
-        let (b1, b2) = (0.9f32, 0.999f32);
-        let n = p.len();
-        let (g, m, v, e) = (&g[..n], &mut m[..n], &mut v[..n], &mut e[..n]);
-        for i in 0..n {
-            m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-            v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-            p[i] -= step * m[i] / (v[i].sqrt() + eps);
-            e[i] = decay * e[i] + (1.0 - decay) * p[i];
-        }
-    })
+    crate::simd::dispatch(#[inline(always)] || adam_ema_body(p, g, m, v, e, step, eps, decay))
+}
+
+/// The loop of `adam_ema_chunk`; always inlined, so that it is compiled with the
+/// features `dispatch` enables (a closure body the inliner leaves out is not).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn adam_ema_body(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], e: &mut [f32], step: f32, eps: f32, decay: f32) {
+    let (b1, b2) = (0.9f32, 0.999f32);
+    let n = p.len();
+    let (g, m, v, e) = (&g[..n], &mut m[..n], &mut v[..n], &mut e[..n]);
+    for i in 0..n {
+        m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+        v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+        p[i] -= step * m[i] / (v[i].sqrt() + eps);
+        e[i] = decay * e[i] + (1.0 - decay) * p[i];
+    }
 }
 
 pub fn checkpoint_path(run: &Path, step: usize) -> PathBuf {
