@@ -106,10 +106,10 @@ pub fn active_rows_product(g: &[f32], c: usize, active: &[u32], w: &[f32], n: us
         unsafe { active_rows_avx512::product(g, c, active, w, n, cols, out) };
         return;
     }
-    for (o, gr) in out.chunks_exact_mut(n).zip(g.chunks_exact(k.max(1))) {
+    for (r, o) in out.chunks_exact_mut(n).enumerate() {
         let o = &mut o[cols.clone()];
         o.fill(0.0);
-        for (&i, &s) in active.iter().zip(gr) {
+        for (&i, &s) in active.iter().zip(&g[r * k..(r + 1) * k]) {
             let wr = &w[i as usize * n..(i as usize + 1) * n][cols.clone()];
             o.iter_mut().zip(wr).for_each(|(a, &b)| *a += s * b);
         }
@@ -199,7 +199,8 @@ mod tests {
         for (c, m, n) in [(1, 5, 7), (10, 40, 70), (12, 33, 32), (13, 64, 100), (25, 20, 33)] {
             let mut w = vec![0f32; m * n];
             rng.fill_normal((c * 1000) as u64, &mut w);
-            let active: Vec<u32> = (0..m as u32).filter(|i| (i * 7 + c as u32) % 3 != 0).collect();
+            // Every third row active; with c = 1 none, as for a sample whose units are all off.
+            let active: Vec<u32> = (0..m as u32).filter(|i| c > 1 && (i * 7 + c as u32) % 3 != 0).collect();
             let k = active.len();
             let mut g = vec![0f32; c * k];
             rng.fill_normal((c * 1000 + 500) as u64, &mut g);
