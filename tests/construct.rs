@@ -83,6 +83,29 @@ fn config(width: usize, max_bias: f32, seed: u64, target: Target) -> FitConfig {
 }
 
 #[test]
+fn layer_one_bits_are_the_float64_signs() {
+    // Every width remainder (partial last words), the small-input path (d < 16) and
+    // the GEMM path, with a zero row and λ = 0 (hyperplanes through the origin).
+    for (dim, width, lambda) in [(1, 1, 0.5f32), (2, 40, 0.5), (2, 130, 0.0), (3, 64, 1.0), (7, 500, 0.3), (20, 77, 0.2)] {
+        let layer = Layer1::random(dim as u64 + width as u64, width, dim, lambda);
+        let rows = 97;
+        let mut x = vec![0f32; rows * dim];
+        rote::rng::Philox::new(5, dim as u64).fill_normal(0, &mut x[dim..]);
+        let bits = rote::construct::layer1::threshold_bits(&x, &layer);
+        for r in 0..rows {
+            for j in 0..width {
+                let z: f64 = layer.bias[j] as f64 + (0..dim).map(|l| x[r * dim + l] as f64 * layer.weight[j * dim + l] as f64).sum::<f64>();
+                assert_eq!(bits.get(r, j), z > 0.0, "d={dim} n={width} λ={lambda} row {r} unit {j}: z = {z}");
+            }
+            // Bits past the width stay zero.
+            for j in width..bits.words * 64 {
+                assert!(!bits.get(r, j), "d={dim} n={width}: bit {j} past the width is set");
+            }
+        }
+    }
+}
+
+#[test]
 fn identical_to_the_one_at_a_time_algorithm() {
     let cases = [
         ("moons:n=300,noise=0.1,seed=1", 40, 0.5f32, Target::Binary { positive: None }),

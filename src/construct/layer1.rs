@@ -263,12 +263,19 @@ fn pack_row_small(x: &[f32], wt: &[f32], layer: &Layer1, margins: &Margins, out:
         let base = w * 64;
         let end = (base + 64).min(n);
         let (bias, slope, floor) = (&layer.bias[base..end], &margins.slope[base..end], &margins.floor[base..end]);
+        let bound = margins.max_slope * xn + margins.max_floor;
         #[cfg(target_arch = "x86_64")]
-        let fused = (end - base == 64 && crate::simd::has_avx2()).then(|| {
-            // SAFETY: AVX2 and FMA were detected; W has 64 units from `base` in each row.
-            let (on, near) = unsafe { small_word_avx2(x, wt, n, base, bias, margins.max_slope * xn + margins.max_floor) };
-            (on, refine_near(near, x, wt, n, base, bias, slope, floor, xn))
-        });
+        let fused = if crate::simd::has_avx512f() {
+            // SAFETY: AVX-512F was detected; W has end − base units from `base` in each row.
+            let (on, near) = unsafe { small_word_avx512(x, wt, n, base, end - base, bias, bound) };
+            Some((on, refine_near(near, x, wt, n, base, bias, slope, floor, xn)))
+        } else {
+            (end - base == 64 && crate::simd::has_avx2()).then(|| {
+                // SAFETY: AVX2 and FMA were detected; W has 64 units from `base` in each row.
+                let (on, near) = unsafe { small_word_avx2(x, wt, n, base, bias, bound) };
+                (on, refine_near(near, x, wt, n, base, bias, slope, floor, xn))
+            })
+        };
         #[cfg(not(target_arch = "x86_64"))]
         let fused: Option<(u64, u64)> = None;
         let (on, unsure) = fused.unwrap_or_else(|| {
@@ -319,6 +326,30 @@ unsafe fn small_word_avx2(x: &[f32], wt: &[f32], n: usize, base: usize, bias: &[
         }
         on |= (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, zero)) as u32 as u64) << (8 * g);
         near |= (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(_mm256_and_ps(v, abs_mask), boundv)) as u32 as u64) << (8 * g);
+    }
+    (on, near)
+}
+
+/// `small_word_avx2` for the `count` ≤ 64 units from `base`, sixteen lanes at a time
+/// with the comparisons straight into bit masks; lanes past `count` are neither loaded
+/// nor set.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn small_word_avx512(x: &[f32], wt: &[f32], n: usize, base: usize, count: usize, bias: &[f32], bound: f32) -> (u64, u64) {
+    use std::arch::x86_64::*;
+    let zero = _mm512_setzero_ps();
+    let boundv = _mm512_set1_ps(bound);
+    let mut on = 0u64;
+    let mut near = 0u64;
+    for g in 0..count.div_ceil(16) {
+        let left = count - 16 * g;
+        let lanes: __mmask16 = if left >= 16 { 0xFFFF } else { ((1u32 << left) - 1) as u16 };
+        let mut v = _mm512_maskz_loadu_ps(lanes, bias.as_ptr().add(16 * g));
+        for (l, &xl) in x.iter().enumerate() {
+            v = _mm512_fmadd_ps(_mm512_set1_ps(xl), _mm512_maskz_loadu_ps(lanes, wt.as_ptr().add(l * n + base + 16 * g)), v);
+        }
+        on |= (_mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(lanes, v, zero) as u64) << (16 * g);
+        near |= (_mm512_mask_cmp_ps_mask::<_CMP_LE_OQ>(lanes, _mm512_abs_ps(v), boundv) as u64) << (16 * g);
     }
     (on, near)
 }
