@@ -267,7 +267,14 @@ fn pack_row_small(x: &[f32], wt: &[f32], layer: &Layer1, margins: &Margins, out:
         #[cfg(target_arch = "x86_64")]
         let fused = if crate::simd::has_avx512f() {
             // SAFETY: AVX-512F was detected; W has end − base units from `base` in each row.
-            let (on, near) = unsafe { small_word_avx512(x, wt, n, base, end - base, bias, bound) };
+            let (on, near) = unsafe {
+                match x.len() {
+                    1 => small_word_avx512::<1>(x, wt, n, base, end - base, bias, bound),
+                    2 => small_word_avx512::<2>(x, wt, n, base, end - base, bias, bound),
+                    3 => small_word_avx512::<3>(x, wt, n, base, end - base, bias, bound),
+                    _ => small_word_avx512::<0>(x, wt, n, base, end - base, bias, bound),
+                }
+            };
             Some((on, refine_near(near, x, wt, n, base, bias, slope, floor, xn)))
         } else {
             (end - base == 64 && crate::simd::has_avx2()).then(|| {
@@ -332,10 +339,12 @@ unsafe fn small_word_avx2(x: &[f32], wt: &[f32], n: usize, base: usize, bias: &[
 
 /// `small_word_avx2` for the `count` ≤ 64 units from `base`, sixteen lanes at a time
 /// with the comparisons straight into bit masks; lanes past `count` are neither loaded
-/// nor set.
+/// nor set. `D` > 0 fixes the input dimension at compile time (so the loop over it
+/// unrolls; moons and other 2-D data spend most of their time here); 0 takes it from x.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn small_word_avx512(x: &[f32], wt: &[f32], n: usize, base: usize, count: usize, bias: &[f32], bound: f32) -> (u64, u64) {
+unsafe fn small_word_avx512<const D: usize>(x: &[f32], wt: &[f32], n: usize, base: usize, count: usize, bias: &[f32], bound: f32) -> (u64, u64) {
+    let x = if D > 0 { &x[..D] } else { x };
     use std::arch::x86_64::*;
     let zero = _mm512_setzero_ps();
     let boundv = _mm512_set1_ps(bound);
