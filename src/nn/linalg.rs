@@ -106,6 +106,12 @@ pub fn active_rows_product(g: &[f32], c: usize, active: &[u32], w: &[f32], n: us
         unsafe { active_rows_avx512::product(g, c, active, w, n, cols, out) };
         return;
     }
+    active_rows_portable(g, active, w, n, cols, out);
+}
+
+/// `active_rows_product` without SIMD intrinsics (other CPUs, `ROTE_NO_SIMD=1`).
+fn active_rows_portable(g: &[f32], active: &[u32], w: &[f32], n: usize, cols: std::ops::Range<usize>, out: &mut [f32]) {
+    let k = active.len();
     for (r, o) in out.chunks_exact_mut(n).enumerate() {
         let o = &mut o[cols.clone()];
         o.fill(0.0);
@@ -190,7 +196,7 @@ mod active_rows_avx512 {
 mod tests {
     use super::*;
 
-    /// The dispatched product (AVX-512 here) and the portable loop against float64, for
+    /// The dispatched product (AVX-512 here) and the portable loop, each against float64, for
     /// row counts around the 12-row register block and column ranges with partial
     /// strips.
     #[test]
@@ -204,14 +210,18 @@ mod tests {
             let k = active.len();
             let mut g = vec![0f32; c * k];
             rng.fill_normal((c * 1000 + 500) as u64, &mut g);
-            for cols in [0..n, 3..n - 1, 0..n.min(17)] {
+            for (cols, portable) in [0..n, 3..n - 1, 0..n.min(17)].into_iter().flat_map(|r| [(r.clone(), false), (r, true)]) {
                 let mut got = vec![f32::NAN; c * n];
-                active_rows_product(&g, c, &active, &w, n, cols.clone(), &mut got);
+                if portable {
+                    active_rows_portable(&g, &active, &w, n, cols.clone(), &mut got);
+                } else {
+                    active_rows_product(&g, c, &active, &w, n, cols.clone(), &mut got);
+                }
                 for r in 0..c {
                     for j in cols.clone() {
                         let want: f64 = (0..k).map(|t| g[r * k + t] as f64 * w[active[t] as usize * n + j] as f64).sum();
                         let scale: f64 = (0..k).map(|t| (g[r * k + t] as f64 * w[active[t] as usize * n + j] as f64).abs()).sum();
-                        assert!((got[r * n + j] as f64 - want).abs() <= 1e-6 * scale, "c={c} r={r} j={j}");
+                        assert!((got[r * n + j] as f64 - want).abs() <= 1e-6 * scale, "c={c} r={r} j={j} portable={portable}");
                     }
                     // Columns outside the range are left alone.
                     assert!((0..n).filter(|j| !cols.contains(j)).all(|j| got[r * n + j].is_nan()));
