@@ -81,29 +81,39 @@ pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfi
     if !use_fd && m.activation.piecewise_linear() {
         return Ok(finish_low_rank(&low_rank_cpu(m, x, rows, Some((cfg.seed, first_global, p))), exact_gn));
     }
+    // K = W₁W₁ᵀ once per call, for the Hutchinson norms when the first layer narrows
+    // the input (see `Mlp::input_hvp_norms`).
+    let first_gram = (!use_fd && m.sizes[1] < d).then(|| m.first_gram());
     // The probe-based estimators hold rows·probes tangents per layer: a large batch
     // runs a group of samples at a time, so that those stay in cache and the buffers
     // are reused instead of being faulted in afresh.
-    if rows > PROBE_GROUP {
-        let mut all = Scores { score: Vec::with_capacity(rows), trace: Vec::with_capacity(rows), gauss_newton: exact_gn.then(Vec::new) };
-        for s0 in (0..rows).step_by(PROBE_GROUP) {
-            let s1 = (s0 + PROBE_GROUP).min(rows);
-            let part = scores(m, &x[s0 * d..s1 * d], &y[s0..s1], first_global + s0 as u64, cfg)?;
-            all.score.extend(part.score);
-            all.trace.extend(part.trace);
-            if let (Some(gn), Some(more)) = (all.gauss_newton.as_mut(), part.gauss_newton) {
-                gn.extend(more);
-            }
+    let mut all = Scores { score: Vec::with_capacity(rows), trace: Vec::with_capacity(rows), gauss_newton: exact_gn.then(Vec::new) };
+    for s0 in (0..rows).step_by(PROBE_GROUP) {
+        let s1 = (s0 + PROBE_GROUP).min(rows);
+        let part = probe_scores(m, &x[s0 * d..s1 * d], &y[s0..s1], first_global + s0 as u64, cfg, first_gram.as_deref());
+        all.score.extend(part.score);
+        all.trace.extend(part.trace);
+        if let (Some(gn), Some(more)) = (all.gauss_newton.as_mut(), part.gauss_newton) {
+            gn.extend(more);
         }
-        return Ok(all);
     }
+    Ok(all)
+}
+
+/// `scores` for one group of samples with a probe-based estimator (Hutchinson with
+/// exact HVPs, or finite differences / the released code's statistic).
+fn probe_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfig, first_gram: Option<&[f32]>) -> Scores {
+    let (d, rows, p) = (m.input_dim(), y.len(), cfg.probes);
+    let exact_gn = cfg.estimator == Estimator::Exact;
+    let use_fd = cfg.estimator == Estimator::Fd || cfg.statistic == Statistic::ReleasedCode;
     let mut v = vec![0f32; rows * p * d];
     for s in 0..rows {
         for j in 0..p {
             probe(cfg.seed, first_global + s as u64, j, d, &mut v[(s * p + j) * d..(s * p + j + 1) * d]);
         }
     }
-    let hv = if use_fd {
+    // Per tangent row: (‖Hv‖² or the released code's ‖Hv‖, vᵀHv).
+    let per_probe: Vec<(f64, f64)> = if use_fd {
         let g0 = m.input_grad(x, y, rows);
         let mut xs = vec![0f32; rows * p * d];
         let mut ys = vec![0i64; rows * p];
@@ -118,27 +128,27 @@ pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfi
         }
         let g1 = m.input_grad(&xs, &ys, rows * p);
         let scale = if cfg.statistic == Statistic::ReleasedCode { 1.0 } else { 1.0 / cfg.h };
-        g1.iter().enumerate().map(|(i, &g)| (g - g0[(i / d / p) * d + i % d]) * scale).collect::<Vec<f32>>()
+        let hv: Vec<f32> = g1.iter().enumerate().map(|(i, &g)| (g - g0[(i / d / p) * d + i % d]) * scale).collect();
+        (0..rows * p)
+            .map(|r| {
+                let hvr = &hv[r * d..(r + 1) * d];
+                let sq: f64 = hvr.iter().map(|&t| (t as f64) * (t as f64)).sum();
+                let tr: f64 = hvr.iter().zip(&v[r * d..(r + 1) * d]).map(|(&t, &u)| (t * u) as f64).sum();
+                (if cfg.statistic == Statistic::ReleasedCode { sq.sqrt() } else { sq }, tr)
+            })
+            .collect()
     } else {
-        let ys: Vec<i64> = y.to_vec();
-        m.input_hvp(x, &ys, rows, &v, p)
+        m.input_hvp_norms(x, y, rows, &v, p, first_gram)
     };
     let mut score = vec![0f32; rows];
     let mut trace = vec![0f32; rows];
     for s in 0..rows {
-        let (mut a, mut b) = (0f64, 0f64);
-        for j in 0..p {
-            let r = s * p + j;
-            let hvr = &hv[r * d..(r + 1) * d];
-            let sq: f64 = hvr.iter().map(|&t| (t as f64) * (t as f64)).sum();
-            a += if cfg.statistic == Statistic::ReleasedCode { sq.sqrt() } else { sq };
-            b += hvr.iter().zip(&v[r * d..(r + 1) * d]).map(|(&t, &u)| (t * u) as f64).sum::<f64>();
-        }
+        let (a, b) = per_probe[s * p..(s + 1) * p].iter().fold((0f64, 0f64), |(a, b), &(sq, tr)| (a + sq, b + tr));
         score[s] = (a / p as f64) as f32;
         trace[s] = (b / p as f64) as f32;
     }
     let gauss_newton = exact_gn.then(|| gauss_newton(m, x, rows).0);
-    Ok(Scores { score, trace, gauss_newton })
+    Scores { score, trace, gauss_newton }
 }
 
 /// Hutchinson with exact HVPs for piecewise-linear networks, where H = JᵀAJ has rank
