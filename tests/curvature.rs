@@ -242,8 +242,9 @@ fn probe_free_scores_equal_the_explicit_hessian() {
 fn gauss_newton_scores_match_the_float64_jacobian() {
     // Widths with partial 32-column strips, and 13 classes (more than one register
     // block of output rows), for every activation; several samples per call.
-    for act in ACTS {
-        let m = Mlp::init(&[45, 70, 37, 13], act, 21);
+    let nets = ACTS.iter().map(|&act| (vec![45, 70, 37, 13], act)).chain([(vec![45, 13], Activation::Relu)]);
+    for (sizes, act) in nets {
+        let m = Mlp::init(&sizes, act, 21);
         let r = Reference::of(&m);
         let rows = 6;
         let x: Vec<f32> = (0..rows).flat_map(|s| input(45, 300 + s as u64)).collect();
