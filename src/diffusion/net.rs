@@ -241,14 +241,50 @@ fn col_sums(g: &[f32], n: usize, out: &mut [f32]) {
     }
 }
 
+/// The network's matrices transposed to (in, out) row-major, at the same offsets as in
+/// `p` (biases and the label table left at zero). The forward products read these: the
+/// GEMM packs a row-major right operand directly, but transposes an (out, in) one
+/// element by element, per call and per thread.
+pub fn transposed_weights(l: &Layout, p: &[f32]) -> Vec<f32> {
+    let mut t = Vec::new();
+    transposed_weights_into(l, p, &mut t);
+    t
+}
+
+/// `transposed_weights` into a buffer kept between training steps (only the matrices
+/// are rewritten).
+pub fn transposed_weights_into(l: &Layout, p: &[f32], t: &mut Vec<f32>) {
+    use rayon::prelude::*;
+    t.resize(p.len(), 0.0);
+    let mut jobs = Vec::new();
+    let (mut rest, mut pos): (&mut [f32], usize) = (t, 0);
+    for (name, shape, at) in &l.tensors {
+        let n: usize = shape.iter().product();
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(at - pos);
+        let (mine, tail) = tail.split_at_mut(n);
+        (rest, pos) = (tail, at + n);
+        if shape.len() == 2 && name != "map.label.weight" {
+            jobs.push((mine, &p[*at..at + n], shape[0], shape[1]));
+        }
+    }
+    jobs.into_par_iter().for_each(|(dst, src, rows, cols)| crate::nn::linalg::transpose(src, rows, cols, dst));
+}
+
 /// F(x_in, c_noise, label) for `rows` rows; labels only for conditional layouts.
 pub fn forward(l: &Layout, p: &[f32], x_in: &[f32], c_noise: &[f32], labels: Option<&[i64]>) -> Activations {
+    forward_with(l, p, &transposed_weights(l, p), x_in, c_noise, labels)
+}
+
+/// `forward` with the transposed matrices (`transposed_weights`) at hand, as a training
+/// step shares them between its threads.
+pub fn forward_with(l: &Layout, p: &[f32], pt: &[f32], x_in: &[f32], c_noise: &[f32], labels: Option<&[i64]>) -> Activations {
     let rows = c_noise.len();
     let (h, d) = (l.width, l.dim);
     let w = |name: &str| &p[l.range(name)];
+    let wt = |name: &str| &pt[l.range(name)];
     let t = embedding(c_noise);
     let mut a1 = vec![0f32; rows * h];
-    gemm(&t, rows, EMBED, w("map.0.weight"), h, true, false, &mut a1);
+    gemm(&t, rows, EMBED, wt("map.0.weight"), h, false, false, &mut a1);
     add_bias(&mut a1, w("map.0.bias"));
     if l.classes > 0 {
         let lw = w("map.label.weight");
@@ -260,10 +296,10 @@ pub fn forward(l: &Layout, p: &[f32], x_in: &[f32], c_noise: &[f32], labels: Opt
     }
     let act_a1 = activate(&a1);
     let mut e = vec![0f32; rows * h];
-    gemm(&act_a1.1, rows, h, w("map.1.weight"), h, true, false, &mut e);
+    gemm(&act_a1.1, rows, h, wt("map.1.weight"), h, false, false, &mut e);
     add_bias(&mut e, w("map.1.bias"));
     let mut h0 = vec![0f32; rows * h];
-    gemm(x_in, rows, d, w("input.weight"), h, true, false, &mut h0);
+    gemm(x_in, rows, d, wt("input.weight"), h, false, false, &mut h0);
     add_bias(&mut h0, w("input.bias"));
     let mut hs = vec![h0];
     let mut us = Vec::new();
@@ -272,11 +308,11 @@ pub fn forward(l: &Layout, p: &[f32], x_in: &[f32], c_noise: &[f32], labels: Opt
         let hb = hs.last().unwrap();
         let ah = activate(hb);
         let mut u = e.clone();
-        gemm(&ah.1, rows, h, w(&format!("blocks.{b}.0.weight")), h, true, true, &mut u);
+        gemm(&ah.1, rows, h, wt(&format!("blocks.{b}.0.weight")), h, false, true, &mut u);
         add_bias(&mut u, w(&format!("blocks.{b}.0.bias")));
         let au = activate(&u);
         let mut next = hb.clone();
-        gemm(&au.1, rows, h, w(&format!("blocks.{b}.1.weight")), h, true, true, &mut next);
+        gemm(&au.1, rows, h, wt(&format!("blocks.{b}.1.weight")), h, false, true, &mut next);
         add_bias(&mut next, w(&format!("blocks.{b}.1.bias")));
         us.push(u);
         hs.push(next);
@@ -285,7 +321,7 @@ pub fn forward(l: &Layout, p: &[f32], x_in: &[f32], c_noise: &[f32], labels: Opt
     }
     let al = activate(hs.last().unwrap());
     let mut out = vec![0f32; rows * d];
-    gemm(&al.1, rows, h, w("output.weight"), d, true, false, &mut out);
+    gemm(&al.1, rows, h, wt("output.weight"), d, false, false, &mut out);
     add_bias(&mut out, w("output.bias"));
     act_h.push(al);
     Activations { rows, t, a1, h: hs, u: us, act_a1, act_h, act_u, out }

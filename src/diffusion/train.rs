@@ -127,23 +127,35 @@ pub fn conditioning_labels(train: &Split, labels: Labels, seed: u64) -> (usize, 
     }
 }
 
+/// Buffers a CPU training step reuses.
+#[derive(Default)]
+pub struct StepBuffers {
+    /// One gradient per thread; their sum is the batch's gradient.
+    pub partials: Vec<Vec<f32>>,
+    /// The weight matrices transposed (`net::transposed_weights`).
+    pub transposed: Vec<f32>,
+}
+
 /// The mean of (F − target)² over the batch, and its gradient as the sum of the
-/// vectors left in `partials`: the batch is split into one slice per thread, each
-/// running forward and backward serially into its own vector (Adam adds them up as it
-/// reads them, so no serial reduction runs here).
-pub fn loss_and_gradient(l: &Layout, p: &[f32], x_in: &[f32], c_noise: &[f32], labels: Option<&[i64]>, target: &[f32], partials: &mut Vec<Vec<f32>>) -> f64 {
+/// vectors left in `buffers.partials`: the batch is split into one slice per thread,
+/// each running forward and backward serially into its own vector (Adam adds them up
+/// as it reads them, so no serial reduction runs here).
+pub fn loss_and_gradient(l: &Layout, p: &[f32], x_in: &[f32], c_noise: &[f32], labels: Option<&[i64]>, target: &[f32], buffers: &mut StepBuffers) -> f64 {
     use rayon::prelude::*;
     let (b, d) = (c_noise.len(), l.dim);
     let scale = 2.0 / (b * d) as f32;
     let per = b.div_ceil(rayon::current_num_threads().max(1)).max(1);
     let starts: Vec<usize> = (0..b).step_by(per).collect();
+    let StepBuffers { partials, transposed } = buffers;
     partials.resize_with(starts.len(), || vec![0f32; p.len()]);
+    net::transposed_weights_into(l, p, transposed);
+    let pt = &transposed[..];
     let losses: Vec<f64> = starts
         .into_par_iter()
         .zip(partials.par_iter_mut())
         .map(|(r0, g)| {
             let r1 = (r0 + per).min(b);
-            let act = net::forward(l, p, &x_in[r0 * d..r1 * d], &c_noise[r0..r1], labels.map(|y| &y[r0..r1]));
+            let act = net::forward_with(l, p, pt, &x_in[r0 * d..r1 * d], &c_noise[r0..r1], labels.map(|y| &y[r0..r1]));
             let mut loss = 0f64;
             let dout: Vec<f32> = act
                 .out
@@ -312,7 +324,7 @@ pub fn train(backend: &crate::device::Backend, train: &Split, cfg: &DenoiserConf
         crate::device::Backend::Cpu => None,
     };
     let mut adam = Adam { m: vec![0.0; p.len()], v: vec![0.0; p.len()], t: 0 };
-    let mut partials = Vec::new();
+    let mut buffers = StepBuffers::default();
     let b = recipe.batch;
     let (batch_rng, sigma_rng, noise_rng) = (Philox::new(recipe.seed, STREAM_BATCH), Philox::new(recipe.seed, STREAM_SIGMA), Philox::new(recipe.seed, STREAM_NOISE));
     let mut metrics = String::from("step,loss,seconds\n");
@@ -341,13 +353,13 @@ pub fn train(backend: &crate::device::Backend, train: &Split, cfg: &DenoiserConf
         let labels: Option<Vec<i64>> = (cfg.classes > 0).then(|| idx.iter().map(|&i| cond[i]).collect());
         let loss = match device_net.as_mut() {
             Some(net) => net.step(&x_in, &c_noise, labels.as_deref(), &target, recipe.lr, recipe.ema as f32)?,
-            None => loss_and_gradient(&layout, &p, &x_in, &c_noise, labels.as_deref(), &target, &mut partials),
+            None => loss_and_gradient(&layout, &p, &x_in, &c_noise, labels.as_deref(), &target, &mut buffers),
         };
         if !loss.is_finite() {
             bail!("step {}: the loss became {loss}; the run diverged — try a smaller --lr than {}", step + 1, recipe.lr);
         }
         if device_net.is_none() {
-            adam.step(&mut p, &mut partials, recipe.lr, &mut ema, recipe.ema as f32);
+            adam.step(&mut p, &mut buffers.partials, recipe.lr, &mut ema, recipe.ema as f32);
         }
         loss_sum += loss;
         loss_count += 1;

@@ -89,6 +89,70 @@ pub fn gemm_serial(a: &[f32], m: usize, k: usize, b: &[f32], n: usize, b_transpo
     }
 }
 
+/// dst (cols, rows) = srcᵀ for src (rows, cols), both row-major: 16×16 tiles in
+/// AVX-512 registers where the CPU has it, element by element at the edges and
+/// elsewhere.
+pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    assert_eq!(src.len(), rows * cols);
+    assert_eq!(dst.len(), rows * cols);
+    let (mut full_rows, mut full_cols) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx512f() {
+        (full_rows, full_cols) = (rows / 16 * 16, cols / 16 * 16);
+        for r0 in (0..full_rows).step_by(16) {
+            for c0 in (0..full_cols).step_by(16) {
+                // SAFETY: AVX-512F was detected; the tile lies inside both matrices.
+                unsafe { transpose_avx512::tile(src.as_ptr().add(r0 * cols + c0), cols, dst.as_mut_ptr().add(c0 * rows + r0), rows) };
+            }
+        }
+    }
+    for r in 0..rows {
+        let c_start = if r < full_rows { full_cols } else { 0 };
+        for c in c_start..cols {
+            dst[c * rows + r] = src[r * cols + c];
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod transpose_avx512 {
+    use std::arch::x86_64::*;
+
+    /// One 16×16 tile: 4×4 transposes inside each 128-bit lane (unpack ps, then pd),
+    /// then the lanes gathered across registers (two rounds of shuffle_f32x4).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+        let mut r = [_mm512_setzero_ps(); 16];
+        for (i, ri) in r.iter_mut().enumerate() {
+            *ri = _mm512_loadu_ps(src.add(i * src_stride));
+        }
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        let pd = _mm512_castps_pd;
+        for i in 0..4 {
+            let (a, b, c, d) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+            // Lane j of r[4i + q] now holds rows 4i … 4i+3 of source column 4j + q.
+            r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(a), pd(c)));
+            r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(a), pd(c)));
+            r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(b), pd(d)));
+            r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(b), pd(d)));
+        }
+        for q in 0..4 {
+            let even_lo = _mm512_shuffle_f32x4::<0x88>(r[q], r[4 + q]);
+            let odd_lo = _mm512_shuffle_f32x4::<0xDD>(r[q], r[4 + q]);
+            let even_hi = _mm512_shuffle_f32x4::<0x88>(r[8 + q], r[12 + q]);
+            let odd_hi = _mm512_shuffle_f32x4::<0xDD>(r[8 + q], r[12 + q]);
+            _mm512_storeu_ps(dst.add(q * dst_stride), _mm512_shuffle_f32x4::<0x88>(even_lo, even_hi));
+            _mm512_storeu_ps(dst.add((8 + q) * dst_stride), _mm512_shuffle_f32x4::<0xDD>(even_lo, even_hi));
+            _mm512_storeu_ps(dst.add((4 + q) * dst_stride), _mm512_shuffle_f32x4::<0x88>(odd_lo, odd_hi));
+            _mm512_storeu_ps(dst.add((12 + q) * dst_stride), _mm512_shuffle_f32x4::<0xDD>(odd_lo, odd_hi));
+        }
+    }
+}
+
 /// Columns `cols` of out (c, n) = g · w[active, :] for g (c, active.len()) row-major:
 /// the product with only the listed rows of w (n columns). A relu network's backward
 /// pass only flows through the units a sample switches on, about half of them, so a
@@ -195,6 +259,20 @@ mod active_rows_avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transpose_moves_every_element() {
+        for (rows, cols) in [(1, 1), (16, 16), (13, 70), (64, 256), (100, 33), (48, 17)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let mut dst = vec![f32::NAN; rows * cols];
+            transpose(&src, rows, cols, &mut dst);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(dst[c * rows + r], src[r * cols + c], "{rows}×{cols} at ({r}, {c})");
+                }
+            }
+        }
+    }
 
     /// The dispatched product (AVX-512 here) and the portable loop, each against float64, for
     /// row counts around the 12-row register block and column ranges with partial
