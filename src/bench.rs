@@ -226,7 +226,9 @@ pub fn curvature(model: &str, batch: usize, probes: usize, repeats: usize, pytho
         let times: Vec<f64> = v["seconds"].as_array().unwrap().iter().filter_map(|t| t.as_f64()).collect();
         let scores = crate::data::Array::open_npy(&dir.path().join("scores.npy"))?.to_f32();
         let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
-        let flops = 2.0 * macs * (4 * probes) as f64 * batch as f64;
+        // vmap over the probes shares the primal forward and backward between them, so
+        // JAX runs 2 + 2P passes, as rote's forward-over-reverse does.
+        let flops = 2.0 * macs * (2 + 2 * probes) as f64 * batch as f64;
         let note = format!("hutchinson, jax {}", v["jax"].as_str().unwrap_or("?"));
         rows.push(BenchRow::timed(&workload, "jax-cpu", (median, min), times.len(), None, batch as f64, Some(flops), Some(note)));
         baseline = Some((median, scores));
