@@ -542,45 +542,32 @@ fn run(cli: Cli) -> Result<()> {
 fn bench_one(c: BenchCommand) -> Result<()> {
     match c {
         BenchCommand::Curvature { model, batch, probes, repeats, python, device, json } => {
-            let python = (python != "none").then_some(python.as_str());
+            let python = baseline_python(&python);
             let gpu = bench_backends(device)?.into_iter().find(|b| matches!(b, Backend::Cuda(_)));
             let rows = rote::bench::curvature(&model, batch.max(1), probes.max(1), repeats.max(1), python, gpu.as_ref())?;
-            if json {
-                print_json(&serde_json::to_value(&rows)?);
-            } else {
-                rote::bench::print_table(&rows);
-            }
-            Ok(())
+            print_rows(&rows, json)
         }
         BenchCommand::Construct { cases, repeats, python, baseline_repeats, device, skip_cpu, json } => {
-            let mut backends = bench_backends(device)?;
-            if skip_cpu && backends.len() > 1 {
-                backends.remove(0);
-            }
+            let backends = bench_backends_maybe_gpu_only(device, skip_cpu)?;
             let cases = cases.iter().map(|c| construct_case(c)).collect::<Result<Vec<_>>>()?;
-            let python = (python != "none").then_some(python.as_str());
+            let python = baseline_python(&python);
             let rows = rote::bench::construct(&cases, &backends, repeats.max(1), python, baseline_repeats.max(1))?;
-            if json {
-                print_json(&serde_json::to_value(&rows)?);
-            } else {
-                rote::bench::print_table(&rows);
-            }
-            Ok(())
+            print_rows(&rows, json)
         }
         BenchCommand::Denoise { data, batch, repeats, python, baseline_repeats, device, skip_cpu, json } => {
             let backends = bench_backends_maybe_gpu_only(device, skip_cpu)?;
-            let python = (python != "none").then_some(python.as_str());
+            let python = baseline_python(&python);
             let rows = rote::bench::denoise(&data, batch.max(1), repeats.max(1), python, &backends, baseline_repeats.max(1))?;
             print_rows(&rows, json)
         }
         BenchCommand::Knn { data, queries, k, repeats, python, baseline_repeats, device, skip_cpu, json } => {
             let backends = bench_backends_maybe_gpu_only(device, skip_cpu)?;
-            let python = (python != "none").then_some(python.as_str());
+            let python = baseline_python(&python);
             let rows = rote::bench::knn(&data, queries.max(1), k.max(1), repeats.max(1), python, &backends, baseline_repeats.max(1))?;
             print_rows(&rows, json)
         }
         BenchCommand::DenoiseTrain { data, model, batch, steps, python, device, json } => {
-            let python = (python != "none").then_some(python.as_str());
+            let python = baseline_python(&python);
             let backends = bench_backends(device)?;
             let rows = rote::bench::denoise_train(&data, &model, batch.max(1), steps.max(1), python, &backends)?;
             print_rows(&rows, json)
@@ -588,19 +575,14 @@ fn bench_one(c: BenchCommand) -> Result<()> {
         BenchCommand::Frame { scale, repeats, device, json } => {
             let backends = bench_backends(device)?;
             let rows = rote::bench::frame(&backends, scale.max(1), repeats.max(1))?;
-            if json {
-                print_json(&serde_json::to_value(&rows)?);
-            } else {
-                rote::bench::print_table(&rows);
-            }
-            Ok(())
+            print_rows(&rows, json)
         }
     }
 }
 
 /// Every benchmark at sizes that finish in a few minutes on 2 cores, one table.
 fn bench_all(python: &str, device: DeviceRequest, json: bool) -> Result<()> {
-    let py = (python != "none").then_some(python);
+    let py = baseline_python(python);
     let backends = bench_backends(device)?;
     let gpu = backends.iter().find(|b| matches!(b, Backend::Cuda(_))).cloned();
     let mut rows = Vec::new();
@@ -1018,7 +1000,6 @@ fn sweep_construct_cmd(args: SweepConstructArgs) -> Result<()> {
     Ok(())
 }
 
-/// The CPU, plus the GPU `device` names when it resolves to one.
 /// The bench backends, without the CPU when `skip_cpu` and a GPU is there.
 fn bench_backends_maybe_gpu_only(device: DeviceRequest, skip_cpu: bool) -> Result<Vec<Backend>> {
     let mut backends = bench_backends(device)?;
@@ -1037,6 +1018,12 @@ fn print_rows(rows: &[rote::bench::BenchRow], json: bool) -> Result<()> {
     Ok(())
 }
 
+/// The baseline's Python interpreter; "none" skips the baseline.
+fn baseline_python(python: &str) -> Option<&str> {
+    (python != "none").then_some(python)
+}
+
+/// The CPU, plus the GPU `device` names when it resolves to one.
 fn bench_backends(device: DeviceRequest) -> Result<Vec<Backend>> {
     let mut backends = vec![Backend::Cpu];
     if device != DeviceRequest::Cpu {
