@@ -70,6 +70,13 @@ pub fn has_avx512f() -> bool {
     })
 }
 
+/// The AVX-512 mask of the first min(count, 16) lanes of sixteen: masked loads and
+/// stores for the tail of a row.
+#[inline(always)]
+pub fn first_lanes16(count: usize) -> u16 {
+    if count >= 16 { u16::MAX } else { ((1u32 << count) - 1) as u16 }
+}
+
 /// AVX-512 with the VPOPCNTDQ extension: eight 64-bit popcounts per instruction.
 pub fn has_avx512_popcount() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();

@@ -242,13 +242,8 @@ unsafe fn sign_bits_avx2(z: &[f32], bias: &[f32], slope: &[f32], floor: &[f32], 
 
 /// Wᵀ, (dim, units) row-major.
 fn transpose(layer: &Layer1) -> Vec<f32> {
-    let (d, n) = (layer.dim, layer.units);
-    let mut wt = vec![0f32; d * n];
-    for j in 0..n {
-        for l in 0..d {
-            wt[l * n + j] = layer.weight[j * d + l];
-        }
-    }
+    let mut wt = vec![0f32; layer.weight.len()];
+    crate::nn::linalg::transpose(&layer.weight, layer.units, layer.dim, &mut wt);
     wt
 }
 
@@ -352,7 +347,7 @@ unsafe fn small_word_avx512<const D: usize>(x: &[f32], wt: &[f32], n: usize, bas
     let mut near = 0u64;
     for g in 0..count.div_ceil(16) {
         let left = count - 16 * g;
-        let lanes: __mmask16 = if left >= 16 { 0xFFFF } else { ((1u32 << left) - 1) as u16 };
+        let lanes = crate::simd::first_lanes16(left);
         let mut v = _mm512_maskz_loadu_ps(lanes, bias.as_ptr().add(16 * g));
         for (l, &xl) in x.iter().enumerate() {
             v = _mm512_fmadd_ps(_mm512_set1_ps(xl), _mm512_maskz_loadu_ps(lanes, wt.as_ptr().add(l * n + base + 16 * g)), v);

@@ -149,7 +149,7 @@ impl Screen {
     fn absorb(&mut self, start: usize, yc: &[f32], yy: &[f64]) {
         let nc = yy.len();
         self.g.resize(self.rows * nc, 0.0);
-        crate::nn::linalg::gemm_serial(&self.x, self.rows, self.d, yc, nc, true, &mut self.g);
+        crate::nn::linalg::gemm_serial(&self.x, self.rows, self.d, yc, nc, true, false, &mut self.g);
         for q in 0..self.rows {
             let g = &self.g[q * nc..(q + 1) * nc];
             let slack = self.slack[q];

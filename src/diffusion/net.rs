@@ -12,18 +12,10 @@
 //! All parameters live in one flat vector (so Adam, the EMA and checkpoints treat them
 //! alike); `Layout` names the slices. Rows are samples, matrices row-major.
 
-use crate::nn::linalg::gemm_strided;
+// Training splits the batch across threads, one slice each, so the products stay serial.
+use crate::nn::linalg::{gemm_serial as gemm, gemm_strided};
 use crate::rng::Philox;
 use anyhow::{bail, Result};
-
-/// Row-major C (m, n) = A (m, k) · op(B) (+ C when `accumulate`) on the calling thread: training splits
-/// the batch across threads, one slice each, so the products stay serial.
-fn gemm(a: &[f32], m: usize, k: usize, b: &[f32], n: usize, b_transposed: bool, accumulate: bool, c: &mut [f32]) {
-    let (rsb, csb) = if b_transposed { (1, k as isize) } else { (n as isize, 1) };
-    debug_assert!(a.len() == m * k && b.len() == k * n && c.len() == m * n);
-    // SAFETY: strides describe the slices exactly.
-    unsafe { gemm_strided((m, k, n), a.as_ptr(), (k as isize, 1), b.as_ptr(), (rsb, csb), accumulate, c.as_mut_ptr(), (n as isize, 1)) }
-}
 
 /// C (m, n) = Aᵀ · B for A (k, m), B (k, n), on the calling thread.
 fn gemm_at_b(a: &[f32], k: usize, m: usize, b: &[f32], n: usize, c: &mut [f32]) {
@@ -395,12 +387,14 @@ pub fn loss_weight(sigma: f64) -> f64 {
     (sigma * sigma + SD * SD) / (sigma * SD).powi(2)
 }
 
-/// D(x; σ) = c_skip·x + c_out·F(c_in·x, c_noise) for rows at one σ.
-pub fn denoise(l: &Layout, p: &[f32], x: &[f32], sigma: f64, labels: Option<&[i64]>) -> Vec<f32> {
+/// D(x; σ) = c_skip·x + c_out·F(c_in·x, c_noise) for rows at one σ, with the
+/// parameters `p` and their `transposed_weights` `pt` (made once for all the calls of a
+/// sampler or a sweep over σ).
+pub fn denoise(l: &Layout, p: &[f32], pt: &[f32], x: &[f32], sigma: f64, labels: Option<&[i64]>) -> Vec<f32> {
     let rows = x.len() / l.dim;
     let (c_skip, c_out, c_in, c_noise) = precondition(sigma);
     let x_in: Vec<f32> = x.iter().map(|&v| (v as f64 * c_in) as f32).collect();
-    let act = forward(l, p, &x_in, &vec![c_noise as f32; rows], labels);
+    let act = forward_with(l, p, pt, &x_in, &vec![c_noise as f32; rows], labels);
     x.iter().zip(&act.out).map(|(&xv, &f)| (c_skip * xv as f64 + c_out * f as f64) as f32).collect()
 }
 

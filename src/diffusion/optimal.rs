@@ -157,7 +157,7 @@ impl ScreenBlock {
         }
         let nc = yy.len();
         self.g.resize(self.rows * nc, 0.0);
-        crate::nn::linalg::gemm_serial(&self.x, self.rows, self.d, yc, nc, true, &mut self.g);
+        crate::nn::linalg::gemm_serial(&self.x, self.rows, self.d, yc, nc, true, false, &mut self.g);
         for q in 0..self.rows {
             if self.dense[q] {
                 continue;

@@ -389,6 +389,8 @@ pub fn train(backend: &crate::device::Backend, train: &Split, cfg: &DenoiserConf
 pub struct TrainedDenoiser {
     pub layout: Layout,
     pub weights: Vec<f32>,
+    /// `net::transposed_weights` of `weights`.
+    pub transposed: Vec<f32>,
     pub labels: Option<Vec<i64>>,
 }
 
@@ -399,7 +401,7 @@ impl super::sampler::Denoiser for TrainedDenoiser {
 
     fn denoise(&mut self, x: &[f32], sigma: f64) -> Result<Vec<f32>> {
         super::optimal::check_sigma(sigma)?;
-        Ok(net::denoise(&self.layout, &self.weights, x, sigma, self.labels.as_deref()))
+        Ok(net::denoise(&self.layout, &self.weights, &self.transposed, x, sigma, self.labels.as_deref()))
     }
 }
 
@@ -431,7 +433,8 @@ pub fn sample_trained(
             super::sampler::heun(&mut den, x0, schedule, &mut |_| {})
         }
         crate::device::Backend::Cpu => {
-            let mut den = TrainedDenoiser { layout, weights, labels };
+            let transposed = net::transposed_weights(&layout, &weights);
+            let mut den = TrainedDenoiser { layout, weights, transposed, labels };
             super::sampler::heun(&mut den, x0, schedule, &mut |_| {})
         }
     }
@@ -477,12 +480,13 @@ pub fn gap(cfg: &DenoiserConfig, layout: Layout, weights: Vec<f32>, train_split:
     let rows: Vec<usize> = (0..queries).map(|i| order[i % n] as usize).collect();
     let labels: Option<Vec<i64>> = (cfg.classes > 0).then(|| rows.iter().map(|&r| cond[r]).collect());
     let mut optimal = super::OptimalDenoiser::new(backend, set)?;
+    let transposed = net::transposed_weights(&layout, &weights);
     let mut out = Vec::new();
     for (s, &sigma) in super::sampler::Schedule::default().sigmas()[..18].iter().enumerate() {
         let mut z = vec![0f32; queries * d];
         Philox::new(seed, 0x6A9 + 1 + s as u64).fill_normal(0, &mut z);
         let x: Vec<f32> = (0..queries * d).map(|k| y[rows[k / d] * d + k % d] + (sigma * z[k] as f64) as f32).collect();
-        let trained = net::denoise(&layout, &weights, &x, sigma, labels.as_deref());
+        let trained = net::denoise(&layout, &weights, &transposed, &x, sigma, labels.as_deref());
         let best = super::sampler::Denoiser::denoise(&mut optimal, &x, sigma)?;
         let gap = trained.iter().zip(&best).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / (queries * d) as f64;
         let clean = (0..queries * d).map(|k| ((best[k] - y[rows[k / d] * d + k % d]) as f64).powi(2)).sum::<f64>() / (queries * d) as f64;

@@ -76,16 +76,16 @@ pub fn gemm_at_b(a: &[f32], k: usize, m: usize, b: &[f32], n: usize, c: &mut [f3
     });
 }
 
-/// C (m, n) = A (m, k) · op(B) on the calling thread, for callers already running one
-/// task per core.
-pub fn gemm_serial(a: &[f32], m: usize, k: usize, b: &[f32], n: usize, b_transposed: bool, c: &mut [f32]) {
+/// C (m, n) = A (m, k) · op(B) (+ C when `accumulate`) on the calling thread, for
+/// callers already running one task per core.
+pub fn gemm_serial(a: &[f32], m: usize, k: usize, b: &[f32], n: usize, b_transposed: bool, accumulate: bool, c: &mut [f32]) {
     assert_eq!(a.len(), m * k);
     assert_eq!(b.len(), k * n);
     assert_eq!(c.len(), m * n);
     let (rsb, csb) = if b_transposed { (1, k as isize) } else { (n as isize, 1) };
     // SAFETY: strides describe the slices exactly.
     unsafe {
-        gemm_strided((m, k, n), a.as_ptr(), (k as isize, 1), b.as_ptr(), (rsb, csb), false, c.as_mut_ptr(), (n as isize, 1));
+        gemm_strided((m, k, n), a.as_ptr(), (k as isize, 1), b.as_ptr(), (rsb, csb), accumulate, c.as_mut_ptr(), (n as isize, 1));
     }
 }
 
@@ -226,8 +226,7 @@ mod active_rows_avx512 {
         let mut j = cols.start;
         while j < cols.end {
             let width = (cols.end - j).min(32);
-            let lanes = |count: usize| -> __mmask16 { if count >= 16 { 0xFFFF } else { ((1u32 << count) - 1) as u16 } };
-            let (m0, m1) = (lanes(width), lanes(width.saturating_sub(16)));
+            let (m0, m1) = (crate::simd::first_lanes16(width), crate::simd::first_lanes16(width.saturating_sub(16)));
             let mut lo = [_mm512_setzero_ps(); R];
             let mut hi = [_mm512_setzero_ps(); R];
             for (t, &i) in active.iter().enumerate() {
