@@ -33,44 +33,127 @@ extern "C" __global__ void identity_seeds(float* g, u32 rows, u32 c) {
     g[i] = (i % c == r % c) ? 1.0f : 0.0f;
 }
 
-// One block per sample; warps take the C(C+1)/2 pairs in turn.
-extern "C" __global__ void gram_per_sample(const float* j, float* gram, u32 c, u32 d) {
-    u32 s = blockIdx.x;
+#define MAX_CLASSES 32
+
+// Calls f(l, v) for the d Rademacher signs v = sign(seed, stream, first + l), l < d,
+// spread over the lanes of one warp (l ≡ lane mod 32). Each lane draws one Philox
+// block (128 signs) per 32 blocks and the lanes share them by shuffles, instead of
+// every element drawing the whole block for its one bit. Call it with the warp
+// converged: the loop bounds are warp-uniform.
+template <class F>
+__device__ __forceinline__ void warp_signs(u64 seed, u64 stream, u64 first, u32 d, F f) {
+    u32 lane = threadIdx.x % 32;
+    u64 end = first + d;
+    for (u64 q0 = first / 128; q0 * 128 < end; q0 += 32) {
+        PhiloxBlock mine = philox_block(seed, stream, q0 + lane);
+        u64 lo = q0 * 128 > first ? q0 * 128 : first;
+        u64 hi = (q0 + 32) * 128 < end ? (q0 + 32) * 128 : end;
+        for (u64 i0 = lo; i0 < hi; i0 += 32) {
+            u64 i = i0 + lane;
+            bool live = i < hi;
+            u32 src = live ? (u32)(i / 128 - q0) : 0u;
+            u32 w0 = __shfl_sync(ROTE_FULL_MASK, mine.w[0], src);
+            u32 w1 = __shfl_sync(ROTE_FULL_MASK, mine.w[1], src);
+            u32 w2 = __shfl_sync(ROTE_FULL_MASK, mine.w[2], src);
+            u32 w3 = __shfl_sync(ROTE_FULL_MASK, mine.w[3], src);
+            u32 bit = (u32)(i % 128), k = bit / 32;
+            u32 word = k == 0 ? w0 : k == 1 ? w1 : k == 2 ? w2 : w3;
+            if (live) f((u32)(i - first), ((word >> (bit % 32)) & 1u) ? 1.0f : -1.0f);
+        }
+    }
+}
+
+// G_s = J_s J_sᵀ for one sample's (c, d) logit Jacobian js (global or shared memory),
+// the warps of the block taking the C(C+1)/2 pairs in turn.
+__device__ __forceinline__ void gram_of(const float* js, float* gram, u32 c, u32 d) {
     u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-    const float* js = j + (u64)s * c * d;
     u32 pairs = c * (c + 1) / 2;
     for (u32 q = warp; q < pairs; q += warps) {
         u32 a = 0, rem = q;
         while (rem >= c - a) { rem -= c - a; ++a; }
         u32 b = a + rem;
-        float acc = 0.0f;
-        for (u32 l = lane; l < d; l += 32) acc = fmaf(js[(u64)a * d + l], js[(u64)b * d + l], acc);
-        acc = warp_sum(acc);
+        const float *ja = js + (u64)a * d, *jb = js + (u64)b * d;
+        // Four partial sums, so four pairs of loads are in flight at once.
+        float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        u32 l = lane;
+        for (; l + 96 < d; l += 128) {
+#pragma unroll
+            for (u32 k = 0; k < 4; ++k) part[k] = fmaf(ja[l + 32 * k], jb[l + 32 * k], part[k]);
+        }
+        for (; l < d; l += 32) part[0] = fmaf(ja[l], jb[l], part[0]);
+        float acc = warp_sum((part[0] + part[1]) + (part[2] + part[3]));
         if (lane == 0) {
-            gram[(u64)s * c * c + a * c + b] = acc;
-            gram[(u64)s * c * c + b * c + a] = acc;
+            gram[a * c + b] = acc;
+            gram[b * c + a] = acc;
         }
     }
 }
 
-// One warp per (sample, probe): draws the probe's d signs from Philox keyed by
-// (seed, sample's global index, probe) exactly as src/curvature/mod.rs::probe, then
-// U[s, p, a] = Σ_l J_s[a, l] v[l].
+// u[a] = Σ_l J_s[a, l] v[l] for one probe, by one warp: the probe's d signs come from
+// Philox keyed by (seed, sample's global index = stream, probe) exactly as
+// src/curvature/mod.rs::probe. CLASS_GROUP classes per pass over the signs; the loads
+// of a group carry no condition (rows past the last class repeat it), so the warp
+// issues them back to back instead of waiting out one load per class.
+#define CLASS_GROUP 16
+__device__ __forceinline__ void project_of(const float* js, float* u, u32 c, u32 d, u32 probe, u64 seed, u64 stream) {
+    u32 lane = threadIdx.x % 32;
+    for (u32 a0 = 0; a0 < c; a0 += CLASS_GROUP) {
+        u32 offset[CLASS_GROUP];
+#pragma unroll
+        for (u32 a = 0; a < CLASS_GROUP; ++a) offset[a] = (a0 + a < c ? a0 + a : c - 1) * d;
+        float acc[CLASS_GROUP];
+#pragma unroll
+        for (u32 a = 0; a < CLASS_GROUP; ++a) acc[a] = 0.0f;
+        warp_signs(seed, stream, (u64)probe * d, d, [&](u32 l, float v) {
+            float x[CLASS_GROUP];
+#pragma unroll
+            for (u32 a = 0; a < CLASS_GROUP; ++a) x[a] = js[offset[a] + l];
+#pragma unroll
+            for (u32 a = 0; a < CLASS_GROUP; ++a) acc[a] = fmaf(x[a], v, acc[a]);
+        });
+#pragma unroll
+        for (u32 a = 0; a < CLASS_GROUP; ++a) {
+            float t = warp_sum(acc[a]);
+            if (lane == 0 && a0 + a < c) u[a0 + a] = t;
+        }
+    }
+}
+
+// Gram matrices, one block per sample, J read from global memory.
+extern "C" __global__ void gram_per_sample(const float* j, float* gram, u32 c, u32 d) {
+    u32 s = blockIdx.x;
+    gram_of(j + (u64)s * c * d, gram + (u64)s * c * c, c, d);
+}
+
+// Probe projections U[s, p, :], one warp per (sample, probe), J read from global memory.
 extern "C" __global__ void project_probes(const float* j, float* u, u32 rows, u32 c, u32 probes, u32 d, u64 seed, u64 first_global) {
     u32 wid = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    u32 lane = threadIdx.x % 32;
     if (wid >= rows * probes) return;
     u32 s = wid / probes, p = wid % probes;
-    const float* js = j + (u64)s * c * d;
-    for (u32 a = 0; a < c; ++a) {
-        float acc = 0.0f;
-        for (u32 l = lane; l < d; l += 32) {
-            float v = philox_sign(seed, first_global + s, (u64)p * d + l);
-            acc = fmaf(js[(u64)a * d + l], v, acc);
-        }
-        acc = warp_sum(acc);
-        if (lane == 0) u[((u64)s * probes + p) * c + a] = acc;
+    project_of(j + (u64)s * c * d, u + ((u64)s * probes + p) * c, c, d, p, seed, first_global + s);
+}
+
+// Both at once, one block per sample, for Jacobians that fit in shared memory (c·d
+// floats of dynamic shared memory): J_s crosses from global memory once instead of
+// once for the Gram matrix and once per probe.
+extern "C" __global__ void gram_and_projections(const float* j, float* gram, float* u, u32 c, u32 probes, u32 d, u64 seed, u64 first_global) {
+    extern __shared__ float js[];
+    u32 s = blockIdx.x;
+    const float* src = j + (u64)s * c * d;
+    u32 n = c * d;
+    if (n % 4 == 0) {  // then every sample's J starts 16-byte aligned
+        const float4* src4 = reinterpret_cast<const float4*>(src);
+        float4* js4 = reinterpret_cast<float4*>(js);
+#pragma unroll 4
+        for (u32 i = threadIdx.x; i < n / 4; i += blockDim.x) js4[i] = src4[i];
+    } else {
+#pragma unroll 4
+        for (u32 i = threadIdx.x; i < n; i += blockDim.x) js[i] = src[i];
     }
+    __syncthreads();
+    gram_of(js, gram + (u64)s * c * c, c, d);
+    for (u32 p = threadIdx.x / 32; p < probes; p += blockDim.x / 32)
+        project_of(js, u + ((u64)s * probes + p) * c, c, d, p, seed, first_global + s);
 }
 
 // ---- any activation: forward-over-reverse HVPs (ALGORITHMS.md §2) ------------------
@@ -112,16 +195,29 @@ extern "C" __global__ void softmax_grad(const float* p, const long long* y, floa
 // per sample; f has one row of n per sample.
 extern "C" __global__ void scale_by_sample(float* out, const float* x, const float* f, u32 rows, u32 per, u32 n) {
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (u64)rows * per * n) return;
-    out[i] = x[i] * f[(i / n / per) * n + i % n];
+    u64 total = (u64)rows * per * n;
+    if (i >= total) return;
+    // 32-bit division where the index fits: the 64-bit one is emulated and made this
+    // memory-bound kernel compute-bound.
+    u64 sample, col;
+    if (total <= 0xffffffffull) {
+        u32 row = (u32)i / n;
+        col = (u32)i - row * n;
+        sample = row / per;
+    } else {
+        col = i % n;
+        sample = i / n / per;
+    }
+    out[i] = x[i] * f[sample * n + col];
 }
 
-// Rademacher probes, v[(s·P + j)·d + l] = sign(seed, first_global + s, j·d + l).
+// Rademacher probes, v[(s·P + j)·d + l] = sign(seed, first_global + s, j·d + l), one
+// warp per (sample, probe) row.
 extern "C" __global__ void rademacher_rows(float* v, u32 rows, u32 probes, u32 d, u64 seed, u64 first_global) {
-    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (u64)rows * probes * d) return;
-    u64 r = i / d, l = i % d;
-    v[i] = philox_sign(seed, first_global + r / probes, (r % probes) * d + l);
+    u32 r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows * probes) return;
+    float* row = v + (u64)r * d;
+    warp_signs(seed, first_global + r / probes, (u64)(r % probes) * d, d, [&](u32 l, float sign) { row[l] = sign; });
 }
 
 // ġ_L = p ⊙ (ż_L − pᵀż_L), one warp per (sample, probe) row.
@@ -203,7 +299,6 @@ extern "C" __global__ void activate(const float* z, float* a, u64 n, int act) {
 // The scores from the low-rank pieces, one thread per sample, in double precision:
 // the device twin of curvature::finish_low_rank (A = diag p − ppᵀ):
 //   exact: tr((AG)²), tr(AG);  Hutchinson: mean_k w_kᵀ G w_k and u_kᵀ w_k, w_k = A u_k.
-#define MAX_CLASSES 32
 extern "C" __global__ void finish_low_rank(const float* gram, const float* p, const float* u, u32 rows, u32 c, u32 probes,
                                            float* score, float* trace, float* gauss_newton) {
     u32 s = blockIdx.x * blockDim.x + threadIdx.x;

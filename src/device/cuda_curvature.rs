@@ -22,6 +22,10 @@ fn activation_code(a: crate::nn::mlp::Activation) -> i32 {
     }
 }
 
+/// The largest per-sample logit Jacobian (bytes) that `gram_and_projections` stages in
+/// shared memory: the 48 KiB a block gets without opting in to more.
+const SHARED_JACOBIAN_BYTES: usize = 48 * 1024;
+
 /// The low-rank pieces, still on the device.
 struct DeviceLowRank {
     classes: usize,
@@ -46,6 +50,16 @@ impl CudaBackend {
             bail!("cuBLAS (libcublas) was not found; this work needs it on the GPU (use --device cpu)");
         }
         CudaBlas::new(self.stream().clone()).map_err(|e| anyhow!("cannot create a cuBLAS handle: {e:?}"))
+    }
+
+    /// A device buffer left uninitialized, for outputs that are written whole before
+    /// anything reads them (GEMM results with β = 0, element-wise kernel outputs): the
+    /// Jacobian chain's buffers are hundreds of MB, and clearing them costs as much as
+    /// a small GEMM.
+    fn written_before_read(&self, len: usize) -> Result<CudaSlice<f32>> {
+        // SAFETY: f32 has no invalid bit patterns, and every caller overwrites the whole
+        // buffer before reading it.
+        Ok(unsafe { self.stream().alloc::<f32>(len) }?)
     }
 
     /// Forward pass on the device: z_l, and for hidden layers σ(z_l), σ'(z_l), σ''(z_l);
@@ -107,10 +121,10 @@ impl CudaBackend {
         let scale = self.function("curvature", "scale_by_sample")?;
         for l in (0..layers).rev() {
             let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
-            let mut ga = s.alloc_zeros::<f32>(rows * c * fan_in)?;
+            let mut ga = self.written_before_read(rows * c * fan_in)?;
             gemm_rm(&blas, &g, false, &w[l], false, (rows * c, out, fan_in), 0.0f32, &mut ga)?;
             if l > 0 {
-                let mut scaled = s.alloc_zeros::<f32>(rows * c * fan_in)?;
+                let mut scaled = self.written_before_read(rows * c * fan_in)?;
                 let n32 = fan_in as u32;
                 launch!(self, scale, elems(rows * c * fan_in), &mut scaled, &ga, &fw.d1[l - 1], &r32, &c32, &n32);
                 ga = scaled;
@@ -119,22 +133,28 @@ impl CudaBackend {
         }
         let j = g;
         let mut gram = s.alloc_zeros::<f32>(rows * c * c)?;
-        {
+        let mut projections = if probes > 0 { Some(s.alloc_zeros::<f32>(rows * probes * c)?) } else { None };
+        let (p32, d32) = (probes as u32, d as u32);
+        let jacobian_bytes = c * d * std::mem::size_of::<f32>();
+        if jacobian_bytes <= SHARED_JACOBIAN_BYTES {
+            // One block per sample with J_s in shared memory; a warp per probe.
+            let f = self.function("curvature", "gram_and_projections")?;
+            let mut empty = s.alloc_zeros::<f32>(1)?;
+            let u = match projections.as_mut() {
+                Some(u) => u,
+                None => &mut empty,
+            };
+            let block = 32 * probes.clamp(8, 16) as u32;
+            let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: jacobian_bytes as u32 };
+            launch!(self, f, cfg, &j, &mut gram, u, &c32, &p32, &d32, &probe_seed, &first_global);
+        } else {
             let f = self.function("curvature", "gram_per_sample")?;
-            let d32 = d as u32;
-            let mut lb = s.launch_builder(&f);
-            lb.arg(&j).arg(&mut gram).arg(&c32).arg(&d32);
             let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-            // SAFETY: j holds rows·c·d floats, gram rows·c·c.
-            unsafe { lb.launch(cfg) }?;
-        }
-        let mut projections = None;
-        if probes > 0 {
-            let mut u = s.alloc_zeros::<f32>(rows * probes * c)?;
-            let f = self.function("curvature", "project_probes")?;
-            let (p32, d32) = (probes as u32, d as u32);
-            launch!(self, f, warps(rows * probes), &j, &mut u, &r32, &c32, &p32, &d32, &probe_seed, &first_global);
-            projections = Some(u);
+            launch!(self, f, cfg, &j, &mut gram, &c32, &d32);
+            if let Some(u) = projections.as_mut() {
+                let f = self.function("curvature", "project_probes")?;
+                launch!(self, f, warps(rows * probes), &j, u, &r32, &c32, &p32, &d32, &probe_seed, &first_global);
+            }
         }
         Ok(DeviceLowRank { classes: c, gram, probs: fw.probs, projections })
     }
@@ -173,7 +193,9 @@ impl CudaBackend {
         let u = d.projections.as_ref().unwrap_or(&empty);
         let (r32, c32, p32) = (rows as u32, d.classes as u32, probes as u32);
         let [score, trace, gn] = &mut out;
-        let cfg = LaunchConfig { grid_dim: ((rows as u32).div_ceil(128), 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        // One thread per sample and latency-bound: small blocks spread a batch of a few
+        // thousand samples over every SM.
+        let cfg = LaunchConfig { grid_dim: ((rows as u32).div_ceil(32), 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 };
         launch!(self, self.function("curvature", "finish_low_rank")?, cfg, &d.gram, &d.probs, u, &r32, &c32, &p32, score, trace, gn);
         Ok(Some([s.clone_dtoh(&out[0])?, s.clone_dtoh(&out[1])?, s.clone_dtoh(&out[2])?]))
     }
@@ -209,7 +231,7 @@ impl CudaBackend {
         }
         // Tangent forward over rows·probes.
         let mut v = s.alloc_zeros::<f32>(tp * d)?;
-        launch!(self, self.function("curvature", "rademacher_rows")?, elems(tp * d), &mut v, &r32, &p32, &d32, &probe_seed, &first_global);
+        launch!(self, self.function("curvature", "rademacher_rows")?, warps(tp), &mut v, &r32, &p32, &d32, &probe_seed, &first_global);
         let mut zdot: Vec<CudaSlice<f32>> = vec![];
         let mut adot: Option<CudaSlice<f32>> = None;
         for l in 0..layers {
@@ -257,13 +279,13 @@ impl CudaBackend {
         let w: Vec<CudaSlice<f32>> = m.weights.iter().map(|w| s.clone_htod(w)).collect::<Result<_, _>>()?;
         let mut a = s.alloc_zeros::<f32>(rows * m.input_dim())?;
         for l in 0..m.layers() {
-            let mut z = s.alloc_zeros::<f32>(rows * m.sizes[l + 1])?;
+            let mut z = self.written_before_read(rows * m.sizes[l + 1])?;
             gemm_rm(&blas, &a, false, &w[l], true, (rows, m.sizes[l], m.sizes[l + 1]), 0.0f32, &mut z)?;
             a = z;
         }
         let mut g = s.alloc_zeros::<f32>(rows * c * c)?;
         for l in (0..m.layers()).rev() {
-            let mut ga = s.alloc_zeros::<f32>(rows * c * m.sizes[l])?;
+            let mut ga = self.written_before_read(rows * c * m.sizes[l])?;
             gemm_rm(&blas, &g, false, &w[l], false, (rows * c, m.sizes[l + 1], m.sizes[l]), 0.0f32, &mut ga)?;
             g = ga;
         }
