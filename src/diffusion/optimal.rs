@@ -63,7 +63,7 @@ pub fn denoise(train: &TrainingSet, queries: &[f32], sigma: f64) -> Result<(Vec<
     let cap = (n / 12).max(64);
 
     let per_block = query_block(b);
-    let mut blocks: Vec<ScreenBlock> = queries.chunks(per_block * d).map(|x| ScreenBlock::new(x, d, kappa, max_norm, two_s2 * tail)).collect();
+    let mut blocks: Vec<ScreenBlock> = queries.chunks(per_block * d).map(|x| ScreenBlock::new(x, d, kappa, max_norm, two_s2 * tail, n, cap)).collect();
     let mut yc = Vec::new();
     for r in crate::sched::chunks(0..n, CHUNK) {
         if blocks.iter().all(|b| b.all_dense()) {
@@ -128,11 +128,23 @@ struct ScreenBlock {
 }
 
 impl ScreenBlock {
-    fn new(x: &[f32], d: usize, kappa: f64, max_norm: f64, softmax_window: f64) -> Self {
+    fn new(x: &[f32], d: usize, kappa: f64, max_norm: f64, softmax_window: f64, n: usize, cap: usize) -> Self {
         let rows = x.len() / d;
         let xx: Vec<f64> = x.chunks_exact(d).map(sq_norm).collect();
         // |fl(x·y) − x·y| ≤ κ·Σ|xⱼyⱼ| ≤ κ‖x‖‖y‖, and the distance carries it twice.
-        let window = xx.iter().map(|&s| 2.0 * (2.0 * kappa * s.sqrt() * max_norm) + softmax_window).collect();
+        let window: Vec<f64> = xx.iter().map(|&s| 2.0 * (2.0 * kappa * s.sqrt() * max_norm) + softmax_window).collect();
+        // Every training point lies between (‖x‖ − M)₊² and (‖x‖ + M)² from x (M the
+        // largest training norm). When that spread fits in the softmax window, every
+        // point screens in, so a query with more points than `cap` is dense without
+        // screening (the rounding margin of the window covers the computed distances).
+        let dense = xx
+            .iter()
+            .map(|&s| {
+                let r = s.sqrt();
+                let spread = (r + max_norm).powi(2) - (r - max_norm).max(0.0).powi(2);
+                n > cap && spread <= softmax_window
+            })
+            .collect();
         Self {
             rows,
             d,
@@ -142,7 +154,7 @@ impl ScreenBlock {
             window,
             candidates: vec![Vec::new(); rows],
             pruned_at: vec![0; rows],
-            dense: vec![false; rows],
+            dense,
             g: Vec::new(),
         }
     }
@@ -214,11 +226,13 @@ pub fn dense_f64(train: &TrainingSet, x: &[f32], two_s2: f64, tail: f64) -> Vec<
     let d = train.dim();
     let n = train.len();
     let mut blocks: Vec<DenseBlock> = x.chunks(query_block(x.len() / d.max(1)) * d).map(|x| DenseBlock::new(x, d)).collect();
-    let mut yc = Vec::new();
+    let (mut yc, mut y64, mut yy) = (Vec::new(), Vec::new(), Vec::new());
     for r in crate::sched::chunks(0..n, CHUNK) {
         train.rows(r, &mut yc);
-        let y64: Vec<f64> = yc.iter().map(|&v| v as f64).collect();
-        let yy: Vec<f64> = yc.chunks_exact(d).map(sq_norm).collect();
+        y64.resize(yc.len(), 0f64);
+        y64.par_chunks_mut(d * 64).zip(yc.par_chunks(d * 64)).for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = v as f64));
+        yy.resize(yc.len() / d, 0f64);
+        yy.par_iter_mut().zip(yc.par_chunks_exact(d)).for_each(|(o, y)| *o = sq_norm(y));
         blocks.par_iter_mut().for_each(|blk| blk.absorb(&y64, &yc, &yy, two_s2, tail));
     }
     blocks.iter().flat_map(|b| b.finish()).collect()
@@ -231,7 +245,52 @@ struct DenseBlock {
     max: Vec<f64>,
     sum: Vec<f64>,
     acc: Vec<f64>,
+    /// This chunk's logits (float64), then its weights (float32), rows × chunk.
     g: Vec<f64>,
+    w: Vec<f32>,
+    part: Vec<f32>,
+}
+
+/// Logits (2x·yᵢ − ‖yᵢ‖²)/2σ² in place of the dot products, and their largest value.
+/// (Plain loops over slices and eight-lane arrays, so that they vectorize.)
+#[inline(always)]
+fn logits_and_max(g: &mut [f64], yy: &[f64], inv_two_s2: f64) -> f64 {
+    for (gi, &yi) in g.iter_mut().zip(yy) {
+        *gi = (2.0 * *gi - yi) * inv_two_s2;
+    }
+    let mut top = [f64::NEG_INFINITY; 8];
+    let chunks = g.chunks_exact(8);
+    let rest = chunks.remainder().iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    for c in chunks {
+        for k in 0..8 {
+            top[k] = top[k].max(c[k]);
+        }
+    }
+    top.iter().copied().fold(rest, f64::max)
+}
+
+/// w = e^(logit − m) for logits within `tail` of m, else 0; returns Σ w in float64 and
+/// how many are nonzero. The exponent is taken in float32 (relative error < 3e-7 in
+/// each weight, the precision the weighted sum keeps anyway); the logit difference
+/// itself is formed in float64.
+#[inline(always)]
+fn weights_and_sum(g: &[f64], m: f64, tail: f64, w: &mut [f32]) -> (f64, usize) {
+    for (wi, &gi) in w.iter_mut().zip(g) {
+        let t = gi - m;
+        let e = crate::simd::exp_f32(t as f32);
+        *wi = if t >= -tail { e } else { 0.0 };
+    }
+    let mut sums = [0f64; 8];
+    let chunks = w.chunks_exact(8);
+    let rest: f64 = chunks.remainder().iter().map(|&v| v as f64).sum();
+    for c in chunks {
+        for k in 0..8 {
+            sums[k] += c[k] as f64;
+        }
+    }
+    // e^−tail is far above float32's smallest normal, so kept weights are never 0.
+    let nonzero = w.iter().filter(|&&v| v != 0.0).count();
+    (sums.iter().sum::<f64>() + rest, nonzero)
 }
 
 impl DenseBlock {
@@ -245,25 +304,25 @@ impl DenseBlock {
             sum: vec![0.0; rows],
             acc: vec![0.0; rows * d],
             g: Vec::new(),
+            w: Vec::new(),
+            part: vec![0.0; rows * d],
         }
     }
 
     fn absorb(&mut self, y: &[f64], y32: &[f32], yy: &[f64], two_s2: f64, tail: f64) {
         let (rows, d, nc) = (self.rows, self.d, yy.len());
         self.g.resize(rows * nc, 0.0);
+        self.w.resize(rows * nc, 0.0);
         // SAFETY: strides describe the row-major buffers exactly.
         unsafe {
             gemm_strided((rows, d, nc), self.x.as_ptr(), (d as isize, 1), y.as_ptr(), (1, d as isize), false, self.g.as_mut_ptr(), (nc as isize, 1));
         }
+        let inv_two_s2 = 1.0 / two_s2;
         let mut nonzero = 0usize;
         for q in 0..rows {
             let g = &mut self.g[q * nc..(q + 1) * nc];
             // Logits up to the per-query constant −‖x‖²/2σ², which cancels.
-            let mut top = f64::NEG_INFINITY;
-            for (gi, &yi) in g.iter_mut().zip(yy) {
-                *gi = (2.0 * *gi - yi) / two_s2;
-                top = top.max(*gi);
-            }
+            let top = crate::simd::dispatch(#[inline(always)] || logits_and_max(g, yy, inv_two_s2));
             let m = self.max[q].max(top);
             if m > self.max[q] {
                 let rescale = if self.max[q] == f64::NEG_INFINITY { 0.0 } else { (self.max[q] - m).exp() };
@@ -271,38 +330,30 @@ impl DenseBlock {
                 self.acc[q * d..(q + 1) * d].iter_mut().for_each(|a| *a *= rescale);
                 self.max[q] = m;
             }
-            let mut s = 0.0;
-            for gi in g.iter_mut() {
-                *gi = if *gi >= m - tail {
-                    nonzero += 1;
-                    (*gi - m).exp()
-                } else {
-                    0.0
-                };
-                s += *gi;
-            }
+            let w = &mut self.w[q * nc..(q + 1) * nc];
+            let (s, nz) = crate::simd::dispatch(#[inline(always)] || weights_and_sum(g, m, tail, w));
             self.sum[q] += s;
+            nonzero += nz;
         }
         if nonzero * 8 > rows * nc {
             // acc += W · Y with the weights (in [0, 1]) and the chunk in float32, summed in
             // float64 every PRODUCT_DEPTH points: a float32 sum of k non-negative-weighted
             // terms errs by at most k·u·Σ wᵢ|yᵢ| (3e-5 relative for k = 512), so the
             // float64 GEMM is kept only for the logits, where it matters.
-            let w32: Vec<f32> = self.g.iter().map(|&w| w as f32).collect();
-            let mut part = vec![0f32; rows * d];
             for k0 in (0..nc).step_by(PRODUCT_DEPTH) {
                 let k = PRODUCT_DEPTH.min(nc - k0);
                 // SAFETY: W's columns k0..k0+k (row stride nc) and Y's rows k0..k0+k.
                 unsafe {
-                    gemm_strided((rows, k, d), w32.as_ptr().add(k0), (nc as isize, 1), y32.as_ptr().add(k0 * d), (d as isize, 1), false, part.as_mut_ptr(), (d as isize, 1));
+                    gemm_strided((rows, k, d), self.w.as_ptr().add(k0), (nc as isize, 1), y32.as_ptr().add(k0 * d), (d as isize, 1), false, self.part.as_mut_ptr(), (d as isize, 1));
                 }
-                self.acc.iter_mut().zip(&part).for_each(|(a, &p)| *a += p as f64);
+                self.acc.iter_mut().zip(&self.part).for_each(|(a, &p)| *a += p as f64);
             }
         } else {
             for q in 0..rows {
                 let acc = &mut self.acc[q * d..(q + 1) * d];
-                for (i, &w) in self.g[q * nc..(q + 1) * nc].iter().enumerate() {
+                for (i, &w) in self.w[q * nc..(q + 1) * nc].iter().enumerate() {
                     if w != 0.0 {
+                        let w = w as f64;
                         acc.iter_mut().zip(&y[i * d..(i + 1) * d]).for_each(|(a, &v)| *a += w * v);
                     }
                 }
