@@ -1,6 +1,7 @@
 //! rote: measuring and constructing memorization in neural networks, on the CPU and on
 //! NVIDIA GPUs. See README.md for the commands and ALGORITHMS.md for the math.
 
+pub mod amx;
 pub mod bench;
 pub mod construct;
 pub mod curvature;

@@ -58,10 +58,18 @@ fn queries_near(y: &[f32], d: usize, count: usize, sigma: f64, seed: u64) -> Vec
 fn check_denoiser(n: usize, d: usize, sigmas: &[f64]) {
     let y = training_points(n, d, 1);
     let arr = Array::from_f32(vec![n, d], &y, "test points");
-    let train = TrainingSet::new(&arr, PixelRange::MODEL).unwrap();
+    check_denoiser_on(&arr, PixelRange::MODEL, &y, sigmas);
+}
+
+/// The denoiser of `arr` (whose rows are `y` in model space) against the float64
+/// reference at each σ; returns each σ's statistics.
+fn check_denoiser_on(arr: &Array, range: PixelRange, y: &[f32], sigmas: &[f64]) -> Vec<rote::diffusion::optimal::Stats> {
+    let (n, d) = (arr.rows(), arr.row_len());
+    let train = TrainingSet::new(arr, range).unwrap();
     let y64: Vec<f64> = y.iter().map(|&v| v as f64).collect();
+    let mut all = vec![];
     for &sigma in sigmas {
-        let x = queries_near(&y, d, 48, sigma, (sigma * 1000.0) as u64);
+        let x = queries_near(y, d, 48, sigma, (sigma * 1000.0) as u64);
         let (out, stats) = denoise(&train, &x, sigma).unwrap();
         let mut worst = 0f64;
         for (q, row) in out.chunks_exact(d).enumerate() {
@@ -70,6 +78,30 @@ fn check_denoiser(n: usize, d: usize, sigmas: &[f64]) {
         }
         eprintln!("n={n} d={d} σ={sigma}: max relative error {worst:.2e} ({stats:?})");
         assert!(worst <= 1e-4, "σ = {sigma}: relative error {worst:.3e} > 1e-4");
+        all.push(stats);
+    }
+    all
+}
+
+/// 8-bit images take the dense pass's exact integer dot products where the CPU has AMX
+/// (and the float64 GEMM elsewhere): both must match the float64 reference.
+#[test]
+fn optimal_denoiser_is_exact_on_eight_bit_images() {
+    use rote::diffusion::{dequantize, quantize};
+    let (n, d) = (1500, 784);
+    let pixels: Vec<u8> = training_points(n, d, 5).iter().map(|&v| quantize(v)).collect();
+    let arr = Array::from_u8(vec![n, d], &pixels, "test images");
+    let range = PixelRange::of(&arr).unwrap();
+    assert_eq!((range.lo, range.hi), (0.0, 255.0));
+    let y: Vec<f32> = pixels.iter().map(|&p| dequantize(p)).collect();
+    let stats = check_denoiser_on(&arr, range, &y, &[0.002, 0.3, 1.0, 3.0, 10.0, 80.0]);
+    let dense: usize = stats.iter().map(|s| s.dense_queries).sum();
+    let integer: usize = stats.iter().map(|s| s.integer_dots).sum();
+    assert!(dense >= 3 * 48, "the larger σ should take the dense pass: {stats:?}");
+    if rote::amx::available() {
+        assert_eq!(integer, dense, "with AMX every dense query here should use the integer tiles: {stats:?}");
+    } else {
+        assert_eq!(integer, 0);
     }
 }
 

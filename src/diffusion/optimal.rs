@@ -8,8 +8,10 @@
 //! a rigorous bound on the GEMM's error; those few candidates are then weighed with
 //! exact float64 distances, and everything screened out has a total weight below
 //! e⁻³⁰ of the largest. When a query's candidates are too many for that to pay (larger
-//! σ), it goes to a float64 GEMM pass with an online softmax instead, whose error at
-//! σ = 0.002 is still below 2e-5 in any logit.
+//! σ), it goes to a dense pass with an online softmax instead, whose logits come from
+//! a float64 GEMM (error at σ = 0.002 still below 2e-5 in any logit) or, for 8-bit data
+//! on CPUs with AMX, from exact integer products of the pixels with the query written
+//! in 8-bit digits (see `Digits` for its bound).
 
 use super::{exact_sq_dist, f32_dot_error_factor, sq_norm, TrainingSet};
 use crate::nn::linalg::gemm_strided;
@@ -37,8 +39,11 @@ pub struct Stats {
     pub screened_queries: usize,
     /// Candidates weighed exactly, over all screened queries.
     pub candidates: usize,
-    /// Queries that went to the float64 pass.
+    /// Queries that went to the dense pass.
     pub dense_queries: usize,
+    /// Of those, the queries whose dot products came exactly from integer tiles (8-bit
+    /// data on a CPU with AMX) rather than from a float64 GEMM.
+    pub integer_dots: usize,
 }
 
 pub fn check_sigma(sigma: f64) -> Result<()> {
@@ -65,7 +70,10 @@ pub fn denoise(train: &TrainingSet, queries: &[f32], sigma: f64) -> Result<(Vec<
     let per_block = query_block(b);
     let mut blocks: Vec<ScreenBlock> = queries.chunks(per_block * d).map(|x| ScreenBlock::new(x, d, kappa, max_norm, two_s2 * tail, n, cap)).collect();
     let mut yc = Vec::new();
-    for r in crate::sched::chunks(0..n, CHUNK) {
+    // The first chunk holds cap + 1 points: enough for a query all of whose points
+    // screen in (larger σ) to be found dense before the screen reads any more.
+    let first = n.min(cap + 1);
+    for r in std::iter::once(0..first).chain(crate::sched::chunks(first..n, CHUNK)) {
         if blocks.iter().all(|b| b.all_dense()) {
             break;
         }
@@ -103,7 +111,10 @@ pub fn denoise(train: &TrainingSet, queries: &[f32], sigma: f64) -> Result<(Vec<
     if !dense_rows.is_empty() {
         stats.dense_queries = dense_rows.len();
         let x: Vec<f32> = dense_rows.iter().flat_map(|&r| queries[r * d..(r + 1) * d].iter().copied()).collect();
-        let v = dense_f64(train, &x, two_s2, tail);
+        let (v, integer) = dense(train, &x, two_s2, tail);
+        if integer {
+            stats.integer_dots = dense_rows.len();
+        }
         for (k, &r) in dense_rows.iter().enumerate() {
             out[r * d..(r + 1) * d].copy_from_slice(&v[k * d..(k + 1) * d]);
         }
@@ -220,24 +231,121 @@ fn weigh_exactly(train: &TrainingSet, x: &[f32], candidates: &[(u32, f64)], two_
     acc.iter().map(|&a| (a / total) as f32).collect()
 }
 
-/// The float64 pass: GEMM-form logits with an online softmax (running max and sum per
-/// query), streamed over the training set; the B×N matrix is never held.
-pub fn dense_f64(train: &TrainingSet, x: &[f32], two_s2: f64, tail: f64) -> Vec<f32> {
+/// The dense pass: GEMM-form logits with an online softmax (running max and sum per
+/// query), streamed over the training set; the B×N matrix is never held. The dot
+/// products x·yᵢ come from a float64 GEMM, or — for 8-bit training data on CPUs with
+/// AMX, when the bound below allows — exactly from integer tiles (see `Digits`); the
+/// second value says which.
+pub fn dense(train: &TrainingSet, x: &[f32], two_s2: f64, tail: f64) -> (Vec<f32>, bool) {
     let d = train.dim();
     let n = train.len();
-    let mut blocks: Vec<DenseBlock> = x.chunks(query_block(x.len() / d.max(1)) * d).map(|x| DenseBlock::new(x, d)).collect();
-    let (mut yc, mut y64, mut yy) = (Vec::new(), Vec::new(), Vec::new());
+    let per_block = query_block(x.len() / d.max(1));
+    let digits = Digits::for_pass(train, x, two_s2);
+    let mut blocks: Vec<DenseBlock> = x.chunks(per_block * d).map(|x| DenseBlock::new(x, d, digits.as_ref())).collect();
+    let (mut yc, mut y64, mut yy, mut pixels) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in crate::sched::chunks(0..n, CHUNK) {
-        train.rows(r, &mut yc);
-        y64.resize(yc.len(), 0f64);
-        y64.par_chunks_mut(d * 64).zip(yc.par_chunks(d * 64)).for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = v as f64));
+        train.rows(r.clone(), &mut yc);
         yy.resize(yc.len() / d, 0f64);
         yy.par_iter_mut().zip(yc.par_chunks_exact(d)).for_each(|(o, y)| *o = sq_norm(y));
-        blocks.par_iter_mut().for_each(|blk| blk.absorb(&y64, &yc, &yy, two_s2, tail));
+        let dots = match &digits {
+            Some(dg) => {
+                dg.pad_pixels(train.x.row_bytes(r.start, r.end), r.len(), &mut pixels);
+                DotSource::Pixels(&pixels)
+            }
+            None => {
+                y64.resize(yc.len(), 0f64);
+                y64.par_chunks_mut(d * 64).zip(yc.par_chunks(d * 64)).for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = v as f64));
+                DotSource::Float64(&y64)
+            }
+        };
+        blocks.par_iter_mut().for_each(|blk| blk.absorb(&dots, &yc, &yy, two_s2, tail));
     }
-    blocks.iter().flat_map(|b| b.finish()).collect()
+    (blocks.iter().flat_map(|b| b.finish()).collect(), digits.is_some())
 }
 
+/// Where a chunk's dot products come from.
+enum DotSource<'a> {
+    /// The chunk in float64, row-major.
+    Float64(&'a [f64]),
+    /// The chunk's raw 8-bit rows, padded for the integer tiles (`Digits::pad_pixels`).
+    Pixels(&'a [u8]),
+}
+
+/// Exact dot products with 8-bit training data. A training row is y = a·p + b with p its
+/// pixels (0…255), so x·y = a·(x·p) + b·Σx, and b·Σx is the same for every training
+/// point: the softmax drops it. Each query is scaled by s = max|xⱼ| and rounded to an
+/// integer X = round(x·2³⁴/s), written in five base-128 digits (four in 0…127, the top
+/// one in −64…64); x·p is then five integer products p·digit, exact in 32-bit sums on
+/// the AMX tiles, recombined exactly in 64 bits. The only error is the rounding of x:
+/// |x·p − x̃·p| ≤ ‖p‖₁·s·2⁻³⁵, so a logit (x·y − ‖y‖²/2)/σ² errs by at most
+/// a·255·d·s·2⁻³⁵/σ²; the pass uses the digits only where that is below
+/// MAX_DIGIT_LOGIT_ERROR (every σ the sampler visits above about 0.5 for images).
+struct Digits {
+    d: usize,
+    /// d rounded up to the tiles' k step.
+    k: usize,
+    /// y = a·p + b.
+    a: f64,
+}
+
+const DIGITS: usize = 5;
+const DIGIT_SCALE_BITS: i32 = 34;
+const MAX_DIGIT_LOGIT_ERROR: f64 = 1e-6;
+/// Training points per tile product: their 32-bit results (points × 5·queries) stay in L2.
+const DIGIT_POINTS: usize = 256;
+
+impl Digits {
+    fn for_pass(train: &TrainingSet, x: &[f32], two_s2: f64) -> Option<Self> {
+        let d = train.dim();
+        if train.x.dtype != crate::data::DType::U8 || !crate::amx::available() || (d as u64) * 255 * 128 >= i32::MAX as u64 {
+            return None;
+        }
+        let s = x.iter().fold(0f32, |m, &v| m.max(v.abs())) as f64;
+        // Model space: y = (p − lo)·2/(hi − lo) − 1.
+        let a = 2.0 / (train.range.hi - train.range.lo) as f64;
+        let bound = a * 255.0 * d as f64 * s * 2f64.powi(-DIGIT_SCALE_BITS - 1) / (two_s2 / 2.0);
+        (bound <= MAX_DIGIT_LOGIT_ERROR).then(|| Self { d, k: d.next_multiple_of(crate::amx::K_STEP), a })
+    }
+
+    /// Queries padded to a multiple of 32, columns q·5 + digit, packed for the tiles; and
+    /// each query's factor a·s·2⁻³⁴ that turns the recombined integer into a·(x·p).
+    fn pack_queries(&self, x: &[f32]) -> (Vec<i8>, Vec<f64>, usize) {
+        let rows = x.len() / self.d;
+        let rows_padded = rows.next_multiple_of(crate::amx::MN_STEP);
+        let cols = rows_padded * DIGITS;
+        let mut b = vec![0i8; self.k * cols];
+        let mut factor = vec![0f64; rows];
+        for (q, xq) in x.chunks_exact(self.d).enumerate() {
+            let s = xq.iter().fold(0f32, |m, &v| m.max(v.abs())) as f64;
+            if s == 0.0 {
+                continue;
+            }
+            let unit = 2f64.powi(DIGIT_SCALE_BITS) / s;
+            factor[q] = self.a / unit;
+            for (j, &v) in xq.iter().enumerate() {
+                let mut big = (v as f64 * unit).round() as i64;
+                for digit in 0..DIGITS {
+                    let value = if digit + 1 < DIGITS { big & 127 } else { big };
+                    b[j * cols + q * DIGITS + digit] = value as i8;
+                    big = (big - value) >> 7;
+                }
+            }
+        }
+        (crate::amx::pack_b(&b, self.k, cols), factor, cols)
+    }
+
+    /// A chunk's pixel rows with each row padded to k bytes and the rows to a multiple
+    /// of DIGIT_POINTS.
+    fn pad_pixels(&self, bytes: &[u8], count: usize, out: &mut Vec<u8>) {
+        let padded_rows = count.next_multiple_of(DIGIT_POINTS);
+        out.clear();
+        out.resize(padded_rows * self.k, 0);
+        out.par_chunks_mut(self.k).zip(bytes.par_chunks_exact(self.d)).for_each(|(o, p)| o[..self.d].copy_from_slice(p));
+    }
+}
+
+/// A block of queries in the dense pass. Per-chunk buffers are points × queries, so the
+/// per-query softmax bookkeeping runs across contiguous queries.
 struct DenseBlock {
     rows: usize,
     d: usize,
@@ -245,116 +353,138 @@ struct DenseBlock {
     max: Vec<f64>,
     sum: Vec<f64>,
     acc: Vec<f64>,
-    /// This chunk's logits (float64), then its weights (float32), rows × chunk.
+    /// This chunk's dot products, then logits (float64), then weights (float32).
     g: Vec<f64>,
     w: Vec<f32>,
     part: Vec<f32>,
+    chunk_max: Vec<f64>,
+    /// The integer path: packed digits, per-query factors, digit columns, tile results.
+    digits: Option<(Vec<i8>, Vec<f64>, usize, Vec<i32>)>,
 }
 
-/// Logits (2x·yᵢ − ‖yᵢ‖²)/2σ² in place of the dot products, and their largest value.
-/// (Plain loops over slices and eight-lane arrays, so that they vectorize.)
+/// Logits (2x·yᵢ − ‖yᵢ‖²)/2σ² in place of the dot products of one training point with
+/// every query, and the running per-query maxima.
 #[inline(always)]
-fn logits_and_max(g: &mut [f64], yy: &[f64], inv_two_s2: f64) -> f64 {
-    for (gi, &yi) in g.iter_mut().zip(yy) {
-        *gi = (2.0 * *gi - yi) * inv_two_s2;
+fn logits_and_max(g: &mut [f64], yy: f64, inv_two_s2: f64, top: &mut [f64]) {
+    for (gi, t) in g.iter_mut().zip(top.iter_mut()) {
+        *gi = (2.0 * *gi - yy) * inv_two_s2;
+        *t = t.max(*gi);
     }
-    let mut top = [f64::NEG_INFINITY; 8];
-    let chunks = g.chunks_exact(8);
-    let rest = chunks.remainder().iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    for c in chunks {
-        for k in 0..8 {
-            top[k] = top[k].max(c[k]);
-        }
-    }
-    top.iter().copied().fold(rest, f64::max)
 }
 
-/// w = e^(logit − m) for logits within `tail` of m, else 0; returns Σ w in float64 and
-/// how many are nonzero. The exponent is taken in float32 (relative error < 3e-7 in
-/// each weight, the precision the weighted sum keeps anyway); the logit difference
-/// itself is formed in float64.
+/// One training point's weights e^(logit − m) for every query (0 beyond `tail` below
+/// m); adds them to the per-query sums and returns how many are nonzero. The exponent
+/// is taken in float32 (relative error < 3e-7 in each weight, the precision the
+/// weighted sum keeps anyway); the logit difference itself is formed in float64.
 #[inline(always)]
-fn weights_and_sum(g: &[f64], m: f64, tail: f64, w: &mut [f32]) -> (f64, usize) {
-    for (wi, &gi) in w.iter_mut().zip(g) {
-        let t = gi - m;
+fn weights(g: &[f64], m: &[f64], tail: f64, w: &mut [f32], sums: &mut [f64]) -> usize {
+    let mut nonzero = 0usize;
+    for (((wi, &gi), &mq), s) in w.iter_mut().zip(g).zip(m).zip(sums.iter_mut()) {
+        let t = gi - mq;
         let e = crate::simd::exp_f32(t as f32);
         *wi = if t >= -tail { e } else { 0.0 };
+        *s += *wi as f64;
+        // e^−tail is far above float32's smallest normal, so kept weights are never 0.
+        nonzero += (*wi != 0.0) as usize;
     }
-    let mut sums = [0f64; 8];
-    let chunks = w.chunks_exact(8);
-    let rest: f64 = chunks.remainder().iter().map(|&v| v as f64).sum();
-    for c in chunks {
-        for k in 0..8 {
-            sums[k] += c[k] as f64;
-        }
-    }
-    // e^−tail is far above float32's smallest normal, so kept weights are never 0.
-    let nonzero = w.iter().filter(|&&v| v != 0.0).count();
-    (sums.iter().sum::<f64>() + rest, nonzero)
+    nonzero
 }
 
 impl DenseBlock {
-    fn new(x: &[f32], d: usize) -> Self {
+    fn new(x: &[f32], d: usize, digits: Option<&Digits>) -> Self {
         let rows = x.len() / d;
         Self {
             rows,
             d,
-            x: x.iter().map(|&v| v as f64).collect(),
+            x: if digits.is_some() { Vec::new() } else { x.iter().map(|&v| v as f64).collect() },
             max: vec![f64::NEG_INFINITY; rows],
             sum: vec![0.0; rows],
             acc: vec![0.0; rows * d],
             g: Vec::new(),
             w: Vec::new(),
             part: vec![0.0; rows * d],
+            chunk_max: vec![0.0; rows],
+            digits: digits.map(|dg| {
+                let (b, factor, cols) = dg.pack_queries(x);
+                (b, factor, cols, vec![0i32; DIGIT_POINTS * cols])
+            }),
         }
     }
 
-    fn absorb(&mut self, y: &[f64], y32: &[f32], yy: &[f64], two_s2: f64, tail: f64) {
-        let (rows, d, nc) = (self.rows, self.d, yy.len());
-        self.g.resize(rows * nc, 0.0);
-        self.w.resize(rows * nc, 0.0);
-        // SAFETY: strides describe the row-major buffers exactly.
-        unsafe {
-            gemm_strided((rows, d, nc), self.x.as_ptr(), (d as isize, 1), y.as_ptr(), (1, d as isize), false, self.g.as_mut_ptr(), (nc as isize, 1));
+    /// g[i·rows + q] = x_q·yᵢ (up to a per-query constant) for the chunk's nc points.
+    fn dots(&mut self, source: &DotSource, nc: usize) {
+        let (rows, d) = (self.rows, self.d);
+        self.g.resize(nc * rows, 0.0);
+        match source {
+            DotSource::Float64(y) => {
+                // SAFETY: strides describe the buffers exactly; g is written points × queries.
+                unsafe {
+                    gemm_strided((rows, d, nc), self.x.as_ptr(), (d as isize, 1), y.as_ptr(), (1, d as isize), false, self.g.as_mut_ptr(), (1, rows as isize));
+                }
+            }
+            DotSource::Pixels(pixels) => {
+                let (b, factor, cols, c) = self.digits.as_mut().expect("digits packed for the integer path");
+                let k = b.len() / *cols;
+                for i0 in (0..nc).step_by(DIGIT_POINTS) {
+                    crate::amx::gemm_u8_i8(&pixels[i0 * k..], k, b, c, *cols, (DIGIT_POINTS, k, *cols));
+                    for (i, ci) in c.chunks_exact(*cols).take(nc - i0).enumerate() {
+                        let gi = &mut self.g[(i0 + i) * rows..(i0 + i + 1) * rows];
+                        for ((g, dg), &f) in gi.iter_mut().zip(ci.chunks_exact(DIGITS)).zip(factor.iter()) {
+                            let whole = dg.iter().rev().fold(0i64, |acc, &v| (acc << 7) + v as i64);
+                            *g = whole as f64 * f;
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    fn absorb(&mut self, source: &DotSource, y32: &[f32], yy: &[f64], two_s2: f64, tail: f64) {
+        let (rows, d, nc) = (self.rows, self.d, yy.len());
+        self.dots(source, nc);
+        self.w.resize(nc * rows, 0.0);
         let inv_two_s2 = 1.0 / two_s2;
-        let mut nonzero = 0usize;
+        // Logits up to the per-query constant −‖x‖²/2σ², which cancels.
+        self.chunk_max.iter_mut().for_each(|m| *m = f64::NEG_INFINITY);
+        for (gi, &yi) in self.g.chunks_exact_mut(rows).zip(yy) {
+            let top = &mut self.chunk_max;
+            crate::simd::dispatch(#[inline(always)] || logits_and_max(gi, yi, inv_two_s2, top));
+        }
         for q in 0..rows {
-            let g = &mut self.g[q * nc..(q + 1) * nc];
-            // Logits up to the per-query constant −‖x‖²/2σ², which cancels.
-            let top = crate::simd::dispatch(#[inline(always)] || logits_and_max(g, yy, inv_two_s2));
-            let m = self.max[q].max(top);
+            let m = self.max[q].max(self.chunk_max[q]);
             if m > self.max[q] {
                 let rescale = if self.max[q] == f64::NEG_INFINITY { 0.0 } else { (self.max[q] - m).exp() };
                 self.sum[q] *= rescale;
                 self.acc[q * d..(q + 1) * d].iter_mut().for_each(|a| *a *= rescale);
                 self.max[q] = m;
             }
-            let w = &mut self.w[q * nc..(q + 1) * nc];
-            let (s, nz) = crate::simd::dispatch(#[inline(always)] || weights_and_sum(g, m, tail, w));
-            self.sum[q] += s;
-            nonzero += nz;
+        }
+        let mut nonzero = 0usize;
+        for (gi, wi) in self.g.chunks_exact(rows).zip(self.w.chunks_exact_mut(rows)) {
+            let (m, sums) = (&self.max, &mut self.sum);
+            nonzero += crate::simd::dispatch(#[inline(always)] || weights(gi, m, tail, wi, sums));
         }
         if nonzero * 8 > rows * nc {
-            // acc += W · Y with the weights (in [0, 1]) and the chunk in float32, summed in
-            // float64 every PRODUCT_DEPTH points: a float32 sum of k non-negative-weighted
-            // terms errs by at most k·u·Σ wᵢ|yᵢ| (3e-5 relative for k = 512), so the
-            // float64 GEMM is kept only for the logits, where it matters.
+            // acc += Wᵀ · Y with the weights (in [0, 1]) and the chunk in float32, summed
+            // in float64 every PRODUCT_DEPTH points: a float32 sum of k non-negative-
+            // weighted terms errs by at most k·u·Σ wᵢ|yᵢ| (3e-5 relative for k = 512), so
+            // the exact logits are where the precision goes.
             for k0 in (0..nc).step_by(PRODUCT_DEPTH) {
                 let k = PRODUCT_DEPTH.min(nc - k0);
-                // SAFETY: W's columns k0..k0+k (row stride nc) and Y's rows k0..k0+k.
+                // SAFETY: W's points k0..k0+k (points × queries, so a query's weights
+                // are `rows` apart) and Y's rows k0..k0+k.
                 unsafe {
-                    gemm_strided((rows, k, d), self.w.as_ptr().add(k0), (nc as isize, 1), y32.as_ptr().add(k0 * d), (d as isize, 1), false, self.part.as_mut_ptr(), (d as isize, 1));
+                    gemm_strided((rows, k, d), self.w.as_ptr().add(k0 * rows), (1, rows as isize), y32.as_ptr().add(k0 * d), (d as isize, 1), false, self.part.as_mut_ptr(), (d as isize, 1));
                 }
                 self.acc.iter_mut().zip(&self.part).for_each(|(a, &p)| *a += p as f64);
             }
         } else {
-            for q in 0..rows {
-                let acc = &mut self.acc[q * d..(q + 1) * d];
-                for (i, &w) in self.w[q * nc..(q + 1) * nc].iter().enumerate() {
+            for (i, wi) in self.w.chunks_exact(rows).enumerate() {
+                let y = &y32[i * d..(i + 1) * d];
+                for (q, &w) in wi.iter().enumerate() {
                     if w != 0.0 {
                         let w = w as f64;
-                        acc.iter_mut().zip(&y[i * d..(i + 1) * d]).for_each(|(a, &v)| *a += w * v);
+                        self.acc[q * d..(q + 1) * d].iter_mut().zip(y).for_each(|(a, &v)| *a += w * v as f64);
                     }
                 }
             }
