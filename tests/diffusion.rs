@@ -83,8 +83,9 @@ fn check_denoiser_on(arr: &Array, range: PixelRange, y: &[f32], sigmas: &[f64]) 
     all
 }
 
-/// 8-bit images take the dense pass's exact integer dot products where the CPU has AMX
-/// (and the float64 GEMM elsewhere): both must match the float64 reference.
+/// 8-bit images take the integer-tile screen and the dense pass's exact integer dot
+/// products where the CPU has AMX (float32 and float64 GEMMs elsewhere): both must
+/// match the float64 reference, including at σ = 0.002 among near-duplicates.
 #[test]
 fn optimal_denoiser_is_exact_on_eight_bit_images() {
     use rote::diffusion::{dequantize, quantize};
@@ -98,7 +99,9 @@ fn optimal_denoiser_is_exact_on_eight_bit_images() {
     let dense: usize = stats.iter().map(|s| s.dense_queries).sum();
     let integer: usize = stats.iter().map(|s| s.integer_dots).sum();
     assert!(dense >= 3 * 48, "the larger σ should take the dense pass: {stats:?}");
-    if rote::amx::available() {
+    let amx = rote::amx::available();
+    assert!(stats.iter().all(|s| s.integer_screen == amx), "{stats:?}");
+    if amx {
         assert_eq!(integer, dense, "with AMX every dense query here should use the integer tiles: {stats:?}");
     } else {
         assert_eq!(integer, 0);

@@ -12,6 +12,7 @@ pub mod sampler;
 pub mod train;
 
 use crate::data::{Array, DType};
+use rayon::prelude::*;
 use anyhow::{bail, Result};
 
 /// The affine map between a dataset's values and the model space [−1, 1] in which
@@ -155,6 +156,18 @@ impl<'a> TrainingSet<'a> {
         out.resize(r.len() * self.dim(), 0.0);
         self.x.rows_f32_into(r.start, r.end, out);
         self.range.to_model(out);
+    }
+
+    /// For 8-bit data: the squared norms of the model-space rows of the raw `bytes`,
+    /// equal to `sq_norm` of the rows `rows` returns (the same float32 values, squared
+    /// in float64 and summed in the same order), from a table of the 256 values.
+    pub fn pixel_sq_norms(&self, bytes: &[u8], out: &mut Vec<f64>) {
+        let mut values: Vec<f32> = (0..256).map(|p| p as f32).collect();
+        self.range.to_model(&mut values);
+        let squares: Vec<f64> = values.iter().map(|&v| v as f64 * v as f64).collect();
+        let d = self.dim();
+        out.resize(bytes.len() / d, 0.0);
+        out.par_iter_mut().zip(bytes.par_chunks_exact(d)).for_each(|(o, row)| *o = row.iter().map(|&p| squares[p as usize]).sum());
     }
 
     /// Checks that queries of `len` numbers are whole rows of this set's width.

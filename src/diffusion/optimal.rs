@@ -44,6 +44,9 @@ pub struct Stats {
     /// Of those, the queries whose dot products came exactly from integer tiles (8-bit
     /// data on a CPU with AMX) rather than from a float64 GEMM.
     pub integer_dots: usize,
+    /// Whether the screen's distances came from integer tiles (8-bit data on a CPU with
+    /// AMX) rather than from a float32 GEMM.
+    pub integer_screen: bool,
 }
 
 pub fn check_sigma(sigma: f64) -> Result<()> {
@@ -68,8 +71,9 @@ pub fn denoise(train: &TrainingSet, queries: &[f32], sigma: f64) -> Result<(Vec<
     let cap = (n / 12).max(64);
 
     let per_block = query_block(b);
-    let mut blocks: Vec<ScreenBlock> = queries.chunks(per_block * d).map(|x| ScreenBlock::new(x, d, kappa, max_norm, two_s2 * tail, n, cap)).collect();
-    let mut yc = Vec::new();
+    let digits = Digits::new(train, SCREEN_DIGITS);
+    let mut blocks: Vec<ScreenBlock> = queries.chunks(per_block * d).map(|x| ScreenBlock::new(x, d, kappa, max_norm, two_s2 * tail, n, cap, digits.as_ref())).collect();
+    let (mut yc, mut yy, mut pixels) = (Vec::new(), Vec::new(), Vec::new());
     // The first chunk holds cap + 1 points: enough for a query all of whose points
     // screen in (larger σ) to be found dense before the screen reads any more.
     let first = n.min(cap + 1);
@@ -77,13 +81,25 @@ pub fn denoise(train: &TrainingSet, queries: &[f32], sigma: f64) -> Result<(Vec<
         if blocks.iter().all(|b| b.all_dense()) {
             break;
         }
-        train.rows(r.clone(), &mut yc);
-        let yy: Vec<f64> = yc.chunks_exact(d).map(sq_norm).collect();
-        blocks.par_iter_mut().for_each(|blk| blk.absorb(r.start, &yc, &yy, cap));
+        let source = match &digits {
+            Some(dg) => {
+                let bytes = train.x.row_bytes(r.start, r.end);
+                dg.pad_pixels(bytes, r.len(), &mut pixels);
+                train.pixel_sq_norms(bytes, &mut yy);
+                ScreenSource::Pixels(&pixels)
+            }
+            None => {
+                train.rows(r.clone(), &mut yc);
+                yy.clear();
+                yy.extend(yc.chunks_exact(d).map(sq_norm));
+                ScreenSource::Float32(&yc)
+            }
+        };
+        blocks.par_iter_mut().for_each(|blk| blk.absorb(r.start, &source, &yy, cap));
     }
 
     let mut out = vec![0f32; b * d];
-    let mut stats = Stats::default();
+    let mut stats = Stats { integer_screen: digits.is_some(), ..Stats::default() };
     let mut dense_rows = Vec::new();
     let mut screened = Vec::new();
     for (bi, blk) in blocks.iter_mut().enumerate() {
@@ -122,7 +138,8 @@ pub fn denoise(train: &TrainingSet, queries: &[f32], sigma: f64) -> Result<(Vec<
     Ok((out, stats))
 }
 
-/// The float32 screen of a block of queries.
+/// The screen of a block of queries: float32 GEMM distances, or (8-bit data with AMX)
+/// integer-tile distances of the query rounded to SCREEN_DIGITS digits.
 struct ScreenBlock {
     rows: usize,
     d: usize,
@@ -136,14 +153,34 @@ struct ScreenBlock {
     pruned_at: Vec<usize>,
     dense: Vec<bool>,
     g: Vec<f32>,
+    /// The integer screen: packed query digits, per-query factors, digit columns, tile
+    /// results.
+    digits: Option<(Vec<i8>, Vec<f64>, usize, Vec<i32>)>,
+}
+
+/// Where the screen reads a chunk from.
+enum ScreenSource<'a> {
+    /// Model-space rows.
+    Float32(&'a [f32]),
+    /// Raw 8-bit rows padded for the tiles (`Digits::pad_pixels`).
+    Pixels(&'a [u8]),
 }
 
 impl ScreenBlock {
-    fn new(x: &[f32], d: usize, kappa: f64, max_norm: f64, softmax_window: f64, n: usize, cap: usize) -> Self {
+    #[allow(clippy::too_many_arguments)]
+    fn new(x: &[f32], d: usize, kappa: f64, max_norm: f64, softmax_window: f64, n: usize, cap: usize, digits: Option<&Digits>) -> Self {
         let rows = x.len() / d;
         let xx: Vec<f64> = x.chunks_exact(d).map(sq_norm).collect();
-        // |fl(x·y) − x·y| ≤ κ·Σ|xⱼyⱼ| ≤ κ‖x‖‖y‖, and the distance carries it twice.
-        let window: Vec<f64> = xx.iter().map(|&s| 2.0 * (2.0 * kappa * s.sqrt() * max_norm) + softmax_window).collect();
+        let packed = digits.map(|dg| dg.pack_queries(x));
+        let window: Vec<f64> = match (&packed, digits) {
+            // The tiles' dot products are exact for the rounded query x̃, and the
+            // training rows as the exact weighing reads them are a·p + b rounded to
+            // float32 (off by at most 2⁻²⁴ per value in [−1, 1]): |x̃·(a·p) − x·y| ≤
+            // rounding(s) + s·d·2⁻²⁴ beyond the per-query constant b·Σx, which cancels.
+            (Some((_, _, scale, _)), Some(dg)) => scale.iter().map(|&s| 2.0 * (2.0 * (dg.rounding(s) + s * d as f64 * 2f64.powi(-24))) + softmax_window).collect(),
+            // |fl(x·y) − x·y| ≤ κ·Σ|xⱼyⱼ| ≤ κ‖x‖‖y‖, and the distance carries it twice.
+            _ => xx.iter().map(|&s| 2.0 * (2.0 * kappa * s.sqrt() * max_norm) + softmax_window).collect(),
+        };
         // Every training point lies between (‖x‖ − M)₊² and (‖x‖ + M)² from x (M the
         // largest training norm). When that spread fits in the softmax window, every
         // point screens in, so a query with more points than `cap` is dense without
@@ -159,7 +196,7 @@ impl ScreenBlock {
         Self {
             rows,
             d,
-            x: x.to_vec(),
+            x: if packed.is_some() { Vec::new() } else { x.to_vec() },
             xx,
             best: vec![f64::INFINITY; rows],
             window,
@@ -167,6 +204,7 @@ impl ScreenBlock {
             pruned_at: vec![0; rows],
             dense,
             g: Vec::new(),
+            digits: packed.map(|(b, factor, _, cols)| (b, factor, cols, vec![0i32; DIGIT_POINTS * cols])),
         }
     }
 
@@ -174,10 +212,32 @@ impl ScreenBlock {
         self.dense.iter().all(|&d| d)
     }
 
-    fn absorb(&mut self, start: usize, yc: &[f32], yy: &[f64], cap: usize) {
+    fn absorb(&mut self, start: usize, source: &ScreenSource, yy: &[f64], cap: usize) {
         if self.all_dense() {
             return;
         }
+        match source {
+            ScreenSource::Float32(yc) => self.screen_float(start, yc, yy),
+            ScreenSource::Pixels(pixels) => self.screen_pixels(start, pixels, yy),
+        }
+        for q in 0..self.rows {
+            if self.dense[q] {
+                continue;
+            }
+            let (best, w) = (self.best[q], self.window[q]);
+            let list = &mut self.candidates[q];
+            if list.len() > 2 * self.pruned_at[q] + 256 {
+                list.retain(|&(_, dd)| dd <= best + w);
+                self.pruned_at[q] = list.len();
+            }
+            if list.len() > cap {
+                self.dense[q] = true;
+                *list = Vec::new();
+            }
+        }
+    }
+
+    fn screen_float(&mut self, start: usize, yc: &[f32], yy: &[f64]) {
         let nc = yy.len();
         self.g.resize(self.rows * nc, 0.0);
         crate::nn::linalg::gemm_serial(&self.x, self.rows, self.d, yc, nc, true, false, &mut self.g);
@@ -197,13 +257,30 @@ impl ScreenBlock {
                 }
             }
             self.best[q] = best;
-            if list.len() > 2 * self.pruned_at[q] + 256 {
-                list.retain(|&(_, dd)| dd <= best + w);
-                self.pruned_at[q] = list.len();
-            }
-            if list.len() > cap {
-                self.dense[q] = true;
-                *list = Vec::new();
+        }
+    }
+
+    /// Distances up to a per-query constant from the tiles' exact a·(x̃·p), point by
+    /// point across the queries.
+    fn screen_pixels(&mut self, start: usize, pixels: &[u8], yy: &[f64]) {
+        let nc = yy.len();
+        let rows = self.rows;
+        let (b, factor, cols, c) = self.digits.as_mut().expect("digits packed for the integer screen");
+        let k = b.len() / *cols;
+        let plane = rows.next_multiple_of(crate::amx::MN_STEP);
+        let mut dots = vec![0f64; rows];
+        for i0 in (0..nc).step_by(DIGIT_POINTS) {
+            crate::amx::gemm_u8_i8(&pixels[i0 * k..], k, b, c, *cols, (DIGIT_POINTS, k, *cols));
+            for (ii, ci) in c.chunks_exact(*cols).take(nc - i0).enumerate() {
+                let (i, yi) = (i0 + ii, yy[i0 + ii]);
+                recombine_digits(ci, plane, SCREEN_DIGITS, factor, &mut dots);
+                for q in 0..rows {
+                    let dd = self.xx[q] + yi - 2.0 * dots[q];
+                    if dd <= self.best[q] + self.window[q] && !self.dense[q] {
+                        self.best[q] = self.best[q].min(dd);
+                        self.candidates[q].push(((start + i) as u32, dd));
+                    }
+                }
             }
         }
     }
@@ -286,52 +363,73 @@ struct Digits {
     k: usize,
     /// y = a·p + b.
     a: f64,
+    /// Digits per query: X = round(x·2^(7·count − 1)/s).
+    count: usize,
 }
 
+/// Digits of the dense pass's queries (35 bits); the screen needs fewer (21 bits).
 const DIGITS: usize = 5;
-const DIGIT_SCALE_BITS: i32 = 34;
+const SCREEN_DIGITS: usize = 3;
 const MAX_DIGIT_LOGIT_ERROR: f64 = 1e-6;
 /// Training points per tile product: their 32-bit results (points × 5·queries) stay in L2.
 const DIGIT_POINTS: usize = 256;
 
 impl Digits {
-    fn for_pass(train: &TrainingSet, x: &[f32], two_s2: f64) -> Option<Self> {
+    /// The tiles apply: 8-bit data, AMX, and sums that fit 32 bits.
+    fn new(train: &TrainingSet, count: usize) -> Option<Self> {
         let d = train.dim();
         if train.x.dtype != crate::data::DType::U8 || !crate::amx::available() || (d as u64) * 255 * 128 >= i32::MAX as u64 {
             return None;
         }
-        let s = x.iter().fold(0f32, |m, &v| m.max(v.abs())) as f64;
         // Model space: y = (p − lo)·2/(hi − lo) − 1.
         let a = 2.0 / (train.range.hi - train.range.lo) as f64;
-        let bound = a * 255.0 * d as f64 * s * 2f64.powi(-DIGIT_SCALE_BITS - 1) / (two_s2 / 2.0);
-        (bound <= MAX_DIGIT_LOGIT_ERROR).then(|| Self { d, k: d.next_multiple_of(crate::amx::K_STEP), a })
+        Some(Self { d, k: d.next_multiple_of(crate::amx::K_STEP), a, count })
     }
 
-    /// Queries padded to a multiple of 32, columns q·5 + digit, packed for the tiles; and
-    /// each query's factor a·s·2⁻³⁴ that turns the recombined integer into a·(x·p).
-    fn pack_queries(&self, x: &[f32]) -> (Vec<i8>, Vec<f64>, usize) {
+    fn for_pass(train: &TrainingSet, x: &[f32], two_s2: f64) -> Option<Self> {
+        let digits = Self::new(train, DIGITS)?;
+        let s = x.iter().fold(0f32, |m, &v| m.max(v.abs())) as f64;
+        (digits.rounding(s) / (two_s2 / 2.0) <= MAX_DIGIT_LOGIT_ERROR).then_some(digits)
+    }
+
+    fn scale_bits(&self) -> i32 {
+        7 * self.count as i32 - 1
+    }
+
+    /// The bound on |a·(x·p) − a·(x̃·p)| for a query of largest magnitude s.
+    fn rounding(&self, s: f64) -> f64 {
+        self.a * 255.0 * self.d as f64 * s * 2f64.powi(-self.scale_bits() - 1)
+    }
+
+
+    /// Queries padded to a multiple of 32, columns digit·(padded rows) + q, packed for the tiles;
+    /// and each query's factor a·s·2^−bits that turns the recombined integer into
+    /// a·(x·p), and its s.
+    fn pack_queries(&self, x: &[f32]) -> (Vec<i8>, Vec<f64>, Vec<f64>, usize) {
         let rows = x.len() / self.d;
         let rows_padded = rows.next_multiple_of(crate::amx::MN_STEP);
-        let cols = rows_padded * DIGITS;
+        let cols = rows_padded * self.count;
         let mut b = vec![0i8; self.k * cols];
         let mut factor = vec![0f64; rows];
+        let mut scale = vec![0f64; rows];
         for (q, xq) in x.chunks_exact(self.d).enumerate() {
             let s = xq.iter().fold(0f32, |m, &v| m.max(v.abs())) as f64;
+            scale[q] = s;
             if s == 0.0 {
                 continue;
             }
-            let unit = 2f64.powi(DIGIT_SCALE_BITS) / s;
+            let unit = 2f64.powi(self.scale_bits()) / s;
             factor[q] = self.a / unit;
             for (j, &v) in xq.iter().enumerate() {
                 let mut big = (v as f64 * unit).round() as i64;
-                for digit in 0..DIGITS {
-                    let value = if digit + 1 < DIGITS { big & 127 } else { big };
-                    b[j * cols + q * DIGITS + digit] = value as i8;
+                for digit in 0..self.count {
+                    let value = if digit + 1 < self.count { big & 127 } else { big };
+                    b[j * cols + digit * rows_padded + q] = value as i8;
                     big = (big - value) >> 7;
                 }
             }
         }
-        (crate::amx::pack_b(&b, self.k, cols), factor, cols)
+        (crate::amx::pack_b(&b, self.k, cols), factor, scale, cols)
     }
 
     /// A chunk's pixel rows with each row padded to k bytes and the rows to a multiple
@@ -341,6 +439,30 @@ impl Digits {
         out.clear();
         out.resize(padded_rows * self.k, 0);
         out.par_chunks_mut(self.k).zip(bytes.par_chunks_exact(self.d)).for_each(|(o, p)| o[..self.d].copy_from_slice(p));
+    }
+}
+
+/// out[q] = factor[q]·Σ 128^digit · C[digit·plane + q] for one training point's row of
+/// tile results (`count` digit planes of `plane` columns): the exact integer in 64 bits,
+/// then scaled.
+fn recombine_digits(c: &[i32], plane: usize, count: usize, factor: &[f64], out: &mut [f64]) {
+    // The digit count fixed at compile time, so the loop over queries vectorizes.
+    #[inline(always)]
+    fn body<const COUNT: usize>(c: &[i32], plane: usize, factor: &[f64], out: &mut [f64]) {
+        let rows = out.len();
+        let planes: [&[i32]; COUNT] = std::array::from_fn(|digit| &c[digit * plane..digit * plane + rows]);
+        for (q, o) in out.iter_mut().enumerate() {
+            let mut whole = planes[COUNT - 1][q] as i64;
+            for digit in (0..COUNT - 1).rev() {
+                whole = (whole << 7) + planes[digit][q] as i64;
+            }
+            *o = whole as f64 * factor[q];
+        }
+    }
+    match count {
+        SCREEN_DIGITS => crate::simd::dispatch(#[inline(always)] || body::<SCREEN_DIGITS>(c, plane, factor, out)),
+        DIGITS => crate::simd::dispatch(#[inline(always)] || body::<DIGITS>(c, plane, factor, out)),
+        _ => unreachable!("digit counts are SCREEN_DIGITS or DIGITS"),
     }
 }
 
@@ -405,7 +527,7 @@ impl DenseBlock {
             part: vec![0.0; rows * d],
             chunk_max: vec![0.0; rows],
             digits: digits.map(|dg| {
-                let (b, factor, cols) = dg.pack_queries(x);
+                let (b, factor, _, cols) = dg.pack_queries(x);
                 (b, factor, cols, vec![0i32; DIGIT_POINTS * cols])
             }),
         }
@@ -427,12 +549,9 @@ impl DenseBlock {
                 let k = b.len() / *cols;
                 for i0 in (0..nc).step_by(DIGIT_POINTS) {
                     crate::amx::gemm_u8_i8(&pixels[i0 * k..], k, b, c, *cols, (DIGIT_POINTS, k, *cols));
+                    let plane = *cols / DIGITS;
                     for (i, ci) in c.chunks_exact(*cols).take(nc - i0).enumerate() {
-                        let gi = &mut self.g[(i0 + i) * rows..(i0 + i + 1) * rows];
-                        for ((g, dg), &f) in gi.iter_mut().zip(ci.chunks_exact(DIGITS)).zip(factor.iter()) {
-                            let whole = dg.iter().rev().fold(0i64, |acc, &v| (acc << 7) + v as i64);
-                            *g = whole as f64 * f;
-                        }
+                        recombine_digits(ci, plane, DIGITS, factor, &mut self.g[(i0 + i) * rows..(i0 + i + 1) * rows]);
                     }
                 }
             }
