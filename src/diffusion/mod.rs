@@ -153,9 +153,15 @@ impl<'a> TrainingSet<'a> {
 
     /// Rows `r` in model space, into `out` (resized).
     pub fn rows(&self, r: std::ops::Range<usize>, out: &mut Vec<f32>) {
-        out.resize(r.len() * self.dim(), 0.0);
-        self.x.rows_f32_into(r.start, r.end, out);
-        self.range.to_model(out);
+        let d = self.dim();
+        out.resize(r.len() * d, 0.0);
+        // Converted in parallel blocks of rows: a chunk is megabytes.
+        const ROWS: usize = 64;
+        out.par_chunks_mut(ROWS * d).enumerate().for_each(|(b, o)| {
+            let start = r.start + b * ROWS;
+            self.x.rows_f32_into(start, start + o.len() / d, o);
+            self.range.to_model(o);
+        });
     }
 
     /// For 8-bit data: the squared norms of the model-space rows of the raw `bytes`,

@@ -351,12 +351,13 @@ enum DotSource<'a> {
 /// Exact dot products with 8-bit training data. A training row is y = a·p + b with p its
 /// pixels (0…255), so x·y = a·(x·p) + b·Σx, and b·Σx is the same for every training
 /// point: the softmax drops it. Each query is scaled by s = max|xⱼ| and rounded to an
-/// integer X = round(x·2³⁴/s), written in five base-128 digits (four in 0…127, the top
-/// one in −64…64); x·p is then five integer products p·digit, exact in 32-bit sums on
-/// the AMX tiles, recombined exactly in 64 bits. The only error is the rounding of x:
-/// |x·p − x̃·p| ≤ ‖p‖₁·s·2⁻³⁵, so a logit (x·y − ‖y‖²/2)/σ² errs by at most
-/// a·255·d·s·2⁻³⁵/σ²; the pass uses the digits only where that is below
-/// MAX_DIGIT_LOGIT_ERROR (every σ the sampler visits above about 0.5 for images).
+/// integer X = round(x·2^B/s), B = 7·count − 1, written in `count` base-128 digits (all
+/// in 0…127 but the top one, in −64…64); x·p is then `count` integer products p·digit,
+/// exact in 32-bit sums on the AMX tiles, recombined exactly in 64 bits. The only error
+/// is the rounding of x: |x·p − x̃·p| ≤ ‖p‖₁·s·2^−(B+1), so a logit (x·y − ‖y‖²/2)/σ²
+/// errs by at most a·255·d·s·2^−(B+1)/σ². The dense pass uses four or five digits
+/// where that is below MAX_DIGIT_LOGIT_ERROR (every σ the sampler visits above about
+/// 0.5 for images); the screen uses three and widens its window by the bound.
 struct Digits {
     d: usize,
     /// d rounded up to the tiles' k step.
@@ -367,7 +368,8 @@ struct Digits {
     count: usize,
 }
 
-/// Digits of the dense pass's queries (35 bits); the screen needs fewer (21 bits).
+/// Digits of the dense pass's queries (at most 35 bits; 28 where the bound allows);
+/// the screen needs fewer (21 bits).
 const DIGITS: usize = 5;
 const SCREEN_DIGITS: usize = 3;
 const MAX_DIGIT_LOGIT_ERROR: f64 = 1e-6;
@@ -386,10 +388,14 @@ impl Digits {
         Some(Self { d, k: d.next_multiple_of(crate::amx::K_STEP), a, count })
     }
 
+    /// The fewest digits (four or five) whose bound meets MAX_DIGIT_LOGIT_ERROR for every
+    /// query of the pass, if any.
     fn for_pass(train: &TrainingSet, x: &[f32], two_s2: f64) -> Option<Self> {
-        let digits = Self::new(train, DIGITS)?;
         let s = x.iter().fold(0f32, |m, &v| m.max(v.abs())) as f64;
-        (digits.rounding(s) / (two_s2 / 2.0) <= MAX_DIGIT_LOGIT_ERROR).then_some(digits)
+        [DIGITS - 1, DIGITS].into_iter().find_map(|count| {
+            let digits = Self::new(train, count)?;
+            (digits.rounding(s) / (two_s2 / 2.0) <= MAX_DIGIT_LOGIT_ERROR).then_some(digits)
+        })
     }
 
     fn scale_bits(&self) -> i32 {
@@ -461,8 +467,9 @@ fn recombine_digits(c: &[i32], plane: usize, count: usize, factor: &[f64], out: 
     }
     match count {
         SCREEN_DIGITS => crate::simd::dispatch(#[inline(always)] || body::<SCREEN_DIGITS>(c, plane, factor, out)),
+        4 => crate::simd::dispatch(#[inline(always)] || body::<4>(c, plane, factor, out)),
         DIGITS => crate::simd::dispatch(#[inline(always)] || body::<DIGITS>(c, plane, factor, out)),
-        _ => unreachable!("digit counts are SCREEN_DIGITS or DIGITS"),
+        _ => unreachable!("digit counts are 3, 4 or 5"),
     }
 }
 
@@ -549,9 +556,10 @@ impl DenseBlock {
                 let k = b.len() / *cols;
                 for i0 in (0..nc).step_by(DIGIT_POINTS) {
                     crate::amx::gemm_u8_i8(&pixels[i0 * k..], k, b, c, *cols, (DIGIT_POINTS, k, *cols));
-                    let plane = *cols / DIGITS;
+                    let plane = rows.next_multiple_of(crate::amx::MN_STEP);
+                    let count = *cols / plane;
                     for (i, ci) in c.chunks_exact(*cols).take(nc - i0).enumerate() {
-                        recombine_digits(ci, plane, DIGITS, factor, &mut self.g[(i0 + i) * rows..(i0 + i + 1) * rows]);
+                        recombine_digits(ci, plane, count, factor, &mut self.g[(i0 + i) * rows..(i0 + i + 1) * rows]);
                     }
                 }
             }
