@@ -59,7 +59,7 @@ fn detect() -> bool {
 /// [n/16][k/4][16][4], so that one tile (16 groups of k) is 1 KiB of consecutive bytes.
 /// `k` must be a multiple of 4 and `n` of 16.
 pub fn pack_b(b: &[i8], k: usize, n: usize) -> Vec<i8> {
-    assert!(k % 4 == 0 && n % TILE == 0 && b.len() == k * n);
+    assert!(k.is_multiple_of(4) && n.is_multiple_of(TILE) && b.len() == k * n);
     let mut out = vec![0i8; k * n];
     for kk in 0..k {
         for j in 0..n {
@@ -105,6 +105,7 @@ mod tiles {
 
     /// tmm0–3: C tiles of a 32 × 32 block; tmm4–5: two 16-row strips of A; tmm6–7: two
     /// 16-column strips of B.
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn gemm(a: *const u8, lda: usize, b: *const i8, c: *mut i32, ldc: usize, m: usize, k: usize, n: usize) {
         let cfg = config();
         asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));

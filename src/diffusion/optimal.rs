@@ -153,9 +153,9 @@ struct ScreenBlock {
     pruned_at: Vec<usize>,
     dense: Vec<bool>,
     g: Vec<f32>,
-    /// The integer screen: packed query digits, per-query factors, digit columns, tile
-    /// results.
-    digits: Option<(Vec<i8>, Vec<f64>, usize, Vec<i32>)>,
+    /// The integer screen: the queries in digits, and a chunk's dots.
+    digits: Option<PackedQueries>,
+    dots: Vec<f64>,
 }
 
 /// Where the screen reads a chunk from.
@@ -177,7 +177,7 @@ impl ScreenBlock {
             // training rows as the exact weighing reads them are a·p + b rounded to
             // float32 (off by at most 2⁻²⁴ per value in [−1, 1]): |x̃·(a·p) − x·y| ≤
             // rounding(s) + s·d·2⁻²⁴ beyond the per-query constant b·Σx, which cancels.
-            (Some((_, _, scale, _)), Some(dg)) => scale.iter().map(|&s| 2.0 * (2.0 * (dg.rounding(s) + s * d as f64 * 2f64.powi(-24))) + softmax_window).collect(),
+            (Some(packed), Some(dg)) => packed.scale.iter().map(|&s| 2.0 * (2.0 * (dg.rounding(s) + s * d as f64 * 2f64.powi(-24))) + softmax_window).collect(),
             // |fl(x·y) − x·y| ≤ κ·Σ|xⱼyⱼ| ≤ κ‖x‖‖y‖, and the distance carries it twice.
             _ => xx.iter().map(|&s| 2.0 * (2.0 * kappa * s.sqrt() * max_norm) + softmax_window).collect(),
         };
@@ -204,7 +204,8 @@ impl ScreenBlock {
             pruned_at: vec![0; rows],
             dense,
             g: Vec::new(),
-            digits: packed.map(|(b, factor, _, cols)| (b, factor, cols, vec![0i32; DIGIT_POINTS * cols])),
+            digits: packed,
+            dots: Vec::new(),
         }
     }
 
@@ -263,22 +264,20 @@ impl ScreenBlock {
     /// Distances up to a per-query constant from the tiles' exact a·(x̃·p), point by
     /// point across the queries.
     fn screen_pixels(&mut self, start: usize, pixels: &[u8], yy: &[f64]) {
-        let nc = yy.len();
-        let rows = self.rows;
-        let (b, factor, cols, c) = self.digits.as_mut().expect("digits packed for the integer screen");
-        let k = b.len() / *cols;
-        let plane = rows.next_multiple_of(crate::amx::MN_STEP);
-        let mut dots = vec![0f64; rows];
+        let (nc, rows) = (yy.len(), self.rows);
+        let packed = self.digits.as_mut().expect("digits packed for the integer screen");
+        let k = packed.k();
+        // A tile product's worth of points at a time, so the dots stay in cache.
+        self.dots.resize(DIGIT_POINTS * rows, 0.0);
         for i0 in (0..nc).step_by(DIGIT_POINTS) {
-            crate::amx::gemm_u8_i8(&pixels[i0 * k..], k, b, c, *cols, (DIGIT_POINTS, k, *cols));
-            for (ii, ci) in c.chunks_exact(*cols).take(nc - i0).enumerate() {
-                let (i, yi) = (i0 + ii, yy[i0 + ii]);
-                recombine_digits(ci, plane, SCREEN_DIGITS, factor, &mut dots);
-                for q in 0..rows {
-                    let dd = self.xx[q] + yi - 2.0 * dots[q];
+            let points = DIGIT_POINTS.min(nc - i0);
+            packed.dots(&pixels[i0 * k..], points, &mut self.dots);
+            for (ii, (dots, &yi)) in self.dots.chunks_exact(rows).zip(&yy[i0..i0 + points]).enumerate() {
+                for (q, &dot) in dots.iter().enumerate() {
+                    let dd = self.xx[q] + yi - 2.0 * dot;
                     if dd <= self.best[q] + self.window[q] && !self.dense[q] {
                         self.best[q] = self.best[q].min(dd);
-                        self.candidates[q].push(((start + i) as u32, dd));
+                        self.candidates[q].push(((start + i0 + ii) as u32, dd));
                     }
                 }
             }
@@ -408,13 +407,11 @@ impl Digits {
     }
 
 
-    /// Queries padded to a multiple of 32, columns digit·(padded rows) + q, packed for the tiles;
-    /// and each query's factor a·s·2^−bits that turns the recombined integer into
-    /// a·(x·p), and its s.
-    fn pack_queries(&self, x: &[f32]) -> (Vec<i8>, Vec<f64>, Vec<f64>, usize) {
+    /// The queries (rows of x) in digits, packed for the tiles.
+    fn pack_queries(&self, x: &[f32]) -> PackedQueries {
         let rows = x.len() / self.d;
-        let rows_padded = rows.next_multiple_of(crate::amx::MN_STEP);
-        let cols = rows_padded * self.count;
+        let plane = rows.next_multiple_of(crate::amx::MN_STEP);
+        let cols = plane * self.count;
         let mut b = vec![0i8; self.k * cols];
         let mut factor = vec![0f64; rows];
         let mut scale = vec![0f64; rows];
@@ -430,12 +427,12 @@ impl Digits {
                 let mut big = (v as f64 * unit).round() as i64;
                 for digit in 0..self.count {
                     let value = if digit + 1 < self.count { big & 127 } else { big };
-                    b[j * cols + digit * rows_padded + q] = value as i8;
+                    b[j * cols + digit * plane + q] = value as i8;
                     big = (big - value) >> 7;
                 }
             }
         }
-        (crate::amx::pack_b(&b, self.k, cols), factor, scale, cols)
+        PackedQueries { b: crate::amx::pack_b(&b, self.k, cols), factor, scale, rows, count: self.count, results: vec![0; DIGIT_POINTS * cols] }
     }
 
     /// A chunk's pixel rows with each row padded to k bytes and the rows to a multiple
@@ -445,6 +442,40 @@ impl Digits {
         out.clear();
         out.resize(padded_rows * self.k, 0);
         out.par_chunks_mut(self.k).zip(bytes.par_chunks_exact(self.d)).for_each(|(o, p)| o[..self.d].copy_from_slice(p));
+    }
+}
+
+/// Queries in digits (`count` digit planes of the padded query count, k = d padded),
+/// packed for the tiles, with each query's factor a·s·2^−bits and its s.
+struct PackedQueries {
+    b: Vec<i8>,
+    factor: Vec<f64>,
+    scale: Vec<f64>,
+    rows: usize,
+    count: usize,
+    /// Tile results of DIGIT_POINTS training points.
+    results: Vec<i32>,
+}
+
+impl PackedQueries {
+    /// Bytes per padded pixel row.
+    fn k(&self) -> usize {
+        self.b.len() / (self.rows.next_multiple_of(crate::amx::MN_STEP) * self.count)
+    }
+
+    /// out[i·rows + q] = a·(x̃_q·pᵢ), exact for the rounded queries, for a chunk's nc
+    /// points (their pixel rows as `Digits::pad_pixels` lays them out).
+    fn dots(&mut self, pixels: &[u8], nc: usize, out: &mut [f64]) {
+        let plane = self.rows.next_multiple_of(crate::amx::MN_STEP);
+        let cols = plane * self.count;
+        let k = self.k();
+        for i0 in (0..nc).step_by(DIGIT_POINTS) {
+            crate::amx::gemm_u8_i8(&pixels[i0 * k..], k, &self.b, &mut self.results, cols, (DIGIT_POINTS, k, cols));
+            let points = DIGIT_POINTS.min(nc - i0);
+            for (c, o) in self.results.chunks_exact(cols).zip(out[i0 * self.rows..(i0 + points) * self.rows].chunks_exact_mut(self.rows)) {
+                recombine_digits(c, plane, self.count, &self.factor, o);
+            }
+        }
     }
 }
 
@@ -487,8 +518,8 @@ struct DenseBlock {
     w: Vec<f32>,
     part: Vec<f32>,
     chunk_max: Vec<f64>,
-    /// The integer path: packed digits, per-query factors, digit columns, tile results.
-    digits: Option<(Vec<i8>, Vec<f64>, usize, Vec<i32>)>,
+    /// The integer path: the queries in digits.
+    digits: Option<PackedQueries>,
 }
 
 /// Logits (2x·yᵢ − ‖yᵢ‖²)/2σ² in place of the dot products of one training point with
@@ -533,10 +564,7 @@ impl DenseBlock {
             w: Vec::new(),
             part: vec![0.0; rows * d],
             chunk_max: vec![0.0; rows],
-            digits: digits.map(|dg| {
-                let (b, factor, _, cols) = dg.pack_queries(x);
-                (b, factor, cols, vec![0i32; DIGIT_POINTS * cols])
-            }),
+            digits: digits.map(|dg| dg.pack_queries(x)),
         }
     }
 
@@ -551,18 +579,7 @@ impl DenseBlock {
                     gemm_strided((rows, d, nc), self.x.as_ptr(), (d as isize, 1), y.as_ptr(), (1, d as isize), false, self.g.as_mut_ptr(), (1, rows as isize));
                 }
             }
-            DotSource::Pixels(pixels) => {
-                let (b, factor, cols, c) = self.digits.as_mut().expect("digits packed for the integer path");
-                let k = b.len() / *cols;
-                for i0 in (0..nc).step_by(DIGIT_POINTS) {
-                    crate::amx::gemm_u8_i8(&pixels[i0 * k..], k, b, c, *cols, (DIGIT_POINTS, k, *cols));
-                    let plane = rows.next_multiple_of(crate::amx::MN_STEP);
-                    let count = *cols / plane;
-                    for (i, ci) in c.chunks_exact(*cols).take(nc - i0).enumerate() {
-                        recombine_digits(ci, plane, count, factor, &mut self.g[(i0 + i) * rows..(i0 + i + 1) * rows]);
-                    }
-                }
-            }
+            DotSource::Pixels(pixels) => self.digits.as_mut().expect("digits packed for the integer path").dots(pixels, nc, &mut self.g),
         }
     }
 
