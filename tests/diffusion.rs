@@ -358,7 +358,10 @@ fn knn_and_eval_commands_write_their_outputs() {
     let model: Vec<f32> = q.iter().map(|v| v / 8.0 - 1.0).collect();
     let mp = d.join("m.npy");
     rote::report::write_npy(&mp, &[2, 8, 8], &model).unwrap();
-    rote_ok(&["denoise", "eval", "--data", "digits", "--queries", p(&mp), "--sigma", "0.001", "--out", p(&d.join("out.npy"))]);
+    let v = json(&rote_ok(&["denoise", "eval", "--data", "digits", "--queries", p(&mp), "--sigma", "0.001", "--out", p(&d.join("out.npy")), "--json", "--device", "cpu"]));
+    // Both queries sit on a training point: screened, each down to a few candidates.
+    assert_eq!(v["paths"]["screened_queries"], 2, "{v}");
+    assert_eq!(v["paths"]["dense_queries"], 0, "{v}");
     let out = Array::open_npy(&d.join("out.npy")).unwrap();
     assert_eq!(out.shape, vec![2, 8, 8]);
     let err = out.to_f32().iter().zip(&model).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);

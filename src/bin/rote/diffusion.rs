@@ -329,16 +329,35 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
     let backend = open_device(a.device.device)?;
     let t0 = Instant::now();
     let mut den = OptimalDenoiser::new(&backend, train)?;
-    let out = rote::diffusion::sampler::Denoiser::denoise(&mut den, &q.to_f32(), a.sigma)?;
+    // On the CPU, also say how the queries were resolved (screened and weighed exactly,
+    // or the dense pass; float or integer-tile arithmetic).
+    let (out, paths) = match &mut den {
+        OptimalDenoiser::Cpu(train) => {
+            let (out, stats) = rote::diffusion::optimal::denoise(train, &q.to_f32(), a.sigma)?;
+            (out, Some(stats))
+        }
+        den => (rote::diffusion::sampler::Denoiser::denoise(den, &q.to_f32(), a.sigma)?, None),
+    };
     let seconds = t0.elapsed().as_secs_f64();
     report::write_npy(&a.out, &q.shape, &out)?;
     let summary = serde_json::json!({
-        "queries": rows, "sigma": a.sigma, "device": backend.device().to_string(), "seconds": seconds, "out": a.out,
+        "queries": rows, "sigma": a.sigma, "device": backend.device().to_string(), "seconds": seconds, "out": a.out, "paths": paths,
     });
     if a.json {
         print_json(&summary);
     } else {
         println!("denoised {rows} queries at σ = {} in {seconds:.3} s → {}", a.sigma, a.out.display());
+        if let Some(p) = paths {
+            let arithmetic = |integer: bool| if integer { "integer tiles" } else { "float GEMM" };
+            println!(
+                "  {} screened ({} candidates weighed exactly; screen by {}), {} dense ({} with integer-tile logits)",
+                p.screened_queries,
+                p.candidates,
+                arithmetic(p.integer_screen),
+                p.dense_queries,
+                p.integer_dots
+            );
+        }
     }
     Ok(())
 }
