@@ -71,7 +71,9 @@ pub fn denoise(train: &TrainingSet, queries: &[f32], sigma: f64) -> Result<(Vec<
     let cap = (n / 12).max(64);
 
     let per_block = query_block(b);
-    let digits = Digits::new(train, SCREEN_DIGITS);
+    // Non-finite queries keep the float paths, which carry NaN and ∞ through.
+    let finite = queries.iter().all(|v| v.is_finite());
+    let digits = if finite { Digits::new(train, SCREEN_DIGITS) } else { None };
     let mut blocks: Vec<ScreenBlock> = queries.chunks(per_block * d).map(|x| ScreenBlock::new(x, d, kappa, max_norm, two_s2 * tail, n, cap, digits.as_ref())).collect();
     let (mut yc, mut yy, mut pixels) = (Vec::new(), Vec::new(), Vec::new());
     // The first chunk holds cap + 1 points: enough for a query all of whose points
@@ -390,6 +392,9 @@ impl Digits {
     /// The fewest digits (four or five) whose bound meets MAX_DIGIT_LOGIT_ERROR for every
     /// query of the pass, if any.
     fn for_pass(train: &TrainingSet, x: &[f32], two_s2: f64) -> Option<Self> {
+        if !x.iter().all(|v| v.is_finite()) {
+            return None;
+        }
         let s = x.iter().fold(0f32, |m, &v| m.max(v.abs())) as f64;
         [DIGITS - 1, DIGITS].into_iter().find_map(|count| {
             let digits = Self::new(train, count)?;
