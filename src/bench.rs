@@ -408,7 +408,10 @@ pub fn denoise(spec: &str, batch: usize, repeats: usize, python: Option<&str>, b
             *outs.lock().unwrap() = o;
             Ok(())
         })?;
-        let note = format!("max rel. error {:.1e}", worst_error(&outs.into_inner().unwrap()));
+        let mut note = format!("max rel. error {:.1e}", worst_error(&outs.into_inner().unwrap()));
+        if ds.train.x.dtype == crate::data::DType::U8 && crate::amx::available() {
+            note.push_str("; AMX integer screen, and dense logits where their bound allows");
+        }
         let base = rows.first().map(|r: &BenchRow| r.median_seconds);
         rows.push(BenchRow::timed(&workload, &b.device().to_string(), (median, min), repeats, base, 18.0 * batch as f64, Some(flops), Some(note)));
     }
