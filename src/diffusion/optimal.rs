@@ -411,7 +411,6 @@ impl Digits {
         self.a * 255.0 * self.d as f64 * s * 2f64.powi(-self.scale_bits() - 1)
     }
 
-
     /// The queries (rows of x) in digits, packed for the tiles.
     fn pack_queries(&self, x: &[f32]) -> PackedQueries {
         let rows = x.len() / self.d;
