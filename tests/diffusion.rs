@@ -393,8 +393,9 @@ fn optimal_denoiser_samples_of_fashion_mnist_are_copies_and_test_images_are_not(
 
 #[test]
 fn knn_on_pixels_matches_brute_force_exactly() {
-    // uint8 data take the integer kernel where the CPU has AVX-512 VNNI (else the
-    // float screen); odd dimension, point and query counts off the kernel's blocks.
+    // uint8 data take the integer kernel where the CPU has AVX-512 VNNI (on the AMX
+    // tiles where it has those; else the float screen); odd dimension, point and query
+    // counts off the kernels' blocks.
     let (n, d) = (3001, 49);
     let mut y: Vec<u8> = (0..n * d).map(|i| (Philox::new(8, 0).word(i as u64) % 7 * 40) as u8).collect();
     for p in 0..200 {
@@ -408,7 +409,7 @@ fn knn_on_pixels_matches_brute_force_exactly() {
     let mut x: Vec<f32> = (0..61 * d).map(|i| yf[(i / d * 37 % n) * d + i % d]).collect();
     x.extend((0..9 * d).map(|i| (Philox::new(9, 0).word(i as u64) % 256) as f32));
     let q = x.len() / d;
-    eprintln!("integer kernel available: {}", rote::diffusion::knn_u8::available());
+    eprintln!("integer kernel available: {} (AMX tiles: {})", rote::diffusion::knn_u8::available(), rote::amx::available());
     for metric in [Metric::L2, Metric::Ip] {
         for k in [1, 2, 5, 32] {
             let got = knn(&train, &x, k, metric).unwrap();

@@ -7,6 +7,9 @@
 //! group, as [group][k-pair][16 points × 2 pixels] (one 512-bit register per k-pair);
 //! queries as [query][k-pair] 32-bit pixel pairs, broadcast. The microkernel computes
 //! 8 queries × 32 points.
+//!
+//! On CPUs with AMX the same integers come from the tiles instead (`knn_tiles`): points
+//! as unsigned bytes times queries − 128 as signed bytes, about three times faster here.
 
 use super::knn::{Metric, Neighbours};
 use anyhow::Result;
@@ -40,6 +43,9 @@ pub fn fits(d: usize) -> bool {
 /// kNN of uint8 `queries` (Q×d) among uint8 rows `train(range)` (n of them); callers
 /// check `available()` and `fits(d)`.
 pub fn knn(train: &dyn Fn(std::ops::Range<usize>) -> Vec<u8>, n: usize, d: usize, queries: &[u8], k: usize, metric: Metric) -> Result<Neighbours> {
+    if crate::amx::available() {
+        return knn_tiles(train, n, d, queries, k, metric);
+    }
     let q = queries.len() / d;
     let pairs = d.div_ceil(2);
     let packed_queries: Vec<Vec<i32>> = queries.chunks(QUERY_BLOCK * d).map(|b| pack_queries(b, d, pairs)).collect();
@@ -105,6 +111,82 @@ pub fn knn(train: &dyn Fn(std::ops::Range<usize>) -> Vec<u8>, n: usize, d: usize
                                     list.truncate(k);
                                 }
                             }
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let mut out = Neighbours { k, indices: Vec::with_capacity(q * k), values: Vec::with_capacity(q * k) };
+    for list in best {
+        for (c, i) in list {
+            out.indices.push(i);
+            out.values.push(if metric == Metric::Ip { -c as f64 } else { c as f64 });
+        }
+    }
+    Ok(out)
+}
+
+/// Queries per block of the AMX path: their digits (x − 128) packed as B.
+const TILE_QUERIES: usize = 64;
+/// Training points per tile product (their 32-bit results stay in L1/L2).
+const TILE_POINTS: usize = 256;
+
+/// The same on the AMX tiles (CPUs that have them): x·y = Σ y·(x − 128) + 128·Σy, the
+/// first sum an exact unsigned × signed byte product in 32-bit integers. Every cost is
+/// the same integer as in the VNNI path, so the neighbours and ties are identical.
+fn knn_tiles(train: &dyn Fn(std::ops::Range<usize>) -> Vec<u8>, n: usize, d: usize, queries: &[u8], k: usize, metric: Metric) -> Result<Neighbours> {
+    let q = queries.len() / d;
+    let kp = d.next_multiple_of(crate::amx::K_STEP);
+    let query_norms: Vec<i64> = queries.chunks_exact(d).map(sq_norm).collect();
+    // Per block: B = (x − 128) as k × TILE_QUERIES signed bytes, padded with zeros.
+    let packed: Vec<Vec<i8>> = queries
+        .chunks(TILE_QUERIES * d)
+        .map(|block| {
+            let mut b = vec![0i8; kp * TILE_QUERIES];
+            for (qi, row) in block.chunks_exact(d).enumerate() {
+                for (j, &v) in row.iter().enumerate() {
+                    b[j * TILE_QUERIES + qi] = (v as i32 - 128) as i8;
+                }
+            }
+            crate::amx::pack_b(&b, kp, TILE_QUERIES)
+        })
+        .collect();
+    let mut best: Vec<Vec<(i64, u32)>> = vec![Vec::with_capacity(k + 1); q];
+    let slab = TILE_POINTS * 64;
+    let mut padded = Vec::new();
+    for s0 in (0..n).step_by(slab) {
+        let rows = train(s0..(s0 + slab).min(n));
+        let count = rows.len() / d;
+        padded.clear();
+        padded.resize(count.next_multiple_of(TILE_POINTS) * kp, 0u8);
+        padded.par_chunks_mut(kp).zip(rows.par_chunks_exact(d)).for_each(|(o, r)| o[..d].copy_from_slice(r));
+        let (norms, sums): (Vec<i64>, Vec<i64>) = rows.par_chunks_exact(d).map(|r| (sq_norm(r), r.iter().map(|&v| v as i64).sum::<i64>())).unzip();
+        best.par_chunks_mut(TILE_QUERIES).zip(packed.par_iter()).enumerate().for_each(|(bi, (lists, b))| {
+            let nq = lists.len();
+            let mut c = vec![0i32; TILE_POINTS * TILE_QUERIES];
+            let mut cost = vec![0i64; nq];
+            let mut threshold = vec![i64::MAX; nq];
+            for p0 in (0..count).step_by(TILE_POINTS) {
+                crate::amx::gemm_u8_i8(&padded[p0 * kp..], kp, b, &mut c, TILE_QUERIES, (TILE_POINTS, kp, TILE_QUERIES));
+                for (list, t) in lists.iter().zip(threshold.iter_mut()) {
+                    *t = if list.len() == k { list[k - 1].0 } else { i64::MAX };
+                }
+                for (pi, row) in c.chunks_exact(TILE_QUERIES).take(count - p0).enumerate() {
+                    let p = p0 + pi;
+                    let (pn, ps) = (norms[p], 128 * sums[p]);
+                    let qn = &query_norms[bi * TILE_QUERIES..bi * TILE_QUERIES + nq];
+                    match metric {
+                        Metric::L2 => cost.iter_mut().zip(row).zip(qn).for_each(|((o, &v), &x)| *o = x + pn - 2 * (v as i64 + ps)),
+                        Metric::Ip => cost.iter_mut().zip(row).for_each(|(o, &v)| *o = -(v as i64 + ps)),
+                    }
+                    for (qi, &cq) in cost.iter().enumerate() {
+                        if cq < threshold[qi] {
+                            let list = &mut lists[qi];
+                            let at = list.partition_point(|e| e.0 <= cq);
+                            list.insert(at, (cq, (s0 + p) as u32));
+                            list.truncate(k);
+                            threshold[qi] = if list.len() == k { list[k - 1].0 } else { i64::MAX };
                         }
                     }
                 }
