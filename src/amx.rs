@@ -2,7 +2,8 @@
 //! accumulated in 32-bit integers, at about a thousand multiply-adds per cycle and
 //! core (`tdpbusd`) — some twenty times the float32 rate of AVX-512 FMAs. Exact
 //! integer sums let callers build high-precision products from 8-bit digits (see
-//! diffusion::optimal's dense pass).
+//! diffusion::optimal's screen and dense pass) and exact pixel distances
+//! (diffusion::knn_u8).
 //!
 //! Linux hands out the tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM),
 //! once per process; `available` asks for it and says whether the kernel can run.
@@ -18,7 +19,8 @@ pub const MN_STEP: usize = 32;
 pub const K_STEP: usize = 64;
 
 /// Whether AMX-INT8 is present, enabled by the OS and granted to this process.
-/// `ROTE_NO_SIMD=1` turns it off, like the other vector paths.
+/// `ROTE_NO_AMX=1` turns it off, and so does `ROTE_NO_SIMD=1`, like the other vector
+/// paths.
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| std::env::var_os("ROTE_NO_SIMD").is_none() && std::env::var_os("ROTE_NO_AMX").is_none() && detect())
