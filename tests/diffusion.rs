@@ -99,8 +99,15 @@ fn optimal_denoiser_is_exact_on_eight_bit_images() {
     let dense: usize = stats.iter().map(|s| s.dense_queries).sum();
     let integer: usize = stats.iter().map(|s| s.integer_dots).sum();
     assert!(dense >= 3 * 48, "the larger σ should take the dense pass: {stats:?}");
+    // A range other than 0…255 (pixels 0…16, as the digits set has them): y = p/8 − 1.
+    let small: Vec<u8> = pixels.iter().map(|&p| ((p as u32 * 16 + 127) / 255) as u8).collect();
+    let arr16 = Array::from_u8(vec![n, d], &small, "test images, 0…16");
+    let range16 = PixelRange::of(&arr16).unwrap();
+    assert_eq!((range16.lo, range16.hi), (0.0, 16.0));
+    let y16: Vec<f32> = small.iter().map(|&p| p as f32 / 8.0 - 1.0).collect();
+    let stats16 = check_denoiser_on(&arr16, range16, &y16, &[0.002, 1.0, 10.0, 80.0]);
     let amx = rote::amx::available();
-    assert!(stats.iter().all(|s| s.integer_screen == amx), "{stats:?}");
+    assert!(stats.iter().chain(&stats16).all(|s| s.integer_screen == amx), "{stats:?} {stats16:?}");
     if amx {
         assert_eq!(integer, dense, "with AMX every dense query here should use the integer tiles: {stats:?}");
     } else {

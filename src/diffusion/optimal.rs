@@ -356,9 +356,10 @@ enum DotSource<'a> {
 /// in 0…127 but the top one, in −64…64); x·p is then `count` integer products p·digit,
 /// exact in 32-bit sums on the AMX tiles, recombined exactly in 64 bits. The only error
 /// is the rounding of x: |x·p − x̃·p| ≤ ‖p‖₁·s·2^−(B+1), so a logit (x·y − ‖y‖²/2)/σ²
-/// errs by at most a·255·d·s·2^−(B+1)/σ². The dense pass uses four or five digits
-/// where that is below MAX_DIGIT_LOGIT_ERROR (every σ the sampler visits above about
-/// 0.5 for images); the screen uses three and widens its window by the bound.
+/// errs by at most a·P·d·s·2^−(B+1)/σ², P the largest pixel value. The dense pass uses
+/// four or five digits where that is below MAX_DIGIT_LOGIT_ERROR (every σ the sampler
+/// visits above about 0.5 for images); the screen uses three and widens its window by
+/// the bound.
 struct Digits {
     d: usize,
     /// d rounded up to the tiles' k step.
@@ -367,6 +368,8 @@ struct Digits {
     a: f64,
     /// Digits per query: X = round(x·2^(7·count − 1)/s).
     count: usize,
+    /// The largest pixel value (the range's top: the data's maximum or 255).
+    max_pixel: f64,
 }
 
 /// Digits of the dense pass's queries (at most 35 bits; 28 where the bound allows);
@@ -386,7 +389,7 @@ impl Digits {
         }
         // Model space: y = (p − lo)·2/(hi − lo) − 1.
         let a = 2.0 / (train.range.hi - train.range.lo) as f64;
-        Some(Self { d, k: d.next_multiple_of(crate::amx::K_STEP), a, count })
+        Some(Self { d, k: d.next_multiple_of(crate::amx::K_STEP), a, count, max_pixel: (train.range.hi as f64).min(255.0) })
     }
 
     /// The fewest digits (four or five) whose bound meets MAX_DIGIT_LOGIT_ERROR for every
@@ -408,7 +411,7 @@ impl Digits {
 
     /// The bound on |a·(x·p) − a·(x̃·p)| for a query of largest magnitude s.
     fn rounding(&self, s: f64) -> f64 {
-        self.a * 255.0 * self.d as f64 * s * 2f64.powi(-self.scale_bits() - 1)
+        self.a * self.max_pixel * self.d as f64 * s * 2f64.powi(-self.scale_bits() - 1)
     }
 
     /// The queries (rows of x) in digits, packed for the tiles.
