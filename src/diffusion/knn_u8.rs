@@ -105,10 +105,8 @@ pub fn knn(train: &dyn Fn(std::ops::Range<usize>) -> Vec<u8>, n: usize, d: usize
                                     Metric::L2 => query_norms[qi] + norms[p] - 2 * dot,
                                     Metric::Ip => -dot,
                                 };
-                                if list.len() < k || cost < list[k - 1].0 {
-                                    let at = list.partition_point(|e| e.0 <= cost);
-                                    list.insert(at, (cost, (start + p) as u32));
-                                    list.truncate(k);
+                                if cost < kth_cost(list, k) {
+                                    offer(list, k, cost, (start + p) as u32);
                                 }
                             }
                         }
@@ -117,14 +115,7 @@ pub fn knn(train: &dyn Fn(std::ops::Range<usize>) -> Vec<u8>, n: usize, d: usize
             }
         });
     }
-    let mut out = Neighbours { k, indices: Vec::with_capacity(q * k), values: Vec::with_capacity(q * k) };
-    for list in best {
-        for (c, i) in list {
-            out.indices.push(i);
-            out.values.push(if metric == Metric::Ip { -c as f64 } else { c as f64 });
-        }
-    }
-    Ok(out)
+    Ok(neighbours(best, k, metric))
 }
 
 /// Queries per block of the AMX path: their digits (x − 128) packed as B.
@@ -167,40 +158,56 @@ fn knn_tiles(train: &dyn Fn(std::ops::Range<usize>) -> Vec<u8>, n: usize, d: usi
             let mut c = vec![0i32; TILE_POINTS * TILE_QUERIES];
             let mut cost = vec![0i64; nq];
             let mut threshold = vec![i64::MAX; nq];
+            let qn = &query_norms[bi * TILE_QUERIES..bi * TILE_QUERIES + nq];
             for p0 in (0..count).step_by(TILE_POINTS) {
                 crate::amx::gemm_u8_i8(&padded[p0 * kp..], kp, b, &mut c, TILE_QUERIES, (TILE_POINTS, kp, TILE_QUERIES));
                 for (list, t) in lists.iter().zip(threshold.iter_mut()) {
-                    *t = if list.len() == k { list[k - 1].0 } else { i64::MAX };
+                    *t = kth_cost(list, k);
                 }
                 for (pi, row) in c.chunks_exact(TILE_QUERIES).take(count - p0).enumerate() {
                     let p = p0 + pi;
                     let (pn, ps) = (norms[p], 128 * sums[p]);
-                    let qn = &query_norms[bi * TILE_QUERIES..bi * TILE_QUERIES + nq];
                     match metric {
                         Metric::L2 => cost.iter_mut().zip(row).zip(qn).for_each(|((o, &v), &x)| *o = x + pn - 2 * (v as i64 + ps)),
                         Metric::Ip => cost.iter_mut().zip(row).for_each(|(o, &v)| *o = -(v as i64 + ps)),
                     }
                     for (qi, &cq) in cost.iter().enumerate() {
                         if cq < threshold[qi] {
-                            let list = &mut lists[qi];
-                            let at = list.partition_point(|e| e.0 <= cq);
-                            list.insert(at, (cq, (s0 + p) as u32));
-                            list.truncate(k);
-                            threshold[qi] = if list.len() == k { list[k - 1].0 } else { i64::MAX };
+                            offer(&mut lists[qi], k, cq, (s0 + p) as u32);
+                            threshold[qi] = kth_cost(&lists[qi], k);
                         }
                     }
                 }
             }
         });
     }
-    let mut out = Neighbours { k, indices: Vec::with_capacity(q * k), values: Vec::with_capacity(q * k) };
+    Ok(neighbours(best, k, metric))
+}
+
+/// The cost a point must beat to enter a query's list of k (sorted, best first).
+fn kth_cost(list: &[(i64, u32)], k: usize) -> i64 {
+    if list.len() == k { list[k - 1].0 } else { i64::MAX }
+}
+
+/// Puts (cost, index) into its place in the sorted list, after any equal cost (points
+/// arrive in index order, so ties stay with the lower index), keeping k.
+fn offer(list: &mut Vec<(i64, u32)>, k: usize, cost: i64, index: u32) {
+    let at = list.partition_point(|e| e.0 <= cost);
+    list.insert(at, (cost, index));
+    list.truncate(k);
+}
+
+/// The lists as Neighbours: indices, and the costs as squared distances or inner
+/// products.
+fn neighbours(best: Vec<Vec<(i64, u32)>>, k: usize, metric: Metric) -> Neighbours {
+    let mut out = Neighbours { k, indices: Vec::with_capacity(best.len() * k), values: Vec::with_capacity(best.len() * k) };
     for list in best {
         for (c, i) in list {
             out.indices.push(i);
             out.values.push(if metric == Metric::Ip { -c as f64 } else { c as f64 });
         }
     }
-    Ok(out)
+    out
 }
 
 fn sq_norm(r: &[u8]) -> i64 {
