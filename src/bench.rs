@@ -186,7 +186,7 @@ pub fn construct(cases: &[ConstructCase], backends: &[Backend], repeats: usize, 
 /// Per-sample curvature scores: rote's estimators against the JAX baseline
 /// (scripts/baselines/curvature_jax.py, jit(vmap(jvp(grad)))) on the same weights,
 /// inputs and probes. The baseline's scores must agree with rote's Hutchinson scores.
-pub fn curvature(model: &str, batch: usize, probes: usize, repeats: usize, python: Option<&str>, gpu: Option<&Backend>) -> Result<Vec<BenchRow>> {
+pub fn curvature(model: &str, batch: usize, probes: usize, which: &[crate::curvature::Estimator], repeats: usize, python: Option<&str>, gpu: Option<&Backend>) -> Result<Vec<BenchRow>> {
     use crate::curvature::{self as curv, Estimator, ScoreConfig, Statistic};
     use crate::nn::mlp::{parse_spec, Mlp};
     let workload = format!("curvature {model} B={batch} P={probes}");
@@ -233,13 +233,12 @@ pub fn curvature(model: &str, batch: usize, probes: usize, repeats: usize, pytho
         rows.push(BenchRow::timed(&workload, "jax-cpu", (median, min), times.len(), None, batch as f64, Some(flops), Some(note)));
         baseline = Some((median, scores));
     }
-    let mut estimators = vec![(Estimator::Hutchinson, "hutchinson (exact HVP)"), (Estimator::Fd, "finite differences")];
-    estimators.push((Estimator::Exact, if act.piecewise_linear() { "exact probe-free JᵀAJ" } else { "hutchinson + exact Gauss–Newton part" }));
+    let exact = if act.piecewise_linear() { "exact probe-free JᵀAJ" } else { "hutchinson + exact Gauss–Newton part" };
+    let estimators = [(Estimator::Hutchinson, "hutchinson (exact HVP)"), (Estimator::Fd, "finite differences"), (Estimator::Exact, exact)];
+    let estimators: Vec<_> = estimators.into_iter().filter(|(e, _)| which.contains(e)).collect();
     let mut runs: Vec<(Estimator, &str, Backend)> = estimators.iter().map(|&(e, n)| (e, n, Backend::Cpu)).collect();
     if let Some(g) = gpu {
-        runs.push((Estimator::Hutchinson, "hutchinson (exact HVP)", g.clone()));
-        let exact = if act.piecewise_linear() { "exact probe-free JᵀAJ" } else { "hutchinson + exact Gauss–Newton part" };
-        runs.push((Estimator::Exact, exact, g.clone()));
+        runs.extend(estimators.iter().filter(|(e, _)| *e != Estimator::Fd).map(|&(e, n)| (e, n, g.clone())));
     }
     let cpu_scores: std::cell::RefCell<Vec<(Estimator, Vec<f32>)>> = Default::default();
     // The cuBLAS floor: the same products alone.

@@ -9,6 +9,7 @@ use crate::rng::Philox;
 use anyhow::{bail, Result};
 
 pub mod gallery;
+mod hutchinson;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -81,16 +82,18 @@ pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfi
     if !use_fd && m.activation.piecewise_linear() {
         return Ok(finish_low_rank(&low_rank_cpu(m, x, rows, Some((cfg.seed, first_global, p))), exact_gn));
     }
-    // K = W₁W₁ᵀ once per call, for the Hutchinson norms when the first layer narrows
-    // the input (see `Mlp::input_hvp_norms`).
-    let first_gram = (!use_fd && m.sizes[1] < d).then(|| m.first_gram());
+    if !use_fd {
+        let mut s = hutchinson::scores(m, x, y, first_global, cfg.seed, p, &hutchinson::prepared(m));
+        s.gauss_newton = exact_gn.then(|| gauss_newton(m, x, rows).0);
+        return Ok(s);
+    }
     // The probe-based estimators hold rows·probes tangents per layer: a large batch
     // runs a group of samples at a time, so that those stay in cache and the buffers
     // are reused instead of being faulted in afresh.
     let mut all = Scores { score: Vec::with_capacity(rows), trace: Vec::with_capacity(rows), gauss_newton: exact_gn.then(Vec::new) };
     for s0 in (0..rows).step_by(PROBE_GROUP) {
         let s1 = (s0 + PROBE_GROUP).min(rows);
-        let part = probe_scores(m, &x[s0 * d..s1 * d], &y[s0..s1], first_global + s0 as u64, cfg, first_gram.as_deref());
+        let part = probe_scores(m, &x[s0 * d..s1 * d], &y[s0..s1], first_global + s0 as u64, cfg);
         all.score.extend(part.score);
         all.trace.extend(part.trace);
         if let (Some(gn), Some(more)) = (all.gauss_newton.as_mut(), part.gauss_newton) {
@@ -100,12 +103,11 @@ pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfi
     Ok(all)
 }
 
-/// `scores` for one group of samples with a probe-based estimator (Hutchinson with
-/// exact HVPs, or finite differences / the released code's statistic).
-fn probe_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfig, first_gram: Option<&[f32]>) -> Scores {
+/// `scores` for one group of samples with finite-difference HVPs (the `fd` estimator,
+/// or the released code's statistic).
+fn probe_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfig) -> Scores {
     let (d, rows, p) = (m.input_dim(), y.len(), cfg.probes);
     let exact_gn = cfg.estimator == Estimator::Exact;
-    let use_fd = cfg.estimator == Estimator::Fd || cfg.statistic == Statistic::ReleasedCode;
     let mut v = vec![0f32; rows * p * d];
     for s in 0..rows {
         for j in 0..p {
@@ -113,7 +115,7 @@ fn probe_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreCon
         }
     }
     // Per tangent row: (‖Hv‖² or the released code's ‖Hv‖, vᵀHv).
-    let per_probe: Vec<(f64, f64)> = if use_fd {
+    let per_probe: Vec<(f64, f64)> = {
         let g0 = m.input_grad(x, y, rows);
         let mut xs = vec![0f32; rows * p * d];
         let mut ys = vec![0i64; rows * p];
@@ -137,8 +139,6 @@ fn probe_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreCon
                 (if cfg.statistic == Statistic::ReleasedCode { sq.sqrt() } else { sq }, tr)
             })
             .collect()
-    } else {
-        m.input_hvp_norms(x, y, rows, &v, p, first_gram)
     };
     let mut score = vec![0f32; rows];
     let mut trace = vec![0f32; rows];

@@ -243,36 +243,12 @@ impl Mlp {
         self.back(0, &g1, rows * probes)
     }
 
-    /// K = W₁W₁ᵀ (n₁, n₁), for `input_hvp_norms`.
+    /// K = W₁W₁ᵀ (n₁, n₁): ‖Hv‖² = ġ₁Kġ₁ᵀ for the tangent ġ₁ at the first layer.
     pub fn first_gram(&self) -> Vec<f32> {
         let (d, n1) = (self.sizes[0], self.sizes[1]);
         let mut k = vec![0f32; n1 * n1];
         gemm(&self.weights[0], n1, d, &self.weights[0], n1, true, false, &mut k);
         k
-    }
-
-    /// (‖Hv‖², vᵀHv) for each of the rows·probes tangents of `input_hvp`, without
-    /// forming Hv when `first_gram` is given: with ġ₁ the tangent reaching the first
-    /// layer (Hv = ġ₁W₁), ‖Hv‖² = ġ₁ K ġ₁ᵀ and vᵀHv = ż₁·ġ₁ (ż₁ = vW₁ᵀ), an n₁ × n₁
-    /// product in place of n₁ × d — fewer operations when the first layer narrows the
-    /// input.
-    pub fn input_hvp_norms(&self, x: &[f32], y: &[i64], rows: usize, v: &[f32], probes: usize, first_gram: Option<&[f32]>) -> Vec<(f64, f64)> {
-        let tp = rows * probes;
-        let (g1, z1) = self.hvp_tangents(x, y, rows, v, probes);
-        let n1 = self.sizes[1];
-        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&p, &q)| p as f64 * q as f64).sum::<f64>();
-        match first_gram {
-            Some(k) => {
-                let mut u = vec![0f32; tp * n1];
-                gemm(&g1, tp, n1, k, n1, false, false, &mut u);
-                (0..tp).map(|r| (dot(&g1[r * n1..(r + 1) * n1], &u[r * n1..(r + 1) * n1]), dot(&z1[r * n1..(r + 1) * n1], &g1[r * n1..(r + 1) * n1]))).collect()
-            }
-            None => {
-                let d = self.sizes[0];
-                let hv = self.back(0, &g1, tp);
-                (0..tp).map(|r| (dot(&hv[r * d..(r + 1) * d], &hv[r * d..(r + 1) * d]), dot(&hv[r * d..(r + 1) * d], &v[r * d..(r + 1) * d]))).collect()
-            }
-        }
     }
 
     /// The tangents of `input_hvp` at the first layer: (ġ₁, ż₁), each (rows·probes, n₁),

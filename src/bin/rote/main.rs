@@ -152,6 +152,10 @@ enum BenchCommand {
         batch: usize,
         #[arg(long, default_value_t = 10)]
         probes: usize,
+        /// Which of rote's estimators to time (the JAX baseline always runs unless
+        /// --python none).
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "hutchinson,fd,exact")]
+        estimators: Vec<rote::curvature::Estimator>,
         #[arg(long, default_value_t = 5)]
         repeats: usize,
         /// Python with JAX for the baseline; "none" skips it.
@@ -541,10 +545,10 @@ fn run(cli: Cli) -> Result<()> {
 
 fn bench_one(c: BenchCommand) -> Result<()> {
     match c {
-        BenchCommand::Curvature { model, batch, probes, repeats, python, device, json } => {
+        BenchCommand::Curvature { model, batch, probes, estimators, repeats, python, device, json } => {
             let python = baseline_python(&python);
             let gpu = bench_backends(device)?.into_iter().find(|b| matches!(b, Backend::Cuda(_)));
-            let rows = rote::bench::curvature(&model, batch.max(1), probes.max(1), repeats.max(1), python, gpu.as_ref())?;
+            let rows = rote::bench::curvature(&model, batch.max(1), probes.max(1), &estimators, repeats.max(1), python, gpu.as_ref())?;
             print_rows(&rows, json)
         }
         BenchCommand::Construct { cases, repeats, python, baseline_repeats, device, skip_cpu, json } => {
@@ -588,7 +592,7 @@ fn bench_all(python: &str, device: DeviceRequest, json: bool) -> Result<()> {
     let mut rows = Vec::new();
     let cases = ["moons", "moons-1m"].iter().map(|c| construct_case(c)).collect::<Result<Vec<_>>>()?;
     rows.extend(rote::bench::construct(&cases, &backends, 5, py, 3)?);
-    rows.extend(rote::bench::curvature("mlp:784-512-512-10,act=relu", 1024, 10, 3, py, gpu.as_ref())?);
+    rows.extend(rote::bench::curvature("mlp:784-512-512-10,act=relu", 1024, 10, &[rote::curvature::Estimator::Hutchinson, rote::curvature::Estimator::Fd, rote::curvature::Estimator::Exact], 3, py, gpu.as_ref())?);
     rows.extend(rote::bench::denoise("fashion-mnist:subset-random=10000", 512, 3, py, &backends, 3)?);
     rows.extend(rote::bench::knn("fashion-mnist", 2000, 2, 3, py, &backends, 3)?);
     rows.extend(rote::bench::denoise_train("digits", "resmlp:width=256,blocks=3", 128, 500, py, &backends)?);

@@ -1,0 +1,532 @@
+//! Hutchinson scores with exact Hessian-vector products on the CPU: the forward-over-
+//! reverse of `Mlp::input_hvp` (ALGORITHMS.md §2), run as one serial task per group of
+//! samples on each core. Every step of a group — its primal passes, its probes, the
+//! tangents' products and the elementwise terms between them — runs on the core that
+//! holds the group's buffers, so nothing waits on a single-threaded loop between two
+//! parallel products, and the buffers are allocated once per core, not once per
+//! layer.
+
+use super::{probe, Scores};
+use crate::nn::linalg::gemm_serial;
+use crate::nn::mlp::{Activation, Mlp};
+use rayon::prelude::*;
+
+/// Samples per group: G·P tangent rows of a layer (320 × 512 floats for P = 10 is
+/// 640 KiB) stay in L2 between the product that writes them and the one that reads
+/// them, while G·P rows are enough to pay for packing the weights in every product
+/// (16 samples ran 20% slower, 32 to 64 the same).
+const GROUP: usize = 32;
+
+/// The second factor of ‖Hv‖²: with ġ₁ the tangent reaching the first layer
+/// (Hv = ġ₁W₁), ‖Hv‖² = ġ₁ K ġ₁ᵀ for K = W₁W₁ᵀ, and K = RRᵀ (Cholesky) turns that
+/// into ‖ġ₁R‖², whose triangular product needs about half of ġ₁K's multiply-adds.
+pub enum FirstLayerNorm {
+    /// R (n₁, n₁), lower triangular, row-major.
+    Cholesky(Vec<f32>),
+    /// Hv itself through W₁ (the first layer does not narrow the input, or K is
+    /// singular).
+    Direct,
+}
+
+impl FirstLayerNorm {
+    pub fn new(m: &Mlp) -> Self {
+        let (d, n1) = (m.input_dim(), m.sizes[1]);
+        if n1 >= d {
+            return FirstLayerNorm::Direct;
+        }
+        let k = m.first_gram();
+        cholesky(&k, n1).map_or(FirstLayerNorm::Direct, FirstLayerNorm::Cholesky)
+    }
+}
+
+/// Lower-triangular R with RRᵀ = K, in float64, or None when K is not numerically
+/// positive definite (a pivot below 1e-10 of the largest diagonal entry).
+fn cholesky(k: &[f32], n: usize) -> Option<Vec<f32>> {
+    let mut r = vec![0f64; n * n];
+    let largest = (0..n).map(|i| k[i * n + i] as f64).fold(0.0, f64::max);
+    for j in 0..n {
+        let diag = k[j * n + j] as f64 - dot64(&r[j * n..j * n + j], &r[j * n..j * n + j]);
+        if !(diag > 1e-10 * largest) {
+            return None;
+        }
+        let rjj = diag.sqrt();
+        r[j * n + j] = rjj;
+        for i in j + 1..n {
+            let (ri, rj) = (&r[i * n..i * n + j], &r[j * n..j * n + j]);
+            let s = k[i * n + j] as f64 - dot64(ri, rj);
+            r[i * n + j] = s / rjj;
+        }
+    }
+    Some(r.into_iter().map(|v| v as f32).collect())
+}
+
+/// ż₁ = vW₁ᵀ on the AMX integer tiles. The probes are signs, v = 2b − 1 with bits
+/// b ∈ {0, 1}, so with W₁'s rows written as fixed-point integers N (per row o,
+/// W₁[o] ≈ scale_o·N[o], |N| ≤ 127·2¹⁶) in three signed 8-bit digits,
+/// N = 2¹⁶D₀ + 2⁸D₁ + D₂, every v·N[o] = 2·b·N[o] − ΣN[o] is exact in integers, and the
+/// only error is W₁'s rounding to 24 bits of its row's largest magnitude (below
+/// float32's own rounding of a 784-term dot product).
+pub struct SignProduct {
+    /// d rounded up to the tiles' k step.
+    k: usize,
+    /// n₁ rounded up to the tiles' n step: the columns of one digit.
+    width: usize,
+    /// The digits as one packed (k × 3·width) matrix: digit q in columns q·width.. .
+    digits: Vec<i8>,
+    /// Per output unit: scale_o, and ΣN[o].
+    scale: Vec<f64>,
+    row_sums: Vec<f64>,
+}
+
+/// Digits per weight (`product` recombines exactly three).
+const DIGITS: usize = 3;
+/// Tangent rows per tile product: 64 rows' 32-bit results for 3·512 columns (384 KiB)
+/// stay in L2 until they are recombined.
+const SIGN_ROWS: usize = 64;
+
+impl SignProduct {
+    pub fn new(w1: &[f32], n1: usize, d: usize) -> Self {
+        use crate::amx::{pack_b, K_STEP, MN_STEP};
+        let k = d.next_multiple_of(K_STEP);
+        let width = n1.next_multiple_of(MN_STEP);
+        let mut digits = vec![0i8; k * DIGITS * width];
+        let mut scale = vec![0f64; width];
+        let mut row_sums = vec![0f64; width];
+        let unit = (127u64 << 16) as f64;
+        for o in 0..n1 {
+            let row = &w1[o * d..(o + 1) * d];
+            let largest = row.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+            if largest == 0.0 {
+                continue;
+            }
+            scale[o] = largest / unit;
+            for (kk, &wv) in row.iter().enumerate() {
+                let mut n = (wv as f64 / scale[o]).round() as i64;
+                row_sums[o] += n as f64;
+                for q in (0..DIGITS).rev() {
+                    // Balanced digits in [−128, 127]; the top one stays within ±127.
+                    let digit = ((n + 128).rem_euclid(256) - 128) as i8;
+                    digits[kk * DIGITS * width + q * width + o] = digit;
+                    n = (n - digit as i64) >> 8;
+                }
+                debug_assert_eq!(n, 0);
+            }
+        }
+        SignProduct { k, width, digits: pack_b(&digits, k, DIGITS * width), scale, row_sums }
+    }
+
+    /// ż₁ (rows, n₁) for the probes' bits (rows, self.k; zero past d), `rows` a
+    /// multiple of the tiles' step; `ints` holds SIGN_ROWS·3·width 32-bit results.
+    fn product(&self, bits: &[u8], rows: usize, n1: usize, ints: &mut [i32], out: &mut [f32]) {
+        let (k, width) = (self.k, self.width);
+        let n = DIGITS * width;
+        for r0 in (0..rows).step_by(SIGN_ROWS) {
+            let r1 = (r0 + SIGN_ROWS).min(rows);
+            crate::amx::gemm_u8_i8(&bits[r0 * k..r1 * k], k, &self.digits, &mut ints[..(r1 - r0) * n], n, (r1 - r0, k, n));
+            for r in r0..r1 {
+                let c = &ints[(r - r0) * n..(r - r0 + 1) * n];
+                let (high, mid, low) = (&c[..n1], &c[width..width + n1], &c[2 * width..2 * width + n1]);
+                let row = &mut out[r * n1..(r + 1) * n1];
+                // v·N = 2·b·N − ΣN, each term an integer below 2⁵³: exact in float64.
+                for o in 0..n1 {
+                    let bn = (high[o] as f64 * 65536.0 + mid[o] as f64 * 256.0) + low[o] as f64;
+                    row[o] = ((2.0 * bn - self.row_sums[o]) * self.scale[o]) as f32;
+                }
+            }
+        }
+    }
+}
+
+/// Byte b spread over eight bytes, bit t of b in byte t.
+const BYTE_OF_BITS: [u64; 256] = {
+    let mut table = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut t = 0;
+        while t < 8 {
+            table[b] |= (((b >> t) & 1) as u64) << (8 * t);
+            t += 1;
+        }
+        b += 1;
+    }
+    table
+};
+
+/// The probes' signs as bits (one byte each, 1 for +1), rows of `stride` bytes: the
+/// same draws as `super::probe`.
+fn probe_bits(seed: u64, global: u64, j: usize, d: usize, out: &mut [u8]) {
+    let rng = crate::rng::Philox::new(seed ^ super::PROBE_KEY, global);
+    let start = (j * d) as u64;
+    let mut i = 0;
+    while i < d {
+        let index = start + i as u64;
+        let w = rng.block(index / 128);
+        let first = (index % 128) as usize;
+        let take = (128 - first).min(d - i);
+        let bits = (w[0] as u128) | (w[1] as u128) << 32 | (w[2] as u128) << 64 | (w[3] as u128) << 96;
+        let bits = bits >> first;
+        for t in (0..take).step_by(8) {
+            let spread = BYTE_OF_BITS[(bits >> t) as u8 as usize].to_le_bytes();
+            let n = (take - t).min(8);
+            out[i + t..i + t + n].copy_from_slice(&spread[..n]);
+        }
+        i += take;
+    }
+}
+
+/// Σ aᵢbᵢ in eight float64 lanes (a plain sum would not vectorize).
+fn dot64(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for t in 0..8 {
+            acc[t] += x[t] * y[t];
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
+/// Column blocks of the triangular product ġ₁R: block [c0, c1) of R is zero above row
+/// c0, so it needs only columns c0.. of ġ₁.
+const TRIANGLE_BLOCK: usize = 64;
+
+/// Per-core buffers, sized for one group.
+struct Work {
+    z: Vec<Vec<f32>>,
+    a: Vec<f32>,
+    d1: Vec<Vec<f32>>,
+    curv: Vec<Vec<f32>>,
+    g: Vec<f32>,
+    ga: Vec<f32>,
+    v: Vec<f32>,
+    zd: Vec<Vec<f32>>,
+    adot: Vec<f32>,
+    gd: Vec<f32>,
+    gad: Vec<f32>,
+    out: Vec<f32>,
+    bits: Vec<u8>,
+    ints: Vec<i32>,
+}
+
+/// What the scores need from the first layer's weights alone, built once per model
+/// rather than once per batch.
+pub struct Prepared {
+    norm: FirstLayerNorm,
+    /// The AMX product for ż₁, when the tiles are present; the `Direct` norm's trace
+    /// reads v itself, so it keeps the float product.
+    signs: Option<SignProduct>,
+}
+
+impl Prepared {
+    fn new(m: &Mlp) -> Self {
+        let (d, n1) = (m.input_dim(), m.sizes[1]);
+        let norm = FirstLayerNorm::new(m);
+        let signs = (crate::amx::available() && matches!(norm, FirstLayerNorm::Cholesky(_)) && d * 255 * 128 < i32::MAX as usize).then(|| SignProduct::new(&m.weights[0], n1, d));
+        Prepared { norm, signs }
+    }
+}
+
+/// `Prepared` for m, reused while the first layer's weights are the same as last
+/// time's (compared in full, so a changed checkpoint never meets a stale factor).
+pub fn prepared(m: &Mlp) -> std::sync::Arc<Prepared> {
+    use std::sync::{Arc, Mutex};
+    static LAST: Mutex<Option<(Vec<usize>, Vec<f32>, Arc<Prepared>)>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((sizes, w1, p)) = last.as_ref() {
+        if *sizes == m.sizes[..2] && w1 == &m.weights[0] {
+            return p.clone();
+        }
+    }
+    let p = Arc::new(Prepared::new(m));
+    *last = Some((m.sizes[..2].to_vec(), m.weights[0].clone(), p.clone()));
+    p
+}
+
+/// Mean over `probes` Rademacher probes of ‖Hv‖² (score) and vᵀHv (trace) for each
+/// sample of x (rows, d), probes keyed by (seed, first_global + row, probe) as
+/// `super::probe` draws them.
+pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, probes: usize, prepared: &Prepared) -> Scores {
+    let (d, rows, layers) = (m.input_dim(), y.len(), m.layers());
+    let (norm, signs) = (&prepared.norm, prepared.signs.as_ref());
+    let widest = *m.sizes[1..].iter().max().unwrap();
+    let t_max = GROUP * probes;
+    let work = || Work {
+        z: m.sizes[1..].iter().map(|&n| vec![0f32; GROUP * n]).collect(),
+        a: vec![0f32; GROUP * widest],
+        d1: m.sizes[1..layers].iter().map(|&n| vec![0f32; GROUP * n]).collect(),
+        curv: m.sizes[1..layers].iter().map(|&n| vec![0f32; GROUP * n]).collect(),
+        g: vec![0f32; GROUP * widest],
+        ga: vec![0f32; GROUP * widest],
+        v: if signs.is_some() { vec![] } else { vec![0f32; t_max * d] },
+        zd: m.sizes[1..].iter().map(|&n| vec![0f32; t_max * n]).collect(),
+        adot: vec![0f32; t_max * widest],
+        gd: vec![0f32; t_max * widest],
+        gad: vec![0f32; t_max * widest],
+        out: vec![0f32; t_max * if matches!(norm, FirstLayerNorm::Direct) { d } else { m.sizes[1] }],
+        bits: signs.map_or(vec![], |sp| vec![0u8; t_max.next_multiple_of(crate::amx::MN_STEP) * sp.k]),
+        ints: signs.map_or(vec![], |sp| vec![0i32; SIGN_ROWS * DIGITS * sp.width]),
+    };
+    let groups = rows.div_ceil(GROUP);
+    // A few groups per task: each task allocates its own buffers.
+    let per_task = groups.div_ceil(4 * rayon::current_num_threads()).max(1);
+    let per_group: Vec<Vec<(f32, f32)>> = (0..groups)
+        .into_par_iter()
+        .with_min_len(per_task)
+        .map_init(work, |w, group| {
+            let s0 = group * GROUP;
+            let s1 = (s0 + GROUP).min(rows);
+            crate::simd::dispatch(
+                #[inline(always)]
+                || group_scores(m, &x[s0 * d..s1 * d], &y[s0..s1], first_global + s0 as u64, seed, probes, norm, signs, w),
+            )
+        })
+        .collect();
+    let (score, trace) = per_group.into_iter().flatten().unzip();
+    Scores { score, trace, gauss_newton: None }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn group_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, p: usize, norm: &FirstLayerNorm, signs: Option<&SignProduct>, w: &mut Work) -> Vec<(f32, f32)> {
+    let (d, c, layers) = (m.input_dim(), m.classes(), m.layers());
+    let rows = y.len();
+    let tp = rows * p;
+    let smooth = !m.activation.piecewise_linear();
+    // Primal forward: z_l, and σ′(z_l), σ″(z_l) of every hidden layer.
+    for l in 0..layers {
+        let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
+        let z = &mut w.z[l][..rows * out];
+        for r in z.chunks_mut(out) {
+            r.copy_from_slice(&m.biases[l]);
+        }
+        let input = if l == 0 { x } else { &w.a[..rows * fan_in] };
+        gemm_serial(input, rows, fan_in, &m.weights[l], out, true, true, z);
+        if l + 1 < layers {
+            // σ″ goes into `curv` for now; the primal backward multiplies in g_a.
+            activation_terms(m.activation, z, &mut w.a[..rows * out], &mut w.d1[l][..rows * out], &mut w.curv[l][..rows * out]);
+        }
+    }
+    // Softmax probabilities, in place of the logits.
+    let probs = &mut w.z[layers - 1][..rows * c];
+    for row in probs.chunks_mut(c) {
+        let top = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        row.iter_mut().for_each(|v| {
+            *v = (*v - top).exp();
+            sum += *v;
+        });
+        row.iter_mut().for_each(|v| *v /= sum);
+    }
+    // Primal backward: g_a of every hidden layer, folded into curv = σ″(z)·g_a.
+    w.g[..rows * c].copy_from_slice(probs);
+    for (r, &label) in y.iter().enumerate() {
+        w.g[r * c + label as usize] -= 1.0;
+    }
+    for l in (1..layers).rev() {
+        let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
+        let ga = &mut w.ga[..rows * fan_in];
+        gemm_serial(&w.g[..rows * out], rows, out, &m.weights[l], fan_in, false, false, ga);
+        let (d1, curv) = (&w.d1[l - 1][..rows * fan_in], &mut w.curv[l - 1][..rows * fan_in]);
+        for i in 0..rows * fan_in {
+            curv[i] *= ga[i];
+            w.g[i] = ga[i] * d1[i];
+        }
+    }
+    // Probes and the tangent forward: ż_l = ȧ_{l−1}W_lᵀ, ȧ_l = σ′(z_l)ż_l, ȧ_0 = v.
+    if let Some(sp) = signs {
+        let padded = tp.next_multiple_of(crate::amx::MN_STEP);
+        let bits = &mut w.bits[..padded * sp.k];
+        for s in 0..rows {
+            for j in 0..p {
+                probe_bits(seed, first_global + s as u64, j, d, &mut bits[(s * p + j) * sp.k..][..d]);
+            }
+        }
+        let n1 = m.sizes[1];
+        let zd = &mut w.zd[0];
+        if zd.len() < padded * n1 {
+            zd.resize(padded * n1, 0.0);
+        }
+        sp.product(bits, padded, n1, &mut w.ints, &mut zd[..padded * n1]);
+    } else {
+        let v = &mut w.v[..tp * d];
+        for s in 0..rows {
+            for j in 0..p {
+                probe(seed, first_global + s as u64, j, d, &mut v[(s * p + j) * d..(s * p + j + 1) * d]);
+            }
+        }
+    }
+    for l in 0..layers {
+        let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
+        if l > 0 || signs.is_none() {
+            let input = if l == 0 { &w.v[..tp * d] } else { &w.adot[..tp * fan_in] };
+            gemm_serial(input, tp, fan_in, &m.weights[l], out, true, false, &mut w.zd[l][..tp * out]);
+        }
+        if l + 1 < layers {
+            let (zd, d1) = (&w.zd[l][..tp * out], &w.d1[l][..rows * out]);
+            for (i, (adot, zd)) in w.adot[..tp * out].chunks_mut(out).zip(zd.chunks(out)).enumerate() {
+                let slope = &d1[(i / p) * out..(i / p + 1) * out];
+                for k in 0..out {
+                    adot[k] = slope[k] * zd[k];
+                }
+            }
+        }
+    }
+    // Output layer: ġ_L = p⊙ż_L − p (pᵀż_L).
+    for (i, (gd, zd)) in w.gd[..tp * c].chunks_mut(c).zip(w.zd[layers - 1][..tp * c].chunks(c)).enumerate() {
+        let pr = &probs[(i / p) * c..(i / p + 1) * c];
+        let dot: f32 = pr.iter().zip(zd).map(|(a, b)| a * b).sum();
+        for k in 0..c {
+            gd[k] = pr[k] * (zd[k] - dot);
+        }
+    }
+    // Tangent backward: ġ_{l−1} = σ″(z)⊙ż⊙g_a + σ′(z)⊙(ġ_l W_l).
+    for l in (1..layers).rev() {
+        let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
+        gemm_serial(&w.gd[..tp * out], tp, out, &m.weights[l], fan_in, false, false, &mut w.gad[..tp * fan_in]);
+        let (d1, curv, zd) = (&w.d1[l - 1][..rows * fan_in], &w.curv[l - 1][..rows * fan_in], &w.zd[l - 1][..tp * fan_in]);
+        for (i, ((gd, gad), zd)) in w.gd[..tp * fan_in].chunks_mut(fan_in).zip(w.gad[..tp * fan_in].chunks(fan_in)).zip(zd.chunks(fan_in)).enumerate() {
+            let s = (i / p) * fan_in;
+            let (slope, curv) = (&d1[s..s + fan_in], &curv[s..s + fan_in]);
+            if smooth {
+                for k in 0..fan_in {
+                    gd[k] = curv[k] * zd[k] + slope[k] * gad[k];
+                }
+            } else {
+                for k in 0..fan_in {
+                    gd[k] = slope[k] * gad[k];
+                }
+            }
+        }
+    }
+    // ‖Hv‖² and vᵀHv per tangent, averaged over each sample's probes.
+    let n1 = m.sizes[1];
+    let gd = &w.gd[..tp * n1];
+    let per_tangent: Vec<(f64, f64)> = match norm {
+        FirstLayerNorm::Cholesky(r) => {
+            let out = &mut w.out[..tp * n1];
+            for c0 in (0..n1).step_by(TRIANGLE_BLOCK) {
+                let c1 = (c0 + TRIANGLE_BLOCK).min(n1);
+                // SAFETY: ġ₁'s columns c0.. (row stride n₁), R's rows c0.. and columns
+                // c0..c1, and the same columns of `out` all lie inside their slices.
+                unsafe {
+                    crate::nn::linalg::gemm_strided(
+                        (tp, n1 - c0, c1 - c0),
+                        gd.as_ptr().add(c0), (n1 as isize, 1),
+                        r.as_ptr().add(c0 * n1 + c0), (n1 as isize, 1),
+                        false,
+                        out.as_mut_ptr().add(c0), (n1 as isize, 1),
+                    );
+                }
+            }
+            let z1 = &w.zd[0][..tp * n1];
+            (0..tp).map(|t| (sum_sq(&out[t * n1..(t + 1) * n1]), dot(&z1[t * n1..(t + 1) * n1], &gd[t * n1..(t + 1) * n1]))).collect()
+        }
+        FirstLayerNorm::Direct => {
+            let hv = &mut w.out[..tp * d];
+            gemm_serial(gd, tp, n1, &m.weights[0], d, false, false, hv);
+            let v = &w.v[..tp * d];
+            (0..tp).map(|t| (sum_sq(&hv[t * d..(t + 1) * d]), dot(&hv[t * d..(t + 1) * d], &v[t * d..(t + 1) * d]))).collect()
+        }
+    };
+    per_tangent
+        .chunks(p)
+        .map(|probes| {
+            let (sq, tr) = probes.iter().fold((0f64, 0f64), |(a, b), &(sq, tr)| (a + sq, b + tr));
+            ((sq / p as f64) as f32, (tr / p as f64) as f32)
+        })
+        .collect()
+}
+
+/// σ(z), σ′(z), σ″(z) of every element.
+#[inline(always)]
+fn activation_terms(act: Activation, z: &[f32], a: &mut [f32], d1: &mut [f32], d2: &mut [f32]) {
+    for i in 0..z.len() {
+        let (s, s1, s2) = act.eval(z[i]);
+        a[i] = s;
+        d1[i] = s1;
+        d2[i] = s2;
+    }
+}
+
+#[inline(always)]
+fn sum_sq(a: &[f32]) -> f64 {
+    dot(a, a)
+}
+
+/// Float32 lanes summed in float64 at the end, as the scores are.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..16 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().map(|&v| v as f64).sum::<f64>() + tail as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_products_on_the_tiles_match_float64() {
+        if !crate::amx::available() {
+            eprintln!("no AMX here: the float product runs instead");
+            return;
+        }
+        let (n1, d, rows) = (40, 200, 96);
+        let mut w = vec![0f32; n1 * d];
+        crate::rng::Philox::new(5, 0).fill_normal(0, &mut w);
+        // An all-zero row, a row spanning twelve orders of magnitude, a constant row.
+        w[3 * d..4 * d].fill(0.0);
+        for (k, v) in w[7 * d..8 * d].iter_mut().enumerate() {
+            *v *= 10f32.powi(k as i32 % 12 - 6);
+        }
+        w[9 * d..10 * d].fill(-0.75);
+        let sp = SignProduct::new(&w, n1, d);
+        let mut bits = vec![0u8; rows * sp.k];
+        for r in 0..rows {
+            probe_bits(11, r as u64, r % 3, d, &mut bits[r * sp.k..r * sp.k + d]);
+        }
+        let mut ints = vec![0i32; SIGN_ROWS * DIGITS * sp.width];
+        let mut out = vec![0f32; rows * n1];
+        sp.product(&bits, rows, n1, &mut ints, &mut out);
+        let mut v = vec![0f32; d];
+        for r in 0..rows {
+            super::super::probe(11, r as u64, r % 3, d, &mut v);
+            assert!(bits[r * sp.k..(r + 1) * sp.k].iter().enumerate().all(|(k, &b)| if k < d { (b == 1) == (v[k] > 0.0) } else { b == 0 }));
+            for o in 0..n1 {
+                let row = &w[o * d..(o + 1) * d];
+                let want: f64 = row.iter().zip(&v).map(|(&a, &b)| a as f64 * b as f64).sum();
+                // W₁'s rounding to steps of largest/(127·2¹⁶), half a step per term,
+                // and the float32 result.
+                let largest = row.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+                let bound = d as f64 * 0.5 * largest / (127.0 * 65536.0) + want.abs() * 2f64.powi(-24);
+                assert!((out[r * n1 + o] as f64 - want).abs() <= bound, "row {r}, unit {o}: {} vs {want}", out[r * n1 + o]);
+            }
+        }
+    }
+
+    #[test]
+    fn cholesky_factor_reproduces_the_gram_matrix() {
+        let m = Mlp::init(&[40, 24, 10], Activation::Gelu, 3);
+        let k = m.first_gram();
+        let FirstLayerNorm::Cholesky(r) = FirstLayerNorm::new(&m) else { panic!("K = W₁W₁ᵀ of a random 24×40 W₁ is positive definite") };
+        let n = 24;
+        for i in 0..n {
+            for j in 0..n {
+                let rr: f64 = (0..n).map(|t| r[i * n + t] as f64 * r[j * n + t] as f64).sum();
+                assert!((rr - k[i * n + j] as f64).abs() < 1e-5 * k[i * n + i] as f64, "({i},{j}): {rr} vs {}", k[i * n + j]);
+                if j > i {
+                    assert_eq!(r[i * n + j], 0.0);
+                }
+            }
+        }
+        // A first layer that widens the input has a singular K.
+        assert!(matches!(FirstLayerNorm::new(&Mlp::init(&[8, 16, 3], Activation::Gelu, 1)), FirstLayerNorm::Direct));
+    }
+}
