@@ -131,6 +131,10 @@ pub fn threshold_bits(x: &[f32], layer: &Layer1) -> Bits {
         let nr = out.len() / words.max(1);
         let xc = &x[r0 * d..(r0 + nr) * d];
         if let Some(wt) = &transposed {
+            #[cfg(target_arch = "x86_64")]
+            if d <= 3 && crate::simd::has_avx512f() {
+                return pack_rows_tiny(xc, wt, layer, &margins, out);
+            }
             for r in 0..nr {
                 pack_row_small(&xc[r * d..(r + 1) * d], wt, layer, &margins, &mut out[r * words..(r + 1) * words]);
             }
@@ -262,14 +266,7 @@ fn pack_row_small(x: &[f32], wt: &[f32], layer: &Layer1, margins: &Margins, out:
         #[cfg(target_arch = "x86_64")]
         let fused = if crate::simd::has_avx512f() {
             // SAFETY: AVX-512F was detected; W has end − base units from `base` in each row.
-            let (on, near) = unsafe {
-                match x.len() {
-                    1 => small_word_avx512::<1>(x, wt, n, base, end - base, bias, bound),
-                    2 => small_word_avx512::<2>(x, wt, n, base, end - base, bias, bound),
-                    3 => small_word_avx512::<3>(x, wt, n, base, end - base, bias, bound),
-                    _ => small_word_avx512::<0>(x, wt, n, base, end - base, bias, bound),
-                }
-            };
+            let (on, near) = unsafe { small_word_avx512(x, wt, n, base, end - base, bias, bound) };
             Some((on, refine_near(near, x, wt, n, base, bias, slope, floor, xn)))
         } else {
             (end - base == 64 && crate::simd::has_avx2()).then(|| {
@@ -294,21 +291,123 @@ fn pack_row_small(x: &[f32], wt: &[f32], layer: &Layer1, margins: &Margins, out:
     }
 }
 
-/// Of the entries flagged by the row-wide bound, those within their own unit's margin.
+/// `pack_row` for every row of a chunk of 1- to 3-dimensional inputs (x: rows × d,
+/// out: rows × words), on AVX-512. Each row's float32 values z (the same as
+/// `pack_row_small`'s) go through two mask compares per 16 units, z > β and z > −β
+/// against the row-wide rounding bound β, stored straight to memory: z > β is the
+/// answer wherever the two agree, and the rare entries in between are settled as
+/// `pack_row_small` settles them.
+#[cfg(target_arch = "x86_64")]
+fn pack_rows_tiny(x: &[f32], wt: &[f32], layer: &Layer1, margins: &Margins, out: &mut [u64]) {
+    let (d, n) = (layer.dim, layer.units);
+    let words = n.div_ceil(64);
+    let rows = x.len() / d;
+    assert_eq!(out.len(), rows * words);
+    // Row norms as `pack_row_small` computes them (sum_of_squares of d ≤ 3 values is
+    // their plain sum of squares), in a loop that vectorizes over rows.
+    let norms: Vec<f32> = match d {
+        1 => x.iter().map(|a| (a * a).sqrt()).collect(),
+        2 => x.chunks_exact(2).map(|r| (r[0] * r[0] + r[1] * r[1]).sqrt()).collect(),
+        _ => x.chunks_exact(3).map(|r| (r[0] * r[0] + r[1] * r[1] + r[2] * r[2]).sqrt()).collect(),
+    };
+    let bounds: Vec<f32> = norms.iter().map(|&xn| margins.max_slope * xn + margins.max_floor).collect();
+    let mut above_minus = vec![0u64; rows * words];
+    // SAFETY: AVX-512F was detected (the caller checks); the slices hold rows × d
+    // inputs, d × n weights, n biases, and rows × words bits each.
+    unsafe {
+        match d {
+            1 => tiny_rows_avx512::<1>(x, wt, n, &layer.bias, &bounds, out, &mut above_minus),
+            2 => tiny_rows_avx512::<2>(x, wt, n, &layer.bias, &bounds, out, &mut above_minus),
+            _ => tiny_rows_avx512::<3>(x, wt, n, &layer.bias, &bounds, out, &mut above_minus),
+        }
+    }
+    // Entries between −β and β are rare: look for them word by word only when the
+    // chunk has one.
+    if out.iter().zip(&above_minus).fold(0, |any, (&a, &m)| any | (m & !a)) == 0 {
+        return;
+    }
+    for (i, (word, &maybe)) in out.iter_mut().zip(&above_minus).enumerate() {
+        let near = maybe & !*word;
+        if near != 0 {
+            let (r, base) = (i / words, (i % words) * 64);
+            let count = (n - base).min(64);
+            let (bias, slope, floor) = (&layer.bias[base..base + count], &margins.slope[base..base + count], &margins.floor[base..base + count]);
+            let xr = &x[r * d..(r + 1) * d];
+            let (positive, unsure) = settle_near(near, xr, wt, n, base, bias, slope, floor, norms[r]);
+            *word = fix_unsure((*word & !near) | positive, unsure, xr, layer, base);
+        }
+    }
+}
+
+/// Every row's bits for `pack_rows_tiny`: z > β into `above_plus`, z > −β into
+/// `above_minus` (rows × words each, zero past the width). One word of units at a
+/// time, whose weights and biases stay in registers while the rows stream past.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tiny_rows_avx512<const D: usize>(x: &[f32], wt: &[f32], n: usize, bias: &[f32], bounds: &[f32], above_plus: &mut [u64], above_minus: &mut [u64]) {
+    use std::arch::x86_64::*;
+    let (rows, words) = (bounds.len(), n.div_ceil(64));
+    assert!(x.len() >= rows * D && wt.len() >= D * n && bias.len() >= n && above_plus.len() >= rows * words && above_minus.len() >= rows * words);
+    let zero = _mm512_setzero_ps();
+    for w in 0..words {
+        let (base, count) = (64 * w, (n - 64 * w).min(64));
+        let mut lanes = [0u16; 4];
+        let mut bv = [zero; 4];
+        let mut wv = [[zero; D]; 4];
+        for g in 0..4 {
+            lanes[g] = crate::simd::first_lanes16(count.saturating_sub(16 * g));
+            bv[g] = _mm512_maskz_loadu_ps(lanes[g], bias.as_ptr().add(base + 16 * g));
+            for l in 0..D {
+                wv[g][l] = _mm512_maskz_loadu_ps(lanes[g], wt.as_ptr().add(l * n + base + 16 * g));
+            }
+        }
+        for (r, &bound) in bounds.iter().enumerate() {
+            let mut xr = [zero; D];
+            for l in 0..D {
+                xr[l] = _mm512_set1_ps(*x.get_unchecked(r * D + l));
+            }
+            let (plus, minus) = (_mm512_set1_ps(bound), _mm512_set1_ps(-bound));
+            // The masks go to memory 16 bits at a time (little-endian: units 16g.. of
+            // the word are its bytes 2g, 2g + 1), never through a general register.
+            let word_plus = above_plus.as_mut_ptr().add(r * words + w) as *mut u16;
+            let word_minus = above_minus.as_mut_ptr().add(r * words + w) as *mut u16;
+            for g in 0..4 {
+                let mut z = bv[g];
+                for l in 0..D {
+                    z = _mm512_fmadd_ps(xr[l], wv[g][l], z);
+                }
+                word_plus.add(g).write_unaligned(_mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(lanes[g], z, plus));
+                word_minus.add(g).write_unaligned(_mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(lanes[g], z, minus));
+            }
+        }
+    }
+}
+
+/// For the entries `near` (within the row-wide bound) of one row's word: their signs
+/// from a float32 z, and which of them lie within their own unit's doubled margin
+/// (those need the exact recomputation).
 #[allow(clippy::too_many_arguments)]
 #[inline]
-fn refine_near(mut near: u64, x: &[f32], wt: &[f32], n: usize, base: usize, bias: &[f32], slope: &[f32], floor: &[f32], xn: f32) -> u64 {
-    let mut unsure = 0;
+fn settle_near(mut near: u64, x: &[f32], wt: &[f32], n: usize, base: usize, bias: &[f32], slope: &[f32], floor: &[f32], xn: f32) -> (u64, u64) {
+    let (mut positive, mut unsure) = (0, 0);
     while near != 0 {
         let k = near.trailing_zeros() as usize;
         near &= near - 1;
         let z: f32 = x.iter().enumerate().map(|(l, xl)| xl * wt[l * n + base + k]).sum::<f32>() + bias[k];
+        positive |= ((z > 0.0) as u64) << k;
         // Any float32 evaluation of z is within the bound, so test with a doubled margin.
         if z.abs() <= 2.0 * (slope[k] * xn + floor[k]) {
             unsure |= 1 << k;
         }
     }
-    unsure
+    (positive, unsure)
+}
+
+/// Of the entries flagged by the row-wide bound, those within their own unit's margin.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn refine_near(near: u64, x: &[f32], wt: &[f32], n: usize, base: usize, bias: &[f32], slope: &[f32], floor: &[f32], xn: f32) -> u64 {
+    settle_near(near, x, wt, n, base, bias, slope, floor, xn).1
 }
 
 /// 64 units of one row: (bits of z > 0, bits of |z| ≤ `bound`).
@@ -334,12 +433,10 @@ unsafe fn small_word_avx2(x: &[f32], wt: &[f32], n: usize, base: usize, bias: &[
 
 /// `small_word_avx2` for the `count` ≤ 64 units from `base`, sixteen lanes at a time
 /// with the comparisons straight into bit masks; lanes past `count` are neither loaded
-/// nor set. `D` > 0 fixes the input dimension at compile time (so the loop over it
-/// unrolls; moons and other 2-D data spend most of their time here); 0 takes it from x.
+/// nor set. (Inputs of one to three dimensions take `pack_rows_tiny` instead.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn small_word_avx512<const D: usize>(x: &[f32], wt: &[f32], n: usize, base: usize, count: usize, bias: &[f32], bound: f32) -> (u64, u64) {
-    let x = if D > 0 { &x[..D] } else { x };
+unsafe fn small_word_avx512(x: &[f32], wt: &[f32], n: usize, base: usize, count: usize, bias: &[f32], bound: f32) -> (u64, u64) {
     use std::arch::x86_64::*;
     let zero = _mm512_setzero_ps();
     let boundv = _mm512_set1_ps(bound);
