@@ -93,13 +93,9 @@ impl Philox {
         ((w[0] as u64) << 32) | w[1] as u64
     }
 
+    /// Uniforms `start..start+out.len()`: one Philox block per four outputs (the same
+    /// values as `uniform(i)` one at a time).
     pub fn fill_uniform(&self, start: u64, out: &mut [f32]) {
-        fill_parallel(out, |i| self.uniform(start + i as u64));
-    }
-
-    /// Normals `start..start+out.len()`: one Philox block and two Box–Muller pairs
-    /// per four outputs (the same values as `normal(i)` one at a time).
-    pub fn fill_normal(&self, start: u64, out: &mut [f32]) {
         const GRAIN: usize = 1 << 14;
         let fill = |offset: usize, chunk: &mut [f32]| {
             let mut i = 0;
@@ -107,13 +103,58 @@ impl Philox {
                 let index = start + (offset + i) as u64;
                 let lane = (index % 4) as usize;
                 let w = self.block(index / 4);
-                let (a, b) = box_muller(w[0], w[1]);
-                let (c, d) = box_muller(w[2], w[3]);
-                let four = [a, b, c, d];
                 let take = (4 - lane).min(chunk.len() - i);
-                chunk[i..i + take].copy_from_slice(&four[lane..lane + take]);
+                for (slot, &word) in chunk[i..i + take].iter_mut().zip(&w[lane..]) {
+                    *slot = uniform_from_word(word);
+                }
                 i += take;
             }
+        };
+        if out.len() <= GRAIN {
+            return fill(0, out);
+        }
+        use rayon::prelude::*;
+        out.par_chunks_mut(GRAIN).enumerate().for_each(|(c, chunk)| fill(c * GRAIN, chunk));
+    }
+
+    /// Normals `start..start+out.len()`: one Philox block and two Box–Muller pairs
+    /// per four outputs (the same values as `normal(i)` one at a time).
+    pub fn fill_normal(&self, start: u64, out: &mut [f32]) {
+        const GRAIN: usize = 1 << 14;
+        /// Blocks per vectorized batch.
+        const BATCH: usize = 16;
+        let fill = |offset: usize, chunk: &mut [f32]| {
+            crate::simd::dispatch(
+                #[inline(always)]
+                || {
+                    let mut i = 0;
+                    while i < chunk.len() {
+                        let index = start + (offset + i) as u64;
+                        let lane = (index % 4) as usize;
+                        if lane == 0 && chunk.len() - i >= 4 * BATCH {
+                            // Whole blocks: the words first, then Box–Muller over
+                            // 2·BATCH pairs in one loop that vectorizes.
+                            let (mut first, mut second) = ([0u32; 2 * BATCH], [0u32; 2 * BATCH]);
+                            for b in 0..BATCH {
+                                let w = self.block(index / 4 + b as u64);
+                                (first[2 * b], second[2 * b], first[2 * b + 1], second[2 * b + 1]) = (w[0], w[1], w[2], w[3]);
+                            }
+                            for (k, pair) in chunk[i..i + 4 * BATCH].chunks_exact_mut(2).enumerate() {
+                                (pair[0], pair[1]) = box_muller(first[k], second[k]);
+                            }
+                            i += 4 * BATCH;
+                            continue;
+                        }
+                        let w = self.block(index / 4);
+                        let (a, b) = box_muller(w[0], w[1]);
+                        let (c, d) = box_muller(w[2], w[3]);
+                        let four = [a, b, c, d];
+                        let take = (4 - lane).min(chunk.len() - i);
+                        chunk[i..i + take].copy_from_slice(&four[lane..lane + take]);
+                        i += take;
+                    }
+                },
+            )
         };
         if out.len() <= GRAIN {
             return fill(0, out);
@@ -211,15 +252,56 @@ pub fn uniform_from_word(w: u32) -> f32 {
 }
 
 /// Box–Muller in f64, rounded to f32: double precision makes the f32 results agree
-/// between the host libm and CUDA's (a difference would need an f64 result within an
-/// ulp of an f32 rounding boundary).
+/// between this and CUDA's libm (a difference would need an f64 result within a few
+/// f64 ulp of an f32 rounding boundary). The logarithm and the sine and cosine are
+/// branch-free polynomials (`ln_unit`, `sin_cos_turns`), so that fills of many
+/// normals vectorize.
 #[inline(always)]
 pub fn box_muller(w0: u32, w1: u32) -> (f32, f32) {
     let u0 = uniform_from_word(w0) as f64;
     let u1 = uniform_from_word(w1) as f64;
-    let r = (-2.0 * u0.ln()).sqrt();
-    let (sin, cos) = (std::f64::consts::TAU * u1).sin_cos();
+    let r = (-2.0 * ln_unit(u0)).sqrt();
+    let (sin, cos) = sin_cos_turns(u1);
     ((r * cos) as f32, (r * sin) as f32)
+}
+
+/// ln x for normal positive f64 x, to about an ulp: x = m·2^e with m = 1 + f in
+/// [√½, √2), and ln m = 2·atanh(s), s = f/(2 + f), arranged as fdlibm does,
+/// f − (f²/2 − s·(f²/2 + R)) with R = 2(s²/3 + s⁴/5 + … + s²⁴/25) (|s| ≤ 0.172, so the
+/// first omitted term, 2s²⁷/27, is below 1e-21), so the large terms are exact; e·ln2 in
+/// two parts, the high one exact.
+#[inline(always)]
+fn ln_unit(x: f64) -> f64 {
+    const LN2_HI: f64 = 6.931_471_803_691_238_164_9e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    let bits = x.to_bits();
+    let mantissa = f64::from_bits((bits & 0x000F_FFFF_FFFF_FFFF) | 0x3FF0_0000_0000_0000);
+    let high = mantissa > std::f64::consts::SQRT_2;
+    let f = if high { 0.5 * mantissa } else { mantissa } - 1.0;
+    let e = (((bits >> 52) & 0x7FF) as i64 - 1023 + high as i64) as f64;
+    let s = f / (2.0 + f);
+    let z = s * s;
+    let r = 2.0 * z * (1.0 / 3.0 + z * (1.0 / 5.0 + z * (1.0 / 7.0 + z * (1.0 / 9.0 + z * (1.0 / 11.0 + z * (1.0 / 13.0 + z * (1.0 / 15.0 + z * (1.0 / 17.0 + z * (1.0 / 19.0 + z * (1.0 / 21.0 + z * (1.0 / 23.0 + z * (1.0 / 25.0))))))))))));
+    let half_square = 0.5 * f * f;
+    e * LN2_HI + ((f - (half_square - s * (half_square + r))) + e * LN2_LO)
+}
+
+/// (sin 2πt, cos 2πt) to a few ulp: t = q/4 + f with |f| ≤ 1/8 (exact for t with
+/// fewer than 50 significant bits), Taylor series of x = 2πf (|x| ≤ π/4) through x¹⁷
+/// and x¹⁶, rotated by the quarter turns q.
+#[inline(always)]
+fn sin_cos_turns(t: f64) -> (f64, f64) {
+    let q = (4.0 * t).round();
+    let x = (t - 0.25 * q) * std::f64::consts::TAU;
+    let x2 = x * x;
+    const S: [f64; 8] = [-1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0, 1.0 / 362_880.0, -1.0 / 39_916_800.0, 1.0 / 6_227_020_800.0, -1.0 / 1_307_674_368_000.0, 1.0 / 355_687_428_096_000.0];
+    const C: [f64; 8] = [-1.0 / 2.0, 1.0 / 24.0, -1.0 / 720.0, 1.0 / 40_320.0, -1.0 / 3_628_800.0, 1.0 / 479_001_600.0, -1.0 / 87_178_291_200.0, 1.0 / 20_922_789_888_000.0];
+    let sin = x + x * x2 * (S[0] + x2 * (S[1] + x2 * (S[2] + x2 * (S[3] + x2 * (S[4] + x2 * (S[5] + x2 * (S[6] + x2 * S[7])))))));
+    let cos = 1.0 + x2 * (C[0] + x2 * (C[1] + x2 * (C[2] + x2 * (C[3] + x2 * (C[4] + x2 * (C[5] + x2 * (C[6] + x2 * C[7])))))));
+    // Quarter turns: q = 1 maps (sin, cos) to (cos, −sin), q = 2 to (−sin, −cos), …
+    let quarter = (q as i64) & 3;
+    let (s, c) = if quarter & 1 == 1 { (cos, -sin) } else { (sin, cos) };
+    if quarter & 2 == 2 { (-s, -c) } else { (s, c) }
 }
 
 fn fill_parallel<T: Send>(out: &mut [T], f: impl Fn(usize) -> T + Sync) {
@@ -320,6 +402,10 @@ mod tests {
             for (i, x) in v.iter().enumerate() {
                 assert_eq!(*x, p.sign(start + i as u64), "sign: start {start} index {i}");
             }
+            p.fill_uniform(start, &mut v);
+            for (i, x) in v.iter().enumerate() {
+                assert_eq!(*x, p.uniform(start + i as u64), "uniform: start {start} index {i}");
+            }
         }
     }
 
@@ -346,6 +432,38 @@ mod tests {
         // First position is roughly uniform over items: its mean over seeds is near n/2.
         let mean = (0..400).map(|s| Philox::new(s, 0).permutation(100)[0] as f64).sum::<f64>() / 400.0;
         assert!((mean - 49.5).abs() < 5.0, "mean first item {mean}");
+    }
+
+    #[test]
+    fn box_muller_matches_the_libm_formula() {
+        // The polynomial logarithm and sine/cosine against f64 libm, over the words'
+        // whole range (the smallest and largest uniforms, every quarter turn).
+        let p = Philox::new(77, 1);
+        let mut words: Vec<(u32, u32)> = (0..200_000u64).map(|i| { let w = p.block(i); (w[0], w[1]) }).collect();
+        words.extend([(0, 0), (u32::MAX, u32::MAX), (0, u32::MAX), (u32::MAX, 0), (1 << 31, 1 << 30), (1 << 31, 3 << 30), (7 << 29, 1 << 29)]);
+        let (mut identical, mut worst) = (0usize, 0f64);
+        for &(w0, w1) in &words {
+            let (u0, u1) = (uniform_from_word(w0) as f64, uniform_from_word(w1) as f64);
+            let ln = ln_unit(u0);
+            assert!((ln - u0.ln()).abs() <= 2.0 * f64::EPSILON * u0.ln().abs(), "ln {u0}: {ln} vs {}", u0.ln());
+            let (sin, cos) = sin_cos_turns(u1);
+            let (want_sin, want_cos) = (std::f64::consts::TAU * u1).sin_cos();
+            // libm's argument 2πu₁ is itself rounded (≤ 7e-16 absolute).
+            assert!((sin - want_sin).abs() <= 1.5e-15 && (cos - want_cos).abs() <= 1.5e-15, "sin/cos of {u1} turns");
+            let r = (-2.0 * u0.ln()).sqrt();
+            let want = ((r * want_cos) as f32, (r * want_sin) as f32);
+            let got = box_muller(w0, w1);
+            identical += (got == want) as usize;
+            for (g, w) in [(got.0, want.0), (got.1, want.1)] {
+                // At u₁ = ¼, ½, ¾, 1 the quarter turns give an exact 0 where libm's
+                // rounded 2πu₁ leaves ~1e-15.
+                worst = worst.max(((g - w) as f64).abs() / (w.abs() as f64 + 1e-7));
+            }
+        }
+        // f32 results differ only where the f64 value sits within a few f64 ulp of
+        // an f32 rounding boundary (one in millions), and at those exact zeros.
+        assert!(words.len() - identical <= 4, "{} of {} pairs differ", words.len() - identical, words.len());
+        assert!(worst <= 1.2e-7, "worst relative difference {worst}");
     }
 
     #[test]
