@@ -256,22 +256,51 @@ pub fn best_margin(neurons: &[Neuron], row: &[u64]) -> f32 {
 
 /// The CPU scanner: threads over candidates (min scan, stopping at 0) and over X⁻ rows.
 pub struct CpuScanner<'a> {
-    pub bits: &'a Bits,
-    pub units: usize,
-    pub pos: &'a [u32],
-    pub neg: &'a [u32],
+    bits: &'a Bits,
+    units: usize,
+    pos: &'a [u32],
+    neg: &'a [u32],
+    /// X⁺ and X⁻ word-major, where the vector kernels run.
+    word_major: Option<(WordMajor, WordMajor)>,
+}
+
+impl<'a> CpuScanner<'a> {
+    pub fn new(bits: &'a Bits, units: usize, pos: &'a [u32], neg: &'a [u32]) -> Self {
+        let used = units.div_ceil(64);
+        let word_major = crate::simd::has_avx512_popcount().then(|| (WordMajor::new(bits, pos, used), WordMajor::new(bits, neg, used)));
+        CpuScanner { bits, units, pos, neg, word_major }
+    }
 }
 
 impl CoverScanner for CpuScanner<'_> {
     fn min_over_positives(&mut self, masks: &[u64], count: usize) -> Result<Vec<u32>> {
         const ROWS: usize = 8192;
         let used = self.units.div_ceil(64);
+        let serial = count * self.pos.len() * used < 1 << 16;
+        #[cfg(target_arch = "x86_64")]
+        if let Some((pos, _)) = &self.word_major {
+            let scan = |blocks: std::ops::Range<usize>| {
+                let mut best = vec![u32::MAX; count];
+                // SAFETY: word_major exists only where AVX-512 VPOPCNTDQ was detected.
+                unsafe { min_scan_word_major(masks, pos, blocks, &mut best) };
+                best
+            };
+            let blocks = pos.padded / LANES;
+            if serial {
+                return Ok(scan(0..blocks));
+            }
+            let per_task = ROWS / LANES;
+            return Ok((0..blocks.div_ceil(per_task)).into_par_iter().map(|t| scan(t * per_task..((t + 1) * per_task).min(blocks))).reduce(
+                || vec![u32::MAX; count],
+                |a, b| a.iter().zip(&b).map(|(x, y)| *x.min(y)).collect(),
+            ));
+        }
         let scan = |rows: &[u32]| {
             let mut best = vec![u32::MAX; count];
             min_scan(masks, used, self.bits, rows, &mut best);
             best
         };
-        if count * self.pos.len() * used < 1 << 16 {
+        if serial {
             return Ok(scan(self.pos));
         }
         Ok(self.pos.par_chunks(ROWS).map(scan).reduce(
@@ -282,7 +311,19 @@ impl CoverScanner for CpuScanner<'_> {
 
     fn mark_covered(&mut self, masks: &[u64], thresholds: &[u32], covered: &mut [u8]) -> Result<()> {
         const ROWS: usize = 4096;
-        if covered.len() * thresholds.len() * masks.len() / thresholds.len().max(1) < 1 << 16 {
+        let serial = covered.len() * masks.len() < 1 << 16;
+        #[cfg(target_arch = "x86_64")]
+        if let Some((_, neg)) = &self.word_major {
+            // SAFETY (both calls): word_major exists only where AVX-512 VPOPCNTDQ was
+            // detected; each task gets whole blocks of LANES rows.
+            if serial {
+                unsafe { mark_word_major(masks, thresholds, neg, 0, covered) };
+            } else {
+                covered.par_chunks_mut(ROWS).enumerate().for_each(|(t, c)| unsafe { mark_word_major(masks, thresholds, neg, t * ROWS / LANES, c) });
+            }
+            return Ok(());
+        }
+        if serial {
             mark_chunk(masks, thresholds, self.bits, self.neg, covered);
         } else {
             covered
@@ -291,6 +332,109 @@ impl CoverScanner for CpuScanner<'_> {
                 .for_each(|(c, rows)| mark_chunk(masks, thresholds, self.bits, rows, c));
         }
         Ok(())
+    }
+}
+
+/// Rows per vector of the word-major layout.
+const LANES: usize = 8;
+
+/// A set of rows' bits word-major: word w of rows 8b..8b + 8 is one 512-bit vector at
+/// data[(b·used + w)·8..], rows past the end zero. The scans then count eight rows at
+/// once with vertical popcounts and adds, and never sum across a vector's lanes.
+pub struct WordMajor {
+    rows: usize,
+    padded: usize,
+    used: usize,
+    data: Vec<u64>,
+}
+
+impl WordMajor {
+    fn new(bits: &Bits, rows: &[u32], used: usize) -> Self {
+        let padded = rows.len().next_multiple_of(LANES);
+        let mut data = vec![0u64; padded * used];
+        for (i, &r) in rows.iter().enumerate() {
+            let (block, lane) = (i / LANES, i % LANES);
+            for (w, &word) in bits.row(r as usize)[..used].iter().enumerate() {
+                data[(block * used + w) * LANES + lane] = word;
+            }
+        }
+        WordMajor { rows: rows.len(), padded, used, data }
+    }
+
+    /// Lanes of block b that hold rows.
+    #[inline(always)]
+    fn valid(&self, block: usize) -> u8 {
+        let left = self.rows - block * LANES;
+        if left >= LANES { 0xFF } else { (1u8 << left) - 1 }
+    }
+}
+
+/// popcount(mask ∧ row) for the eight rows of block b.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vpopcntdq")]
+#[inline]
+unsafe fn block_counts(mask: &[u64], t: &WordMajor, block: usize) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let mut acc = _mm512_setzero_si512();
+    let base = t.data.as_ptr().add(block * t.used * LANES);
+    for (w, &m) in mask[..t.used].iter().enumerate() {
+        let rows = _mm512_loadu_si512(base.add(w * LANES) as *const _);
+        acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_and_si512(_mm512_set1_epi64(m as i64), rows)));
+    }
+    acc
+}
+
+/// `min_scan` over blocks `blocks` of a word-major X⁺: 64 rows at a time for every
+/// mask still above 0, stopping once all are 0.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vpopcntdq")]
+unsafe fn min_scan_word_major(masks: &[u64], t: &WordMajor, blocks: std::ops::Range<usize>, best: &mut [u32]) {
+    use std::arch::x86_64::*;
+    const GROUP: usize = 8;
+    let used = t.used;
+    let mut b0 = blocks.start;
+    while b0 < blocks.end {
+        let b1 = (b0 + GROUP).min(blocks.end);
+        let mut all_zero = true;
+        for (k, bk) in best.iter_mut().enumerate() {
+            if *bk == 0 {
+                continue;
+            }
+            let mask = &masks[k * used..(k + 1) * used];
+            let mut lows = _mm512_set1_epi64(u32::MAX as i64);
+            for b in b0..b1 {
+                lows = _mm512_mask_min_epu64(lows, t.valid(b), lows, block_counts(mask, t, b));
+            }
+            *bk = (*bk).min(_mm512_reduce_min_epu64(lows) as u32);
+            all_zero &= *bk == 0;
+        }
+        if all_zero {
+            return;
+        }
+        b0 = b1;
+    }
+}
+
+/// `mark_chunk` on a word-major X⁻ from block `first_block`, for `covered` (a whole
+/// number of blocks' rows, or the last rows).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vpopcntdq")]
+unsafe fn mark_word_major(masks: &[u64], thresholds: &[u32], t: &WordMajor, first_block: usize, covered: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let used = t.used;
+    for (i, chunk) in covered.chunks_mut(LANES).enumerate() {
+        let b = first_block + i;
+        let uncovered = chunk.iter().enumerate().fold(0u8, |m, (l, &c)| m | (((c == 0) as u8) << l)) & t.valid(b);
+        let mut hit = 0u8;
+        for (k, &m) in thresholds.iter().enumerate() {
+            if hit == uncovered {
+                break;
+            }
+            hit |= _mm512_mask_cmplt_epu64_mask(uncovered & !hit, block_counts(&masks[k * used..(k + 1) * used], t, b), _mm512_set1_epi64(m as i64));
+        }
+        for (l, c) in chunk.iter_mut().enumerate() {
+            *c |= (hit >> l) & 1;
+        }
     }
 }
 

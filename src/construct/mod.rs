@@ -306,7 +306,7 @@ pub fn fit(ds: &Dataset, cfg: &FitConfig, backend: &Backend) -> Result<(Network,
                 cover::greedy_cover(&bits, cfg.width, neg, &order, &mut scanner, GPU_BATCH, MAX_BATCH)?
             }
             _ => {
-                let mut scanner = cover::CpuScanner { bits: &bits, units: cfg.width, pos, neg };
+                let mut scanner = cover::CpuScanner::new(&bits, cfg.width, pos, neg);
                 cover::greedy_cover(&bits, cfg.width, neg, &order, &mut scanner as &mut dyn CoverScanner, CPU_BATCH, MAX_BATCH)?
             }
         };

@@ -179,7 +179,7 @@ pub fn run_size(ds: &Dataset, size: usize, plan: &SweepPlan, done: &HashSet<(usi
                     let mut nets = vec![];
                     let mut uncovered = 0;
                     for ((label, neg, pos), order) in problems.iter().zip(&orders) {
-                        let mut scanner = CpuScanner { bits: &bits, units: width, pos, neg };
+                        let mut scanner = CpuScanner::new(&bits, width, pos, neg);
                         let cov = cover::greedy_cover(&bits, width, neg, order, &mut scanner, super::CPU_BATCH, super::MAX_BATCH)?;
                         uncovered += cov.uncovered;
                         nets.push(ClassNet { label: *label, neurons: cov.neurons });
