@@ -352,10 +352,11 @@ impl WordMajor {
     fn new(bits: &Bits, rows: &[u32], used: usize) -> Self {
         let padded = rows.len().next_multiple_of(LANES);
         let mut data = vec![0u64; padded * used];
-        for (i, &r) in rows.iter().enumerate() {
-            let (block, lane) = (i / LANES, i % LANES);
-            for (w, &word) in bits.row(r as usize)[..used].iter().enumerate() {
-                data[(block * used + w) * LANES + lane] = word;
+        for (block, dst) in rows.chunks(LANES).zip(data.chunks_exact_mut(used * LANES)) {
+            for (lane, &r) in block.iter().enumerate() {
+                for (w, &word) in bits.row(r as usize)[..used].iter().enumerate() {
+                    dst[w * LANES + lane] = word;
+                }
             }
         }
         WordMajor { rows: rows.len(), padded, used, data }

@@ -123,16 +123,21 @@ pub fn threshold_bits(x: &[f32], layer: &Layer1) -> Bits {
     let mut bits = Bits::zeros(rows, n);
     let words = bits.words;
     let margins = Margins::new(layer);
-    // Chunks of products small enough to stay in the L2 cache.
-    let chunk_rows = (CHUNK_BYTES / (4 * n.max(1))).clamp(8, 1024);
     let transposed = (d < SMALL_DIM).then(|| transpose(layer));
+    #[cfg(target_arch = "x86_64")]
+    let tiny = transposed.is_some() && d <= 3 && crate::simd::has_avx512f();
+    #[cfg(not(target_arch = "x86_64"))]
+    let tiny = false;
+    // Chunks of products (or, for `pack_rows_tiny`, of its second bit matrix) small
+    // enough to stay in the L2 cache.
+    let chunk_rows = if tiny { (CHUNK_BYTES / (8 * words.max(1))).clamp(8, 1 << 16) } else { (CHUNK_BYTES / (4 * n.max(1))).clamp(8, 1024) };
     let work = |c: usize, out: &mut [u64]| {
         let r0 = c * chunk_rows;
         let nr = out.len() / words.max(1);
         let xc = &x[r0 * d..(r0 + nr) * d];
         if let Some(wt) = &transposed {
             #[cfg(target_arch = "x86_64")]
-            if d <= 3 && crate::simd::has_avx512f() {
+            if tiny {
                 return pack_rows_tiny(xc, wt, layer, &margins, out);
             }
             for r in 0..nr {

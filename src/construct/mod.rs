@@ -108,17 +108,16 @@ impl Network {
         self.nets
             .iter()
             .map(|net| {
-                (0..bits.rows)
-                    .into_par_iter()
-                    .map(|r| match relu {
-                        Some(f) => net
-                            .neurons
-                            .iter()
-                            .map(|ne| ne.threshold - cover::relu_score(&ne.mask, &f[r * n..(r + 1) * n]))
-                            .fold(f32::NEG_INFINITY, f32::max),
-                        None => cover::best_margin(&net.neurons, bits.row(r)),
-                    })
-                    .collect()
+                let score = |r: usize| match relu {
+                    Some(f) => net.neurons.iter().map(|ne| ne.threshold - cover::relu_score(&ne.mask, &f[r * n..(r + 1) * n])).fold(f32::NEG_INFINITY, f32::max),
+                    None => cover::best_margin(&net.neurons, bits.row(r)),
+                };
+                // Waking the worker threads costs more than a small network's scores.
+                if bits.rows * net.neurons.len() * bits.words < 1 << 18 {
+                    (0..bits.rows).map(score).collect()
+                } else {
+                    (0..bits.rows).into_par_iter().map(score).collect()
+                }
             })
             .collect()
     }
