@@ -6,7 +6,7 @@
 //! parallel products, and the buffers are allocated once per core, not once per
 //! layer.
 
-use super::{probe, Scores};
+use super::{dot, probe, Scores};
 use crate::nn::linalg::gemm_serial;
 use crate::nn::mlp::{Activation, Mlp};
 use rayon::prelude::*;
@@ -309,15 +309,7 @@ fn group_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, p: 
     }
     // Softmax probabilities, in place of the logits.
     let probs = &mut w.z[layers - 1][..rows * c];
-    for row in probs.chunks_mut(c) {
-        let top = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        row.iter_mut().for_each(|v| {
-            *v = (*v - top).exp();
-            sum += *v;
-        });
-        row.iter_mut().for_each(|v| *v /= sum);
-    }
+    crate::nn::mlp::softmax_in_place(probs, c);
     // Primal backward: g_a of every hidden layer, folded into curv = σ″(z)·g_a.
     w.g[..rows * c].copy_from_slice(probs);
     for (r, &label) in y.iter().enumerate() {
@@ -452,20 +444,6 @@ fn activation_terms(act: Activation, z: &[f32], a: &mut [f32], d1: &mut [f32], d
 #[inline(always)]
 fn sum_sq(a: &[f32]) -> f64 {
     dot(a, a)
-}
-
-/// Float32 lanes summed in float64 at the end, as the scores are.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..16 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    acc.iter().map(|&v| v as f64).sum::<f64>() + tail as f64
 }
 
 #[cfg(test)]

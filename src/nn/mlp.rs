@@ -326,7 +326,13 @@ impl Mlp {
 
 pub fn softmax(logits: &[f32], c: usize) -> Vec<f32> {
     let mut p = logits.to_vec();
-    for row in p.chunks_mut(c) {
+    softmax_in_place(&mut p, c);
+    p
+}
+
+/// Each row of `c` logits replaced by its softmax probabilities.
+pub fn softmax_in_place(logits: &mut [f32], c: usize) {
+    for row in logits.chunks_mut(c) {
         let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let mut s = 0.0;
         row.iter_mut().for_each(|v| {
@@ -335,5 +341,4 @@ pub fn softmax(logits: &[f32], c: usize) -> Vec<f32> {
         });
         row.iter_mut().for_each(|v| *v /= s);
     }
-    p
 }
