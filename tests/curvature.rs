@@ -242,18 +242,26 @@ fn probe_free_scores_equal_the_explicit_hessian() {
 fn gauss_newton_scores_match_the_float64_jacobian() {
     // Widths with partial 32-column strips, and 13 classes (more than one register
     // block of output rows), for every activation; several samples per call.
-    let nets = ACTS.iter().map(|&act| (vec![45, 70, 37, 13], act)).chain([(vec![45, 13], Activation::Relu)]);
+    // A first layer narrower than the input (the Cholesky route for the part beside
+    // Hutchinson) and none at all, smooth.
+    let nets = ACTS.iter().map(|&act| (vec![45, 70, 37, 13], act)).chain([(vec![45, 13], Activation::Relu), (vec![45, 30, 20, 13], Activation::Gelu), (vec![45, 13], Activation::Tanh)]);
     for (sizes, act) in nets {
         let m = Mlp::init(&sizes, act, 21);
         let r = Reference::of(&m);
         let rows = 6;
         let x: Vec<f32> = (0..rows).flat_map(|s| input(45, 300 + s as u64)).collect();
         let (tsq, t) = curvature::gauss_newton(&m, &x, rows);
+        // The exact estimator of a smooth network computes the part beside its
+        // Hutchinson scores, in the same passes.
+        let y: Vec<i64> = (0..rows as i64).map(|s| s % 13).collect();
+        let cfg = ScoreConfig { estimator: Estimator::Exact, statistic: Statistic::Paper, probes: 2, h: 0.0, seed: 1 };
+        let beside = curvature::scores(&m, &x, &y, 0, &cfg).unwrap().gauss_newton.unwrap();
         for s in 0..rows {
             let xd: Vec<f64> = x[s * 45..(s + 1) * 45].iter().map(|&v| v as f64).collect();
             let (want_sq, want_tr) = r.gauss_newton(&xd);
             assert!((tsq[s] as f64 - want_sq).abs() <= 1e-4 * want_sq, "{act:?} sample {s}: tr((JᵀAJ)²) {} vs {want_sq}", tsq[s]);
             assert!((t[s] as f64 - want_tr).abs() <= 1e-4 * want_tr, "{act:?} sample {s}: tr(JᵀAJ) {} vs {want_tr}", t[s]);
+            assert!((beside[s] as f64 - want_sq).abs() <= 1e-4 * want_sq, "{act:?} sample {s}: beside Hutchinson, tr((JᵀAJ)²) {} vs {want_sq}", beside[s]);
         }
     }
 }

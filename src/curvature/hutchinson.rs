@@ -187,8 +187,7 @@ fn dot64(a: &[f64], b: &[f64]) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
-/// Column blocks of the triangular product ġ₁R: block [c0, c1) of R is zero above row
-/// c0, so it needs only columns c0.. of ġ₁.
+/// Column blocks of the triangular products (`triangular_product`).
 const TRIANGLE_BLOCK: usize = 64;
 
 /// Per-core buffers, sized for one group.
@@ -207,6 +206,10 @@ struct Work {
     out: Vec<f32>,
     bits: Vec<u8>,
     ints: Vec<i32>,
+    /// The Gauss–Newton part's C rows per sample: the logit Jacobian at each layer,
+    /// and at the end its product with R (or W₁).
+    jac: Vec<f32>,
+    jac_next: Vec<f32>,
 }
 
 /// What the scores need from the first layer's weights alone, built once per model
@@ -246,11 +249,18 @@ pub fn prepared(m: &Mlp) -> std::sync::Arc<Prepared> {
 /// Mean over `probes` Rademacher probes of ‖Hv‖² (score) and vᵀHv (trace) for each
 /// sample of x (rows, d), probes keyed by (seed, first_global + row, probe) as
 /// `super::probe` draws them.
-pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, probes: usize, prepared: &Prepared) -> Scores {
-    let (d, rows, layers) = (m.input_dim(), y.len(), m.layers());
+///
+/// With `gauss_newton`, also tr((JᵀAJ)²), the exact Gauss–Newton part (J the logit
+/// Jacobian, A = diag p − ppᵀ): G = JJᵀ = (J₁R)(J₁R)ᵀ from the C Jacobian rows at the
+/// first layer, in the same group passes.
+#[allow(clippy::too_many_arguments)]
+pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, probes: usize, prepared: &Prepared, gauss_newton: bool) -> Scores {
+    let (d, rows, layers, c) = (m.input_dim(), y.len(), m.layers(), m.classes());
     let (norm, signs) = (&prepared.norm, prepared.signs.as_ref());
     let widest = *m.sizes[1..].iter().max().unwrap();
     let t_max = GROUP * probes;
+    let jac_rows = if gauss_newton { GROUP * c } else { 0 };
+    let first_out = if matches!(norm, FirstLayerNorm::Direct) { d } else { m.sizes[1] };
     let work = || Work {
         z: m.sizes[1..].iter().map(|&n| vec![0f32; GROUP * n]).collect(),
         a: vec![0f32; GROUP * widest],
@@ -263,14 +273,16 @@ pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, probe
         adot: vec![0f32; t_max * widest],
         gd: vec![0f32; t_max * widest],
         gad: vec![0f32; t_max * widest],
-        out: vec![0f32; t_max * if matches!(norm, FirstLayerNorm::Direct) { d } else { m.sizes[1] }],
+        out: vec![0f32; t_max.max(jac_rows) * first_out],
         bits: signs.map_or(vec![], |sp| vec![0u8; t_max.next_multiple_of(crate::amx::MN_STEP) * sp.k]),
         ints: signs.map_or(vec![], |sp| vec![0i32; SIGN_ROWS * DIGITS * sp.width]),
+        jac: vec![0f32; jac_rows * widest],
+        jac_next: vec![0f32; jac_rows * widest],
     };
     let groups = rows.div_ceil(GROUP);
     // A few groups per task: each task allocates its own buffers.
     let per_task = groups.div_ceil(4 * rayon::current_num_threads()).max(1);
-    let per_group: Vec<Vec<(f32, f32)>> = (0..groups)
+    let per_group: Vec<Vec<(f32, f32, f32)>> = (0..groups)
         .into_par_iter()
         .with_min_len(per_task)
         .map_init(work, |w, group| {
@@ -278,17 +290,21 @@ pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, probe
             let s1 = (s0 + GROUP).min(rows);
             crate::simd::dispatch(
                 #[inline(always)]
-                || group_scores(m, &x[s0 * d..s1 * d], &y[s0..s1], first_global + s0 as u64, seed, probes, norm, signs, w),
+                || group_scores(m, &x[s0 * d..s1 * d], &y[s0..s1], first_global + s0 as u64, seed, probes, norm, signs, gauss_newton, w),
             )
         })
         .collect();
-    let (score, trace) = per_group.into_iter().flatten().unzip();
-    Scores { score, trace, gauss_newton: None }
+    let all: Vec<(f32, f32, f32)> = per_group.into_iter().flatten().collect();
+    Scores {
+        score: all.iter().map(|t| t.0).collect(),
+        trace: all.iter().map(|t| t.1).collect(),
+        gauss_newton: gauss_newton.then(|| all.iter().map(|t| t.2).collect()),
+    }
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn group_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, p: usize, norm: &FirstLayerNorm, signs: Option<&SignProduct>, w: &mut Work) -> Vec<(f32, f32)> {
+fn group_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, p: usize, norm: &FirstLayerNorm, signs: Option<&SignProduct>, gauss_newton: bool, w: &mut Work) -> Vec<(f32, f32, f32)> {
     let (d, c, layers) = (m.input_dim(), m.classes(), m.layers());
     let rows = y.len();
     let tp = rows * p;
@@ -397,20 +413,7 @@ fn group_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, p: 
     let per_tangent: Vec<(f64, f64)> = match norm {
         FirstLayerNorm::Cholesky(r) => {
             let out = &mut w.out[..tp * n1];
-            for c0 in (0..n1).step_by(TRIANGLE_BLOCK) {
-                let c1 = (c0 + TRIANGLE_BLOCK).min(n1);
-                // SAFETY: ġ₁'s columns c0.. (row stride n₁), R's rows c0.. and columns
-                // c0..c1, and the same columns of `out` all lie inside their slices.
-                unsafe {
-                    crate::nn::linalg::gemm_strided(
-                        (tp, n1 - c0, c1 - c0),
-                        gd.as_ptr().add(c0), (n1 as isize, 1),
-                        r.as_ptr().add(c0 * n1 + c0), (n1 as isize, 1),
-                        false,
-                        out.as_mut_ptr().add(c0), (n1 as isize, 1),
-                    );
-                }
-            }
+            triangular_product(gd, tp, n1, r, out);
             let z1 = &w.zd[0][..tp * n1];
             (0..tp).map(|t| (sum_sq(&out[t * n1..(t + 1) * n1]), dot(&z1[t * n1..(t + 1) * n1], &gd[t * n1..(t + 1) * n1]))).collect()
         }
@@ -421,13 +424,99 @@ fn group_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, p: 
             (0..tp).map(|t| (sum_sq(&hv[t * d..(t + 1) * d]), dot(&hv[t * d..(t + 1) * d], &v[t * d..(t + 1) * d]))).collect()
         }
     };
+    let gn = if gauss_newton { gauss_newton_part(m, rows, norm, w) } else { vec![0.0; rows] };
     per_tangent
         .chunks(p)
-        .map(|probes| {
+        .zip(gn)
+        .map(|(probes, gn)| {
             let (sq, tr) = probes.iter().fold((0f64, 0f64), |(a, b), &(sq, tr)| (a + sq, b + tr));
-            ((sq / p as f64) as f32, (tr / p as f64) as f32)
+            ((sq / p as f64) as f32, (tr / p as f64) as f32, gn)
         })
         .collect()
+}
+
+/// tr((AG)²) for each sample of the group, G = JJᵀ: the C rows of the logit Jacobian
+/// start as W_L's rows and go back through σ′ and the weights, as C more tangent rows
+/// per sample, to the first layer (J₁, with J = J₁W₁); then G = (J₁R)(J₁R)ᵀ through
+/// the Cholesky factor, or (J₁W₁)(J₁W₁)ᵀ. Needs the group's primal pass (σ′ in `d1`,
+/// the probabilities in the last `z`).
+#[inline(always)]
+fn gauss_newton_part(m: &Mlp, rows: usize, norm: &FirstLayerNorm, w: &mut Work) -> Vec<f32> {
+    let (d, c, layers) = (m.input_dim(), m.classes(), m.layers());
+    let tc = rows * c;
+    // Width of the rows: the last hidden layer's (the logits' for no hidden layer).
+    let last = if layers == 1 { c } else { m.sizes[layers - 1] };
+    // Rows (s, k): W_L[k] ⊙ σ′(z_{L−1}) of sample s (or e_k for a network without
+    // hidden layers, whose Jacobian is W₁ itself).
+    for s in 0..rows {
+        for k in 0..c {
+            let row = &mut w.jac[(s * c + k) * last..(s * c + k + 1) * last];
+            if layers == 1 {
+                row.fill(0.0);
+                row[k] = 1.0;
+            } else {
+                let slope = &w.d1[layers - 2][s * last..(s + 1) * last];
+                row.iter_mut().zip(&m.weights[layers - 1][k * last..(k + 1) * last]).zip(slope).for_each(|((j, &wv), &sl)| *j = wv * sl);
+            }
+        }
+    }
+    for l in (1..layers - 1).rev() {
+        let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
+        gemm_serial(&w.jac[..tc * out], tc, out, &m.weights[l], fan_in, false, false, &mut w.jac_next[..tc * fan_in]);
+        let slope = &w.d1[l - 1][..rows * fan_in];
+        for (i, row) in w.jac_next[..tc * fan_in].chunks_mut(fan_in).enumerate() {
+            row.iter_mut().zip(&slope[(i / c) * fan_in..(i / c + 1) * fan_in]).for_each(|(j, &sl)| *j *= sl);
+        }
+        std::mem::swap(&mut w.jac, &mut w.jac_next);
+    }
+    // J₁R (or J₁W₁ = J) into `out`, rows of n₁ (or d).
+    let n1 = m.sizes[1];
+    let (width, reduced) = match norm {
+        FirstLayerNorm::Cholesky(r) => {
+            let out = &mut w.out[..tc * n1];
+            triangular_product(&w.jac[..tc * n1], tc, n1, r, out);
+            (n1, &w.out[..tc * n1])
+        }
+        FirstLayerNorm::Direct => {
+            let out = &mut w.out[..tc * d];
+            gemm_serial(&w.jac[..tc * n1], tc, n1, &m.weights[0], d, false, false, out);
+            (d, &w.out[..tc * d])
+        }
+    };
+    let probs = &w.z[layers - 1][..rows * c];
+    (0..rows)
+        .map(|s| {
+            let y = &reduced[s * c * width..(s + 1) * c * width];
+            let mut g = vec![0f64; c * c];
+            for a in 0..c {
+                for b in a..c {
+                    let v = dot(&y[a * width..(a + 1) * width], &y[b * width..(b + 1) * width]);
+                    (g[a * c + b], g[b * c + a]) = (v, v);
+                }
+            }
+            super::trace_sq_ag(&super::a_times(&probs[s * c..(s + 1) * c], &g, c), c) as f32
+        })
+        .collect()
+}
+
+/// out (rows, n) = a (rows, n) · R for lower-triangular R (n, n): column block
+/// [c0, c1) of R is zero above row c0, so it needs only columns c0.. of a.
+#[inline(always)]
+fn triangular_product(a: &[f32], rows: usize, n: usize, r: &[f32], out: &mut [f32]) {
+    for c0 in (0..n).step_by(TRIANGLE_BLOCK) {
+        let c1 = (c0 + TRIANGLE_BLOCK).min(n);
+        // SAFETY: a's columns c0.. (row stride n), R's rows c0.. and columns c0..c1,
+        // and the same columns of `out` all lie inside their slices.
+        unsafe {
+            crate::nn::linalg::gemm_strided(
+                (rows, n - c0, c1 - c0),
+                a.as_ptr().add(c0), (n as isize, 1),
+                r.as_ptr().add(c0 * n + c0), (n as isize, 1),
+                false,
+                out.as_mut_ptr().add(c0), (n as isize, 1),
+            );
+        }
+    }
 }
 
 /// σ(z), σ′(z), σ″(z) of every element.

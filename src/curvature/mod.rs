@@ -83,9 +83,7 @@ pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfi
         return Ok(finish_low_rank(&low_rank_cpu(m, x, rows, Some((cfg.seed, first_global, p))), exact_gn));
     }
     if !use_fd {
-        let mut s = hutchinson::scores(m, x, y, first_global, cfg.seed, p, &hutchinson::prepared(m));
-        s.gauss_newton = exact_gn.then(|| gauss_newton(m, x, rows).0);
-        return Ok(s);
+        return Ok(hutchinson::scores(m, x, y, first_global, cfg.seed, p, &hutchinson::prepared(m), exact_gn));
     }
     // The probe-based estimators hold rows·probes tangents per layer: a large batch
     // runs a group of samples at a time, so that those stay in cache and the buffers
