@@ -234,7 +234,10 @@ fn problems(train: &Split, target: Target) -> Result<(Vec<(i64, Vec<u32>, Vec<u3
 
 /// Number of distinct inputs that appear with more than one label.
 pub fn conflicts(x: &[f32], y: &[i64], dim: usize) -> usize {
-    let mut seen: std::collections::HashMap<&[u8], (i64, bool)> = std::collections::HashMap::new();
+    // FxHash: SipHash's resistance to chosen keys buys nothing here and took longer
+    // than a small fit.
+    let mut seen: rustc_hash::FxHashMap<&[u8], (i64, bool)> = rustc_hash::FxHashMap::default();
+    seen.reserve(y.len());
     for (row, &label) in bytemuck::cast_slice::<f32, u8>(x).chunks(dim * 4).zip(y) {
         let e = seen.entry(row).or_insert((label, false));
         if e.0 != label {
