@@ -427,3 +427,23 @@ fn bad_training_and_scoring_input_is_rejected() {
     let err = rote_err(&["curvature", "--run", p(&run), "--estimator", "hutchinson", "--probes", "0", "--out", p(&dir.path().join("s"))]);
     assert!(err.contains("--probes"), "{err}");
 }
+
+#[test]
+fn probe_bits_are_the_probe_signs() {
+    // Widths around word and Philox-block boundaries, probes that start mid-block.
+    for d in [1usize, 63, 64, 65, 127, 128, 129, 300, 784, 3072] {
+        for (global, j) in [(0u64, 0usize), (5, 1), (1 << 40, 2), (77, 9)] {
+            let mut signs = vec![0f32; d];
+            curvature::probe(3, global, j, d, &mut signs);
+            let mut words = vec![u64::MAX; d.div_ceil(64) + 1];
+            curvature::probe_words(3, global, j, d, &mut words);
+            for (i, &s) in signs.iter().enumerate() {
+                assert_eq!((words[i / 64] >> (i % 64)) & 1 == 1, s > 0.0, "d {d}, sample {global}, probe {j}, sign {i}");
+            }
+            if d % 64 != 0 {
+                assert_eq!(words[d / 64] >> (d % 64), 0, "d {d}: bits past d");
+            }
+            assert_eq!(words[d.div_ceil(64)], u64::MAX, "d {d}: wrote past its words");
+        }
+    }
+}

@@ -152,25 +152,13 @@ const BYTE_OF_BITS: [u64; 256] = {
     table
 };
 
-/// The probes' signs as bits (one byte each, 1 for +1), rows of `stride` bytes: the
-/// same draws as `super::probe`.
-fn probe_bits(seed: u64, global: u64, j: usize, d: usize, out: &mut [u8]) {
-    let rng = crate::rng::Philox::new(seed ^ super::PROBE_KEY, global);
-    let start = (j * d) as u64;
-    let mut i = 0;
-    while i < d {
-        let index = start + i as u64;
-        let w = rng.block(index / 128);
-        let first = (index % 128) as usize;
-        let take = (128 - first).min(d - i);
-        let bits = (w[0] as u128) | (w[1] as u128) << 32 | (w[2] as u128) << 64 | (w[3] as u128) << 96;
-        let bits = bits >> first;
-        for t in (0..take).step_by(8) {
-            let spread = BYTE_OF_BITS[(bits >> t) as u8 as usize].to_le_bytes();
-            let n = (take - t).min(8);
-            out[i + t..i + t + n].copy_from_slice(&spread[..n]);
-        }
-        i += take;
+/// Probe j of sample `global` as one byte per sign (1 for +1) in out[..d]: the draws
+/// of `super::probe`, through `super::probe_words` (`words` is scratch for d bits).
+fn probe_bits(seed: u64, global: u64, j: usize, d: usize, words: &mut [u64], out: &mut [u8]) {
+    super::probe_words(seed, global, j, d, words);
+    for (i, chunk) in out[..d].chunks_mut(8).enumerate() {
+        let byte = (words[i / 8] >> (8 * (i % 8))) as u8;
+        chunk.copy_from_slice(&BYTE_OF_BITS[byte as usize].to_le_bytes()[..chunk.len()]);
     }
 }
 
@@ -206,6 +194,8 @@ struct Work {
     out: Vec<f32>,
     bits: Vec<u8>,
     ints: Vec<i32>,
+    /// One probe's signs as 64-bit words, on their way to `bits`.
+    words: Vec<u64>,
     /// The Gauss–Newton part's C rows per sample: the logit Jacobian at each layer,
     /// and at the end its product with R (or W₁).
     jac: Vec<f32>,
@@ -276,6 +266,7 @@ pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, probe
         out: vec![0f32; t_max.max(jac_rows) * first_out],
         bits: signs.map_or(vec![], |sp| vec![0u8; t_max.next_multiple_of(crate::amx::MN_STEP) * sp.k]),
         ints: signs.map_or(vec![], |sp| vec![0i32; SIGN_ROWS * DIGITS * sp.width]),
+        words: vec![0u64; d.div_ceil(64)],
         jac: vec![0f32; jac_rows * widest],
         jac_next: vec![0f32; jac_rows * widest],
     };
@@ -347,7 +338,7 @@ fn group_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, p: 
         let bits = &mut w.bits[..padded * sp.k];
         for s in 0..rows {
             for j in 0..p {
-                probe_bits(seed, first_global + s as u64, j, d, &mut bits[(s * p + j) * sp.k..][..d]);
+                probe_bits(seed, first_global + s as u64, j, d, &mut w.words, &mut bits[(s * p + j) * sp.k..][..d]);
             }
         }
         let n1 = m.sizes[1];
@@ -556,8 +547,9 @@ mod tests {
         w[9 * d..10 * d].fill(-0.75);
         let sp = SignProduct::new(&w, n1, d);
         let mut bits = vec![0u8; rows * sp.k];
+        let mut words = vec![0u64; d.div_ceil(64)];
         for r in 0..rows {
-            probe_bits(11, r as u64, r % 3, d, &mut bits[r * sp.k..r * sp.k + d]);
+            probe_bits(11, r as u64, r % 3, d, &mut words, &mut bits[r * sp.k..r * sp.k + d]);
         }
         let mut ints = vec![0i32; SIGN_ROWS * DIGITS * sp.width];
         let mut out = vec![0f32; rows * n1];

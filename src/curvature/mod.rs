@@ -51,6 +51,35 @@ pub fn probe(seed: u64, global: u64, j: usize, d: usize, out: &mut [f32]) {
     Philox::new(seed ^ PROBE_KEY, global).fill_sign((j * d) as u64, out);
 }
 
+/// Probe j of sample `global` as bits: bit i of out[i / 64] is set where sign i is +1
+/// (the draws of `probe`); bits past d are zero.
+pub fn probe_words(seed: u64, global: u64, j: usize, d: usize, out: &mut [u64]) {
+    let rng = Philox::new(seed ^ PROBE_KEY, global);
+    let start = (j * d) as u64;
+    let out = &mut out[..d.div_ceil(64)];
+    out.fill(0);
+    let mut place = |value: u64, at: usize| {
+        out[at / 64] |= value << (at % 64);
+        if at % 64 != 0 && at / 64 + 1 < out.len() {
+            out[at / 64 + 1] |= value >> (64 - at % 64);
+        }
+    };
+    let mut i = 0;
+    while i < d {
+        let index = start + i as u64;
+        let w = rng.block(index / 128);
+        let first = (index % 128) as usize;
+        let take = (128 - first).min(d - i);
+        let bits = ((w[0] as u128) | (w[1] as u128) << 32 | (w[2] as u128) << 64 | (w[3] as u128) << 96) >> first;
+        let bits = if take < 128 { bits & ((1u128 << take) - 1) } else { bits };
+        place(bits as u64, i);
+        if take > 64 {
+            place((bits >> 64) as u64, i + 64);
+        }
+        i += take;
+    }
+}
+
 /// Mixed into the seed of the probe stream (kernels/curvature.cu draws the same).
 pub const PROBE_KEY: u64 = 0x9B0B_E5;
 
@@ -174,7 +203,7 @@ fn low_rank_cpu(m: &Mlp, x: &[f32], rows: usize, probes: Option<(u64, u64, usize
         compact: Vec<f32>,
         active: Vec<Vec<u32>>,
         slope: Vec<f32>,
-        v: Vec<f32>,
+        bits: Vec<u64>,
     }
     let f = m.forward(x, rows);
     let (c, d, layers) = (m.classes(), m.input_dim(), m.layers());
@@ -186,10 +215,14 @@ fn low_rank_cpu(m: &Mlp, x: &[f32], rows: usize, probes: Option<(u64, u64, usize
         compact: vec![0f32; GROUP * c * widest],
         active: vec![Vec::with_capacity(widest); GROUP],
         slope: Vec::with_capacity(widest),
-        v: vec![0f32; d],
+        bits: vec![0u64; d.div_ceil(64)],
     };
-    let per_group: Vec<(Vec<f64>, Vec<f64>)> = (0..rows.div_ceil(GROUP))
+    let groups = rows.div_ceil(GROUP);
+    // A few groups per task: each task allocates (and faults in) its own scratch.
+    let per_task = groups.div_ceil(4 * rayon::current_num_threads()).max(1);
+    let per_group: Vec<(Vec<f64>, Vec<f64>)> = (0..groups)
         .into_par_iter()
+        .with_min_len(per_task)
         .map_init(scratch, |sc, group| {
             let samples = group * GROUP..((group + 1) * GROUP).min(rows);
             let mut width = m.sizes[layers - 1];
@@ -229,7 +262,7 @@ fn low_rank_cpu(m: &Mlp, x: &[f32], rows: usize, probes: Option<(u64, u64, usize
             }
             // The dot products vectorize inside `dispatch`.
             let js: Vec<&[f32]> = (0..samples.len()).map(|t| &sc.g[t * c * widest..][..c * d]).collect();
-            crate::simd::dispatch(#[inline(always)] || gram_and_projections(&js, samples.start, c, d, probes, &mut sc.v))
+            crate::simd::dispatch(#[inline(always)] || gram_and_projections(&js, samples.start, c, d, probes, &mut sc.bits))
         })
         .collect();
     let (gram, projections) = per_group.into_iter().fold((Vec::new(), Vec::new()), |(mut g, mut u), (gs, us)| {
@@ -243,19 +276,64 @@ fn low_rank_cpu(m: &Mlp, x: &[f32], rows: usize, probes: Option<(u64, u64, usize
 /// Per sample (logit Jacobian `js[t]` of sample first + t): G = JJᵀ, and J v_k for its
 /// probes. Always inlined, so that it is compiled with the features `dispatch` enables.
 #[inline(always)]
-fn gram_and_projections(js: &[&[f32]], first: usize, c: usize, d: usize, probes: Option<(u64, u64, usize)>, v: &mut [f32]) -> (Vec<f64>, Vec<f64>) {
+fn gram_and_projections(js: &[&[f32]], first: usize, c: usize, d: usize, probes: Option<(u64, u64, usize)>, bits: &mut [u64]) -> (Vec<f64>, Vec<f64>) {
     let p = probes.map_or(0, |t| t.2);
     let (mut gram, mut u) = (Vec::with_capacity(js.len() * c * c), Vec::with_capacity(js.len() * p * c));
     for (t, j) in js.iter().enumerate() {
         if let Some((seed, first_global, _)) = probes {
+            // With v = 2b − 1 (bits b), Jv = 2·Σ_{b=1} J − ΣJ: masked sums of J's rows,
+            // the probe never expanded to floats.
+            let row_sums: Vec<f64> = (0..c).map(|a| sum_where(&j[a * d..(a + 1) * d], None)).collect();
             for k in 0..p {
-                probe(seed, first_global + (first + t) as u64, k, d, v);
-                u.extend((0..c).map(|a| dot(&j[a * d..(a + 1) * d], v)));
+                probe_words(seed, first_global + (first + t) as u64, k, d, bits);
+                u.extend((0..c).map(|a| 2.0 * sum_where(&j[a * d..(a + 1) * d], Some(bits)) - row_sums[a]));
             }
         }
         gram.extend(gram_of(j, c, d));
     }
     (gram, u)
+}
+
+/// Σ xᵢ over the i whose bit is set (all i for None).
+#[inline(always)]
+fn sum_where(x: &[f32], bits: Option<&[u64]>) -> f64 {
+    let Some(bits) = bits else {
+        let ones = vec![1f32; x.len()];
+        return dot(x, &ones);
+    };
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx512f() {
+        // SAFETY: AVX-512F was detected; `bits` covers x.len() bits.
+        return unsafe { masked_sum_avx512(x, bits) };
+    }
+    x.iter().enumerate().filter(|&(i, _)| (bits[i / 64] >> (i % 64)) & 1 == 1).map(|(_, &v)| v as f64).sum()
+}
+
+/// `sum_where` sixteen lanes at a time, each 16-bit piece of `bits` the add's mask.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn masked_sum_avx512(x: &[f32], bits: &[u64]) -> f64 {
+    use std::arch::x86_64::*;
+    assert!(bits.len() * 64 >= x.len());
+    let mask = |chunk: usize| ((bits[chunk / 4] >> (16 * (chunk % 4))) & 0xFFFF) as u16;
+    // Two accumulators, so consecutive adds do not wait on each other.
+    let (mut even, mut odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let chunks = x.len() / 16;
+    let mut ci = 0;
+    while ci + 2 <= chunks {
+        even = _mm512_mask_add_ps(even, mask(ci), even, _mm512_loadu_ps(x.as_ptr().add(16 * ci)));
+        odd = _mm512_mask_add_ps(odd, mask(ci + 1), odd, _mm512_loadu_ps(x.as_ptr().add(16 * ci + 16)));
+        ci += 2;
+    }
+    if ci < chunks {
+        even = _mm512_mask_add_ps(even, mask(ci), even, _mm512_loadu_ps(x.as_ptr().add(16 * ci)));
+    }
+    let tail = x.len() - 16 * chunks;
+    if tail > 0 {
+        let lanes = mask(chunks) & crate::simd::first_lanes16(tail);
+        odd = _mm512_mask_add_ps(odd, lanes, odd, _mm512_maskz_loadu_ps(crate::simd::first_lanes16(tail), x.as_ptr().add(16 * chunks)));
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(even, odd)) as f64
 }
 
 /// What the scores of a piecewise-linear network need, from either backend: per
