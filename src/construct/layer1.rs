@@ -316,22 +316,41 @@ fn pack_rows_tiny(x: &[f32], wt: &[f32], layer: &Layer1, margins: &Margins, out:
         _ => x.chunks_exact(3).map(|r| (r[0] * r[0] + r[1] * r[1] + r[2] * r[2]).sqrt()).collect(),
     };
     let bounds: Vec<f32> = norms.iter().map(|&xn| margins.max_slope * xn + margins.max_floor).collect();
-    let mut above_minus = vec![0u64; rows * words];
-    // SAFETY: AVX-512F was detected (the caller checks); the slices hold rows × d
-    // inputs, d × n weights, n biases, and rows × words bits each.
-    unsafe {
-        match d {
-            1 => tiny_rows_avx512::<1>(x, wt, n, &layer.bias, &bounds, out, &mut above_minus),
-            2 => tiny_rows_avx512::<2>(x, wt, n, &layer.bias, &bounds, out, &mut above_minus),
-            _ => tiny_rows_avx512::<3>(x, wt, n, &layer.bias, &bounds, out, &mut above_minus),
-        }
+    // The second bit matrix lives in a per-thread buffer that is only ever grown: the
+    // kernel overwrites every word, so clearing it on each call would be wasted.
+    thread_local! {
+        static ABOVE_MINUS: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    ABOVE_MINUS.with_borrow_mut(|buffer| {
+        if buffer.len() < rows * words {
+            buffer.resize(rows * words, 0);
+        }
+        let above_minus = &mut buffer[..rows * words];
+        // SAFETY: AVX-512F was detected (the caller checks); the slices hold rows × d
+        // inputs, d × n weights, n biases, and rows × words bits each.
+        unsafe {
+            match d {
+                1 => tiny_rows_avx512::<1>(x, wt, n, &layer.bias, &bounds, out, above_minus),
+                2 => tiny_rows_avx512::<2>(x, wt, n, &layer.bias, &bounds, out, above_minus),
+                _ => tiny_rows_avx512::<3>(x, wt, n, &layer.bias, &bounds, out, above_minus),
+            }
+        }
+        settle_between_bounds(x, wt, layer, margins, &norms, out, above_minus);
+    });
+}
+
+/// The entries of `pack_rows_tiny` with −β < z ≤ β (set in `above_minus`, clear in
+/// `out`): their signs from `settle_near`, exact where their own margin asks for it.
+#[cfg(target_arch = "x86_64")]
+fn settle_between_bounds(x: &[f32], wt: &[f32], layer: &Layer1, margins: &Margins, norms: &[f32], out: &mut [u64], above_minus: &[u64]) {
+    let (d, n) = (layer.dim, layer.units);
+    let words = n.div_ceil(64);
     // Entries between −β and β are rare: look for them word by word only when the
     // chunk has one.
-    if out.iter().zip(&above_minus).fold(0, |any, (&a, &m)| any | (m & !a)) == 0 {
+    if out.iter().zip(above_minus).fold(0, |any, (&a, &m)| any | (m & !a)) == 0 {
         return;
     }
-    for (i, (word, &maybe)) in out.iter_mut().zip(&above_minus).enumerate() {
+    for (i, (word, &maybe)) in out.iter_mut().zip(above_minus).enumerate() {
         let near = maybe & !*word;
         if near != 0 {
             let (r, base) = (i / words, (i % words) * 64);
