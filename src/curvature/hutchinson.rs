@@ -296,70 +296,17 @@ pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, probe
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn group_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, p: usize, norm: &FirstLayerNorm, signs: Option<&SignProduct>, gauss_newton: bool, w: &mut Work) -> Vec<(f32, f32, f32)> {
-    let (d, c, layers) = (m.input_dim(), m.classes(), m.layers());
+    let (c, layers) = (m.classes(), m.layers());
     let rows = y.len();
     let tp = rows * p;
     let smooth = !m.activation.piecewise_linear();
-    // Primal forward: z_l, and σ′(z_l), σ″(z_l) of every hidden layer.
+    primal(m, x, y, w);
+    first_tangent(m, first_global, seed, p, signs, rows, w);
+    let probs = &w.z[layers - 1][..rows * c];
     for l in 0..layers {
         let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
-        let z = &mut w.z[l][..rows * out];
-        for r in z.chunks_mut(out) {
-            r.copy_from_slice(&m.biases[l]);
-        }
-        let input = if l == 0 { x } else { &w.a[..rows * fan_in] };
-        gemm_serial(input, rows, fan_in, &m.weights[l], out, true, true, z);
-        if l + 1 < layers {
-            // σ″ goes into `curv` for now; the primal backward multiplies in g_a.
-            activation_terms(m.activation, z, &mut w.a[..rows * out], &mut w.d1[l][..rows * out], &mut w.curv[l][..rows * out]);
-        }
-    }
-    // Softmax probabilities, in place of the logits.
-    let probs = &mut w.z[layers - 1][..rows * c];
-    crate::nn::mlp::softmax_in_place(probs, c);
-    // Primal backward: g_a of every hidden layer, folded into curv = σ″(z)·g_a.
-    w.g[..rows * c].copy_from_slice(probs);
-    for (r, &label) in y.iter().enumerate() {
-        w.g[r * c + label as usize] -= 1.0;
-    }
-    for l in (1..layers).rev() {
-        let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
-        let ga = &mut w.ga[..rows * fan_in];
-        gemm_serial(&w.g[..rows * out], rows, out, &m.weights[l], fan_in, false, false, ga);
-        let (d1, curv) = (&w.d1[l - 1][..rows * fan_in], &mut w.curv[l - 1][..rows * fan_in]);
-        for i in 0..rows * fan_in {
-            curv[i] *= ga[i];
-            w.g[i] = ga[i] * d1[i];
-        }
-    }
-    // Probes and the tangent forward: ż_l = ȧ_{l−1}W_lᵀ, ȧ_l = σ′(z_l)ż_l, ȧ_0 = v.
-    if let Some(sp) = signs {
-        let padded = tp.next_multiple_of(crate::amx::MN_STEP);
-        let bits = &mut w.bits[..padded * sp.k];
-        for s in 0..rows {
-            for j in 0..p {
-                probe_bits(seed, first_global + s as u64, j, d, &mut w.words, &mut bits[(s * p + j) * sp.k..][..d]);
-            }
-        }
-        let n1 = m.sizes[1];
-        let zd = &mut w.zd[0];
-        if zd.len() < padded * n1 {
-            zd.resize(padded * n1, 0.0);
-        }
-        sp.product(bits, padded, n1, &mut w.ints, &mut zd[..padded * n1]);
-    } else {
-        let v = &mut w.v[..tp * d];
-        for s in 0..rows {
-            for j in 0..p {
-                probe(seed, first_global + s as u64, j, d, &mut v[(s * p + j) * d..(s * p + j + 1) * d]);
-            }
-        }
-    }
-    for l in 0..layers {
-        let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
-        if l > 0 || signs.is_none() {
-            let input = if l == 0 { &w.v[..tp * d] } else { &w.adot[..tp * fan_in] };
-            gemm_serial(input, tp, fan_in, &m.weights[l], out, true, false, &mut w.zd[l][..tp * out]);
+        if l > 0 {
+            gemm_serial(&w.adot[..tp * fan_in], tp, fan_in, &m.weights[l], out, true, false, &mut w.zd[l][..tp * out]);
         }
         if l + 1 < layers {
             let (zd, d1) = (&w.zd[l][..tp * out], &w.d1[l][..rows * out]);
@@ -398,23 +345,11 @@ fn group_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, p: 
             }
         }
     }
-    // ‖Hv‖² and vᵀHv per tangent, averaged over each sample's probes.
+    // ‖Hv‖² and vᵀHv = ż₁·ġ₁ per tangent, averaged over each sample's probes.
     let n1 = m.sizes[1];
-    let gd = &w.gd[..tp * n1];
-    let per_tangent: Vec<(f64, f64)> = match norm {
-        FirstLayerNorm::Cholesky(r) => {
-            let out = &mut w.out[..tp * n1];
-            triangular_product(gd, tp, n1, r, out);
-            let z1 = &w.zd[0][..tp * n1];
-            (0..tp).map(|t| (sum_sq(&out[t * n1..(t + 1) * n1]), dot(&z1[t * n1..(t + 1) * n1], &gd[t * n1..(t + 1) * n1]))).collect()
-        }
-        FirstLayerNorm::Direct => {
-            let hv = &mut w.out[..tp * d];
-            gemm_serial(gd, tp, n1, &m.weights[0], d, false, false, hv);
-            let v = &w.v[..tp * d];
-            (0..tp).map(|t| (sum_sq(&hv[t * d..(t + 1) * d]), dot(&hv[t * d..(t + 1) * d], &v[t * d..(t + 1) * d]))).collect()
-        }
-    };
+    let squares = squared_norms(m, norm, tp, &w.gd[..tp * n1], &mut w.out);
+    let (gd, z1) = (&w.gd[..tp * n1], &w.zd[0][..tp * n1]);
+    let per_tangent: Vec<(f64, f64)> = (0..tp).map(|t| (squares[t], dot(&z1[t * n1..(t + 1) * n1], &gd[t * n1..(t + 1) * n1]))).collect();
     let gn = if gauss_newton { gauss_newton_part(m, rows, norm, w) } else { vec![0.0; rows] };
     per_tangent
         .chunks(p)
@@ -424,6 +359,94 @@ fn group_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, p: 
             ((sq / p as f64) as f32, (tr / p as f64) as f32, gn)
         })
         .collect()
+}
+
+/// The group's primal passes: z_l of every layer (the last one replaced by the softmax
+/// probabilities), σ(z) in `a` for the next layer, σ′ in `d1`, σ″·g_a in `curv`, and in
+/// `g` the loss gradient at the first layer's pre-activations (rows × n₁).
+#[inline(always)]
+fn primal(m: &Mlp, x: &[f32], y: &[i64], w: &mut Work) {
+    let (c, layers, rows) = (m.classes(), m.layers(), y.len());
+    // Forward: z_l, and σ′(z_l), σ″(z_l) of every hidden layer.
+    for l in 0..layers {
+        let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
+        let z = &mut w.z[l][..rows * out];
+        for r in z.chunks_mut(out) {
+            r.copy_from_slice(&m.biases[l]);
+        }
+        let input = if l == 0 { x } else { &w.a[..rows * fan_in] };
+        gemm_serial(input, rows, fan_in, &m.weights[l], out, true, true, z);
+        if l + 1 < layers {
+            // σ″ goes into `curv` for now; the primal backward multiplies in g_a.
+            activation_terms(m.activation, z, &mut w.a[..rows * out], &mut w.d1[l][..rows * out], &mut w.curv[l][..rows * out]);
+        }
+    }
+    // Softmax probabilities, in place of the logits.
+    let probs = &mut w.z[layers - 1][..rows * c];
+    crate::nn::mlp::softmax_in_place(probs, c);
+    // Primal backward: g_a of every hidden layer, folded into curv = σ″(z)·g_a.
+    w.g[..rows * c].copy_from_slice(probs);
+    for (r, &label) in y.iter().enumerate() {
+        w.g[r * c + label as usize] -= 1.0;
+    }
+    for l in (1..layers).rev() {
+        let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
+        let ga = &mut w.ga[..rows * fan_in];
+        gemm_serial(&w.g[..rows * out], rows, out, &m.weights[l], fan_in, false, false, ga);
+        let (d1, curv) = (&w.d1[l - 1][..rows * fan_in], &mut w.curv[l - 1][..rows * fan_in]);
+        for i in 0..rows * fan_in {
+            curv[i] *= ga[i];
+            w.g[i] = ga[i] * d1[i];
+        }
+    }
+}
+
+/// The probes of the group's samples and ż₁ = vW₁ᵀ (rows·p × n₁) into `zd[0]`: on the
+/// AMX tiles from the probes' bits where present, else from v (kept in `v`).
+#[inline(always)]
+fn first_tangent(m: &Mlp, first_global: u64, seed: u64, p: usize, signs: Option<&SignProduct>, rows: usize, w: &mut Work) {
+    let (d, n1) = (m.input_dim(), m.sizes[1]);
+    let tp = rows * p;
+    if let Some(sp) = signs {
+        let padded = tp.next_multiple_of(crate::amx::MN_STEP);
+        let bits = &mut w.bits[..padded * sp.k];
+        for s in 0..rows {
+            for j in 0..p {
+                probe_bits(seed, first_global + s as u64, j, d, &mut w.words, &mut bits[(s * p + j) * sp.k..][..d]);
+            }
+        }
+        let zd = &mut w.zd[0];
+        if zd.len() < padded * n1 {
+            zd.resize(padded * n1, 0.0);
+        }
+        sp.product(bits, padded, n1, &mut w.ints, &mut zd[..padded * n1]);
+    } else {
+        let v = &mut w.v[..tp * d];
+        for s in 0..rows {
+            for j in 0..p {
+                probe(seed, first_global + s as u64, j, d, &mut v[(s * p + j) * d..(s * p + j + 1) * d]);
+            }
+        }
+        gemm_serial(v, tp, d, &m.weights[0], n1, true, false, &mut w.zd[0][..tp * n1]);
+    }
+}
+
+/// ‖g R‖² (Cholesky) or ‖g W₁‖² (`Direct`) of each of the t rows of g (t × n₁):
+/// ‖Hv‖² for the tangent reaching the first layer. `out` is scratch.
+#[inline(always)]
+fn squared_norms(m: &Mlp, norm: &FirstLayerNorm, t: usize, g: &[f32], out: &mut [f32]) -> Vec<f64> {
+    let (d, n1) = (m.input_dim(), m.sizes[1]);
+    let width = match norm {
+        FirstLayerNorm::Cholesky(r) => {
+            triangular_product(g, t, n1, r, &mut out[..t * n1]);
+            n1
+        }
+        FirstLayerNorm::Direct => {
+            gemm_serial(g, t, n1, &m.weights[0], d, false, false, &mut out[..t * d]);
+            d
+        }
+    };
+    (0..t).map(|i| sum_sq(&out[i * width..(i + 1) * width])).collect()
 }
 
 /// tr((AG)²) for each sample of the group, G = JJᵀ: the C rows of the logit Jacobian
