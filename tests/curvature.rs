@@ -447,3 +447,52 @@ fn probe_bits_are_the_probe_signs() {
         }
     }
 }
+
+#[test]
+fn finite_differences_equal_gradients_at_the_perturbed_inputs() {
+    // Against ∇L(x + hv) − ∇L(x) formed from two plain gradient evaluations, for the
+    // paper's statistic and the released code's, on networks that narrow and widen
+    // the input, smooth and relu, over several groups of samples.
+    for (sizes, act) in [(vec![30, 12, 9, 4], Activation::Gelu), (vec![30, 12, 9, 4], Activation::Relu), (vec![6, 12, 9, 4], Activation::Tanh)] {
+        let m = Mlp::init(&sizes, act, 31);
+        let (d, p, rows, first, h) = (m.input_dim(), 3, 70, 40u64, 1e-2f32);
+        let x: Vec<f32> = (0..rows).flat_map(|s| input(d, 600 + s as u64)).collect();
+        let y: Vec<i64> = (0..rows as i64).map(|s| s % 4).collect();
+        let g0 = m.input_grad(&x, &y, rows);
+        let mut v = vec![0f32; d];
+        let mut shifted = vec![0f32; rows * p * d];
+        let mut labels = vec![0i64; rows * p];
+        for s in 0..rows {
+            for j in 0..p {
+                curvature::probe(5, first + s as u64, j, d, &mut v);
+                let r = s * p + j;
+                for l in 0..d {
+                    shifted[r * d + l] = x[s * d + l] + h * v[l];
+                }
+                labels[r] = y[s];
+            }
+        }
+        let g1 = m.input_grad(&shifted, &labels, rows * p);
+        for statistic in [Statistic::Paper, Statistic::ReleasedCode] {
+            let cfg = ScoreConfig { estimator: Estimator::Fd, statistic, probes: p, h, seed: 5 };
+            let got = curvature::scores(&m, &x, &y, first, &cfg).unwrap();
+            for s in 0..rows {
+                let (mut sq, mut tr, mut scale) = (0f64, 0f64, 0f64);
+                for j in 0..p {
+                    curvature::probe(5, first + s as u64, j, d, &mut v);
+                    let r = s * p + j;
+                    let diff: Vec<f64> = (0..d).map(|l| (g1[r * d + l] - g0[s * d + l]) as f64).collect();
+                    let norm_sq: f64 = diff.iter().map(|t| t * t).sum();
+                    let (factor, square) = if statistic == Statistic::Paper { (1.0 / h as f64, norm_sq / (h as f64 * h as f64)) } else { (1.0, norm_sq.sqrt()) };
+                    sq += square;
+                    tr += diff.iter().zip(&v).map(|(t, &u)| t * u as f64).sum::<f64>() * factor;
+                    scale += diff.iter().map(|t| t.abs()).sum::<f64>() * factor;
+                }
+                let (sq, tr, scale) = (sq / p as f64, tr / p as f64, scale / p as f64);
+                // Differences of float32 gradients: their rounding, over h.
+                assert!((got.score[s] as f64 - sq).abs() <= 2e-3 * sq, "{act:?} {statistic:?} sample {s}: {} vs {sq}", got.score[s]);
+                assert!((got.trace[s] as f64 - tr).abs() <= 2e-3 * scale, "{act:?} {statistic:?} sample {s}: trace {} vs {tr}", got.trace[s]);
+            }
+        }
+    }
+}

@@ -200,6 +200,40 @@ struct Work {
     /// and at the end its product with R (or W₁).
     jac: Vec<f32>,
     jac_next: Vec<f32>,
+    /// The finite-difference path's pre-activations at x + hv, per layer (σ′ in place
+    /// of the hidden ones once used).
+    perturbed: Vec<Vec<f32>>,
+}
+
+impl Work {
+    /// Buffers for groups of GROUP samples with `probes` probes each.
+    fn new(m: &Mlp, probes: usize, norm: &FirstLayerNorm, signs: Option<&SignProduct>, gauss_newton: bool) -> Self {
+        let (d, layers, c) = (m.input_dim(), m.layers(), m.classes());
+        let widest = *m.sizes[1..].iter().max().unwrap();
+        let t_max = GROUP * probes;
+        let jac_rows = if gauss_newton { GROUP * c } else { 0 };
+        let first_out = if matches!(norm, FirstLayerNorm::Direct) { d } else { m.sizes[1] };
+        Work {
+            z: m.sizes[1..].iter().map(|&n| vec![0f32; GROUP * n]).collect(),
+            a: vec![0f32; GROUP * widest],
+            d1: m.sizes[1..layers].iter().map(|&n| vec![0f32; GROUP * n]).collect(),
+            curv: m.sizes[1..layers].iter().map(|&n| vec![0f32; GROUP * n]).collect(),
+            g: vec![0f32; GROUP * widest],
+            ga: vec![0f32; GROUP * widest],
+            v: if signs.is_some() { vec![] } else { vec![0f32; t_max * d] },
+            zd: m.sizes[1..].iter().map(|&n| vec![0f32; t_max * n]).collect(),
+            adot: vec![0f32; t_max * widest],
+            gd: vec![0f32; t_max * widest],
+            gad: vec![0f32; t_max * widest],
+            out: vec![0f32; t_max.max(jac_rows) * first_out],
+            bits: signs.map_or(vec![], |sp| vec![0u8; t_max.next_multiple_of(crate::amx::MN_STEP) * sp.k]),
+            ints: signs.map_or(vec![], |sp| vec![0i32; SIGN_ROWS * DIGITS * sp.width]),
+            words: vec![0u64; d.div_ceil(64)],
+            jac: vec![0f32; jac_rows * widest],
+            jac_next: vec![0f32; jac_rows * widest],
+                perturbed: vec![],
+            }
+    }
 }
 
 /// What the scores need from the first layer's weights alone, built once per model
@@ -245,31 +279,9 @@ pub fn prepared(m: &Mlp) -> std::sync::Arc<Prepared> {
 /// first layer, in the same group passes.
 #[allow(clippy::too_many_arguments)]
 pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, probes: usize, prepared: &Prepared, gauss_newton: bool) -> Scores {
-    let (d, rows, layers, c) = (m.input_dim(), y.len(), m.layers(), m.classes());
+    let (d, rows) = (m.input_dim(), y.len());
     let (norm, signs) = (&prepared.norm, prepared.signs.as_ref());
-    let widest = *m.sizes[1..].iter().max().unwrap();
-    let t_max = GROUP * probes;
-    let jac_rows = if gauss_newton { GROUP * c } else { 0 };
-    let first_out = if matches!(norm, FirstLayerNorm::Direct) { d } else { m.sizes[1] };
-    let work = || Work {
-        z: m.sizes[1..].iter().map(|&n| vec![0f32; GROUP * n]).collect(),
-        a: vec![0f32; GROUP * widest],
-        d1: m.sizes[1..layers].iter().map(|&n| vec![0f32; GROUP * n]).collect(),
-        curv: m.sizes[1..layers].iter().map(|&n| vec![0f32; GROUP * n]).collect(),
-        g: vec![0f32; GROUP * widest],
-        ga: vec![0f32; GROUP * widest],
-        v: if signs.is_some() { vec![] } else { vec![0f32; t_max * d] },
-        zd: m.sizes[1..].iter().map(|&n| vec![0f32; t_max * n]).collect(),
-        adot: vec![0f32; t_max * widest],
-        gd: vec![0f32; t_max * widest],
-        gad: vec![0f32; t_max * widest],
-        out: vec![0f32; t_max.max(jac_rows) * first_out],
-        bits: signs.map_or(vec![], |sp| vec![0u8; t_max.next_multiple_of(crate::amx::MN_STEP) * sp.k]),
-        ints: signs.map_or(vec![], |sp| vec![0i32; SIGN_ROWS * DIGITS * sp.width]),
-        words: vec![0u64; d.div_ceil(64)],
-        jac: vec![0f32; jac_rows * widest],
-        jac_next: vec![0f32; jac_rows * widest],
-    };
+    let work = || Work::new(m, probes, norm, signs, gauss_newton);
     let groups = rows.div_ceil(GROUP);
     // A few groups per task: each task allocates its own buffers.
     let per_task = groups.div_ceil(4 * rayon::current_num_threads()).max(1);
@@ -357,6 +369,110 @@ fn group_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, p: 
         .map(|(probes, gn)| {
             let (sq, tr) = probes.iter().fold((0f64, 0f64), |(a, b), &(sq, tr)| (a + sq, b + tr));
             ((sq / p as f64) as f32, (tr / p as f64) as f32, gn)
+        })
+        .collect()
+}
+
+/// The finite-difference estimators for the samples of x, grouped like `scores`:
+/// Hv ≈ (∇L(x + hv) − ∇L(x))/h with the same probes (`fd`), or the released code's
+/// statistic ‖∇L(x + hv) − ∇L(x)‖ (`released`: not divided by h, unsquared). The
+/// perturbed first-layer pre-activations are z₁ + h·ż₁, with ż₁ = vW₁ᵀ from the same
+/// product `scores` uses; the two gradients then differ at the first layer by Δ, so
+/// ∇L(x + hv) − ∇L(x) = ΔW₁, its squared norm is ‖ΔR‖² and its product with v is Δ·ż₁.
+#[allow(clippy::too_many_arguments)]
+pub fn fd_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, probes: usize, h: f32, released: bool, prepared: &Prepared) -> Scores {
+    let (d, rows) = (m.input_dim(), y.len());
+    let (norm, signs) = (&prepared.norm, prepared.signs.as_ref());
+    let t_max = GROUP * probes;
+    let work = || {
+        let mut w = Work::new(m, probes, norm, signs, false);
+        w.perturbed = m.sizes[1..].iter().map(|&n| vec![0f32; t_max * n]).collect();
+        w
+    };
+    let groups = rows.div_ceil(GROUP);
+    let per_task = groups.div_ceil(4 * rayon::current_num_threads()).max(1);
+    let per_group: Vec<Vec<(f32, f32)>> = (0..groups)
+        .into_par_iter()
+        .with_min_len(per_task)
+        .map_init(work, |w, group| {
+            let s0 = group * GROUP;
+            let s1 = (s0 + GROUP).min(rows);
+            crate::simd::dispatch(
+                #[inline(always)]
+                || fd_group(m, &x[s0 * d..s1 * d], &y[s0..s1], first_global + s0 as u64, seed, probes, h, released, norm, signs, w),
+            )
+        })
+        .collect();
+    let (score, trace) = per_group.into_iter().flatten().unzip();
+    Scores { score, trace, gauss_newton: None }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn fd_group(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, p: usize, h: f32, released: bool, norm: &FirstLayerNorm, signs: Option<&SignProduct>, w: &mut Work) -> Vec<(f32, f32)> {
+    let (c, layers, n1) = (m.classes(), m.layers(), m.sizes[1]);
+    let rows = y.len();
+    let tp = rows * p;
+    primal(m, x, y, w);
+    first_tangent(m, first_global, seed, p, signs, rows, w);
+    // Forward at x + hv: z₁ + h·ż₁, then the layers as usual; σ′ replaces each hidden
+    // z once σ(z) has gone to `adot` for the next layer.
+    for l in 0..layers {
+        let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
+        let z = &mut w.perturbed[l][..tp * out];
+        if l == 0 {
+            let (z1, step) = (&w.z[0][..rows * out], &w.zd[0][..tp * out]);
+            for (t, (zt, st)) in z.chunks_mut(out).zip(step.chunks(out)).enumerate() {
+                let base = &z1[(t / p) * out..(t / p + 1) * out];
+                for k in 0..out {
+                    zt[k] = base[k] + h * st[k];
+                }
+            }
+        } else {
+            for r in z.chunks_mut(out) {
+                r.copy_from_slice(&m.biases[l]);
+            }
+            gemm_serial(&w.adot[..tp * fan_in], tp, fan_in, &m.weights[l], out, true, true, z);
+        }
+        if l + 1 < layers {
+            let act = m.activation;
+            for (zk, ak) in z.iter_mut().zip(&mut w.adot[..tp * out]) {
+                let (s, s1, _) = act.eval(*zk);
+                (*ak, *zk) = (s, s1);
+            }
+        }
+    }
+    // Backward at x + hv to the first layer, then Δ = that gradient − the primal one.
+    let probs = &mut w.perturbed[layers - 1][..tp * c];
+    crate::nn::mlp::softmax_in_place(probs, c);
+    w.gd[..tp * c].copy_from_slice(probs);
+    for t in 0..tp {
+        w.gd[t * c + y[t / p] as usize] -= 1.0;
+    }
+    for l in (1..layers).rev() {
+        let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
+        gemm_serial(&w.gd[..tp * out], tp, out, &m.weights[l], fan_in, false, false, &mut w.gad[..tp * fan_in]);
+        let slope = &w.perturbed[l - 1][..tp * fan_in];
+        for i in 0..tp * fan_in {
+            w.gd[i] = w.gad[i] * slope[i];
+        }
+    }
+    for (t, delta) in w.gd[..tp * n1].chunks_mut(n1).enumerate() {
+        let base = &w.g[(t / p) * n1..(t / p + 1) * n1];
+        delta.iter_mut().zip(base).for_each(|(a, &b)| *a -= b);
+    }
+    let squares = squared_norms(m, norm, tp, &w.gd[..tp * n1], &mut w.out);
+    let (delta, step) = (&w.gd[..tp * n1], &w.zd[0][..tp * n1]);
+    let scale = if released { 1.0 } else { 1.0 / h as f64 };
+    (0..rows)
+        .map(|s| {
+            let (mut sq, mut tr) = (0f64, 0f64);
+            for t in s * p..(s + 1) * p {
+                let square = squares[t] * scale * scale;
+                sq += if released { square.sqrt() } else { square };
+                tr += dot(&delta[t * n1..(t + 1) * n1], &step[t * n1..(t + 1) * n1]) * scale;
+            }
+            ((sq / p as f64) as f32, (tr / p as f64) as f32)
         })
         .collect()
 }

@@ -91,13 +91,9 @@ pub struct ScoreConfig {
     pub seed: u64,
 }
 
-/// Samples per pass of the probe-based estimators (see `scores`).
-const PROBE_GROUP: usize = 128;
-
 /// Scores of samples `x` (rows, d) with labels `y`, whose training-set indices start
 /// at `first_global`.
 pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfig) -> Result<Scores> {
-    let d = m.input_dim();
     let rows = y.len();
     if cfg.probes == 0 && !(cfg.estimator == Estimator::Exact && m.activation.piecewise_linear()) {
         bail!("--probes must be at least 1 for this estimator");
@@ -114,68 +110,10 @@ pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfi
     if !use_fd {
         return Ok(hutchinson::scores(m, x, y, first_global, cfg.seed, p, &hutchinson::prepared(m), exact_gn));
     }
-    // The probe-based estimators hold rows·probes tangents per layer: a large batch
-    // runs a group of samples at a time, so that those stay in cache and the buffers
-    // are reused instead of being faulted in afresh.
-    let mut all = Scores { score: Vec::with_capacity(rows), trace: Vec::with_capacity(rows), gauss_newton: exact_gn.then(Vec::new) };
-    for s0 in (0..rows).step_by(PROBE_GROUP) {
-        let s1 = (s0 + PROBE_GROUP).min(rows);
-        let part = probe_scores(m, &x[s0 * d..s1 * d], &y[s0..s1], first_global + s0 as u64, cfg);
-        all.score.extend(part.score);
-        all.trace.extend(part.trace);
-        if let (Some(gn), Some(more)) = (all.gauss_newton.as_mut(), part.gauss_newton) {
-            gn.extend(more);
-        }
-    }
-    Ok(all)
-}
-
-/// `scores` for one group of samples with finite-difference HVPs (the `fd` estimator,
-/// or the released code's statistic).
-fn probe_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfig) -> Scores {
-    let (d, rows, p) = (m.input_dim(), y.len(), cfg.probes);
-    let exact_gn = cfg.estimator == Estimator::Exact;
-    let mut v = vec![0f32; rows * p * d];
-    for s in 0..rows {
-        for j in 0..p {
-            probe(cfg.seed, first_global + s as u64, j, d, &mut v[(s * p + j) * d..(s * p + j + 1) * d]);
-        }
-    }
-    // Per tangent row: (‖Hv‖² or the released code's ‖Hv‖, vᵀHv).
-    let per_probe: Vec<(f64, f64)> = {
-        let g0 = m.input_grad(x, y, rows);
-        let mut xs = vec![0f32; rows * p * d];
-        let mut ys = vec![0i64; rows * p];
-        for s in 0..rows {
-            for j in 0..p {
-                let r = s * p + j;
-                ys[r] = y[s];
-                for l in 0..d {
-                    xs[r * d + l] = x[s * d + l] + cfg.h * v[r * d + l];
-                }
-            }
-        }
-        let g1 = m.input_grad(&xs, &ys, rows * p);
-        let scale = if cfg.statistic == Statistic::ReleasedCode { 1.0 } else { 1.0 / cfg.h };
-        let hv: Vec<f32> = g1.iter().enumerate().map(|(i, &g)| (g - g0[(i / d / p) * d + i % d]) * scale).collect();
-        (0..rows * p)
-            .map(|r| {
-                let hvr = &hv[r * d..(r + 1) * d];
-                let sq: f64 = hvr.iter().map(|&t| (t as f64) * (t as f64)).sum();
-                let tr: f64 = hvr.iter().zip(&v[r * d..(r + 1) * d]).map(|(&t, &u)| (t * u) as f64).sum();
-                (if cfg.statistic == Statistic::ReleasedCode { sq.sqrt() } else { sq }, tr)
-            })
-            .collect()
-    };
-    let mut score = vec![0f32; rows];
-    let mut trace = vec![0f32; rows];
-    for s in 0..rows {
-        let (a, b) = per_probe[s * p..(s + 1) * p].iter().fold((0f64, 0f64), |(a, b), &(sq, tr)| (a + sq, b + tr));
-        score[s] = (a / p as f64) as f32;
-        trace[s] = (b / p as f64) as f32;
-    }
-    let gauss_newton = exact_gn.then(|| gauss_newton(m, x, rows).0);
-    Scores { score, trace, gauss_newton }
+    let released = cfg.statistic == Statistic::ReleasedCode;
+    let mut s = hutchinson::fd_scores(m, x, y, first_global, cfg.seed, p, cfg.h, released, &hutchinson::prepared(m));
+    s.gauss_newton = exact_gn.then(|| gauss_newton(m, x, rows).0);
+    Ok(s)
 }
 
 /// Hutchinson with exact HVPs for piecewise-linear networks, where H = JᵀAJ has rank
@@ -435,10 +373,8 @@ pub fn gauss_newton(m: &Mlp, x: &[f32], rows: usize) -> (Vec<f32>, Vec<f32>) {
     (s.score, s.trace)
 }
 
-/// The pieces `finish_low_rank` needs, computed on the GPU when `backend` is one.
-///
-/// On the GPU: exact and Hutchinson scores with the paper's statistic (finite
-/// differences and the released code's statistic run on the CPU).
+/// `scores` on `backend`. On the GPU: exact and Hutchinson scores with the paper's
+/// statistic (finite differences and the released code's statistic run on the CPU).
 pub fn scores_on(backend: &crate::device::Backend, m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfig) -> Result<Scores> {
     let crate::device::Backend::Cuda(g) = backend else {
         return scores(m, x, y, first_global, cfg);
