@@ -279,25 +279,9 @@ pub fn prepared(m: &Mlp) -> std::sync::Arc<Prepared> {
 /// first layer, in the same group passes.
 #[allow(clippy::too_many_arguments)]
 pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, probes: usize, prepared: &Prepared, gauss_newton: bool) -> Scores {
-    let (d, rows) = (m.input_dim(), y.len());
     let (norm, signs) = (&prepared.norm, prepared.signs.as_ref());
     let work = || Work::new(m, probes, norm, signs, gauss_newton);
-    let groups = rows.div_ceil(GROUP);
-    // A few groups per task: each task allocates its own buffers.
-    let per_task = groups.div_ceil(4 * rayon::current_num_threads()).max(1);
-    let per_group: Vec<Vec<(f32, f32, f32)>> = (0..groups)
-        .into_par_iter()
-        .with_min_len(per_task)
-        .map_init(work, |w, group| {
-            let s0 = group * GROUP;
-            let s1 = (s0 + GROUP).min(rows);
-            crate::simd::dispatch(
-                #[inline(always)]
-                || group_scores(m, &x[s0 * d..s1 * d], &y[s0..s1], first_global + s0 as u64, seed, probes, norm, signs, gauss_newton, w),
-            )
-        })
-        .collect();
-    let all: Vec<(f32, f32, f32)> = per_group.into_iter().flatten().collect();
+    let all = in_groups(m, x, y, first_global, work, |x, y, first, w| group_scores(m, x, y, first, seed, probes, norm, signs, gauss_newton, w));
     Scores {
         score: all.iter().map(|t| t.0).collect(),
         trace: all.iter().map(|t| t.1).collect(),
@@ -373,6 +357,28 @@ fn group_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, p: 
         .collect()
 }
 
+/// `task` on every group of GROUP samples (its rows of x and y, and the training-set
+/// index of its first sample), compiled for the CPU's vector extensions; a few groups
+/// per thread-pool task, each task with the buffers `work` makes (allocating and
+/// faulting them in costs more than a group). Results in sample order.
+fn in_groups<R: Send>(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, work: impl Fn() -> Work + Sync + Send, task: impl Fn(&[f32], &[i64], u64, &mut Work) -> Vec<R> + Sync + Send) -> Vec<R> {
+    let (d, rows) = (m.input_dim(), y.len());
+    let groups = rows.div_ceil(GROUP);
+    let per_task = groups.div_ceil(4 * rayon::current_num_threads()).max(1);
+    let per_group: Vec<Vec<R>> = (0..groups)
+        .into_par_iter()
+        .with_min_len(per_task)
+        .map_init(work, |w, group| {
+            let (s0, s1) = (group * GROUP, ((group + 1) * GROUP).min(rows));
+            crate::simd::dispatch(
+                #[inline(always)]
+                || task(&x[s0 * d..s1 * d], &y[s0..s1], first_global + s0 as u64, w),
+            )
+        })
+        .collect();
+    per_group.into_iter().flatten().collect()
+}
+
 /// The finite-difference estimators for the samples of x, grouped like `scores`:
 /// Hv ≈ (∇L(x + hv) − ∇L(x))/h with the same probes (`fd`), or the released code's
 /// statistic ‖∇L(x + hv) − ∇L(x)‖ (`released`: not divided by h, unsquared). The
@@ -381,7 +387,6 @@ fn group_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, p: 
 /// ∇L(x + hv) − ∇L(x) = ΔW₁, its squared norm is ‖ΔR‖² and its product with v is Δ·ż₁.
 #[allow(clippy::too_many_arguments)]
 pub fn fd_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, probes: usize, h: f32, released: bool, prepared: &Prepared) -> Scores {
-    let (d, rows) = (m.input_dim(), y.len());
     let (norm, signs) = (&prepared.norm, prepared.signs.as_ref());
     let t_max = GROUP * probes;
     let work = || {
@@ -389,21 +394,7 @@ pub fn fd_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, pr
         w.perturbed = m.sizes[1..].iter().map(|&n| vec![0f32; t_max * n]).collect();
         w
     };
-    let groups = rows.div_ceil(GROUP);
-    let per_task = groups.div_ceil(4 * rayon::current_num_threads()).max(1);
-    let per_group: Vec<Vec<(f32, f32)>> = (0..groups)
-        .into_par_iter()
-        .with_min_len(per_task)
-        .map_init(work, |w, group| {
-            let s0 = group * GROUP;
-            let s1 = (s0 + GROUP).min(rows);
-            crate::simd::dispatch(
-                #[inline(always)]
-                || fd_group(m, &x[s0 * d..s1 * d], &y[s0..s1], first_global + s0 as u64, seed, probes, h, released, norm, signs, w),
-            )
-        })
-        .collect();
-    let (score, trace) = per_group.into_iter().flatten().unzip();
+    let (score, trace) = in_groups(m, x, y, first_global, work, |x, y, first, w| fd_group(m, x, y, first, seed, probes, h, released, norm, signs, w)).into_iter().unzip();
     Scores { score, trace, gauss_newton: None }
 }
 
