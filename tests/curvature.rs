@@ -426,6 +426,10 @@ fn bad_training_and_scoring_input_is_rejected() {
     rote_ok(&["train", "--data", "digits:subset=20", "--model", "mlp:64-16-10,act=tanh", "--epochs", "1", "--out", p(&run)]);
     let err = rote_err(&["curvature", "--run", p(&run), "--estimator", "hutchinson", "--probes", "0", "--out", p(&dir.path().join("s"))]);
     assert!(err.contains("--probes"), "{err}");
+    for h in ["0", "-0.01", "inf"] {
+        let err = rote_err(&["curvature", "--run", p(&run), "--estimator", "fd", &format!("--h={h}"), "--out", p(&dir.path().join("s"))]);
+        assert!(err.contains("--h must be a positive step"), "--h {h}: {err}");
+    }
 }
 
 #[test]

@@ -104,6 +104,9 @@ pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfi
     }
     let p = cfg.probes;
     let use_fd = cfg.estimator == Estimator::Fd || cfg.statistic == Statistic::ReleasedCode;
+    if use_fd && !(cfg.h > 0.0 && cfg.h.is_finite()) {
+        bail!("--h must be a positive step for finite differences (got {})", cfg.h);
+    }
     if !use_fd && m.activation.piecewise_linear() {
         return Ok(finish_low_rank(&low_rank_cpu(m, x, rows, Some((cfg.seed, first_global, p))), exact_gn));
     }
