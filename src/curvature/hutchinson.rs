@@ -231,8 +231,8 @@ impl Work {
             words: vec![0u64; d.div_ceil(64)],
             jac: vec![0f32; jac_rows * widest],
             jac_next: vec![0f32; jac_rows * widest],
-                perturbed: vec![],
-            }
+            perturbed: vec![],
+        }
     }
 }
 
@@ -299,6 +299,7 @@ fn group_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, p: 
     primal(m, x, y, w);
     first_tangent(m, first_global, seed, p, signs, rows, w);
     let probs = &w.z[layers - 1][..rows * c];
+    // Tangent forward: ż_l = ȧ_{l−1}W_lᵀ, ȧ_l = σ′(z_l)ż_l (ż₁ from `first_tangent`).
     for l in 0..layers {
         let (fan_in, out) = (m.sizes[l], m.sizes[l + 1]);
         if l > 0 {
