@@ -72,20 +72,10 @@ unsafe fn min_scan_avx2(masks: &[u64], used: usize, bits: &Bits, rows: &[u32], b
     min_scan_with(masked_popcount, masks, used, bits, rows, best)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vpopcntdq")]
-unsafe fn min_scan_avx512(masks: &[u64], used: usize, bits: &Bits, rows: &[u32], best: &mut [u32]) {
-    min_scan_with(|a, b| crate::simd::popcount_and_avx512(a, b), masks, used, bits, rows, best)
-}
-
-/// The CPU twin of the cover_min kernel over a chunk of X⁺ rows, with vector or
-/// hardware popcount when the processor has it. `best` holds running minima.
+/// The CPU twin of the cover_min kernel over a chunk of X⁺ rows, with hardware
+/// popcount when the processor has it. `best` holds running minima. (Processors with
+/// AVX-512 VPOPCNTDQ take `min_scan_word_major` instead.)
 pub fn min_scan(masks: &[u64], used: usize, bits: &Bits, rows: &[u32], best: &mut [u32]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx512_popcount() {
-        // SAFETY: the features were detected at run time.
-        return unsafe { min_scan_avx512(masks, used, bits, rows, best) };
-    }
     #[cfg(target_arch = "x86_64")]
     if crate::simd::has_avx2() {
         // SAFETY: the features were detected at run time.
@@ -115,19 +105,9 @@ unsafe fn mark_chunk_avx2(masks: &[u64], thresholds: &[u32], bits: &Bits, rows: 
     mark_chunk_with(masked_popcount, masks, thresholds, bits, rows, covered)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vpopcntdq")]
-unsafe fn mark_chunk_avx512(masks: &[u64], thresholds: &[u32], bits: &Bits, rows: &[u32], covered: &mut [u8]) {
-    mark_chunk_with(|a, b| crate::simd::popcount_and_avx512(a, b), masks, thresholds, bits, rows, covered)
-}
-
-/// The CPU twin of the cover_mark kernel over a chunk of X⁻ rows.
+/// The CPU twin of the cover_mark kernel over a chunk of X⁻ rows. (Processors with
+/// AVX-512 VPOPCNTDQ take `mark_word_major` instead.)
 pub fn mark_chunk(masks: &[u64], thresholds: &[u32], bits: &Bits, rows: &[u32], covered: &mut [u8]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx512_popcount() {
-        // SAFETY: the features were detected at run time.
-        return unsafe { mark_chunk_avx512(masks, thresholds, bits, rows, covered) };
-    }
     #[cfg(target_arch = "x86_64")]
     if crate::simd::has_avx2() {
         // SAFETY: the features were detected at run time.
