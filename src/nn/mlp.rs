@@ -239,7 +239,7 @@ impl Mlp {
     /// The primal forward and backward run once per sample; only the tangents run per
     /// probe.
     pub fn input_hvp(&self, x: &[f32], y: &[i64], rows: usize, v: &[f32], probes: usize) -> Vec<f32> {
-        let (g1, _) = self.hvp_tangents(x, y, rows, v, probes);
+        let g1 = self.hvp_tangents(x, y, rows, v, probes);
         self.back(0, &g1, rows * probes)
     }
 
@@ -251,9 +251,9 @@ impl Mlp {
         k
     }
 
-    /// The tangents of `input_hvp` at the first layer: (ġ₁, ż₁), each (rows·probes, n₁),
-    /// with Hv = ġ₁W₁ and ż₁ = vW₁ᵀ.
-    fn hvp_tangents(&self, x: &[f32], y: &[i64], rows: usize, v: &[f32], probes: usize) -> (Vec<f32>, Vec<f32>) {
+    /// The tangent of `input_hvp` at the first layer: ġ₁ (rows·probes, n₁), with
+    /// Hv = ġ₁W₁.
+    fn hvp_tangents(&self, x: &[f32], y: &[i64], rows: usize, v: &[f32], probes: usize) -> Vec<f32> {
         let f = self.forward(x, rows);
         let lcount = self.layers();
         let c = self.classes();
@@ -294,7 +294,7 @@ impl Mlp {
         }
         for l in (0..lcount).rev() {
             if l == 0 {
-                return (gdot, zdot.swap_remove(0));
+                return gdot;
             }
             let gad = self.back(l, &gdot, tp);
             let n = self.sizes[l];
