@@ -145,6 +145,7 @@ fn low_rank_cpu(m: &Mlp, x: &[f32], rows: usize, probes: Option<(u64, u64, usize
         active: Vec<Vec<u32>>,
         slope: Vec<f32>,
         bits: Vec<u64>,
+        ones: Vec<f32>,
     }
     let f = m.forward(x, rows);
     let (c, d, layers) = (m.classes(), m.input_dim(), m.layers());
@@ -157,6 +158,7 @@ fn low_rank_cpu(m: &Mlp, x: &[f32], rows: usize, probes: Option<(u64, u64, usize
         active: vec![Vec::with_capacity(widest); GROUP],
         slope: Vec::with_capacity(widest),
         bits: vec![0u64; d.div_ceil(64)],
+        ones: if p > 0 { vec![1f32; d] } else { vec![] },
     };
     let groups = rows.div_ceil(GROUP);
     // A few groups per task: each task allocates (and faults in) its own scratch.
@@ -203,7 +205,7 @@ fn low_rank_cpu(m: &Mlp, x: &[f32], rows: usize, probes: Option<(u64, u64, usize
             }
             // The dot products vectorize inside `dispatch`.
             let js: Vec<&[f32]> = (0..samples.len()).map(|t| &sc.g[t * c * widest..][..c * d]).collect();
-            crate::simd::dispatch(#[inline(always)] || gram_and_projections(&js, samples.start, c, d, probes, &mut sc.bits))
+            crate::simd::dispatch(#[inline(always)] || gram_and_projections(&js, samples.start, c, d, probes, &mut sc.bits, &sc.ones))
         })
         .collect();
     let (gram, projections) = per_group.into_iter().fold((Vec::new(), Vec::new()), |(mut g, mut u), (gs, us)| {
@@ -217,17 +219,17 @@ fn low_rank_cpu(m: &Mlp, x: &[f32], rows: usize, probes: Option<(u64, u64, usize
 /// Per sample (logit Jacobian `js[t]` of sample first + t): G = JJᵀ, and J v_k for its
 /// probes. Always inlined, so that it is compiled with the features `dispatch` enables.
 #[inline(always)]
-fn gram_and_projections(js: &[&[f32]], first: usize, c: usize, d: usize, probes: Option<(u64, u64, usize)>, bits: &mut [u64]) -> (Vec<f64>, Vec<f64>) {
+fn gram_and_projections(js: &[&[f32]], first: usize, c: usize, d: usize, probes: Option<(u64, u64, usize)>, bits: &mut [u64], ones: &[f32]) -> (Vec<f64>, Vec<f64>) {
     let p = probes.map_or(0, |t| t.2);
     let (mut gram, mut u) = (Vec::with_capacity(js.len() * c * c), Vec::with_capacity(js.len() * p * c));
     for (t, j) in js.iter().enumerate() {
         if let Some((seed, first_global, _)) = probes {
             // With v = 2b − 1 (bits b), Jv = 2·Σ_{b=1} J − ΣJ: masked sums of J's rows,
             // the probe never expanded to floats.
-            let row_sums: Vec<f64> = (0..c).map(|a| sum_where(&j[a * d..(a + 1) * d], None)).collect();
+            let row_sums: Vec<f64> = (0..c).map(|a| dot(&j[a * d..(a + 1) * d], ones)).collect();
             for k in 0..p {
                 probe_words(seed, first_global + (first + t) as u64, k, d, bits);
-                u.extend((0..c).map(|a| 2.0 * sum_where(&j[a * d..(a + 1) * d], Some(bits)) - row_sums[a]));
+                u.extend((0..c).map(|a| 2.0 * masked_sum(&j[a * d..(a + 1) * d], bits) - row_sums[a]));
             }
         }
         gram.extend(gram_of(j, c, d));
@@ -235,13 +237,9 @@ fn gram_and_projections(js: &[&[f32]], first: usize, c: usize, d: usize, probes:
     (gram, u)
 }
 
-/// Σ xᵢ over the i whose bit is set (all i for None).
+/// Σ xᵢ over the i whose bit is set.
 #[inline(always)]
-fn sum_where(x: &[f32], bits: Option<&[u64]>) -> f64 {
-    let Some(bits) = bits else {
-        let ones = vec![1f32; x.len()];
-        return dot(x, &ones);
-    };
+fn masked_sum(x: &[f32], bits: &[u64]) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if crate::simd::has_avx512f() {
         // SAFETY: AVX-512F was detected; `bits` covers x.len() bits.
@@ -250,7 +248,7 @@ fn sum_where(x: &[f32], bits: Option<&[u64]>) -> f64 {
     x.iter().enumerate().filter(|&(i, _)| (bits[i / 64] >> (i % 64)) & 1 == 1).map(|(_, &v)| v as f64).sum()
 }
 
-/// `sum_where` sixteen lanes at a time, each 16-bit piece of `bits` the add's mask.
+/// `masked_sum` sixteen lanes at a time, each 16-bit piece of `bits` the add's mask.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn masked_sum_avx512(x: &[f32], bits: &[u64]) -> f64 {
