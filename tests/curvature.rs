@@ -307,7 +307,7 @@ fn relu_hutchinson_equals_forward_over_reverse_probes() {
 fn hutchinson_scores_equal_the_explicit_hvps() {
     // With a first layer narrower than the input, ‖Hv‖² and vᵀHv come from the tangent
     // at the first layer and K = W₁W₁ᵀ, never forming Hv; wider first layers form Hv.
-    // Where the CPU has AMX, ż₁ = vW₁ᵀ of the narrowing ones runs on the integer tiles.
+    // Where the CPU has AMX, ż₁ = vW₁ᵀ runs on the integer tiles.
     for (sizes, act) in [([30, 12, 9, 4], Activation::Gelu), ([30, 12, 9, 4], Activation::Tanh), ([6, 12, 9, 4], Activation::Softplus)] {
         check_hutchinson_against_explicit_hvps(&Mlp::init(&sizes, act, 13), 9, 5, 1e-5);
     }

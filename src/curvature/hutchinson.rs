@@ -240,8 +240,7 @@ impl Work {
 /// rather than once per batch.
 pub struct Prepared {
     norm: FirstLayerNorm,
-    /// The AMX product for ż₁, when the tiles are present; the `Direct` norm's trace
-    /// reads v itself, so it keeps the float product.
+    /// The AMX product for ż₁, when the tiles are present.
     signs: Option<SignProduct>,
 }
 
@@ -249,7 +248,7 @@ impl Prepared {
     fn new(m: &Mlp) -> Self {
         let (d, n1) = (m.input_dim(), m.sizes[1]);
         let norm = FirstLayerNorm::new(m);
-        let signs = (crate::amx::available() && matches!(norm, FirstLayerNorm::Cholesky(_)) && d * 255 * 128 < i32::MAX as usize).then(|| SignProduct::new(&m.weights[0], n1, d));
+        let signs = (crate::amx::available() && d * 255 * 128 < i32::MAX as usize).then(|| SignProduct::new(&m.weights[0], n1, d));
         Prepared { norm, signs }
     }
 }
