@@ -329,15 +329,16 @@ pub struct WordMajor {
 }
 
 impl WordMajor {
+    /// Only where AVX-512 is present (the scans that read it need VPOPCNTDQ).
     fn new(bits: &Bits, rows: &[u32], used: usize) -> Self {
         let padded = rows.len().next_multiple_of(LANES);
-        let mut data = vec![0u64; padded * used];
-        for (block, dst) in rows.chunks(LANES).zip(data.chunks_exact_mut(used * LANES)) {
-            for (lane, &r) in block.iter().enumerate() {
-                for (w, &word) in bits.row(r as usize)[..used].iter().enumerate() {
-                    dst[w * LANES + lane] = word;
-                }
-            }
+        let mut data = Vec::with_capacity(padded * used);
+        assert!(used <= bits.words && rows.iter().all(|&r| (r as usize) < bits.rows));
+        // SAFETY: AVX-512F is present (see above); every row index was checked against
+        // the matrix, and the gathers fill all padded·used words of `data`.
+        unsafe {
+            gather_word_major(&bits.data, bits.words, rows, used, data.spare_capacity_mut());
+            data.set_len(padded * used);
         }
         WordMajor { rows: rows.len(), padded, used, data }
     }
@@ -348,6 +349,32 @@ impl WordMajor {
         let left = self.rows - block * LANES;
         if left >= LANES { 0xFF } else { (1u8 << left) - 1 }
     }
+}
+
+/// Word w of rows 8b..8b + 8 into dst[(b·used + w)·8..]: one gather per word of a
+/// block, zero in the lanes past the last row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_word_major(bits: &[u64], words: usize, rows: &[u32], used: usize, dst: &mut [std::mem::MaybeUninit<u64>]) {
+    use std::arch::x86_64::*;
+    for (b, block) in rows.chunks(LANES).enumerate() {
+        let valid = if block.len() == LANES { 0xFF } else { (1u8 << block.len()) - 1 };
+        let mut starts = [0i64; LANES];
+        for (s, &r) in starts.iter_mut().zip(block) {
+            *s = (r as usize * words) as i64;
+        }
+        let index = _mm512_loadu_si512(starts.as_ptr() as *const _);
+        let out = dst.as_mut_ptr().add(b * used * LANES) as *mut u64;
+        for w in 0..used {
+            let row_words = _mm512_mask_i64gather_epi64::<8>(_mm512_setzero_si512(), valid, index, bits.as_ptr().add(w) as *const _);
+            _mm512_storeu_si512(out.add(w * LANES) as *mut _, row_words);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn gather_word_major(_: &[u64], _: usize, _: &[u32], _: usize, _: &mut [std::mem::MaybeUninit<u64>]) {
+    unreachable!("the word-major layout is built only on x86-64 with AVX-512")
 }
 
 /// popcount(mask ∧ row) for the eight rows of block b.

@@ -8,6 +8,7 @@
 //! rounding-error bound; the rest are recomputed in float64 (see kernels/construct.cu).
 
 use crate::rng::Philox;
+use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 const STREAM_WEIGHTS: u64 = 0x5731;
@@ -114,14 +115,15 @@ pub fn products(x: &[f32], rows: usize, layer: &Layer1, out: &mut [f32]) {
 
 const CHUNK_ROWS: usize = 256;
 const CHUNK_BYTES: usize = 256 << 10;
+/// Entries (rows × units) below which a small layer is not worth splitting further.
+const SMALL_CHUNK_ENTRIES: usize = 1 << 15;
 
 /// φ(X) for all rows of `x` (row-major, `layer.dim` columns), exact bits. CPU twin of
 /// layer1_threshold_pack + layer1_fix.
 pub fn threshold_bits(x: &[f32], layer: &Layer1) -> Bits {
     let (d, n) = (layer.dim, layer.units);
     let rows = x.len() / d.max(1);
-    let mut bits = Bits::zeros(rows, n);
-    let words = bits.words;
+    let words = n.div_ceil(64);
     let margins = Margins::new(layer);
     let transposed = (d < SMALL_DIM).then(|| transpose(layer));
     #[cfg(target_arch = "x86_64")]
@@ -130,16 +132,28 @@ pub fn threshold_bits(x: &[f32], layer: &Layer1) -> Bits {
     let tiny = false;
     // Chunks of products (or, for `pack_rows_tiny`, of its second bit matrix) small
     // enough to stay in the L2 cache.
-    let chunk_rows = if tiny { (CHUNK_BYTES / (8 * words.max(1))).clamp(8, 1 << 16) } else { (CHUNK_BYTES / (4 * n.max(1))).clamp(8, 1024) };
-    let work = |c: usize, out: &mut [u64]| {
+    let mut chunk_rows = if tiny { (CHUNK_BYTES / (8 * words.max(1))).clamp(8, 1 << 16) } else { (CHUNK_BYTES / (4 * n.max(1))).clamp(8, 1024) };
+    // Rayon's sleeping workers take longer to wake than small layers take: those go in
+    // up to four chunks to the calling thread and whichever quick-pool helper is awake.
+    let small = rows * n * d.max(4) < 1 << 22;
+    if small {
+        let chunks = (rows * n / SMALL_CHUNK_ENTRIES).clamp(1, 8);
+        chunk_rows = chunk_rows.min(rows.div_ceil(chunks)).max(1);
+    }
+    // Each chunk's words are written where the chunk is computed (no zeroing pass on
+    // the calling thread, whose cache would then own every line).
+    let work = |c: usize, out: &mut [MaybeUninit<u64>]| {
         let r0 = c * chunk_rows;
         let nr = out.len() / words.max(1);
         let xc = &x[r0 * d..(r0 + nr) * d];
+        #[cfg(target_arch = "x86_64")]
+        if tiny {
+            return pack_rows_tiny(xc, transposed.as_ref().unwrap(), layer, &margins, out);
+        }
+        out.fill(MaybeUninit::new(0));
+        // SAFETY: every element was just initialized.
+        let out = unsafe { &mut *(out as *mut [MaybeUninit<u64>] as *mut [u64]) };
         if let Some(wt) = &transposed {
-            #[cfg(target_arch = "x86_64")]
-            if tiny {
-                return pack_rows_tiny(xc, wt, layer, &margins, out);
-            }
             for r in 0..nr {
                 pack_row_small(&xc[r * d..(r + 1) * d], wt, layer, &margins, &mut out[r * words..(r + 1) * words]);
             }
@@ -151,13 +165,17 @@ pub fn threshold_bits(x: &[f32], layer: &Layer1) -> Bits {
             pack_row(&xc[r * d..(r + 1) * d], &z[r * n..(r + 1) * n], layer, &margins, &mut out[r * words..(r + 1) * words]);
         }
     };
-    // Thread start-up costs more than small layers take.
-    if rows * n * d.max(4) < 1 << 22 {
-        bits.data.chunks_mut(chunk_rows * words).enumerate().for_each(|(c, out)| work(c, out));
+    let mut data: Vec<u64> = Vec::with_capacity(rows * words);
+    let spare = &mut data.spare_capacity_mut()[..rows * words];
+    if small {
+        let parts: Vec<std::sync::Mutex<&mut [MaybeUninit<u64>]>> = spare.chunks_mut(chunk_rows * words).map(std::sync::Mutex::new).collect();
+        crate::quick_pool::for_each(parts.len(), |c| work(c, &mut parts[c].lock().unwrap()));
     } else {
-        bits.data.par_chunks_mut(chunk_rows * words).enumerate().for_each(|(c, out)| work(c, out));
+        spare.par_chunks_mut(chunk_rows * words).enumerate().for_each(|(c, out)| work(c, out));
     }
-    bits
+    // SAFETY: the chunks cover all rows × words elements, and `work` writes each one.
+    unsafe { data.set_len(rows * words) };
+    Bits { rows, words, data }
 }
 
 /// Per-unit constants of the margin test: |z| ≤ coef·(‖w_j‖·‖x‖ + |b_j|) is written
@@ -303,7 +321,7 @@ fn pack_row_small(x: &[f32], wt: &[f32], layer: &Layer1, margins: &Margins, out:
 /// answer wherever the two agree, and the rare entries in between are settled as
 /// `pack_row_small` settles them.
 #[cfg(target_arch = "x86_64")]
-fn pack_rows_tiny(x: &[f32], wt: &[f32], layer: &Layer1, margins: &Margins, out: &mut [u64]) {
+fn pack_rows_tiny(x: &[f32], wt: &[f32], layer: &Layer1, margins: &Margins, out: &mut [MaybeUninit<u64>]) {
     let (d, n) = (layer.dim, layer.units);
     let words = n.div_ceil(64);
     let rows = x.len() / d;
@@ -326,15 +344,18 @@ fn pack_rows_tiny(x: &[f32], wt: &[f32], layer: &Layer1, margins: &Margins, out:
             buffer.resize(rows * words, 0);
         }
         let above_minus = &mut buffer[..rows * words];
+        let above_plus = out.as_mut_ptr() as *mut u64;
         // SAFETY: AVX-512F was detected (the caller checks); the slices hold rows × d
-        // inputs, d × n weights, n biases, and rows × words bits each.
-        unsafe {
+        // inputs, d × n weights, n biases, and rows × words bits each. The kernel
+        // writes every word of `out`, which is therefore initialized after the call.
+        let out = unsafe {
             match d {
-                1 => tiny_rows_avx512::<1>(x, wt, n, &layer.bias, &bounds, out, above_minus),
-                2 => tiny_rows_avx512::<2>(x, wt, n, &layer.bias, &bounds, out, above_minus),
-                _ => tiny_rows_avx512::<3>(x, wt, n, &layer.bias, &bounds, out, above_minus),
+                1 => tiny_rows_avx512::<1>(x, wt, n, &layer.bias, &bounds, above_plus, above_minus),
+                2 => tiny_rows_avx512::<2>(x, wt, n, &layer.bias, &bounds, above_plus, above_minus),
+                _ => tiny_rows_avx512::<3>(x, wt, n, &layer.bias, &bounds, above_plus, above_minus),
             }
-        }
+            &mut *(out as *mut [MaybeUninit<u64>] as *mut [u64])
+        };
         settle_between_bounds(x, wt, layer, margins, &norms, out, above_minus);
     });
 }
@@ -364,14 +385,15 @@ fn settle_between_bounds(x: &[f32], wt: &[f32], layer: &Layer1, margins: &Margin
 }
 
 /// Every row's bits for `pack_rows_tiny`: z > β into `above_plus`, z > −β into
-/// `above_minus` (rows × words each, zero past the width). One word of units at a
-/// time, whose weights and biases stay in registers while the rows stream past.
+/// `above_minus` (rows × words each, zero past the width; `above_plus` may point to
+/// uninitialized memory). One word of units at a time, whose weights and biases stay
+/// in registers while the rows stream past.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tiny_rows_avx512<const D: usize>(x: &[f32], wt: &[f32], n: usize, bias: &[f32], bounds: &[f32], above_plus: &mut [u64], above_minus: &mut [u64]) {
+unsafe fn tiny_rows_avx512<const D: usize>(x: &[f32], wt: &[f32], n: usize, bias: &[f32], bounds: &[f32], above_plus: *mut u64, above_minus: &mut [u64]) {
     use std::arch::x86_64::*;
     let (rows, words) = (bounds.len(), n.div_ceil(64));
-    assert!(x.len() >= rows * D && wt.len() >= D * n && bias.len() >= n && above_plus.len() >= rows * words && above_minus.len() >= rows * words);
+    assert!(x.len() >= rows * D && wt.len() >= D * n && bias.len() >= n && above_minus.len() >= rows * words);
     let zero = _mm512_setzero_ps();
     for w in 0..words {
         let (base, count) = (64 * w, (n - 64 * w).min(64));
@@ -393,7 +415,7 @@ unsafe fn tiny_rows_avx512<const D: usize>(x: &[f32], wt: &[f32], n: usize, bias
             let (plus, minus) = (_mm512_set1_ps(bound), _mm512_set1_ps(-bound));
             // The masks go to memory 16 bits at a time (little-endian: units 16g.. of
             // the word are its bytes 2g, 2g + 1), never through a general register.
-            let word_plus = above_plus.as_mut_ptr().add(r * words + w) as *mut u16;
+            let word_plus = above_plus.add(r * words + w) as *mut u16;
             let word_minus = above_minus.as_mut_ptr().add(r * words + w) as *mut u16;
             for g in 0..4 {
                 let mut z = bv[g];

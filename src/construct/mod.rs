@@ -288,7 +288,11 @@ pub fn fit(ds: &Dataset, cfg: &FitConfig, backend: &Backend) -> Result<(Network,
     let backend = if cfg.activation == Activation::Relu { &Backend::Cpu } else { backend };
 
     let t0 = Instant::now();
-    let layer = Layer1::random(cfg.seed, cfg.width, ds.train.features(), cfg.max_bias);
+    // The candidate orders do not depend on layer 1: they are drawn beside it.
+    let (layer, orders) = crate::quick_pool::join(
+        || Layer1::random(cfg.seed, cfg.width, ds.train.features(), cfg.max_bias),
+        || problems.iter().map(|(label, neg, _)| candidate_order(cfg.seed, *label, neg.len())).collect::<Vec<_>>(),
+    );
     let (bits, device_bits) = match backend {
         Backend::Cuda(c) => {
             let (bits, on_device) = c.construct_layer1(&x, &layer)?;
@@ -299,8 +303,7 @@ pub fn fit(ds: &Dataset, cfg: &FitConfig, backend: &Backend) -> Result<(Network,
     let relu = (cfg.activation == Activation::Relu).then(|| layer1::relu_features(&x, &layer, &bits));
     let mut nets = Vec::new();
     let mut uncovered = 0;
-    for (label, neg, pos) in &problems {
-        let order = candidate_order(cfg.seed, *label, neg.len());
+    for ((label, neg, pos), order) in problems.iter().zip(orders) {
         let cov = match (&relu, backend, &device_bits) {
             (Some(feats), _, _) => cover::greedy_cover_relu(&bits, feats, cfg.width, pos, neg, &order),
             (None, Backend::Cuda(c), Some(on_device)) => {
