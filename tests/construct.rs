@@ -106,6 +106,57 @@ fn layer_one_bits_are_the_float64_signs() {
 }
 
 #[test]
+fn word_major_layer_one_is_the_same_layer_and_the_float64_signs() {
+    use rote::construct::layer1::{random_word_major, word_major_applies, LANES};
+    if !word_major_applies(2) {
+        eprintln!("skipped: the word-major first layer needs AVX-512 with VPOPCNTDQ");
+        return;
+    }
+    for (dim, width, lambda) in [(1, 1, 0.5f32), (2, 40, 0.5), (2, 130, 0.0), (3, 64, 1.0), (2, 500, 0.5), (3, 333, 2.0)] {
+        let seed = 11 * dim as u64 + width as u64;
+        let reference = Layer1::random(seed, width, dim, lambda);
+        let rows = 203;
+        let mut x = vec![0f32; rows * dim];
+        rote::rng::Philox::new(9, dim as u64).fill_normal(0, &mut x[dim..]);
+        // Rows on (or within rounding of) some units' hyperplanes: x = −b·w/‖w‖².
+        for (r, j) in [(5usize, 0usize), (6, width / 2), (7, width - 1)] {
+            let w = &reference.weight[j * dim..(j + 1) * dim];
+            let norm2: f32 = w.iter().map(|v| v * v).sum();
+            for l in 0..dim {
+                x[r * dim + l] = -reference.bias[j] * w[l] / norm2;
+            }
+        }
+        // Two sets in an arbitrary interleaving, one of them a multiple of eight long,
+        // and an empty one.
+        let first: Vec<u32> = (0..rows as u32).filter(|r| r % 3 == 1).take(64).collect();
+        let second: Vec<u32> = (0..rows as u32).filter(|r| !first.contains(r)).rev().collect();
+        let sets: [&[u32]; 3] = [&first, &second, &[]];
+        let (layer, layouts, beside) = random_word_major(seed, width, lambda, &x, dim, &sets, || 42);
+        assert_eq!(beside, 42);
+        assert_eq!((layer.units, layer.dim), (width, dim));
+        assert!(layer.weight.iter().zip(&reference.weight).all(|(a, b)| a.to_bits() == b.to_bits()), "d={dim} n={width}: weights differ from Layer1::random");
+        assert!(layer.bias.iter().zip(&reference.bias).all(|(a, b)| a.to_bits() == b.to_bits()), "d={dim} n={width}: biases differ from Layer1::random");
+        let used = width.div_ceil(64);
+        for (set, layout) in sets.iter().zip(&layouts) {
+            assert_eq!((layout.rows, layout.padded, layout.used), (set.len(), set.len().next_multiple_of(LANES), used));
+            let mut words = vec![0u64; used];
+            for i in 0..layout.padded {
+                layout.row_into(i, &mut words);
+                for j in 0..used * 64 {
+                    let bit = (words[j / 64] >> (j % 64)) & 1 == 1;
+                    let expected = i < set.len() && j < width && {
+                        let r = set[i] as usize;
+                        let z: f64 = layer.bias[j] as f64 + (0..dim).map(|l| x[r * dim + l] as f64 * layer.weight[j * dim + l] as f64).sum::<f64>();
+                        z > 0.0
+                    };
+                    assert_eq!(bit, expected, "d={dim} n={width} λ={lambda}: position {i} of a set, unit {j}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn identical_to_the_one_at_a_time_algorithm() {
     let cases = [
         ("moons:n=300,noise=0.1,seed=1", 40, 0.5f32, Target::Binary { positive: None }),

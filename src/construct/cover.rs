@@ -7,7 +7,8 @@
 //! one-at-a-time loop would: a candidate covered by a neuron accepted earlier in the
 //! same batch is skipped. The result is identical to the sequential algorithm.
 
-use super::layer1::Bits;
+use super::layer1::{Bits, WordMajor, LANES};
+use std::borrow::Cow;
 use anyhow::Result;
 use rayon::prelude::*;
 
@@ -126,23 +127,44 @@ pub fn off_mask(row: &[u64], units: usize) -> Vec<u64> {
     m
 }
 
-/// Covers X⁻ (`neg`, rows of `bits`) using the first `units` units, walking `order`
-/// (a permutation of 0..neg.len()). `batch` is the first and smallest batch size. The
+/// φ of the X⁻ points as the covering reads its candidates.
+pub trait Candidates {
+    /// The first `out.len()` words of X⁻ point c.
+    fn candidate_into(&self, c: usize, out: &mut [u64]);
+}
+
+/// X⁻ as rows `neg` of a bit matrix.
+pub struct ListedRows<'a>(pub &'a Bits, pub &'a [u32]);
+
+impl Candidates for ListedRows<'_> {
+    fn candidate_into(&self, c: usize, out: &mut [u64]) {
+        out.copy_from_slice(&self.0.row(self.1[c] as usize)[..out.len()]);
+    }
+}
+
+impl Candidates for WordMajor {
+    fn candidate_into(&self, c: usize, out: &mut [u64]) {
+        self.row_into(c, out);
+    }
+}
+
+/// Covers X⁻ (read through `candidates`) using the first `units` units, walking
+/// `order` (a permutation of X⁻'s indices). `batch` is the first and smallest batch size. The
 /// size adapts to the data (it changes the wasted work, never the result): it doubles
 /// while few candidates of a batch are made redundant by the batch's own acceptances
 /// or while a batch accepts nothing, and halves when many are.
 pub fn greedy_cover(
-    bits: &Bits,
+    candidates: &dyn Candidates,
     units: usize,
-    neg: &[u32],
     order: &[u32],
     scanner: &mut dyn CoverScanner,
     batch: usize,
     max_batch: usize,
 ) -> Result<Cover> {
     let used = units.div_ceil(64);
-    let mut covered = vec![0u8; neg.len()];
-    let mut uncovered = neg.len();
+    let mut covered = vec![0u8; order.len()];
+    let mut uncovered = order.len();
+    let mut rows: Vec<u64> = Vec::new();
     let mut next = 0;
     let mut neurons = Vec::new();
     let mut picked = 0;
@@ -159,13 +181,17 @@ pub fn greedy_cover(
         if cands.is_empty() {
             break;
         }
-        let masks: Vec<u64> = cands.iter().flat_map(|&c| off_mask(bits.row(neg[c] as usize), units)).collect();
+        // The candidates' rows, and their masks ¬φ over the used units.
+        rows.resize(cands.len() * used, 0);
+        for (&c, row) in cands.iter().zip(rows.chunks_exact_mut(used)) {
+            candidates.candidate_into(c, row);
+        }
+        let masks: Vec<u64> = rows.chunks_exact(used).flat_map(|row| off_mask(row, units)).collect();
         let mins = scanner.min_over_positives(&masks, cands.len())?;
         let mut acc_masks: Vec<u64> = Vec::new();
         let mut acc_thresholds: Vec<u32> = Vec::new();
         let mut redundant = 0;
-        for (t, &c) in cands.iter().enumerate() {
-            let row = &bits.row(neg[c] as usize)[..used];
+        for (t, row) in rows.chunks_exact(used).enumerate() {
             let already = acc_thresholds
                 .iter()
                 .enumerate()
@@ -236,19 +262,34 @@ pub fn best_margin(neurons: &[Neuron], row: &[u64]) -> f32 {
 
 /// The CPU scanner: threads over candidates (min scan, stopping at 0) and over X⁻ rows.
 pub struct CpuScanner<'a> {
-    bits: &'a Bits,
     units: usize,
-    pos: &'a [u32],
-    neg: &'a [u32],
-    /// X⁺ and X⁻ word-major, where the vector kernels run.
-    word_major: Option<(WordMajor, WordMajor)>,
+    rows: Rows<'a>,
+}
+
+/// Where the CPU scanner reads X⁺ and X⁻.
+enum Rows<'a> {
+    /// Rows of the bit matrix, through the index lists.
+    Listed { bits: &'a Bits, pos: &'a [u32], neg: &'a [u32] },
+    /// X⁺ and X⁻ word-major, where the vector kernels run (AVX-512 VPOPCNTDQ only).
+    WordMajor(Cow<'a, WordMajor>, Cow<'a, WordMajor>),
 }
 
 impl<'a> CpuScanner<'a> {
     pub fn new(bits: &'a Bits, units: usize, pos: &'a [u32], neg: &'a [u32]) -> Self {
         let used = units.div_ceil(64);
-        let word_major = crate::simd::has_avx512_popcount().then(|| (WordMajor::new(bits, pos, used), WordMajor::new(bits, neg, used)));
-        CpuScanner { bits, units, pos, neg, word_major }
+        let rows = if crate::simd::has_avx512_popcount() {
+            Rows::WordMajor(Cow::Owned(WordMajor::gather(bits, pos, used)), Cow::Owned(WordMajor::gather(bits, neg, used)))
+        } else {
+            Rows::Listed { bits, pos, neg }
+        };
+        CpuScanner { units, rows }
+    }
+
+    /// X⁺ and X⁻ already word-major (`layer1::random_word_major`); only where
+    /// `layer1::word_major_applies`.
+    pub fn word_major(units: usize, pos: &'a WordMajor, neg: &'a WordMajor) -> Self {
+        assert!(crate::simd::has_avx512_popcount() && pos.used == units.div_ceil(64) && neg.used == pos.used);
+        CpuScanner { units, rows: Rows::WordMajor(Cow::Borrowed(pos), Cow::Borrowed(neg)) }
     }
 }
 
@@ -256,125 +297,66 @@ impl CoverScanner for CpuScanner<'_> {
     fn min_over_positives(&mut self, masks: &[u64], count: usize) -> Result<Vec<u32>> {
         const ROWS: usize = 8192;
         let used = self.units.div_ceil(64);
-        let serial = count * self.pos.len() * used < 1 << 16;
-        #[cfg(target_arch = "x86_64")]
-        if let Some((pos, _)) = &self.word_major {
-            let scan = |blocks: std::ops::Range<usize>| {
-                let mut best = vec![u32::MAX; count];
-                // SAFETY: word_major exists only where AVX-512 VPOPCNTDQ was detected.
-                unsafe { min_scan_word_major(masks, pos, blocks, &mut best) };
-                best
-            };
-            let blocks = pos.padded / LANES;
-            if serial {
-                return Ok(scan(0..blocks));
+        let merge = |a: Vec<u32>, b: Vec<u32>| a.iter().zip(&b).map(|(x, y)| *x.min(y)).collect();
+        match &self.rows {
+            #[cfg(target_arch = "x86_64")]
+            Rows::WordMajor(pos, _) => {
+                let scan = |blocks: std::ops::Range<usize>| {
+                    let mut best = vec![u32::MAX; count];
+                    // SAFETY: the word-major layout exists only where AVX-512 VPOPCNTDQ
+                    // was detected.
+                    unsafe { min_scan_word_major(masks, pos, blocks, &mut best) };
+                    best
+                };
+                let blocks = pos.padded / LANES;
+                if count * pos.rows * used < 1 << 16 {
+                    return Ok(scan(0..blocks));
+                }
+                let per_task = ROWS / LANES;
+                Ok((0..blocks.div_ceil(per_task)).into_par_iter().map(|t| scan(t * per_task..((t + 1) * per_task).min(blocks))).reduce(|| vec![u32::MAX; count], merge))
             }
-            let per_task = ROWS / LANES;
-            return Ok((0..blocks.div_ceil(per_task)).into_par_iter().map(|t| scan(t * per_task..((t + 1) * per_task).min(blocks))).reduce(
-                || vec![u32::MAX; count],
-                |a, b| a.iter().zip(&b).map(|(x, y)| *x.min(y)).collect(),
-            ));
+            #[cfg(not(target_arch = "x86_64"))]
+            Rows::WordMajor(..) => unreachable!("the word-major layout is built only on x86-64"),
+            Rows::Listed { bits, pos, .. } => {
+                let scan = |rows: &[u32]| {
+                    let mut best = vec![u32::MAX; count];
+                    min_scan(masks, used, bits, rows, &mut best);
+                    best
+                };
+                if count * pos.len() * used < 1 << 16 {
+                    return Ok(scan(pos));
+                }
+                Ok(pos.par_chunks(ROWS).map(scan).reduce(|| vec![u32::MAX; count], merge))
+            }
         }
-        let scan = |rows: &[u32]| {
-            let mut best = vec![u32::MAX; count];
-            min_scan(masks, used, self.bits, rows, &mut best);
-            best
-        };
-        if serial {
-            return Ok(scan(self.pos));
-        }
-        Ok(self.pos.par_chunks(ROWS).map(scan).reduce(
-            || vec![u32::MAX; count],
-            |a, b| a.iter().zip(&b).map(|(x, y)| *x.min(y)).collect(),
-        ))
     }
 
     fn mark_covered(&mut self, masks: &[u64], thresholds: &[u32], covered: &mut [u8]) -> Result<()> {
         const ROWS: usize = 4096;
         let serial = covered.len() * masks.len() < 1 << 16;
-        #[cfg(target_arch = "x86_64")]
-        if let Some((_, neg)) = &self.word_major {
-            // SAFETY (both calls): word_major exists only where AVX-512 VPOPCNTDQ was
-            // detected; each task gets whole blocks of LANES rows.
-            if serial {
-                unsafe { mark_word_major(masks, thresholds, neg, 0, covered) };
-            } else {
-                covered.par_chunks_mut(ROWS).enumerate().for_each(|(t, c)| unsafe { mark_word_major(masks, thresholds, neg, t * ROWS / LANES, c) });
+        match &self.rows {
+            #[cfg(target_arch = "x86_64")]
+            Rows::WordMajor(_, neg) => {
+                // SAFETY (both calls): the word-major layout exists only where AVX-512
+                // VPOPCNTDQ was detected; each task gets whole blocks of LANES rows.
+                if serial {
+                    unsafe { mark_word_major(masks, thresholds, neg, 0, covered) };
+                } else {
+                    covered.par_chunks_mut(ROWS).enumerate().for_each(|(t, c)| unsafe { mark_word_major(masks, thresholds, neg, t * ROWS / LANES, c) });
+                }
             }
-            return Ok(());
-        }
-        if serial {
-            mark_chunk(masks, thresholds, self.bits, self.neg, covered);
-        } else {
-            covered
-                .par_chunks_mut(ROWS)
-                .zip(self.neg.par_chunks(ROWS))
-                .for_each(|(c, rows)| mark_chunk(masks, thresholds, self.bits, rows, c));
+            #[cfg(not(target_arch = "x86_64"))]
+            Rows::WordMajor(..) => unreachable!("the word-major layout is built only on x86-64"),
+            Rows::Listed { bits, neg, .. } => {
+                if serial {
+                    mark_chunk(masks, thresholds, bits, neg, covered);
+                } else {
+                    covered.par_chunks_mut(ROWS).zip(neg.par_chunks(ROWS)).for_each(|(c, rows)| mark_chunk(masks, thresholds, bits, rows, c));
+                }
+            }
         }
         Ok(())
     }
-}
-
-/// Rows per vector of the word-major layout.
-const LANES: usize = 8;
-
-/// A set of rows' bits word-major: word w of rows 8b..8b + 8 is one 512-bit vector at
-/// data[(b·used + w)·8..], rows past the end zero. The scans then count eight rows at
-/// once with vertical popcounts and adds, and never sum across a vector's lanes.
-pub struct WordMajor {
-    rows: usize,
-    padded: usize,
-    used: usize,
-    data: Vec<u64>,
-}
-
-impl WordMajor {
-    /// Only where AVX-512 is present (the scans that read it need VPOPCNTDQ).
-    fn new(bits: &Bits, rows: &[u32], used: usize) -> Self {
-        let padded = rows.len().next_multiple_of(LANES);
-        let mut data = Vec::with_capacity(padded * used);
-        assert!(used <= bits.words && rows.iter().all(|&r| (r as usize) < bits.rows));
-        // SAFETY: AVX-512F is present (see above); every row index was checked against
-        // the matrix, and the gathers fill all padded·used words of `data`.
-        unsafe {
-            gather_word_major(&bits.data, bits.words, rows, used, data.spare_capacity_mut());
-            data.set_len(padded * used);
-        }
-        WordMajor { rows: rows.len(), padded, used, data }
-    }
-
-    /// Lanes of block b that hold rows.
-    #[inline(always)]
-    fn valid(&self, block: usize) -> u8 {
-        let left = self.rows - block * LANES;
-        if left >= LANES { 0xFF } else { (1u8 << left) - 1 }
-    }
-}
-
-/// Word w of rows 8b..8b + 8 into dst[(b·used + w)·8..]: one gather per word of a
-/// block, zero in the lanes past the last row.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn gather_word_major(bits: &[u64], words: usize, rows: &[u32], used: usize, dst: &mut [std::mem::MaybeUninit<u64>]) {
-    use std::arch::x86_64::*;
-    for (b, block) in rows.chunks(LANES).enumerate() {
-        let valid = if block.len() == LANES { 0xFF } else { (1u8 << block.len()) - 1 };
-        let mut starts = [0i64; LANES];
-        for (s, &r) in starts.iter_mut().zip(block) {
-            *s = (r as usize * words) as i64;
-        }
-        let index = _mm512_loadu_si512(starts.as_ptr() as *const _);
-        let out = dst.as_mut_ptr().add(b * used * LANES) as *mut u64;
-        for w in 0..used {
-            let row_words = _mm512_mask_i64gather_epi64::<8>(_mm512_setzero_si512(), valid, index, bits.as_ptr().add(w) as *const _);
-            _mm512_storeu_si512(out.add(w * LANES) as *mut _, row_words);
-        }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn gather_word_major(_: &[u64], _: usize, _: &[u32], _: usize, _: &mut [std::mem::MaybeUninit<u64>]) {
-    unreachable!("the word-major layout is built only on x86-64 with AVX-512")
 }
 
 /// popcount(mask ∧ row) for the eight rows of block b.
@@ -421,6 +403,42 @@ unsafe fn min_scan_word_major(masks: &[u64], t: &WordMajor, blocks: std::ops::Ra
         }
         b0 = b1;
     }
+}
+
+/// Per row of `rows`: whether some neuron fires on it (s(x) < m).
+pub fn firing(neurons: &[Neuron], rows: &WordMajor) -> Vec<bool> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx512_popcount() {
+        let mut fired = Vec::with_capacity(rows.padded);
+        for b in 0..rows.padded / LANES {
+            // SAFETY: AVX-512 VPOPCNTDQ was detected.
+            let hits = unsafe { block_firing(neurons, rows, b) };
+            fired.extend((0..LANES).map(|l| (hits >> l) & 1 == 1));
+        }
+        fired.truncate(rows.rows);
+        return fired;
+    }
+    let mut row = vec![0u64; rows.used];
+    (0..rows.rows)
+        .map(|i| {
+            rows.row_into(i, &mut row);
+            best_margin(neurons, &row) > 0.0
+        })
+        .collect()
+}
+
+/// The lanes of block b on which some neuron fires.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vpopcntdq")]
+unsafe fn block_firing(neurons: &[Neuron], rows: &WordMajor, block: usize) -> u8 {
+    use std::arch::x86_64::*;
+    let mut hit = 0u8;
+    for ne in neurons {
+        // Thresholds are whole numbers of units (0 for the neuron that never fires).
+        let m = _mm512_set1_epi64(ne.threshold as i64);
+        hit |= _mm512_cmplt_epu64_mask(block_counts(&ne.mask, rows, block), m);
+    }
+    hit & rows.valid(block)
 }
 
 /// `mark_chunk` on a word-major X⁻ from block `first_block`, for `covered` (a whole

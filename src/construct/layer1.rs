@@ -148,7 +148,7 @@ pub fn threshold_bits(x: &[f32], layer: &Layer1) -> Bits {
         let xc = &x[r0 * d..(r0 + nr) * d];
         #[cfg(target_arch = "x86_64")]
         if tiny {
-            return pack_rows_tiny(xc, transposed.as_ref().unwrap(), layer, &margins, out);
+            return pack_rows_tiny(xc, &tiny_norms(xc, d), transposed.as_ref().unwrap(), layer, &margins, out);
         }
         out.fill(MaybeUninit::new(0));
         // SAFETY: every element was just initialized.
@@ -176,6 +176,180 @@ pub fn threshold_bits(x: &[f32], layer: &Layer1) -> Bits {
     // SAFETY: the chunks cover all rows × words elements, and `work` writes each one.
     unsafe { data.set_len(rows * words) };
     Bits { rows, words, data }
+}
+
+/// Rows per vector of the word-major layout.
+pub const LANES: usize = 8;
+
+/// A set of rows' bits word-major: word w of rows 8b..8b + 8 is one 512-bit vector at
+/// data[(b·used + w)·8..], rows past the end zero. The covering scans then count eight
+/// rows at once with vertical popcounts and adds, and never sum across a vector's lanes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WordMajor {
+    pub rows: usize,
+    pub padded: usize,
+    pub used: usize,
+    pub data: Vec<u64>,
+}
+
+impl WordMajor {
+    /// The given rows of `bits` (their first `used` words), by gathers on AVX-512, else
+    /// word by word.
+    pub fn gather(bits: &Bits, rows: &[u32], used: usize) -> Self {
+        let padded = rows.len().next_multiple_of(LANES);
+        assert!(used <= bits.words && rows.iter().all(|&r| (r as usize) < bits.rows));
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::has_avx512f() {
+            let mut data = Vec::with_capacity(padded * used);
+            // SAFETY: AVX-512F was detected; every row index was checked against the
+            // matrix, and the gathers fill all padded·used words of `data`.
+            unsafe {
+                gather_word_major(&bits.data, bits.words, rows, used, data.spare_capacity_mut());
+                data.set_len(padded * used);
+            }
+            return WordMajor { rows: rows.len(), padded, used, data };
+        }
+        let mut data = vec![0u64; padded * used];
+        for (i, &r) in rows.iter().enumerate() {
+            for (w, &word) in bits.row(r as usize)[..used].iter().enumerate() {
+                data[Self::index(used, i, w)] = word;
+            }
+        }
+        WordMajor { rows: rows.len(), padded, used, data }
+    }
+
+    /// Where word w of row i lives.
+    #[inline(always)]
+    pub fn index(used: usize, i: usize, w: usize) -> usize {
+        (i / LANES * used + w) * LANES + i % LANES
+    }
+
+    /// Row i's words.
+    pub fn row_into(&self, i: usize, out: &mut [u64]) {
+        for (w, o) in out.iter_mut().enumerate().take(self.used) {
+            *o = self.data[Self::index(self.used, i, w)];
+        }
+    }
+
+    /// Lanes of block b that hold rows.
+    #[inline(always)]
+    pub fn valid(&self, block: usize) -> u8 {
+        let left = self.rows - block * LANES;
+        if left >= LANES { 0xFF } else { (1u8 << left) - 1 }
+    }
+}
+
+/// Word w of rows 8b..8b + 8 into dst[(b·used + w)·8..]: one gather per word of a
+/// block, zero in the lanes past the last row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_word_major(bits: &[u64], words: usize, rows: &[u32], used: usize, dst: &mut [MaybeUninit<u64>]) {
+    use std::arch::x86_64::*;
+    for (b, block) in rows.chunks(LANES).enumerate() {
+        let valid = if block.len() == LANES { 0xFF } else { (1u8 << block.len()) - 1 };
+        let mut starts = [0i64; LANES];
+        for (s, &r) in starts.iter_mut().zip(block) {
+            *s = (r as usize * words) as i64;
+        }
+        let index = _mm512_loadu_si512(starts.as_ptr() as *const _);
+        let out = dst.as_mut_ptr().add(b * used * LANES) as *mut u64;
+        for w in 0..used {
+            let row_words = _mm512_mask_i64gather_epi64::<8>(_mm512_setzero_si512(), valid, index, bits.as_ptr().add(w) as *const _);
+            _mm512_storeu_si512(out.add(w * LANES) as *mut _, row_words);
+        }
+    }
+}
+
+/// Whether `random_word_major` serves inputs of this dimension here: 1 to 3 inputs
+/// (`pack_rows_tiny`) on a processor whose AVX-512 also counts bits (the scans that
+/// read the layout).
+pub fn word_major_applies(dim: usize) -> bool {
+    cfg!(target_arch = "x86_64") && (1..=3).contains(&dim) && crate::simd::has_avx512f() && crate::simd::has_avx512_popcount()
+}
+
+/// A pointer that chunks running on several threads write through, each to its own
+/// elements.
+struct SharedOut(*mut u64);
+// SAFETY: the chunks write disjoint elements, and the owner reads only after all ended.
+unsafe impl Sync for SharedOut {}
+
+/// `Layer1::random` and φ of each row set, word-major, for 1- to 3-dimensional inputs
+/// (`word_major_applies`). The work goes in chunks of 64 units on the quick pool; each
+/// chunk draws its own units' weights and biases (the same numbers as
+/// `Layer1::random`: the streams are counter-based), computes their bits for every row
+/// and writes them straight into the word-major layouts, where each 64-byte line
+/// belongs to one chunk. `beside` runs as one more task next to the chunks.
+pub fn random_word_major<R: Send>(seed: u64, units: usize, max_bias: f32, x: &[f32], dim: usize, sets: &[&[u32]], beside: impl FnOnce() -> R + Send) -> (Layer1, Vec<WordMajor>, R) {
+    assert!(word_major_applies(dim));
+    let used = units.div_ceil(64);
+    // The rows in set order, and their norms as `pack_rows_tiny` computes them.
+    let mut ordered = vec![0f32; sets.iter().map(|s| s.len()).sum::<usize>() * dim];
+    for (dst, &r) in ordered.chunks_exact_mut(dim).zip(sets.iter().flat_map(|s| s.iter())) {
+        let r = r as usize;
+        for (l, v) in dst.iter_mut().enumerate() {
+            *v = x[r * dim + l];
+        }
+    }
+    let norms = tiny_norms(&ordered, dim);
+    let mut weight = vec![0f32; units * dim];
+    let mut bias = vec![0f32; units];
+    let weight_parts: Vec<std::sync::Mutex<&mut [f32]>> = weight.chunks_mut(64 * dim).map(std::sync::Mutex::new).collect();
+    let bias_parts: Vec<std::sync::Mutex<&mut [f32]>> = bias.chunks_mut(64).map(std::sync::Mutex::new).collect();
+    let mut outs: Vec<Vec<u64>> = sets.iter().map(|s| Vec::with_capacity(s.len().next_multiple_of(LANES) * used)).collect();
+    let targets: Vec<SharedOut> = outs.iter_mut().map(|o| SharedOut(o.as_mut_ptr())).collect();
+    let beside = std::sync::Mutex::new(Some(beside));
+    let beside_result = std::sync::Mutex::new(None);
+    let inner = |task: usize| {
+        if task == 0 {
+            let f = beside.lock().unwrap().take().unwrap();
+            *beside_result.lock().unwrap() = Some(f());
+            return;
+        }
+        let w = task - 1;
+        let (first, count) = (64 * w, (units - 64 * w).min(64));
+        let mut weights = weight_parts[w].lock().unwrap();
+        let mut biases = bias_parts[w].lock().unwrap();
+        Philox::new(seed, STREAM_WEIGHTS).fill_normal((first * dim) as u64, &mut weights);
+        Philox::new(seed, STREAM_BIASES).fill_uniform(first as u64, &mut biases);
+        // As `bias_directions` then `Layer1::random` scale them.
+        biases.iter_mut().for_each(|b| *b = max_bias * (2.0 * *b - 1.0));
+        let part = Layer1 { units: count, dim, weight: weights.to_vec(), bias: biases.to_vec() };
+        let mut bits = vec![MaybeUninit::<u64>::uninit(); norms.len()];
+        #[cfg(target_arch = "x86_64")]
+        pack_rows_tiny(&ordered, &norms, &transpose(&part), &part, &Margins::new(&part), &mut bits);
+        // Word w of a block of eight rows is eight consecutive words of `bits`.
+        let mut first_row = 0;
+        for (set, target) in sets.iter().zip(&targets) {
+            let rows = &bits[first_row..first_row + set.len()];
+            let (whole, rest) = rows.split_at(rows.len() / LANES * LANES);
+            // SAFETY: `pack_rows_tiny` wrote every word of `bits`; block b's word w is
+            // this chunk's own line of a buffer with room for padded·used words.
+            unsafe {
+                for (b, block) in whole.chunks_exact(LANES).enumerate() {
+                    std::ptr::copy_nonoverlapping(block.as_ptr() as *const u64, target.0.add((b * used + w) * LANES), LANES);
+                }
+                if !rest.is_empty() {
+                    let mut lanes = [0u64; LANES];
+                    std::ptr::copy_nonoverlapping(rest.as_ptr() as *const u64, lanes.as_mut_ptr(), rest.len());
+                    std::ptr::copy_nonoverlapping(lanes.as_ptr(), target.0.add((whole.len() / LANES * used + w) * LANES), LANES);
+                }
+            }
+            first_row += set.len();
+        }
+    };
+    crate::quick_pool::for_each(used + 1, inner);
+    let layouts = outs
+        .into_iter()
+        .zip(sets)
+        .map(|(mut data, set)| {
+            let padded = set.len().next_multiple_of(LANES);
+            // SAFETY: the chunks together wrote every (row, word) of the padded layout.
+            unsafe { data.set_len(padded * used) };
+            WordMajor { rows: set.len(), padded, used, data }
+        })
+        .collect();
+    let layer = Layer1 { units, dim, weight, bias };
+    (layer, layouts, beside_result.into_inner().unwrap().unwrap())
 }
 
 /// Per-unit constants of the margin test: |z| ≤ coef·(‖w_j‖·‖x‖ + |b_j|) is written
@@ -321,18 +495,11 @@ fn pack_row_small(x: &[f32], wt: &[f32], layer: &Layer1, margins: &Margins, out:
 /// answer wherever the two agree, and the rare entries in between are settled as
 /// `pack_row_small` settles them.
 #[cfg(target_arch = "x86_64")]
-fn pack_rows_tiny(x: &[f32], wt: &[f32], layer: &Layer1, margins: &Margins, out: &mut [MaybeUninit<u64>]) {
+fn pack_rows_tiny(x: &[f32], norms: &[f32], wt: &[f32], layer: &Layer1, margins: &Margins, out: &mut [MaybeUninit<u64>]) {
     let (d, n) = (layer.dim, layer.units);
     let words = n.div_ceil(64);
     let rows = x.len() / d;
-    assert_eq!(out.len(), rows * words);
-    // Row norms as `pack_row_small` computes them (sum_of_squares of d ≤ 3 values is
-    // their plain sum of squares), in a loop that vectorizes over rows.
-    let norms: Vec<f32> = match d {
-        1 => x.iter().map(|a| (a * a).sqrt()).collect(),
-        2 => x.chunks_exact(2).map(|r| (r[0] * r[0] + r[1] * r[1]).sqrt()).collect(),
-        _ => x.chunks_exact(3).map(|r| (r[0] * r[0] + r[1] * r[1] + r[2] * r[2]).sqrt()).collect(),
-    };
+    assert!(out.len() == rows * words && norms.len() == rows);
     let bounds: Vec<f32> = norms.iter().map(|&xn| margins.max_slope * xn + margins.max_floor).collect();
     // The second bit matrix lives in a per-thread buffer that is only ever grown: the
     // kernel overwrites every word, so clearing it on each call would be wasted.
@@ -356,8 +523,25 @@ fn pack_rows_tiny(x: &[f32], wt: &[f32], layer: &Layer1, margins: &Margins, out:
             }
             &mut *(out as *mut [MaybeUninit<u64>] as *mut [u64])
         };
-        settle_between_bounds(x, wt, layer, margins, &norms, out, above_minus);
+        settle_between_bounds(x, wt, layer, margins, norms, out, above_minus);
     });
+}
+
+/// Row norms of 1- to 3-dimensional inputs as `pack_row_small` computes them
+/// (sum_of_squares of d ≤ 3 values is their plain sum of squares), in a loop that
+/// vectorizes over rows.
+fn tiny_norms(x: &[f32], d: usize) -> Vec<f32> {
+    let mut norms: Vec<f32> = match d {
+        1 => x.iter().map(|a| a * a).collect(),
+        2 => x.chunks_exact(2).map(|r| r[0] * r[0] + r[1] * r[1]).collect(),
+        _ => x.chunks_exact(3).map(|r| r[0] * r[0] + r[1] * r[1] + r[2] * r[2]).collect(),
+    };
+    // The square roots in a loop of their own, which vectorizes.
+    crate::simd::dispatch(
+        #[inline(always)]
+        || norms.iter_mut().for_each(|n| *n = n.sqrt()),
+    );
+    norms
 }
 
 /// The entries of `pack_rows_tiny` with −β < z ≤ β (set in `above_minus`, clear in

@@ -180,7 +180,7 @@ pub fn run_size(ds: &Dataset, size: usize, plan: &SweepPlan, done: &HashSet<(usi
                     let mut uncovered = 0;
                     for ((label, neg, pos), order) in problems.iter().zip(&orders) {
                         let mut scanner = CpuScanner::new(&bits, width, pos, neg);
-                        let cov = cover::greedy_cover(&bits, width, neg, order, &mut scanner, super::CPU_BATCH, super::MAX_BATCH)?;
+                        let cov = cover::greedy_cover(&cover::ListedRows(&bits, neg), width, order, &mut scanner, super::CPU_BATCH, super::MAX_BATCH)?;
                         uncovered += cov.uncovered;
                         nets.push(ClassNet { label: *label, neurons: cov.neurons });
                     }
