@@ -21,7 +21,7 @@ use std::time::Instant;
 const STREAM_ORDER: u64 = 0x0DE5;
 /// First covering batch on the CPU: small, since each acceptance may cover most of
 /// the candidates behind it; it grows while batches accept nothing.
-pub const CPU_BATCH: usize = 4;
+pub const CPU_BATCH: usize = 2;
 /// First covering batch on the GPU, where a batch costs one launch.
 pub const GPU_BATCH: usize = 64;
 /// Largest covering batch: the in-order acceptance walk checks each candidate against
