@@ -106,6 +106,17 @@ fn layer_one_bits_are_the_float64_signs() {
 }
 
 #[test]
+fn weight_norms_of_small_inputs_are_the_general_formula() {
+    // The vectorized norms for 1 to 3 inputs must be the numbers the general path
+    // (and the CUDA margins) use.
+    for dim in 1..=3 {
+        let layer = Layer1::random(dim as u64, 1000, dim, 1.0);
+        let general: Vec<f32> = layer.weight.chunks(dim).map(|w| rote::data::norms::sum_of_squares(w).sqrt()).collect();
+        assert!(layer.weight_norms().iter().zip(&general).all(|(a, b)| a.to_bits() == b.to_bits()), "d={dim}");
+    }
+}
+
+#[test]
 fn word_major_layer_one_is_the_same_layer_and_the_float64_signs() {
     use rote::construct::layer1::{random_word_major, word_major_applies, LANES};
     if !word_major_applies(2) {
