@@ -228,60 +228,59 @@ impl Philox {
     pub fn permutation(&self, n: usize) -> Vec<u32> {
         use rayon::prelude::*;
         assert!(n <= u32::MAX as usize, "permutation of more than 2^32 items");
-        let mut keyed: Vec<(u64, u32)>;
         if n < 1 << 15 {
-            keyed = Vec::with_capacity(n.next_multiple_of(16));
+            let mut keys: Vec<u64> = Vec::with_capacity(n.next_multiple_of(16));
             crate::simd::dispatch(
                 #[inline(always)]
                 || {
                     for first in (0..n as u64).step_by(16) {
                         let w = self.blocks::<16>(first);
-                        keyed.extend((0..16).map(|l| (((w[0][l] as u64) << 32) | w[1][l] as u64, first as u32 + l as u32)));
+                        keys.extend((0..16).map(|l| ((w[0][l] as u64) << 32) | w[1][l] as u64));
                     }
                 },
             );
-            keyed.truncate(n);
-            return sort_by_key_then_index(&keyed);
-        } else {
-            keyed = (0..n as u32).into_par_iter().map(|i| (self.key64(i as u64), i)).collect();
-            keyed.par_sort_unstable();
+            keys.truncate(n);
+            return sort_by_key_then_index(&keys);
         }
+        let mut keyed: Vec<(u64, u32)> = (0..n as u32).into_par_iter().map(|i| (self.key64(i as u64), i)).collect();
+        keyed.par_sort_unstable();
         keyed.into_iter().map(|(_, i)| i).collect()
     }
 }
 
-/// The indices of `keyed` (key, index) pairs given in index order, sorted by key and
-/// then index: a counting pass on the keys' top bits (about one pair per bucket for
-/// random keys), then an insertion sort that only reorders pairs within a bucket —
-/// several times faster than a comparison sort for the few hundred to thousands of
-/// candidates a covering walks.
-fn sort_by_key_then_index(keyed: &[(u64, u32)]) -> Vec<u32> {
-    let n = keyed.len();
+/// The indices 0..keys.len() sorted by key and then index: a counting pass on the keys'
+/// top bits (about one key per bucket for random keys; indices enter each bucket in
+/// increasing order), then an insertion sort that only moves indices within a bucket
+/// and keeps equal keys in index order — several times faster than a comparison sort
+/// for the few hundred to thousands of candidates a covering walks.
+fn sort_by_key_then_index(keys: &[u64]) -> Vec<u32> {
+    let n = keys.len();
     let bits = n.next_power_of_two().trailing_zeros().max(1);
     let shift = 64 - bits;
     let mut start = vec![0u32; (1 << bits) + 1];
-    for &(k, _) in keyed {
+    for &k in keys {
         start[(k >> shift) as usize + 1] += 1;
     }
     for b in 1..start.len() {
         start[b] += start[b - 1];
     }
-    let mut sorted = vec![(0u64, 0u32); n];
-    for &pair in keyed {
-        let b = (pair.0 >> shift) as usize;
-        sorted[start[b] as usize] = pair;
+    let mut order = vec![0u32; n];
+    for (i, &k) in keys.iter().enumerate() {
+        let b = (k >> shift) as usize;
+        order[start[b] as usize] = i as u32;
         start[b] += 1;
     }
     for i in 1..n {
-        let pair = sorted[i];
+        let item = order[i];
+        let key = keys[item as usize];
         let mut j = i;
-        while j > 0 && sorted[j - 1] > pair {
-            sorted[j] = sorted[j - 1];
+        while j > 0 && keys[order[j - 1] as usize] > key {
+            order[j] = order[j - 1];
             j -= 1;
         }
-        sorted[j] = pair;
+        order[j] = item;
     }
-    sorted.into_iter().map(|(_, i)| i).collect()
+    order
 }
 
 /// (0, 1): the top 24 bits, offset by half a step so neither end is reachable
@@ -532,7 +531,8 @@ mod tests {
                 let mut want = keyed.clone();
                 want.sort_unstable();
                 let want: Vec<u32> = want.into_iter().map(|(_, i)| i).collect();
-                assert_eq!(sort_by_key_then_index(&keyed), want, "n = {n}");
+                let keys: Vec<u64> = keyed.iter().map(|&(k, _)| k).collect();
+                assert_eq!(sort_by_key_then_index(&keys), want, "n = {n}");
             }
         }
     }
