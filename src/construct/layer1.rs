@@ -287,14 +287,11 @@ pub fn random_word_major<R: Send>(seed: u64, units: usize, max_bias: f32, x: &[f
     assert!(word_major_applies(dim));
     let used = units.div_ceil(64);
     // The rows in set order, and their norms as `pack_rows_tiny` computes them.
-    let mut ordered = vec![0f32; sets.iter().map(|s| s.len()).sum::<usize>() * dim];
-    for (dst, &r) in ordered.chunks_exact_mut(dim).zip(sets.iter().flat_map(|s| s.iter())) {
-        let r = r as usize;
-        for (l, v) in dst.iter_mut().enumerate() {
-            *v = x[r * dim + l];
-        }
-    }
-    let norms = tiny_norms(&ordered, dim);
+    let (ordered, norms) = match dim {
+        1 => rows_in_order::<1>(x, sets),
+        2 => rows_in_order::<2>(x, sets),
+        _ => rows_in_order::<3>(x, sets),
+    };
     let mut weight = vec![0f32; units * dim];
     let mut bias = vec![0f32; units];
     let weight_parts: Vec<std::sync::Mutex<&mut [f32]>> = weight.chunks_mut(64 * dim).map(std::sync::Mutex::new).collect();
@@ -546,6 +543,18 @@ fn tiny_norms(x: &[f32], d: usize) -> Vec<f32> {
         || norms.iter_mut().for_each(|n| *n = n.sqrt()),
     );
     norms
+}
+
+/// The rows of `sets` one after another, and their norms as `tiny_norms` computes
+/// them.
+fn rows_in_order<const D: usize>(x: &[f32], sets: &[&[u32]]) -> (Vec<f32>, Vec<f32>) {
+    let (all, _) = x.as_chunks::<D>();
+    let mut rows: Vec<[f32; D]> = Vec::with_capacity(sets.iter().map(|s| s.len()).sum());
+    for set in sets {
+        rows.extend(set.iter().map(|&r| all[r as usize]));
+    }
+    let norms = tiny_norms(rows.as_flattened(), D);
+    (rows.into_flattened(), norms)
 }
 
 /// The entries of `pack_rows_tiny` with −β < z ≤ β (set in `above_minus`, clear in
