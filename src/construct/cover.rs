@@ -215,7 +215,10 @@ pub fn greedy_cover(
             continue;
         }
         scanner.mark_covered(&acc_masks, &acc_thresholds, &mut covered)?;
-        uncovered = covered.iter().filter(|&&c| c == 0).count();
+        uncovered = crate::simd::dispatch(
+            #[inline(always)]
+            || covered.iter().filter(|&&c| c == 0).count(),
+        );
         for (k, &m) in acc_thresholds.iter().enumerate() {
             neurons.push(Neuron { mask: acc_masks[k * used..(k + 1) * used].to_vec(), threshold: m as f32 });
         }
@@ -450,7 +453,13 @@ unsafe fn mark_word_major(masks: &[u64], thresholds: &[u32], t: &WordMajor, firs
     let used = t.used;
     for (i, chunk) in covered.chunks_mut(LANES).enumerate() {
         let b = first_block + i;
-        let uncovered = chunk.iter().enumerate().fold(0u8, |m, (l, &c)| m | (((c == 0) as u8) << l)) & t.valid(b);
+        // The flags (0 or 1) of a whole block as one word: bit l of the product's top
+        // byte is flag l.
+        let flags = match <&[u8; LANES]>::try_from(&*chunk) {
+            Ok(bytes) => (u64::from_le_bytes(*bytes).wrapping_mul(0x0102_0408_1020_4080) >> 56) as u8,
+            Err(_) => chunk.iter().enumerate().fold(0u8, |m, (l, &c)| m | ((c & 1) << l)),
+        };
+        let uncovered = !flags & t.valid(b);
         let mut hit = 0u8;
         for (k, &m) in thresholds.iter().enumerate() {
             if hit == uncovered {
@@ -458,8 +467,18 @@ unsafe fn mark_word_major(masks: &[u64], thresholds: &[u32], t: &WordMajor, firs
             }
             hit |= _mm512_mask_cmplt_epu64_mask(uncovered & !hit, block_counts(&masks[k * used..(k + 1) * used], t, b), _mm512_set1_epi64(m as i64));
         }
-        for (l, c) in chunk.iter_mut().enumerate() {
-            *c |= (hit >> l) & 1;
+        match <&mut [u8; LANES]>::try_from(&mut *chunk) {
+            // Bit l of `hit` to byte l: copies of the byte, each masked to its own bit,
+            // carried to the byte's top bit and down.
+            Ok(bytes) => {
+                let spread = ((((hit as u64).wrapping_mul(0x0101_0101_0101_0101) & 0x8040_2010_0804_0201) + 0x7F7F_7F7F_7F7F_7F7F) >> 7) & 0x0101_0101_0101_0101;
+                *bytes = (u64::from_le_bytes(*bytes) | spread).to_le_bytes();
+            }
+            Err(_) => {
+                for (l, c) in chunk.iter_mut().enumerate() {
+                    *c |= (hit >> l) & 1;
+                }
+            }
         }
     }
 }
