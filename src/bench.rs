@@ -128,6 +128,11 @@ pub struct ConstructCase {
     pub numpy_float32: bool,
 }
 
+/// Total time the repeats of a short workload (and of its baseline) should span.
+const SHORT_WORKLOAD_SECONDS: f64 = 0.25;
+/// At most this many repeats of a short workload.
+const MAX_SHORT_REPEATS: usize = 20_000;
+
 pub fn construct(cases: &[ConstructCase], backends: &[Backend], repeats: usize, python: Option<&str>, baseline_repeats: usize) -> Result<Vec<BenchRow>> {
     use crate::construct::{fit, Activation, FitConfig, Target};
     let mut rows = Vec::new();
@@ -146,7 +151,7 @@ pub fn construct(cases: &[ConstructCase], backends: &[Backend], repeats: usize, 
             let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/baselines/construct_numpy.py");
             let mut cmd = std::process::Command::new(py);
             cmd.arg(script).arg("--data").arg(&data_dir).args(["--width", &case.width.to_string(), "--max-bias", &case.max_bias.to_string()]);
-            cmd.args(["--repeats", &baseline_repeats.to_string()]);
+            cmd.args(["--repeats", &baseline_repeats.to_string(), "--min-seconds", &SHORT_WORKLOAD_SECONDS.to_string()]);
             if case.one_vs_rest {
                 cmd.arg("--one-vs-rest");
             }
@@ -166,6 +171,10 @@ pub fn construct(cases: &[ConstructCase], backends: &[Backend], repeats: usize, 
             rows.push(BenchRow::timed(&workload, device, (median, min), times.len(), None, 1.0, None, None));
         }
         for b in backends {
+            // A fit of tens of microseconds repeats until the timed fits span
+            // SHORT_WORKLOAD_SECONDS, so that its median is not a handful of samples.
+            let warm_up = fit(&ds, &cfg, b)?.1.fit_seconds;
+            let repeats = repeats.max(((SHORT_WORKLOAD_SECONDS / warm_up.max(1e-9)) as usize).min(MAX_SHORT_REPEATS));
             let cell = std::sync::Mutex::new(Vec::new());
             time_runs(repeats, || {
                 let (_, r) = fit(&ds, &cfg, b)?;
