@@ -314,10 +314,24 @@ pub fn random_word_major<R: Send>(seed: u64, units: usize, max_bias: f32, x: &[f
         Philox::new(seed, STREAM_BIASES).fill_uniform(first as u64, &mut biases);
         // As `bias_directions` then `Layer1::random` scale them.
         biases.iter_mut().for_each(|b| *b = max_bias * (2.0 * *b - 1.0));
-        let part = Layer1 { units: count, dim, weight: weights.to_vec(), bias: biases.to_vec() };
-        let mut bits = vec![MaybeUninit::<u64>::uninit(); norms.len()];
+        // The chunk's layer, its transpose and margins, and its bits, in buffers its
+        // thread keeps from chunk to chunk.
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Option<(Layer1, Vec<f32>, Margins, Vec<MaybeUninit<u64>>)>> = const { std::cell::RefCell::new(None) };
+        }
+        let mut scratch = SCRATCH.take().unwrap_or_else(|| (Layer1 { units: 0, dim, weight: Vec::new(), bias: Vec::new() }, Vec::new(), Margins::new(&Layer1 { units: 0, dim, weight: Vec::new(), bias: Vec::new() }), Vec::new()));
+        let (part, wt, margins, bits) = &mut scratch;
+        (part.units, part.dim) = (count, dim);
+        part.weight.clear();
+        part.weight.extend_from_slice(&weights);
+        part.bias.clear();
+        part.bias.extend_from_slice(&biases);
+        wt.resize(part.weight.len(), 0.0);
+        crate::nn::linalg::transpose(&part.weight, count, dim, wt);
+        margins.refill(part);
+        bits.resize(norms.len(), MaybeUninit::new(0));
         #[cfg(target_arch = "x86_64")]
-        pack_rows_tiny(&ordered, &norms, &transpose(&part), &part, &Margins::new(&part), &mut bits);
+        pack_rows_tiny(&ordered, &norms, wt, part, margins, bits);
         // Word w of a block of eight rows is eight consecutive words of `bits`.
         let mut first_row = 0;
         for (set, target) in sets.iter().zip(&targets) {
@@ -337,6 +351,7 @@ pub fn random_word_major<R: Send>(seed: u64, units: usize, max_bias: f32, x: &[f
             }
             first_row += set.len();
         }
+        SCRATCH.set(Some(scratch));
     };
     crate::quick_pool::for_each(used + 1, inner);
     let layouts = outs
@@ -366,11 +381,24 @@ pub struct Margins {
 
 impl Margins {
     pub fn new(layer: &Layer1) -> Self {
+        let mut margins = Margins { slope: Vec::new(), floor: Vec::new(), max_slope: 0.0, max_floor: 0.0 };
+        margins.refill(layer);
+        margins
+    }
+
+    /// The margins of `layer`, in this one's buffers.
+    pub fn refill(&mut self, layer: &Layer1) {
         let coef = margin_coef(layer.dim);
-        let slope: Vec<f32> = layer.weight_norms().iter().map(|w| coef * w).collect();
-        let floor: Vec<f32> = layer.bias.iter().map(|b| coef * b.abs()).collect();
+        if (1..=3).contains(&layer.dim) {
+            tiny_norms_into(&layer.weight, layer.dim, &mut self.slope);
+        } else {
+            self.slope = layer.weight_norms();
+        }
+        self.slope.iter_mut().for_each(|w| *w *= coef);
+        self.floor.clear();
+        self.floor.extend(layer.bias.iter().map(|b| coef * b.abs()));
         let max = |v: &[f32]| v.iter().cloned().fold(0f32, f32::max);
-        Self { max_slope: max(&slope), max_floor: max(&floor), slope, floor }
+        (self.max_slope, self.max_floor) = (max(&self.slope), max(&self.floor));
     }
 }
 
@@ -501,13 +529,16 @@ fn pack_rows_tiny(x: &[f32], norms: &[f32], wt: &[f32], layer: &Layer1, margins:
     let words = n.div_ceil(64);
     let rows = x.len() / d;
     assert!(out.len() == rows * words && norms.len() == rows);
-    let bounds: Vec<f32> = norms.iter().map(|&xn| margins.max_slope * xn + margins.max_floor).collect();
-    // The second bit matrix lives in a per-thread buffer that is only ever grown: the
-    // kernel overwrites every word, so clearing it on each call would be wasted.
+    // The row bounds and the second bit matrix live in per-thread buffers (the
+    // matrix's only ever grows: the kernel overwrites every word, so clearing it on
+    // each call would be wasted).
     thread_local! {
-        static ABOVE_MINUS: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+        static BUFFERS: std::cell::RefCell<(Vec<f32>, Vec<u64>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     }
-    ABOVE_MINUS.with_borrow_mut(|buffer| {
+    BUFFERS.with_borrow_mut(|(bounds, buffer)| {
+        bounds.clear();
+        bounds.extend(norms.iter().map(|&xn| margins.max_slope * xn + margins.max_floor));
+        let bounds = &bounds[..];
         if buffer.len() < rows * words {
             buffer.resize(rows * words, 0);
         }
@@ -532,17 +563,24 @@ fn pack_rows_tiny(x: &[f32], norms: &[f32], wt: &[f32], layer: &Layer1, margins:
 /// (`sum_of_squares` of d ≤ 3 values adds their squares to 0 in order, which is their
 /// plain sum of squares), in loops that vectorize over rows.
 fn tiny_norms(x: &[f32], d: usize) -> Vec<f32> {
-    let mut norms: Vec<f32> = match d {
-        1 => x.iter().map(|a| a * a).collect(),
-        2 => x.chunks_exact(2).map(|r| r[0] * r[0] + r[1] * r[1]).collect(),
-        _ => x.chunks_exact(3).map(|r| r[0] * r[0] + r[1] * r[1] + r[2] * r[2]).collect(),
-    };
+    let mut norms = Vec::new();
+    tiny_norms_into(x, d, &mut norms);
+    norms
+}
+
+/// `tiny_norms` into `norms` (replacing what it held).
+fn tiny_norms_into(x: &[f32], d: usize, norms: &mut Vec<f32>) {
+    norms.clear();
+    match d {
+        1 => norms.extend(x.iter().map(|a| a * a)),
+        2 => norms.extend(x.chunks_exact(2).map(|r| r[0] * r[0] + r[1] * r[1])),
+        _ => norms.extend(x.chunks_exact(3).map(|r| r[0] * r[0] + r[1] * r[1] + r[2] * r[2])),
+    }
     // The square roots in a loop of their own, which vectorizes.
     crate::simd::dispatch(
         #[inline(always)]
         || norms.iter_mut().for_each(|n| *n = n.sqrt()),
     );
-    norms
 }
 
 /// The rows of `sets` one after another, and their norms as `tiny_norms` computes
