@@ -119,12 +119,18 @@ pub fn mark_chunk(masks: &[u64], thresholds: &[u32], bits: &Bits, rows: &[u32], 
 
 /// ¬φ(candidate) restricted to the first `units` units.
 pub fn off_mask(row: &[u64], units: usize) -> Vec<u64> {
-    let used = units.div_ceil(64);
-    let mut m: Vec<u64> = row[..used].iter().map(|w| !w).collect();
-    if units % 64 != 0 {
-        m[used - 1] &= (1u64 << (units % 64)) - 1;
-    }
+    let mut m = Vec::with_capacity(units.div_ceil(64));
+    push_off_mask(row, units, &mut m);
     m
+}
+
+/// Appends `off_mask(row, units)` to `out`.
+pub fn push_off_mask(row: &[u64], units: usize, out: &mut Vec<u64>) {
+    let used = units.div_ceil(64);
+    out.extend(row[..used].iter().map(|w| !w));
+    if units % 64 != 0 {
+        *out.last_mut().unwrap() &= (1u64 << (units % 64)) - 1;
+    }
 }
 
 /// φ of the X⁻ points as the covering reads its candidates.
@@ -164,13 +170,14 @@ pub fn greedy_cover(
     let used = units.div_ceil(64);
     let mut covered = vec![0u8; order.len()];
     let mut uncovered = order.len();
-    let mut rows: Vec<u64> = Vec::new();
+    // Buffers reused from batch to batch.
+    let (mut cands, mut rows, mut masks, mut acc_masks, mut acc_thresholds) = (Vec::new(), Vec::<u64>::new(), Vec::<u64>::new(), Vec::<u64>::new(), Vec::<u32>::new());
     let mut next = 0;
     let mut neurons = Vec::new();
     let mut picked = 0;
     let mut size = batch.max(1);
     while uncovered > 0 && next < order.len() {
-        let mut cands = Vec::with_capacity(size);
+        cands.clear();
         while cands.len() < size && next < order.len() {
             let c = order[next] as usize;
             next += 1;
@@ -186,10 +193,13 @@ pub fn greedy_cover(
         for (&c, row) in cands.iter().zip(rows.chunks_exact_mut(used)) {
             candidates.candidate_into(c, row);
         }
-        let masks: Vec<u64> = rows.chunks_exact(used).flat_map(|row| off_mask(row, units)).collect();
+        masks.clear();
+        for row in rows.chunks_exact(used) {
+            push_off_mask(row, units, &mut masks);
+        }
         let mins = scanner.min_over_positives(&masks, cands.len())?;
-        let mut acc_masks: Vec<u64> = Vec::new();
-        let mut acc_thresholds: Vec<u32> = Vec::new();
+        acc_masks.clear();
+        acc_thresholds.clear();
         let mut redundant = 0;
         for (t, row) in rows.chunks_exact(used).enumerate() {
             let already = acc_thresholds
