@@ -17,20 +17,31 @@ use std::time::{Duration, Instant};
 const SPIN: Duration = Duration::from_micros(200);
 
 struct Job<'a> {
-    next: AtomicUsize,
+    /// Chunks claimed from the front (low 32 bits) and from the back (high 32 bits).
+    claimed: AtomicU64,
     chunks: usize,
     work: &'a (dyn Fn(usize) + Sync),
     panicked: AtomicBool,
 }
 
 impl Job<'_> {
-    /// Claims and runs chunks until none are left.
-    fn run(&self) {
+    /// Claims and runs chunks until none are left: helpers from the front, the caller
+    /// from the back. Which thread runs a chunk then changes little from one call to
+    /// the next, so the lines a chunk writes tend to stay with one core.
+    fn run(&self, from_back: bool) {
         loop {
-            let c = self.next.fetch_add(1, SeqCst);
-            if c >= self.chunks {
-                return;
-            }
+            let mut claimed = self.claimed.load(SeqCst);
+            let c = loop {
+                let (front, back) = (claimed & 0xFFFF_FFFF, claimed >> 32);
+                if (front + back) as usize >= self.chunks {
+                    return;
+                }
+                let (c, next) = if from_back { (self.chunks - 1 - back as usize, claimed + (1 << 32)) } else { (front as usize, claimed + 1) };
+                match self.claimed.compare_exchange_weak(claimed, next, SeqCst, SeqCst) {
+                    Ok(_) => break c,
+                    Err(now) => claimed = now,
+                }
+            };
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.work)(c))).is_err() {
                 self.panicked.store(true, SeqCst);
             }
@@ -102,7 +113,7 @@ fn helper(s: &'static Shared) {
         if !job.is_null() {
             // SAFETY: the caller keeps the job alive until `holding` drops to 0 after it
             // has withdrawn the pointer, and this helper counted itself in first.
-            unsafe { (*job).run() };
+            unsafe { (*job).run(false) };
         }
         s.holding.fetch_sub(1, SeqCst);
     }
@@ -125,7 +136,8 @@ pub fn for_each(chunks: usize, work: impl Fn(usize) + Sync) {
         return serial();
     }
     let work: &(dyn Fn(usize) + Sync) = &work;
-    let job = Job { next: AtomicUsize::new(0), chunks, work, panicked: AtomicBool::new(false) };
+    assert!(chunks < 1 << 31, "too many chunks for one job");
+    let job = Job { claimed: AtomicU64::new(0), chunks, work, panicked: AtomicBool::new(false) };
     // SAFETY (lifetime): the pointer is withdrawn, and every helper that may have read
     // it has let go, before `job` goes out of scope below.
     s.job.store(&job as *const Job as *mut Job<'static>, SeqCst);
@@ -134,7 +146,7 @@ pub fn for_each(chunks: usize, work: impl Fn(usize) + Sync) {
         let _guard = s.lock.lock().unwrap();
         s.wake.notify_all();
     }
-    job.run();
+    job.run(true);
     s.job.store(std::ptr::null_mut(), SeqCst);
     while s.holding.load(SeqCst) != 0 {
         std::hint::spin_loop();
