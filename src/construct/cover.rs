@@ -128,7 +128,7 @@ pub fn off_mask(row: &[u64], units: usize) -> Vec<u64> {
 pub fn push_off_mask(row: &[u64], units: usize, out: &mut Vec<u64>) {
     let used = units.div_ceil(64);
     out.extend(row[..used].iter().map(|w| !w));
-    if units % 64 != 0 {
+    if !units.is_multiple_of(64) {
         *out.last_mut().unwrap() &= (1u64 << (units % 64)) - 1;
     }
 }

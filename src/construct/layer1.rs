@@ -41,7 +41,7 @@ impl Bits {
 }
 
 /// The random first layer for `units` units on `dim`-dimensional inputs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Layer1 {
     pub units: usize,
     pub dim: usize,
@@ -277,12 +277,23 @@ struct SharedOut(*mut u64);
 // SAFETY: the chunks write disjoint elements, and the owner reads only after all ended.
 unsafe impl Sync for SharedOut {}
 
+/// What a chunk of `random_word_major` works in: its units' layer, transposed
+/// weights, margins and bits. Each thread keeps one from chunk to chunk.
+#[derive(Default)]
+struct ChunkScratch {
+    part: Layer1,
+    transposed: Vec<f32>,
+    margins: Margins,
+    bits: Vec<MaybeUninit<u64>>,
+}
+
 /// `Layer1::random` and φ of each row set, word-major, for 1- to 3-dimensional inputs
 /// (`word_major_applies`). The work goes in chunks of 64 units on the quick pool; each
 /// chunk draws its own units' weights and biases (the same numbers as
 /// `Layer1::random`: the streams are counter-based), computes their bits for every row
-/// and writes them straight into the word-major layouts, where each 64-byte line
-/// belongs to one chunk. `beside` runs as one more task next to the chunks.
+/// in its thread's buffer (stores straight into lines another core holds would stall)
+/// and copies them into the word-major layouts in one sweep, where each 64-byte line
+/// belongs to one chunk. `beside` runs as one more task, the first a helper takes.
 pub fn random_word_major<R: Send>(seed: u64, units: usize, max_bias: f32, x: &[f32], dim: usize, sets: &[&[u32]], beside: impl FnOnce() -> R + Send) -> (Layer1, Vec<WordMajor>, R) {
     assert!(word_major_applies(dim));
     let used = units.div_ceil(64);
@@ -314,13 +325,11 @@ pub fn random_word_major<R: Send>(seed: u64, units: usize, max_bias: f32, x: &[f
         Philox::new(seed, STREAM_BIASES).fill_uniform(first as u64, &mut biases);
         // As `bias_directions` then `Layer1::random` scale them.
         biases.iter_mut().for_each(|b| *b = max_bias * (2.0 * *b - 1.0));
-        // The chunk's layer, its transpose and margins, and its bits, in buffers its
-        // thread keeps from chunk to chunk.
         thread_local! {
-            static SCRATCH: std::cell::RefCell<Option<(Layer1, Vec<f32>, Margins, Vec<MaybeUninit<u64>>)>> = const { std::cell::RefCell::new(None) };
+            static SCRATCH: std::cell::Cell<Option<ChunkScratch>> = const { std::cell::Cell::new(None) };
         }
-        let mut scratch = SCRATCH.take().unwrap_or_else(|| (Layer1 { units: 0, dim, weight: Vec::new(), bias: Vec::new() }, Vec::new(), Margins::new(&Layer1 { units: 0, dim, weight: Vec::new(), bias: Vec::new() }), Vec::new()));
-        let (part, wt, margins, bits) = &mut scratch;
+        let mut scratch = SCRATCH.take().unwrap_or_default();
+        let ChunkScratch { part, transposed: wt, margins, bits } = &mut scratch;
         (part.units, part.dim) = (count, dim);
         part.weight.clear();
         part.weight.extend_from_slice(&weights);
@@ -370,6 +379,7 @@ pub fn random_word_major<R: Send>(seed: u64, units: usize, max_bias: f32, x: &[f
 
 /// Per-unit constants of the margin test: |z| ≤ coef·(‖w_j‖·‖x‖ + |b_j|) is written
 /// as |z| ≤ slope_j·‖x‖ + floor_j.
+#[derive(Default)]
 pub struct Margins {
     pub slope: Vec<f32>,
     pub floor: Vec<f32>,
@@ -381,7 +391,7 @@ pub struct Margins {
 
 impl Margins {
     pub fn new(layer: &Layer1) -> Self {
-        let mut margins = Margins { slope: Vec::new(), floor: Vec::new(), max_slope: 0.0, max_floor: 0.0 };
+        let mut margins = Margins::default();
         margins.refill(layer);
         margins
     }
@@ -549,9 +559,9 @@ fn pack_rows_tiny(x: &[f32], norms: &[f32], wt: &[f32], layer: &Layer1, margins:
         // writes every word of `out`, which is therefore initialized after the call.
         let out = unsafe {
             match d {
-                1 => tiny_rows_avx512::<1>(x, wt, n, &layer.bias, &bounds, above_plus, above_minus),
-                2 => tiny_rows_avx512::<2>(x, wt, n, &layer.bias, &bounds, above_plus, above_minus),
-                _ => tiny_rows_avx512::<3>(x, wt, n, &layer.bias, &bounds, above_plus, above_minus),
+                1 => tiny_rows_avx512::<1>(x, wt, n, &layer.bias, bounds, above_plus, above_minus),
+                2 => tiny_rows_avx512::<2>(x, wt, n, &layer.bias, bounds, above_plus, above_minus),
+                _ => tiny_rows_avx512::<3>(x, wt, n, &layer.bias, bounds, above_plus, above_minus),
             }
             &mut *(out as *mut [MaybeUninit<u64>] as *mut [u64])
         };

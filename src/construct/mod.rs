@@ -332,7 +332,7 @@ fn fit_word_major(ds: &Dataset, cfg: &FitConfig, (label, neg, pos): &(i64, Vec<u
     let (layer, layouts, order) =
         layer1::random_word_major(cfg.seed, cfg.width, cfg.max_bias, x, ds.train.features(), &[pos, neg], || candidate_order(cfg.seed, *label, neg.len()));
     let (positives, negatives) = (&layouts[0], &layouts[1]);
-    // Half the lines were written on the helper's core: ask for all of them at once
+    // Lines a helper wrote are in its core's cache: ask for all of them at once
     // rather than one scan step at a time.
     for layout in [positives, negatives] {
         crate::simd::prefetch_lines(&layout.data);
