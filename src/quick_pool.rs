@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 /// enough to span the gap between consecutive small fits, short enough not to steal a
 /// core from other programs for long.
 const SPIN: Duration = Duration::from_micros(200);
+/// At most this many helper threads.
+const MAX_HELPERS: usize = 3;
 
 struct Job<'a> {
     /// Chunks claimed from the front (low 32 bits) and from the back (high 32 bits).
@@ -67,8 +69,9 @@ struct Shared {
 fn shared() -> Option<&'static Shared> {
     static POOL: OnceLock<Option<&'static Shared>> = OnceLock::new();
     *POOL.get_or_init(|| {
-        // As many hands as rayon has threads (RAYON_NUM_THREADS limits both).
-        let helpers = rayon::current_num_threads().saturating_sub(1);
+        // As many hands as rayon has threads (RAYON_NUM_THREADS limits both), but few:
+        // jobs of a few chunks gain little from more, and idle helpers spin.
+        let helpers = rayon::current_num_threads().saturating_sub(1).min(MAX_HELPERS);
         if helpers == 0 {
             return None;
         }
@@ -97,7 +100,12 @@ fn helper(s: &'static Shared) {
         while s.epoch.load(SeqCst) == seen {
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(256) && since.elapsed() > SPIN {
+            if !spins.is_multiple_of(256) {
+                continue;
+            }
+            // Every few microseconds: let other threads that want this core run.
+            std::thread::yield_now();
+            if since.elapsed() > SPIN {
                 let mut guard = s.lock.lock().unwrap();
                 s.sleepers.fetch_add(1, SeqCst);
                 while s.epoch.load(SeqCst) == seen {
