@@ -175,6 +175,10 @@ fn identical_to_the_one_at_a_time_algorithm() {
         ("moons:n=200,noise=0.05,seed=3", 64, 0.0, Target::Binary { positive: None }),
         ("blobs:n=300,dim=7,centers=4,std=3,seed=4", 70, 0.3, Target::OneVsRest),
         ("blobs:n=250,dim=3,centers=3,std=5,seed=5", 200, 1.5, Target::OneVsRest),
+        // One covering layer over 1 and 3 inputs (the word-major path), one class
+        // against the rest of three.
+        ("blobs:n=300,dim=1,centers=2,std=2,seed=6", 100, 0.7, Target::Binary { positive: None }),
+        ("blobs:n=260,dim=3,centers=3,std=4,seed=7", 190, 1.0, Target::Binary { positive: Some(1) }),
     ];
     for (spec, width, lambda, target) in cases {
         let ds = data::open(spec).unwrap();
