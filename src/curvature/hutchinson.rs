@@ -6,7 +6,7 @@
 //! parallel products, and the buffers are allocated once per core, not once per
 //! layer.
 
-use super::{dot, probe, Scores};
+use super::{dot, dot_in_lanes, probe, Scores};
 use crate::nn::linalg::gemm_serial;
 use crate::nn::mlp::{Activation, Mlp};
 use rayon::prelude::*;
@@ -45,7 +45,7 @@ fn cholesky(k: &[f32], n: usize) -> Option<Vec<f32>> {
     let mut r = vec![0f64; n * n];
     let largest = (0..n).map(|i| k[i * n + i] as f64).fold(0.0, f64::max);
     for j in 0..n {
-        let diag = k[j * n + j] as f64 - dot64(&r[j * n..j * n + j], &r[j * n..j * n + j]);
+        let diag = k[j * n + j] as f64 - dot_in_lanes(&r[j * n..j * n + j], &r[j * n..j * n + j]);
         if !(diag > 1e-10 * largest) {
             return None;
         }
@@ -53,7 +53,7 @@ fn cholesky(k: &[f32], n: usize) -> Option<Vec<f32>> {
         r[j * n + j] = rjj;
         for i in j + 1..n {
             let (ri, rj) = (&r[i * n..i * n + j], &r[j * n..j * n + j]);
-            let s = k[i * n + j] as f64 - dot64(ri, rj);
+            let s = k[i * n + j] as f64 - dot_in_lanes(ri, rj);
             r[i * n + j] = s / rjj;
         }
     }
@@ -160,19 +160,6 @@ fn probe_bits(seed: u64, global: u64, j: usize, d: usize, words: &mut [u64], out
         let byte = (words[i / 8] >> (8 * (i % 8))) as u8;
         chunk.copy_from_slice(&BYTE_OF_BITS[byte as usize].to_le_bytes()[..chunk.len()]);
     }
-}
-
-/// Σ aᵢbᵢ in eight float64 lanes (a plain sum would not vectorize).
-fn dot64(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0f64; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for t in 0..8 {
-            acc[t] += x[t] * y[t];
-        }
-    }
-    acc.iter().sum::<f64>() + tail
 }
 
 /// Column blocks of the triangular products (`triangular_product`).

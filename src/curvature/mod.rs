@@ -326,15 +326,25 @@ pub fn finish_low_rank(lr: &LowRank, with_gn: bool) -> Scores {
 /// Σ a_i b_i with eight float32 partial sums (so it vectorizes), returned as f64.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f64 {
-    let mut acc = [0f32; 8];
+    dot_in_lanes(a, b) as f64
+}
+
+/// Σ a_i b_i in eight partial sums (a plain sum would not vectorize), added up at the
+/// end with the remainder's products.
+#[inline(always)]
+fn dot_in_lanes<T>(a: &[T], b: &[T]) -> T
+where
+    T: Copy + Default + std::ops::Add<Output = T> + std::ops::Mul<Output = T> + std::iter::Sum,
+{
+    let mut acc = [T::default(); 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: T = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| *x * *y).sum();
     for (x, y) in ca.zip(cb) {
         for k in 0..8 {
-            acc[k] += x[k] * y[k];
+            acc[k] = acc[k] + x[k] * y[k];
         }
     }
-    (acc.iter().sum::<f32>() + tail) as f64
+    acc.iter().copied().sum::<T>() + tail
 }
 
 /// G = J Jᵀ (C, C) in float64 from one sample's logit Jacobian (C, d).
