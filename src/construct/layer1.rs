@@ -65,11 +65,19 @@ impl Layer1 {
     }
 
     pub fn weight_norms(&self) -> Vec<f32> {
+        let mut norms = Vec::new();
+        self.weight_norms_into(&mut norms);
+        norms
+    }
+
+    /// `weight_norms` into `norms` (replacing what it held).
+    pub fn weight_norms_into(&self, norms: &mut Vec<f32>) {
         if (1..=3).contains(&self.dim) {
             // The same numbers, in loops that vectorize.
-            return tiny_norms(&self.weight, self.dim);
+            return tiny_norms_into(&self.weight, self.dim, norms);
         }
-        self.weight.chunks(self.dim).map(|w| crate::data::norms::sum_of_squares(w).sqrt()).collect()
+        norms.clear();
+        norms.extend(self.weight.chunks(self.dim).map(|w| crate::data::norms::sum_of_squares(w).sqrt()));
     }
 }
 
@@ -399,11 +407,7 @@ impl Margins {
     /// The margins of `layer`, in this one's buffers.
     pub fn refill(&mut self, layer: &Layer1) {
         let coef = margin_coef(layer.dim);
-        if (1..=3).contains(&layer.dim) {
-            tiny_norms_into(&layer.weight, layer.dim, &mut self.slope);
-        } else {
-            self.slope = layer.weight_norms();
-        }
+        layer.weight_norms_into(&mut self.slope);
         self.slope.iter_mut().for_each(|w| *w *= coef);
         self.floor.clear();
         self.floor.extend(layer.bias.iter().map(|b| coef * b.abs()));
