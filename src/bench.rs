@@ -171,18 +171,13 @@ pub fn construct(cases: &[ConstructCase], backends: &[Backend], repeats: usize, 
             rows.push(BenchRow::timed(&workload, device, (median, min), times.len(), None, 1.0, None, None));
         }
         for b in backends {
-            // A fit of tens of microseconds repeats until the timed fits span
+            // Timed on the fit alone (`fit_seconds`), after an untimed warm-up. A fit of
+            // tens of microseconds repeats until the timed fits span
             // SHORT_WORKLOAD_SECONDS, so that its median is not a handful of samples.
-            let warm_up = fit(&ds, &cfg, b)?.1.fit_seconds;
+            let fit_seconds = || -> Result<f64> { Ok(fit(&ds, &cfg, b)?.1.fit_seconds) };
+            let warm_up = fit_seconds()?;
             let repeats = repeats.max(((SHORT_WORKLOAD_SECONDS / warm_up.max(1e-9)) as usize).min(MAX_SHORT_REPEATS));
-            let cell = std::sync::Mutex::new(Vec::new());
-            time_runs(repeats, || {
-                let (_, r) = fit(&ds, &cfg, b)?;
-                cell.lock().unwrap().push(r.fit_seconds);
-                Ok(())
-            })?;
-            let mut fits = cell.into_inner().unwrap();
-            fits.remove(0); // the warm-up
+            let mut fits = (0..repeats).map(|_| fit_seconds()).collect::<Result<Vec<f64>>>()?;
             fits.sort_by(|a, c| a.partial_cmp(c).unwrap());
             let median = fits[fits.len() / 2];
             let base = *first.get_or_insert(median);
