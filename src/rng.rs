@@ -14,6 +14,13 @@ const PHILOX_W1: u32 = 0xBB67_AE85;
 /// The raw Philox4x32 bijection with 10 rounds.
 #[inline(always)]
 pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+    philox4x32_10_lanes::<1>(counter.map(|word| [word]), key).map(|[word]| word)
+}
+
+/// `philox4x32_10` of L counters at once (counter[j][l] is word j of counter l), lane by
+/// lane so that the rounds vectorize across the L counters.
+#[inline(always)]
+fn philox4x32_10_lanes<const L: usize>(counter: [[u32; L]; 4], key: [u32; 2]) -> [[u32; L]; 4] {
     let mut c = counter;
     let mut k = key;
     for round in 0..10 {
@@ -21,14 +28,16 @@ pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
             k[0] = k[0].wrapping_add(PHILOX_W0);
             k[1] = k[1].wrapping_add(PHILOX_W1);
         }
-        let p0 = (PHILOX_M0 as u64) * (c[0] as u64);
-        let p1 = (PHILOX_M1 as u64) * (c[2] as u64);
-        c = [
-            ((p1 >> 32) as u32) ^ c[1] ^ k[0],
-            p1 as u32,
-            ((p0 >> 32) as u32) ^ c[3] ^ k[1],
-            p0 as u32,
-        ];
+        let mut next = [[0u32; L]; 4];
+        for l in 0..L {
+            let p0 = (PHILOX_M0 as u64) * (c[0][l] as u64);
+            let p1 = (PHILOX_M1 as u64) * (c[2][l] as u64);
+            next[0][l] = ((p1 >> 32) as u32) ^ c[1][l] ^ k[0];
+            next[1][l] = p1 as u32;
+            next[2][l] = ((p0 >> 32) as u32) ^ c[3][l] ^ k[1];
+            next[3][l] = p0 as u32;
+        }
+        c = next;
     }
     c
 }
@@ -65,24 +74,7 @@ impl Philox {
             let b = first + l as u64;
             (c[0][l], c[1][l], c[2][l], c[3][l]) = (b as u32, (b >> 32) as u32, self.stream as u32, (self.stream >> 32) as u32);
         }
-        let mut k = [self.seed as u32, (self.seed >> 32) as u32];
-        for round in 0..10 {
-            if round > 0 {
-                k[0] = k[0].wrapping_add(PHILOX_W0);
-                k[1] = k[1].wrapping_add(PHILOX_W1);
-            }
-            let mut next = [[0u32; L]; 4];
-            for l in 0..L {
-                let p0 = (PHILOX_M0 as u64) * (c[0][l] as u64);
-                let p1 = (PHILOX_M1 as u64) * (c[2][l] as u64);
-                next[0][l] = ((p1 >> 32) as u32) ^ c[1][l] ^ k[0];
-                next[1][l] = p1 as u32;
-                next[2][l] = ((p0 >> 32) as u32) ^ c[3][l] ^ k[1];
-                next[3][l] = p0 as u32;
-            }
-            c = next;
-        }
-        c
+        philox4x32_10_lanes(c, [self.seed as u32, (self.seed >> 32) as u32])
     }
 
     /// Word `index` of the stream (word i is word i % 4 of block i / 4).
