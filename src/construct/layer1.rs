@@ -358,12 +358,12 @@ pub fn random_word_major<R: Send>(seed: u64, units: usize, max_bias: f32, x: &[f
             // this chunk's own line of a buffer with room for padded·used words.
             unsafe {
                 for (b, block) in whole.chunks_exact(LANES).enumerate() {
-                    std::ptr::copy_nonoverlapping(block.as_ptr() as *const u64, target.0.add((b * used + w) * LANES), LANES);
+                    std::ptr::copy_nonoverlapping(block.as_ptr() as *const u64, target.0.add(WordMajor::index(used, b * LANES, w)), LANES);
                 }
                 if !rest.is_empty() {
                     let mut lanes = [0u64; LANES];
                     std::ptr::copy_nonoverlapping(rest.as_ptr() as *const u64, lanes.as_mut_ptr(), rest.len());
-                    std::ptr::copy_nonoverlapping(lanes.as_ptr(), target.0.add((whole.len() / LANES * used + w) * LANES), LANES);
+                    std::ptr::copy_nonoverlapping(lanes.as_ptr(), target.0.add(WordMajor::index(used, whole.len(), w)), LANES);
                 }
             }
             first_row += set.len();
