@@ -8,14 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/install-cuda-toolchain.sh
 
 # 2. Fashion-MNIST from Debian, when we may install packages.
-if [[ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]]; then
-  if [[ $(id -u) -eq 0 ]]; then
-    echo "installing dataset-fashion-mnist" >&2
-    (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; })
-  else
-    echo "warning: dataset-fashion-mnist is not installed and this is not root; its test will skip" >&2
-  fi
-fi
+scripts/install-datasets.sh
 if [[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]]; then
   export ROTE_REQUIRE_FASHION_MNIST=1
 fi

@@ -11,6 +11,7 @@ pub mod nn;
 pub mod quick_pool;
 pub mod device;
 pub mod report;
+pub mod resources;
 pub mod rng;
 pub mod sched;
 pub mod simd;

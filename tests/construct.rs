@@ -185,7 +185,8 @@ fn identical_to_the_one_at_a_time_algorithm() {
         for seed in 0..3 {
             let (net, report) = construct::fit(&ds, &config(width, lambda, seed, target), &Backend::Cpu).unwrap();
             let dim = ds.train.features();
-            let x: Vec<f32> = ds.train.x.to_f32().iter().map(|v| v * net.input_scale).collect();
+            let mut x: Vec<f32> = ds.train.x.to_f32();
+            construct::scale_inputs(&mut x, net.input_scale);
             let classes: Vec<i64> = net.nets.iter().map(|c| c.label).collect();
             let want = reference(&x, &ds.train.y, dim, width, lambda, seed, &classes);
             assert_eq!(as_units(&net), want, "{spec} width {width} λ {lambda} seed {seed}");

@@ -149,7 +149,7 @@ fn construct_layer1_bits_identical() {
         let d = ds.train.features();
         let mut x = ds.train.x.to_f32();
         let scale = rote::construct::unit_norm_scale(&x, d);
-        x.iter_mut().for_each(|v| *v *= scale);
+        rote::construct::scale_inputs(&mut x, scale);
         x[..3 * d].iter_mut().for_each(|v| *v = 0.0);
         let layer = Layer1::random(7, width, d, lambda);
         let cpu = threshold_bits(&x, &layer);
@@ -261,10 +261,10 @@ fn training_steps_agree() {
         };
         let dir = tempfile::tempdir().unwrap();
         let t0 = std::time::Instant::now();
-        let a = train::train(&ds, &cfg, &dir.path().join("cpu"), &Backend::Cpu, &|_, _| {}).unwrap();
+        let a = train::train(&ds, &cfg, &dir.path().join("cpu"), &Backend::Cpu, false, &|_, _| {}).unwrap();
         let cpu_secs = t0.elapsed().as_secs_f64();
         let t0 = std::time::Instant::now();
-        let b = train::train(&ds, &cfg, &dir.path().join("gpu"), &cuda, &|_, _| {}).unwrap();
+        let b = train::train(&ds, &cfg, &dir.path().join("gpu"), &cuda, false, &|_, _| {}).unwrap();
         let secs = t0.elapsed().as_secs_f64();
         let (sizes, _) = parse_spec(model).unwrap();
         let mut worst = 0f64;

@@ -8,19 +8,16 @@
 //! otherwise (label predicted when a single covering layer does not fire, or "none").
 
 use super::{cover::Neuron, layer1::Layer1, Activation, ClassNet, Network};
-use anyhow::{anyhow, bail, Context, Result};
-use safetensors::tensor::{Dtype, TensorView};
-use std::collections::HashMap;
+use crate::report::safetensors::{Loaded, Tensor};
+use anyhow::{anyhow, bail, Result};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 pub const FORMAT: &str = "rote-construct/1";
 
 pub fn save(net: &Network, path: &Path) -> Result<()> {
     let n = net.layer1.units;
-    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![
-        ("layer1.weight".into(), Dtype::F32, vec![n, net.layer1.dim], bytemuck::cast_slice(&net.layer1.weight).to_vec()),
-        ("layer1.bias".into(), Dtype::F32, vec![n], bytemuck::cast_slice(&net.layer1.bias).to_vec()),
-    ];
+    let mut class_data: Vec<(i64, usize, Vec<u8>, Vec<f32>)> = vec![];
     for c in &net.nets {
         let k = c.neurons.len();
         let mut masks = vec![0u8; k * n];
@@ -30,14 +27,17 @@ pub fn save(net: &Network, path: &Path) -> Result<()> {
             }
         }
         let th: Vec<f32> = c.neurons.iter().map(|ne| ne.threshold).collect();
-        owned.push((format!("class.{}.masks", c.label), Dtype::U8, vec![k, n], masks));
-        owned.push((format!("class.{}.thresholds", c.label), Dtype::F32, vec![k], bytemuck::cast_slice(&th).to_vec()));
+        class_data.push((c.label, k, masks, th));
     }
-    let views: Vec<(String, TensorView)> = owned
-        .iter()
-        .map(|(name, dt, shape, data)| Ok((name.clone(), TensorView::new(*dt, shape.clone(), data)?)))
-        .collect::<Result<_>>()?;
-    let meta: HashMap<String, String> = [
+    let mut tensors = vec![
+        Tensor::f32("layer1.weight", vec![n, net.layer1.dim], &net.layer1.weight),
+        Tensor::f32("layer1.bias", vec![n], &net.layer1.bias),
+    ];
+    for (label, k, masks, th) in &class_data {
+        tensors.push(Tensor::u8(format!("class.{label}.masks"), vec![*k, n], masks));
+        tensors.push(Tensor::f32(format!("class.{label}.thresholds"), vec![*k], th));
+    }
+    let meta: BTreeMap<String, String> = [
         ("format", FORMAT.to_string()),
         ("activation", serde_json::to_value(net.activation)?.as_str().unwrap().to_string()),
         ("max_bias", net.max_bias.to_string()),
@@ -50,37 +50,35 @@ pub fn save(net: &Network, path: &Path) -> Result<()> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let bytes = safetensors::serialize(views, &Some(meta))?;
-    crate::report::write_atomic(path, |w| Ok(w.write_all(&bytes)?))
+    crate::report::safetensors::save(path, &tensors, &meta)
 }
 
 pub fn load(path: &Path) -> Result<Network> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = Loaded::read(path)?;
+    let st = file.view()?;
     let ctx = |what: String| format!("{}: {what}", path.display());
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!(ctx(format!("not a safetensors file ({e})"))))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| anyhow!(ctx(format!("not a safetensors file ({e})"))))?;
-    let meta = header.metadata().clone().unwrap_or_default();
+    let meta = st.metadata.clone();
     let get = |k: &str| meta.get(k).cloned().ok_or_else(|| anyhow!(ctx(format!("metadata '{k}' is missing; was this written by `rote construct`?"))));
     if get("format")? != FORMAT {
         bail!(ctx(format!("format {} is not {FORMAT}", get("format")?)));
     }
-    let f32s = |name: &str| -> Result<(Vec<usize>, Vec<f32>)> {
-        let t = st.tensor(name).map_err(|_| anyhow!(ctx(format!("tensor '{name}' is missing"))))?;
-        if t.dtype() != Dtype::F32 {
-            bail!(ctx(format!("tensor '{name}' should be F32")));
-        }
-        Ok((t.shape().to_vec(), t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()))
-    };
-    let (wshape, weight) = f32s("layer1.weight")?;
-    let (_, bias) = f32s("layer1.bias")?;
+    let written_by = || "was this written by `rote construct`?".to_string();
+    let (wshape, weight) = st.floats("layer1.weight", None, &written_by)?;
+    if wshape.len() != 2 {
+        bail!(ctx(format!("tensor 'layer1.weight' has shape {wshape:?}; it should be (units, inputs)")));
+    }
     let (n, dim) = (wshape[0], wshape[1]);
+    let (_, bias) = st.floats("layer1.bias", Some(&[n]), &written_by)?;
     let activation: Activation = serde_json::from_value(serde_json::Value::String(get("activation")?))?;
     let labels: Vec<i64> = serde_json::from_str(&get("classes")?)?;
     let mut nets = Vec::new();
     for label in labels {
-        let mt = st.tensor(&format!("class.{label}.masks")).map_err(|_| anyhow!(ctx(format!("masks of class {label} are missing"))))?;
-        let (_, th) = f32s(&format!("class.{label}.thresholds"))?;
+        let mt = st.tensor(&format!("class.{label}.masks"), &|| format!("the masks of class {label}"))?;
+        if mt.shape().len() != 2 || mt.shape()[1] != n || mt.dtype() != safetensors::Dtype::U8 {
+            bail!(ctx(format!("tensor 'class.{label}.masks' is {:?} {:?}; it should be U8 (neurons, {n})", mt.dtype(), mt.shape())));
+        }
         let k = mt.shape()[0];
+        let (_, th) = st.floats(&format!("class.{label}.thresholds"), Some(&[k]), &written_by)?;
         let data = mt.data();
         let neurons = (0..k)
             .map(|i| {
@@ -95,6 +93,7 @@ pub fn load(path: &Path) -> Result<Network> {
             .collect();
         nets.push(ClassNet { label, neurons });
     }
+    st.reject_unread("a rote-construct network of these classes")?;
     let otherwise = match get("otherwise")?.as_str() {
         "none" => None,
         s => Some(s.parse().map_err(|_| anyhow!(ctx(format!("bad 'otherwise' label {s}"))))?),

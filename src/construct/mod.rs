@@ -71,7 +71,9 @@ pub struct Network {
     pub max_bias: f32,
     pub seed: u64,
     /// Inputs are multiplied by this before layer 1.
-    pub input_scale: f32,
+    /// Inputs are multiplied by this first (in float64: the factor can lie outside
+    /// float32's range, for data of tiny or huge magnitude).
+    pub input_scale: f64,
     pub sample_shape: Vec<usize>,
     pub layer1: Layer1,
     pub nets: Vec<ClassNet>,
@@ -147,7 +149,7 @@ impl Network {
     /// Predictions for raw (unscaled) samples.
     pub fn predict(&self, split: &Split, backend: &Backend) -> Result<Vec<i64>> {
         let mut x = split.x.to_f32();
-        x.iter_mut().for_each(|v| *v *= self.input_scale);
+        scale_inputs(&mut x, self.input_scale);
         let (bits, relu) = self.features(&x, backend)?;
         Ok(self.predict_features(&bits, relu.as_deref()))
     }
@@ -199,6 +201,12 @@ pub struct FitReport {
     /// Distinct training inputs that occur with more than one label: no network
     /// can interpolate those.
     pub conflicts: usize,
+}
+
+/// Checks that `target` can be built on `train` (the class exists, there is something
+/// to separate it from), before any output is written.
+pub fn check_target(train: &Split, target: Target) -> Result<()> {
+    problems(train, target).map(|_| ())
 }
 
 /// The covering problems of a fit: (label that gets the layer, X⁻ rows, X⁺ rows).
@@ -262,26 +270,54 @@ pub fn validate_config(cfg: &FitConfig) -> Result<()> {
     Ok(())
 }
 
-/// Scale factor 1/max‖x‖ of a split (1 when all samples are zero).
-pub fn unit_norm_scale(x: &[f32], dim: usize) -> f32 {
-    let max = x.chunks(dim).map(crate::data::norms::sum_of_squares).fold(0f32, f32::max).sqrt();
+/// Refuses a fit whose first layer and features cannot fit in memory: the weights
+/// (n × (d + 1) float32), the bit features of every row (N·n bits, held twice: the
+/// covering's layout and the verification's), and for the ReLU variant the real-valued
+/// features (N × n float32).
+pub fn check_fit_memory(rows: usize, dim: usize, cfg: &FitConfig) -> Result<()> {
+    use crate::resources::{check_memory, product};
+    let mut parts = vec![("the first layer", product(&[cfg.width, dim + 1, 4])), ("the bit features", product(&[rows, cfg.width]) / 4)];
+    if cfg.activation == Activation::Relu {
+        parts.push(("the real-valued features", product(&[rows, cfg.width, 4])));
+    }
+    check_memory(&parts, "--width")
+}
+
+/// Scale factor 1/max‖x‖ of a split (1 when all samples are zero). The norms are
+/// summed in float64: squares of float32 values overflow float32 from 1.8e19 and
+/// underflow it below 1e-19, but never float64.
+pub fn unit_norm_scale(x: &[f32], dim: usize) -> f64 {
+    use rayon::prelude::*;
+    let max = x.par_chunks(dim.max(1)).map(|r| r.iter().map(|&v| v as f64 * v as f64).sum::<f64>()).reduce(|| 0.0, f64::max).sqrt();
     if max > 0.0 { 1.0 / max } else { 1.0 }
+}
+
+/// x ← x·scale, rounded once from the float64 product.
+pub fn scale_inputs(x: &mut [f32], scale: f64) {
+    if scale != 1.0 {
+        x.iter_mut().for_each(|v| *v = (*v as f64 * scale) as f32);
+    }
 }
 
 /// A split's inputs as float32, scaled to max ‖x‖₂ = 1 when `to_unit_norm` (the
 /// paper's preprocessing), with the factor used.
-pub fn unit_scaled(split: &Split, to_unit_norm: bool) -> (Vec<f32>, f32) {
+pub fn unit_scaled(split: &Split, to_unit_norm: bool) -> (Vec<f32>, f64) {
     let mut x = split.x.to_f32();
     let scale = if to_unit_norm { unit_norm_scale(&x, split.features()) } else { 1.0 };
-    if scale != 1.0 {
-        x.iter_mut().for_each(|v| *v *= scale);
-    }
+    scale_inputs(&mut x, scale);
     (x, scale)
 }
 
 /// Builds one network on `ds`'s training split and evaluates it.
 pub fn fit(ds: &Dataset, cfg: &FitConfig, backend: &Backend) -> Result<(Network, FitReport)> {
     validate_config(cfg)?;
+    check_fit_memory(ds.train.len(), ds.train.features(), cfg)?;
+    let (rows, dim) = (ds.train.len(), ds.train.features());
+    crate::resources::check_device_memory(
+        backend,
+        &[("the training set", crate::resources::product(&[rows, dim, 4])), ("the first layer", crate::resources::product(&[cfg.width, dim + 1, 4])), ("the bit features", crate::resources::product(&[rows, cfg.width]) / 8)],
+        "--width",
+    )?;
     let (problems, otherwise) = problems(&ds.train, cfg.target)?;
     let (x, input_scale) = unit_scaled(&ds.train, cfg.scale_to_unit_norm);
     // The ReLU variant works on real-valued features, on the CPU.
@@ -327,7 +363,7 @@ pub fn fit(ds: &Dataset, cfg: &FitConfig, backend: &Backend) -> Result<(Network,
 /// `fit` of one covering layer over 1- to 3-dimensional inputs on the CPU: the first
 /// layer's chunks write X⁺ and X⁻ word-major, where the covering scans them, with the
 /// candidate order drawn beside them (the same network as the general path).
-fn fit_word_major(ds: &Dataset, cfg: &FitConfig, (label, neg, pos): &(i64, Vec<u32>, Vec<u32>), otherwise: Option<i64>, x: &[f32], input_scale: f32) -> Result<(Network, FitReport)> {
+fn fit_word_major(ds: &Dataset, cfg: &FitConfig, (label, neg, pos): &(i64, Vec<u32>, Vec<u32>), otherwise: Option<i64>, x: &[f32], input_scale: f64) -> Result<(Network, FitReport)> {
     let t0 = Instant::now();
     let (layer, layouts, order) =
         layer1::random_word_major(cfg.seed, cfg.width, cfg.max_bias, x, ds.train.features(), &[pos, neg], || candidate_order(cfg.seed, *label, neg.len()));
@@ -362,7 +398,7 @@ fn finish(
     layer: Layer1,
     nets: Vec<ClassNet>,
     otherwise: Option<i64>,
-    input_scale: f32,
+    input_scale: f64,
     uncovered: usize,
     t0: Instant,
     x: &[f32],

@@ -26,7 +26,7 @@ pub(crate) fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 pub(crate) fn draw_png(path: &Path, size: (u32, u32), draw: impl FnOnce(DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<()>) -> Result<()> {
     register_font();
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    crate::report::create_out_dir(dir)?;
     let tmp = tempfile::Builder::new().prefix(".rote-partial-").suffix(".png").tempfile_in(dir)?;
     {
         let root = BitMapBackend::new(tmp.path(), size).into_drawing_area();
@@ -68,10 +68,11 @@ pub fn decision_regions(net: &Network, ds: &Dataset, path: &Path) -> Result<()> 
     let mut grid = Vec::with_capacity(GRID * GRID * 2);
     for i in 0..GRID {
         for j in 0..GRID {
-            grid.push((x0 + (x1 - x0) * (j as f32 + 0.5) / GRID as f32) * net.input_scale);
-            grid.push((y0 + (y1 - y0) * (i as f32 + 0.5) / GRID as f32) * net.input_scale);
+            grid.push(x0 + (x1 - x0) * (j as f32 + 0.5) / GRID as f32);
+            grid.push(y0 + (y1 - y0) * (i as f32 + 0.5) / GRID as f32);
         }
     }
+    super::scale_inputs(&mut grid, net.input_scale);
     let (bits, relu) = net.features(&grid, &crate::device::Backend::Cpu)?;
     let n = net.layer1.units;
     // Which neuron (counted across classes) fires first at each grid point.

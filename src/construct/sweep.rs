@@ -87,6 +87,84 @@ pub fn parse_grid(text: &str) -> Result<Vec<f64>> {
     }
 }
 
+/// What makes a sweep's trials comparable beyond the grid keys (width, λ, size, seed):
+/// the data, the target and the preprocessing. It is stored beside the CSV
+/// (`settings_path`) when the CSV is created, and a resume must match it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SweepSettings {
+    pub data: String,
+    pub target: String,
+    pub scale_to_unit_norm: bool,
+    pub activation: String,
+}
+
+impl SweepSettings {
+    pub fn new(data: &str, target: Target) -> Self {
+        let target = match target {
+            Target::OneVsRest => "one-vs-rest".to_string(),
+            Target::Binary { positive: Some(c) } => format!("positive-class {c}"),
+            Target::Binary { positive: None } => "binary".to_string(),
+        };
+        Self { data: data.to_string(), target, scale_to_unit_norm: true, activation: "threshold".into() }
+    }
+}
+
+/// `s.csv` → `s.csv.settings.json`.
+pub fn settings_path(csv: &Path) -> std::path::PathBuf {
+    let mut s = csv.as_os_str().to_owned();
+    s.push(".settings.json");
+    s.into()
+}
+
+/// Checks that the trials already in `csv` (if any) were made with `settings`; an
+/// existing CSV without its settings record cannot be resumed (its trials could come
+/// from any data).
+pub fn check_resume(csv: &Path, settings: &SweepSettings) -> Result<()> {
+    if !csv.exists() {
+        return Ok(());
+    }
+    let first_line = std::fs::read_to_string(csv).with_context(|| format!("cannot read {}", csv.display()))?.lines().next().unwrap_or("").to_string();
+    if first_line != CSV_HEADER {
+        bail!("{} exists but is not a rote sweep CSV (header differs); choose another --out", csv.display());
+    }
+    let record = settings_path(csv);
+    let text = match std::fs::read_to_string(&record) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "{} exists but {} (the settings its trials were made with) does not, so rote cannot tell whether they belong to this sweep; choose another --out, or remove the CSV",
+            csv.display(),
+            record.display()
+        ),
+        Err(e) => bail!("cannot read {}: {e}", record.display()),
+    };
+    let stored: SweepSettings = serde_json::from_str(&text).with_context(|| format!("{} is not a sweep settings record", record.display()))?;
+    if stored != *settings {
+        let mut differ = vec![];
+        if stored.data != settings.data {
+            differ.push(format!("data '{}' (now '{}')", stored.data, settings.data));
+        }
+        if stored.target != settings.target {
+            differ.push(format!("target {} (now {})", stored.target, settings.target));
+        }
+        if stored.scale_to_unit_norm != settings.scale_to_unit_norm || stored.activation != settings.activation {
+            differ.push(format!("preprocessing {}/{} (now {}/{})", stored.activation, stored.scale_to_unit_norm, settings.activation, settings.scale_to_unit_norm));
+        }
+        bail!(
+            "{} holds trials of another experiment: {}; resuming would mix them — choose another --out",
+            csv.display(),
+            differ.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Creates `csv` with its header and its settings record (the record first: a CSV
+/// never exists without one).
+pub fn create(csv: &Path, settings: &SweepSettings) -> Result<()> {
+    crate::report::write_json(&settings_path(csv), settings)?;
+    crate::report::write_atomic(csv, |w| Ok(w.write_all(format!("{CSV_HEADER}\n").as_bytes())?))
+}
+
 /// Previously written trials of `path` (a trailing partial line from an interrupted
 /// run is dropped, and the file rewritten without it).
 pub fn read_existing(path: &Path) -> Result<Vec<Trial>> {

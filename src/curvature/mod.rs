@@ -91,13 +91,43 @@ pub struct ScoreConfig {
     pub seed: u64,
 }
 
+impl ScoreConfig {
+    /// Rejects settings that cannot be computed as asked, before any work: probes, the
+    /// finite-difference step, and the released-code statistic, which *is* a
+    /// finite-difference estimate (it goes with `Estimator::Fd` only).
+    pub fn validate(&self, activation: crate::nn::mlp::Activation) -> Result<()> {
+        if self.statistic == Statistic::ReleasedCode && self.estimator != Estimator::Fd {
+            bail!(
+                "--statistic released-code is the released code's finite-difference statistic; it goes with --estimator fd (its default), not --estimator {}",
+                serde_json::to_value(self.estimator).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+            );
+        }
+        if self.probes == 0 && !(self.estimator == Estimator::Exact && activation.piecewise_linear()) {
+            bail!("--probes must be at least 1 (only the exact estimator on a piecewise-linear network needs none)");
+        }
+        if self.estimator == Estimator::Fd && !(self.h > 0.0 && self.h.is_finite()) {
+            bail!("--h must be a positive step for finite differences (got {})", self.h);
+        }
+        Ok(())
+    }
+
+    /// What runs for this configuration on a network with `activation`, in words.
+    pub fn describe(&self, activation: crate::nn::mlp::Activation) -> &'static str {
+        match (self.estimator, activation.piecewise_linear(), self.statistic) {
+            (_, _, Statistic::ReleasedCode) => "released-code statistic (finite differences, unsquared norm)",
+            (Estimator::Exact, true, Statistic::Paper) => "exact (Jᵀ A J, probe-free)",
+            (Estimator::Exact, _, _) => "hutchinson (exact HVP) + exact Gauss–Newton part",
+            (Estimator::Hutchinson, _, _) => "hutchinson (exact HVP)",
+            (Estimator::Fd, _, _) => "hutchinson (finite-difference HVP)",
+        }
+    }
+}
+
 /// Scores of samples `x` (rows, d) with labels `y`, whose training-set indices start
 /// at `first_global`.
 pub fn scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfig) -> Result<Scores> {
     let rows = y.len();
-    if cfg.probes == 0 && !(cfg.estimator == Estimator::Exact && m.activation.piecewise_linear()) {
-        bail!("--probes must be at least 1 for this estimator");
-    }
+    cfg.validate(m.activation)?;
     let exact_gn = cfg.estimator == Estimator::Exact;
     if exact_gn && m.activation.piecewise_linear() && cfg.statistic == Statistic::Paper {
         return Ok(finish_low_rank(&low_rank_cpu(m, x, rows, None), true));
@@ -387,6 +417,7 @@ pub fn gauss_newton(m: &Mlp, x: &[f32], rows: usize) -> (Vec<f32>, Vec<f32>) {
 /// `scores` on `backend`. On the GPU: exact and Hutchinson scores with the paper's
 /// statistic (finite differences and the released code's statistic run on the CPU).
 pub fn scores_on(backend: &crate::device::Backend, m: &Mlp, x: &[f32], y: &[i64], first_global: u64, cfg: &ScoreConfig) -> Result<Scores> {
+    cfg.validate(m.activation)?;
     let crate::device::Backend::Cuda(g) = backend else {
         return scores(m, x, y, first_global, cfg);
     };

@@ -132,8 +132,12 @@ impl Array {
         // by another process while mapped would fault; that is the usual mmap contract.
         let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot memory-map {}", path.display()))?;
         let (dtype, shape, offset) = parse_npy_header(&map).with_context(|| format!("{} is not a usable .npy file", path.display()))?;
-        let need = shape.iter().product::<usize>() * dtype.size();
-        if map.len() < offset + need {
+        // Checked: a header may announce more elements than a usize can count.
+        let need = shape
+            .iter()
+            .try_fold(dtype.size(), |a, &s| a.checked_mul(s))
+            .with_context(|| format!("{}: its header announces shape {shape:?}, more bytes than this machine can address", path.display()))?;
+        if map.len().saturating_sub(offset) < need {
             bail!(
                 "{} is truncated: its header announces shape {:?} of {} ({} data bytes) but the file holds only {} after the header",
                 path.display(),

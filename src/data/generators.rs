@@ -36,6 +36,7 @@ pub fn generate(name: &str, opts: &mut Options) -> Result<Option<Dataset>> {
     if n == 0 {
         bail!("{name}: n must be at least 1");
     }
+    let mut features = 2;
     let make: Box<dyn Fn(usize, u64) -> (Vec<f32>, Vec<i64>, usize)> = match name {
         "moons" => {
             let noise: f32 = opts.take("noise", 0.05)?;
@@ -61,6 +62,7 @@ pub fn generate(name: &str, opts: &mut Options) -> Result<Option<Dataset>> {
             if centers == 0 || dim == 0 {
                 bail!("blobs: centers and dim must be at least 1");
             }
+            features = dim;
             Box::new(move |n, offset| {
                 let (x, y) = blobs(n, centers, dim, std, bound, seed, offset);
                 (x, y, dim)
@@ -68,6 +70,10 @@ pub fn generate(name: &str, opts: &mut Options) -> Result<Option<Dataset>> {
         }
         _ => unreachable!(),
     };
+    // The samples are generated, then copied into the dataset's array.
+    let rows = n.saturating_add(test);
+    let bytes = crate::resources::product(&[rows, features, 8]).saturating_add(crate::resources::product(&[rows, 16]));
+    crate::resources::check_memory(&[("the generated samples", bytes)], &format!("n= (or test=) of '{name}'"))?;
     let split = |count: usize, offset: u64| -> Result<Split> {
         let (x, y, d) = make(count, offset);
         Split::new(Array::from_f32(vec![count, d], &x, format!("{name} generator")), y)

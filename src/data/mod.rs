@@ -11,7 +11,7 @@ pub mod spec;
 pub mod transform;
 
 pub use array::{Array, DType};
-pub use spec::open;
+pub use spec::{open, open_os, DataSpec};
 
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -88,11 +88,14 @@ impl Dataset {
     /// Rejects data rote cannot use, naming the array and the problem.
     pub fn validate(&self) -> Result<()> {
         let check = |s: &Split, what: &str| -> Result<()> {
-            if s.is_empty() {
-                bail!("dataset '{}': the {what} split is empty ({})", self.meta.name, s.x.origin);
-            }
             if s.x.shape.len() < 2 {
                 bail!("{}: x must have a sample axis and at least one feature axis, got shape {:?}", s.x.origin, s.x.shape);
+            }
+            if s.x.row_len() == 0 {
+                bail!("{}: samples of shape {:?} hold no values (a zero-length axis); every sample needs at least one feature", s.x.origin, &s.x.shape[1..]);
+            }
+            if s.is_empty() {
+                bail!("dataset '{}': the {what} split is empty ({})", self.meta.name, s.x.origin);
             }
             if !matches!(s.x.dtype, DType::U8 | DType::F16 | DType::F32) {
                 bail!("{}: samples are {}, rote reads uint8, float16 or float32", s.x.origin, s.x.dtype.name());
@@ -102,7 +105,7 @@ impl Dataset {
                 bail!("{}: sample {row} holds a non-finite value ({v}) at flat index {i}", s.x.origin);
             }
             if let Some(&neg) = s.y.iter().find(|&&c| c < 0) {
-                bail!("{}: labels must be non-negative class indices, found {neg}", s.x.origin);
+                bail!("the labels of {}: labels must be non-negative class indices, found {neg}", s.x.origin);
             }
             Ok(())
         };
@@ -137,9 +140,7 @@ impl Dataset {
         let x_path = dir.join("x.npy");
         let y_path = dir.join("y.npy");
         for p in [&x_path, &y_path] {
-            if !p.is_file() {
-                bail!("{} is missing; a dataset directory holds x.npy, y.npy and optionally x_test.npy, y_test.npy, meta.json", p.display());
-            }
+            require_file(p)?;
         }
         let meta_path = dir.join("meta.json");
         let meta = if meta_path.is_file() {
@@ -155,6 +156,9 @@ impl Dataset {
                 bail!("{}: labels must be one-dimensional, got shape {:?}", yp.display(), y_arr.shape);
             }
             let y = y_arr.to_i64()?;
+            if let Some(&neg) = y.iter().find(|&&c| c < 0) {
+                bail!("{}: labels must be non-negative class indices, found {neg}", yp.display());
+            }
             if x.rows() != y.len() {
                 bail!("{} has {} samples but {} has {} labels", xp.display(), x.rows(), yp.display(), y.len());
             }
@@ -162,7 +166,7 @@ impl Dataset {
         };
         let train = load_split(&x_path, &y_path)?;
         let (xt, yt) = (dir.join("x_test.npy"), dir.join("y_test.npy"));
-        let test = match (xt.is_file(), yt.is_file()) {
+        let test = match (present(&xt)?, present(&yt)?) {
             (true, true) => Some(load_split(&xt, &yt)?),
             (false, false) => None,
             (true, false) => bail!("{} exists but {} does not", xt.display(), yt.display()),
@@ -209,6 +213,27 @@ impl Dataset {
             memory_mapped: self.train.x.is_mapped(),
         }
     }
+}
+
+/// Whether `path` names something: absent is `false`; anything that cannot be looked at
+/// (a symlink loop, no permission) is an error naming it.
+fn present(path: &Path) -> Result<bool> {
+    match std::fs::metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::fs::symlink_metadata(path).is_err() => Ok(false),
+        Err(e) => bail!("cannot read {}: {e}", path.display()),
+    }
+}
+
+/// `path` must be a readable regular file of the dataset directory.
+fn require_file(path: &Path) -> Result<()> {
+    if !present(path)? {
+        bail!("{} is missing; a dataset directory holds x.npy, y.npy and optionally x_test.npy, y_test.npy, meta.json", path.display());
+    }
+    if path.is_dir() {
+        bail!("{} is a directory, not a .npy file", path.display());
+    }
+    Ok(())
 }
 
 #[derive(Debug, serde::Serialize)]

@@ -294,12 +294,13 @@ impl CudaBackend {
     }
 
 
-    /// Uploads a training set (rows, d) and the model's parameters for `GpuTrainer`.
-    pub fn trainer(&self, m: &Mlp, x: &[f32], d: usize) -> Result<GpuTrainer<'_>> {
+    /// Uploads a training set (rows, d), the model's parameters and the SGD momentum
+    /// buffers (zeros for a fresh run) for `GpuTrainer`.
+    pub fn trainer(&self, m: &Mlp, x: &[f32], d: usize, momentum: &crate::nn::train::Momentum) -> Result<GpuTrainer<'_>> {
         let s = self.stream();
         let (w, b) = self.upload_model(m)?;
-        let vw = m.weights.iter().map(|w| s.alloc_zeros::<f32>(w.len())).collect::<Result<_, _>>()?;
-        let vb = m.biases.iter().map(|b| s.alloc_zeros::<f32>(b.len())).collect::<Result<_, _>>()?;
+        let vw = momentum.weights.iter().map(|v| s.clone_htod(v)).collect::<Result<_, _>>()?;
+        let vb = momentum.biases.iter().map(|v| s.clone_htod(v)).collect::<Result<_, _>>()?;
         Ok(GpuTrainer { gpu: self, blas: self.blas()?, x: s.clone_htod(x)?, d, w, b, vw, vb })
     }
 }
@@ -363,12 +364,14 @@ impl GpuTrainer<'_> {
         Ok(())
     }
 
-    /// Copies the parameters back into `m`.
-    pub fn download(&self, m: &mut Mlp) -> Result<()> {
+    /// Copies the parameters and the momentum buffers back.
+    pub fn download(&self, m: &mut Mlp, momentum: &mut crate::nn::train::Momentum) -> Result<()> {
         let s = self.gpu.stream();
         for l in 0..m.layers() {
             m.weights[l] = s.clone_dtoh(&self.w[l])?;
             m.biases[l] = s.clone_dtoh(&self.b[l])?;
+            momentum.weights[l] = s.clone_dtoh(&self.vw[l])?;
+            momentum.biases[l] = s.clone_dtoh(&self.vb[l])?;
         }
         Ok(())
     }

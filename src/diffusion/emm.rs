@@ -80,7 +80,7 @@ pub fn measure(ds: &Dataset, settings: &EmmSettings, size: usize, out: &Path, ba
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear the unfinished {}", dir.display()))?;
     }
     let subset = crate::data::transform::balanced_subset(&ds.train, size)?;
-    let range = PixelRange::of(&ds.train.x)?;
+    let range = PixelRange::resolve(&ds.train.x, super::RangeRule::Auto)?;
     let cfg = DenoiserConfig::new(&settings.data, Some(size), settings.labels, settings.recipe.clone(), &subset, ds.sample_shape(), range, 0)?;
     let t0 = Instant::now();
     let run = dir.join("run");
@@ -124,7 +124,7 @@ pub fn summarize(mut sizes: Vec<SizeResult>, threshold: f64) -> EmmResult {
 /// size at or above the threshold and the next size below it.
 pub fn sweep(ds: &Dataset, settings: &EmmSettings, sizes: &[usize], threshold: f64, refine: usize, out: &Path, backend: &crate::device::Backend, log: &dyn Fn(&str)) -> Result<EmmResult> {
     check_sizes(sizes, ds.train.len())?;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    crate::report::create_out_dir(out)?;
     let mut results = Vec::new();
     for &s in sizes {
         results.push(measure(ds, settings, s, out, backend, log)?);

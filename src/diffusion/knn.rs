@@ -64,11 +64,24 @@ pub fn knn(train: &TrainingSet, queries: &[f32], k: usize, metric: Metric) -> Re
         }
     }
     let kappa = f32_dot_error_factor(d);
-    let max_norm = train.max_sq_norm.sqrt();
-    let mut blocks: Vec<Screen> = queries.chunks(QUERY_BLOCK * d).map(|x| Screen::new(x, d, k, metric, kappa * max_norm)).collect();
+    // The screen runs on values scaled by a power of two (exact) into float32's
+    // comfortable range; the ranking below uses the values as given.
+    let scale = screen_scale(train, queries);
+    let scaled_queries: Vec<f32>;
+    let screen_queries = if scale == 1.0 {
+        queries
+    } else {
+        scaled_queries = queries.iter().map(|&v| (v as f64 * scale) as f32).collect();
+        &scaled_queries
+    };
+    let max_norm = train.max_sq_norm.sqrt() * scale;
+    let mut blocks: Vec<Screen> = screen_queries.chunks(QUERY_BLOCK * d).map(|x| Screen::new(x, d, k, metric, kappa * max_norm)).collect();
     let mut yc = Vec::new();
     for r in crate::sched::chunks(0..n, CHUNK) {
         train.rows(r.clone(), &mut yc);
+        if scale != 1.0 {
+            yc.par_iter_mut().for_each(|v| *v = (*v as f64 * scale) as f32);
+        }
         let yy: Vec<f64> = yc.chunks_exact(d).map(sq_norm).collect();
         blocks.par_iter_mut().for_each(|b| b.absorb(r.start, &yc, &yy));
     }
@@ -106,6 +119,23 @@ pub fn knn(train: &TrainingSet, queries: &[f32], k: usize, metric: Metric) -> Re
     Ok(out)
 }
 
+/// Magnitudes (of a row's norm) the float32 screen takes as they are: within them no
+/// product or sum of the GEMM overflows, and underflow costs far less than the slack.
+const SCREEN_NORM_RANGE: (f64, f64) = (1.0 / (1u64 << 40) as f64, (1u64 << 40) as f64);
+
+/// 1, or the power of two that brings the largest row norm of the training set and the
+/// queries near 1 when it lies outside `SCREEN_NORM_RANGE` (values up to f32::MAX
+/// would overflow the float32 products, tiny ones underflow them).
+pub fn screen_scale(train: &TrainingSet, queries: &[f32]) -> f64 {
+    let d = train.dim().max(1);
+    let queries_max = queries.par_chunks(d).map(sq_norm).reduce(|| 0.0, f64::max);
+    let largest = train.max_sq_norm.max(queries_max).sqrt();
+    if largest == 0.0 || !largest.is_finite() || (SCREEN_NORM_RANGE.0..=SCREEN_NORM_RANGE.1).contains(&largest) {
+        return 1.0;
+    }
+    f64::powi(2.0, -(largest.log2().round() as i32))
+}
+
 /// The queries as pixels, when every value is an integer in 0…255.
 fn as_pixels(x: &[f32]) -> Option<Vec<u8>> {
     x.iter().map(|&v| (v >= 0.0 && v <= 255.0 && v.fract() == 0.0).then_some(v as u8)).collect()
@@ -131,7 +161,10 @@ impl Screen {
         let rows = x.len() / d;
         // |fl(x·y) − x·y| ≤ κ‖x‖‖y‖; the l2 cost ‖y‖² − 2x·y carries it twice.
         let per_error = if metric == Metric::L2 { 2.0 } else { 1.0 };
-        let slack = x.chunks_exact(d).map(|r| 2.0 * per_error * kappa_max_norm * sq_norm(r).sqrt() * 1.01 + 1e-300).collect();
+        // Products that underflow float32 are off by at most 2⁻¹⁴⁹ each, beyond the
+        // relative bound: d of them per dot product.
+        let underflow = per_error * (d as f64 + 1.0) * f64::powi(2.0, -148);
+        let slack = x.chunks_exact(d).map(|r| 2.0 * (per_error * kappa_max_norm * sq_norm(r).sqrt() * 1.01 + underflow) + 1e-300).collect();
         Self {
             rows,
             d,

@@ -32,17 +32,7 @@ impl PixelRange {
     /// data (digits' 0…16 counts) [0, max]; any other type the training split's
     /// [min, max].
     pub fn of(x: &Array) -> Result<Self> {
-        let mut lo = f32::INFINITY;
-        let mut hi = f32::NEG_INFINITY;
-        let mut buf = Vec::new();
-        for r in crate::sched::chunks(0..x.rows(), 4096) {
-            buf.resize(r.len() * x.row_len(), 0.0);
-            x.rows_f32_into(r.start, r.end, &mut buf);
-            for &v in &buf {
-                lo = lo.min(v);
-                hi = hi.max(v);
-            }
-        }
+        let (mut lo, mut hi) = min_max(x);
         if x.dtype == DType::U8 {
             lo = 0.0;
             if hi >= 128.0 {
@@ -55,13 +45,29 @@ impl PixelRange {
         Ok(Self { lo, hi })
     }
 
-    /// Maps data values to model space in place.
+    /// The map `rule` asks for on the training samples `x`.
+    pub fn resolve(x: &Array, rule: RangeRule) -> Result<Self> {
+        match rule {
+            RangeRule::Identity => Ok(Self::MODEL),
+            RangeRule::MinMax => Self::of(x),
+            RangeRule::Explicit { lo, hi } => Ok(Self { lo, hi }),
+            RangeRule::Auto if x.dtype.is_integer() => Self::of(x),
+            RangeRule::Auto => {
+                let (lo, hi) = min_max(x);
+                if lo >= -1.0 && hi <= 1.0 { Ok(Self::MODEL) } else { Self::of(x) }
+            }
+        }
+    }
+
+    /// Maps data values to model space in place, in float64 (a range of tiny or huge
+    /// values has a factor outside float32's range).
     pub fn to_model(&self, v: &mut [f32]) {
         if *self == Self::MODEL {
             return;
         }
-        let scale = 2.0 / (self.hi - self.lo);
-        v.iter_mut().for_each(|x| *x = (*x - self.lo) * scale - 1.0);
+        let lo = self.lo as f64;
+        let scale = 2.0 / (self.hi as f64 - lo);
+        v.iter_mut().for_each(|x| *x = ((*x as f64 - lo) * scale - 1.0) as f32);
     }
 
     /// What a uint8 pixel of a generated image (see `quantize`) stands for in the data's
@@ -70,7 +76,7 @@ impl PixelRange {
         if self.lo == 0.0 && self.hi == 255.0 {
             return p as f32;
         }
-        self.lo + p as f32 / 255.0 * (self.hi - self.lo)
+        (self.lo as f64 + p as f64 / 255.0 * (self.hi as f64 - self.lo as f64)) as f32
     }
 
     /// A model-space value in the data's units.
@@ -78,8 +84,69 @@ impl PixelRange {
         if *self == Self::MODEL {
             return x;
         }
-        self.lo + (x + 1.0) * 0.5 * (self.hi - self.lo)
+        (self.lo as f64 + (x as f64 + 1.0) * 0.5 * (self.hi as f64 - self.lo as f64)) as f32
     }
+}
+
+/// How data values map to the model space [−1, 1] (`--range`).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RangeRule {
+    /// uint8 data as pixels (see `PixelRange::of`); float data already inside [−1, 1]
+    /// as it is (EDM's convention); other float data by its min/max.
+    Auto,
+    /// The data is in model space already.
+    Identity,
+    /// The training split's [min, max] (uint8: [0, 255] or [0, max]) onto [−1, 1].
+    MinMax,
+    /// [lo, hi] onto [−1, 1].
+    Explicit { lo: f32, hi: f32 },
+}
+
+impl std::str::FromStr for RangeRule {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "identity" => Ok(Self::Identity),
+            "minmax" => Ok(Self::MinMax),
+            _ => {
+                let parse = |t: &str| t.trim().parse::<f32>().ok().filter(|v| v.is_finite());
+                match s.split_once(',').map(|(a, b)| (parse(a), parse(b))) {
+                    Some((Some(lo), Some(hi))) if hi > lo && ((hi as f64 - lo as f64) as f32).is_finite() => Ok(Self::Explicit { lo, hi }),
+                    _ => Err(format!("'{s}': use auto, identity, minmax, or LO,HI with finite LO < HI")),
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for RangeRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => write!(f, "auto"),
+            Self::Identity => write!(f, "identity"),
+            Self::MinMax => write!(f, "minmax"),
+            Self::Explicit { lo, hi } => write!(f, "{lo},{hi}"),
+        }
+    }
+}
+
+/// The smallest and largest value of an array.
+fn min_max(x: &Array) -> (f32, f32) {
+    let mut lo = f32::INFINITY;
+    let mut hi = f32::NEG_INFINITY;
+    let mut buf = Vec::new();
+    for r in crate::sched::chunks(0..x.rows(), 4096) {
+        buf.resize(r.len() * x.row_len(), 0.0);
+        x.rows_f32_into(r.start, r.end, &mut buf);
+        for &v in &buf {
+            lo = lo.min(v);
+            hi = hi.max(v);
+        }
+    }
+    (lo, hi)
 }
 
 /// Model space → uint8 as EDM writes its images: `(x·127.5 + 128).clip(0, 255)`
@@ -97,10 +164,9 @@ pub fn dequantize(q: u8) -> f32 {
 /// shape (count, …sample_shape)) and, when the samples are images, a grid of the first
 /// 64 at `grid` (default OUT/grid.png); returns both paths.
 pub fn write_samples(out: &std::path::Path, x: &[f32], sample_shape: &[usize], grid: Option<std::path::PathBuf>) -> Result<(std::path::PathBuf, Option<std::path::PathBuf>)> {
-    use anyhow::Context;
     let d: usize = sample_shape.iter().product();
     let pixels: Vec<u8> = x.iter().map(|&v| quantize(v)).collect();
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    crate::report::create_out_dir(out)?;
     let mut shape = vec![x.len() / d];
     shape.extend_from_slice(sample_shape);
     let samples_path = out.join("samples.npy");
@@ -271,6 +337,9 @@ impl sampler::Denoiser for OptimalDenoiser<'_> {
 pub fn knn_on(backend: &crate::device::Backend, train: &TrainingSet, queries: &[f32], k: usize, metric: knn::Metric) -> Result<knn::Neighbours> {
     match backend {
         crate::device::Backend::Cpu => knn::knn(train, queries, k, metric),
+        // The GPU screen takes values as they are: data whose magnitude the CPU screen
+        // has to rescale (norms beyond 2^±40) is searched on the CPU.
+        crate::device::Backend::Cuda(_) if knn::screen_scale(train, queries) != 1.0 => knn::knn(train, queries, k, metric),
         crate::device::Backend::Cuda(g) => crate::device::cuda_diffusion::knn(g, train, queries, k, metric),
     }
 }

@@ -56,6 +56,18 @@ pub fn check_sigma(sigma: f64) -> Result<()> {
     Ok(())
 }
 
+/// Below this σ the dense pass's float64 logits (error ∝ 1/σ²) are not trusted: every
+/// candidate the screen keeps is weighed exactly instead, however many there are.
+pub const DENSE_SIGMA_MIN: f64 = 1e-3;
+
+/// The σ the GPU denoiser is checked over (its float arithmetic is validated against
+/// this file's CPU path there); outside it the CPU computes D*.
+pub const GPU_SIGMA_RANGE: (f64, f64) = (1e-3, 1e4);
+
+/// Largest norm of a model-space row the float32 screen takes: beyond it its products
+/// overflow (model space is [−1, 1]; this admits any sane `--range`).
+pub const SCREEN_MAX_NORM: f64 = (1u64 << 40) as f64;
+
 /// D*(x; σ) for each row of `queries` (model space, B×d), on the CPU.
 pub fn denoise(train: &TrainingSet, queries: &[f32], sigma: f64) -> Result<(Vec<f32>, Stats)> {
     check_sigma(sigma)?;
@@ -66,9 +78,15 @@ pub fn denoise(train: &TrainingSet, queries: &[f32], sigma: f64) -> Result<(Vec<
     let two_s2 = 2.0 * sigma * sigma;
     let kappa = f32_dot_error_factor(d);
     let max_norm = train.max_sq_norm.sqrt();
+    if max_norm > SCREEN_MAX_NORM {
+        bail!(
+            "{}: a training sample has norm {max_norm:.3e} in model space, beyond the denoiser's float32 screen ({SCREEN_MAX_NORM:e}); the denoiser works in [−1, 1]: map the data there with --range minmax or --range LO,HI",
+            train.x.origin
+        );
+    }
     // Exact weighing of C candidates costs about 3·C·d scalar float64 operations; the
     // float64 pass 4·N·d at GEMM speed, roughly ten times faster per operation.
-    let cap = (n / 12).max(64);
+    let cap = if sigma < DENSE_SIGMA_MIN { n } else { (n / 12).max(64) };
 
     let per_block = query_block(b);
     // Non-finite queries keep the float paths, which carry NaN and ∞ through.
@@ -181,7 +199,8 @@ impl ScreenBlock {
             // rounding(s) + s·d·2⁻²⁴ beyond the per-query constant b·Σx, which cancels.
             (Some(packed), Some(dg)) => packed.scale.iter().map(|&s| 2.0 * (2.0 * (dg.rounding(s) + s * d as f64 * 2f64.powi(-24))) + softmax_window).collect(),
             // |fl(x·y) − x·y| ≤ κ·Σ|xⱼyⱼ| ≤ κ‖x‖‖y‖, and the distance carries it twice.
-            _ => xx.iter().map(|&s| 2.0 * (2.0 * kappa * s.sqrt() * max_norm) + softmax_window).collect(),
+            // Products that underflow float32 add at most 2⁻¹⁴⁹ each beyond that.
+            _ => xx.iter().map(|&s| 2.0 * (2.0 * (kappa * s.sqrt() * max_norm + (d as f64 + 1.0) * 2f64.powi(-148))) + softmax_window).collect(),
         };
         // Every training point lies between (‖x‖ − M)₊² and (‖x‖ + M)² from x (M the
         // largest training norm). When that spread fits in the softmax window, every
@@ -292,17 +311,21 @@ fn weigh_exactly(train: &TrainingSet, x: &[f32], candidates: &[(u32, f64)], two_
     let d = x.len();
     let mut y = Vec::with_capacity(d);
     let mut ys = Vec::with_capacity(candidates.len() * d);
-    let mut logits = Vec::with_capacity(candidates.len());
+    let mut distances = Vec::with_capacity(candidates.len());
     for &(i, _) in candidates {
         train.rows(i as usize..i as usize + 1, &mut y);
-        logits.push(-exact_sq_dist(x, &y) / two_s2);
+        distances.push(exact_sq_dist(x, &y));
         ys.extend_from_slice(&y);
     }
-    let top = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    // Weights from distances relative to the nearest: exp(−(dᵢ − d_min)/2σ²). When 2σ²
+    // underflows (σ → 0) this is the limit itself — the nearest samples, ties averaged —
+    // instead of 0/0.
+    let nearest = distances.iter().copied().fold(f64::INFINITY, f64::min);
     let mut acc = vec![0f64; d];
     let mut total = 0f64;
-    for (l, y) in logits.iter().zip(ys.chunks_exact(d)) {
-        let w = (l - top).exp();
+    for (dist, y) in distances.iter().zip(ys.chunks_exact(d)) {
+        let excess = dist - nearest;
+        let w = if excess == 0.0 { 1.0 } else { (-excess / two_s2).exp() };
         total += w;
         acc.iter_mut().zip(y).for_each(|(a, &v)| *a += w * v as f64);
     }

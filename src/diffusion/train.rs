@@ -13,7 +13,7 @@ use super::net::{self, Layout, NetSpec};
 use super::PixelRange;
 use crate::data::Split;
 use crate::rng::Philox;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -245,35 +245,29 @@ pub fn checkpoint_path(run: &Path, step: usize) -> PathBuf {
 }
 
 pub fn save_weights(l: &Layout, p: &[f32], cfg: &DenoiserConfig, path: &Path) -> Result<()> {
-    use safetensors::tensor::{Dtype, TensorView};
-    let views: Vec<(String, TensorView)> = l
+    use crate::report::safetensors::Tensor;
+    let tensors: Vec<Tensor> = l
         .tensors
         .iter()
-        .map(|(name, shape, at)| {
-            let n: usize = shape.iter().product();
-            Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(&p[*at..*at + n]))?))
-        })
-        .collect::<Result<_>>()?;
-    let meta: std::collections::HashMap<String, String> =
-        [("model".to_string(), cfg.recipe.model.clone()), ("classes".to_string(), cfg.classes.to_string()), ("dim".to_string(), l.dim.to_string())].into();
-    let bytes = safetensors::serialize(views, &Some(meta))?;
-    crate::report::write_atomic(path, |w| Ok(w.write_all(&bytes)?))
+        .map(|(name, shape, at)| Tensor::f32(name.clone(), shape.clone(), &p[*at..*at + shape.iter().product::<usize>()]))
+        .collect();
+    let meta = std::collections::BTreeMap::from([
+        ("model".to_string(), cfg.recipe.model.clone()),
+        ("classes".to_string(), cfg.classes.to_string()),
+        ("dim".to_string(), l.dim.to_string()),
+    ]);
+    crate::report::safetensors::save(path, &tensors, &meta)
 }
 
 pub fn load_weights(l: &Layout, path: &Path) -> Result<Vec<f32>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a safetensors file ({e})", path.display()))?;
+    let file = crate::report::safetensors::Loaded::read(path)?;
+    let st = file.view()?;
     let mut p = vec![0f32; l.total];
     for (name, shape, at) in &l.tensors {
-        let t = st.tensor(name).map_err(|_| anyhow!("{}: tensor '{name}' is missing (a different --model?)", path.display()))?;
-        if t.shape() != shape.as_slice() || t.dtype() != safetensors::Dtype::F32 {
-            bail!("{}: tensor '{name}' is {:?} {:?}, expected F32 {shape:?}", path.display(), t.dtype(), t.shape());
-        }
-        let n: usize = shape.iter().product();
-        for (o, c) in p[*at..*at + n].iter_mut().zip(t.data().chunks_exact(4)) {
-            *o = f32::from_le_bytes(c.try_into().unwrap());
-        }
+        let (_, v) = st.floats(name, Some(shape), &|| "a different --model?".to_string())?;
+        p[*at..*at + v.len()].copy_from_slice(&v);
     }
+    st.reject_unread("this --model")?;
     Ok(p)
 }
 
@@ -299,7 +293,7 @@ pub fn train(backend: &crate::device::Backend, train: &Split, cfg: &DenoiserConf
     if recipe.steps == 0 || recipe.batch == 0 {
         bail!("--steps and --batch must be at least 1");
     }
-    if !(recipe.lr > 0.0) || !(0.0..1.0).contains(&recipe.ema) {
+    if !(recipe.lr > 0.0 && recipe.lr.is_finite()) || !(0.0..1.0).contains(&recipe.ema) {
         bail!("--lr must be positive and --ema in [0, 1) (got {} and {})", recipe.lr, recipe.ema);
     }
     if run.join("run.json").exists() {
@@ -312,7 +306,8 @@ pub fn train(backend: &crate::device::Backend, train: &Split, cfg: &DenoiserConf
     train.x.rows_f32_into(0, n, &mut y);
     cfg.pixel_range.to_model(&mut y);
     let (_, cond) = conditioning_labels(train, cfg.labels, recipe.seed);
-    std::fs::create_dir_all(run.join("checkpoints")).with_context(|| format!("cannot create {}", run.display()))?;
+    let run_dir = crate::report::FreshDir::create(run)?;
+    crate::report::create_out_dir(&run.join("checkpoints"))?;
     crate::report::write_json(&run.join("run.json"), cfg)?;
     if cfg.classes > 0 {
         crate::report::write_npy(&run.join("labels.npy"), &[n], &cond)?;
@@ -381,6 +376,7 @@ pub fn train(backend: &crate::device::Backend, train: &Split, cfg: &DenoiserConf
         ema = net.download()?.1;
     }
     save_weights(&layout, &ema, cfg, &run.join("ema.safetensors"))?;
+    run_dir.keep();
     Ok(ema)
 }
 

@@ -8,6 +8,8 @@
 //!   corrupted.npy       uint8 mask: 1 where the label was flipped or the row is a duplicate
 //!   metrics.csv         per epoch: loss and accuracy (train, test), learning rate, seconds
 //!   checkpoints/epoch-NNN.safetensors
+//!   optimizer.safetensors  the SGD momentum after the last finished epoch (`--resume`)
+//!   complete.json       written last: the run finished (an interrupted run lacks it)
 
 use super::{checkpoint, mlp::Mlp};
 use crate::data::{Dataset, Split};
@@ -41,6 +43,116 @@ pub struct TrainConfig {
     /// Inputs are multiplied by this (1/max pixel for uint8 data).
     #[serde(default)]
     pub input_scale: f32,
+}
+
+impl TrainConfig {
+    /// Rejects settings training cannot use, before anything is written.
+    pub fn validate(&self) -> Result<()> {
+        super::mlp::parse_spec(&self.model)?;
+        if self.epochs == 0 || self.batch == 0 {
+            bail!("--epochs and --batch must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("--lr must be a positive finite number, got {}", self.lr);
+        }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            bail!("--momentum must be in [0, 1), got {}", self.momentum);
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            bail!("--weight-decay must be a finite number ≥ 0, got {}", self.weight_decay);
+        }
+        if !(0.0..1.0).contains(&self.label_noise) {
+            bail!("--label-noise must be in [0, 1), got {}", self.label_noise);
+        }
+        Ok(())
+    }
+}
+
+/// SGD's momentum buffers, one per weight matrix and bias vector.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Momentum {
+    pub weights: Vec<Vec<f32>>,
+    pub biases: Vec<Vec<f32>>,
+}
+
+impl Momentum {
+    pub fn zeros(m: &Mlp) -> Self {
+        Self { weights: m.weights.iter().map(|w| vec![0.0; w.len()]).collect(), biases: m.biases.iter().map(|b| vec![0.0; b.len()]).collect() }
+    }
+}
+
+/// What `complete.json` records.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Completion {
+    pub epochs: usize,
+    pub seconds: f64,
+}
+
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const COMPLETE_FILE: &str = "complete.json";
+
+/// Reads a run's configuration (run.json).
+pub fn open_run(run: &Path) -> Result<TrainConfig> {
+    let run_json = run.join("run.json");
+    let text = std::fs::read_to_string(&run_json).with_context(|| format!("{} is not a training run (no run.json); make one with `rote train`", run.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a rote run description", run_json.display()))
+}
+
+/// Ok when the run finished; otherwise an error saying how far it got.
+pub fn check_complete(run: &Path, cfg: &TrainConfig) -> Result<()> {
+    if run.join(COMPLETE_FILE).is_file() {
+        return Ok(());
+    }
+    let done = saved_epoch(run).ok().flatten().unwrap_or(0);
+    bail!(
+        "{} is an unfinished training run ({done} of {} epochs saved; it was interrupted or failed); continue it with `rote train --resume --out {}`",
+        run.display(),
+        cfg.epochs,
+        run.display()
+    )
+}
+
+/// The last epoch whose checkpoint, metrics and optimizer state were all saved.
+fn saved_epoch(run: &Path) -> Result<Option<usize>> {
+    let path = run.join(OPTIMIZER_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let file = crate::report::safetensors::Loaded::read(&path)?;
+    let view = file.view()?;
+    let epoch = view.metadata.get("epoch").and_then(|e| e.parse().ok()).with_context(|| format!("{}: no 'epoch' in its metadata", path.display()))?;
+    Ok(Some(epoch))
+}
+
+fn save_momentum(run: &Path, v: &Momentum, epoch: usize) -> Result<()> {
+    use crate::report::safetensors::Tensor;
+    let mut tensors = vec![];
+    for (l, (w, b)) in v.weights.iter().zip(&v.biases).enumerate() {
+        tensors.push(Tensor::f32(format!("{}.weight.momentum", 2 * l), vec![w.len()], w));
+        tensors.push(Tensor::f32(format!("{}.bias.momentum", 2 * l), vec![b.len()], b));
+    }
+    let meta = std::collections::BTreeMap::from([("epoch".to_string(), epoch.to_string())]);
+    crate::report::safetensors::save(&run.join(OPTIMIZER_FILE), &tensors, &meta)
+}
+
+fn load_momentum(run: &Path, m: &Mlp) -> Result<Momentum> {
+    let file = crate::report::safetensors::Loaded::read(&run.join(OPTIMIZER_FILE))?;
+    let view = file.view()?;
+    let mut v = Momentum::zeros(m);
+    for l in 0..m.layers() {
+        v.weights[l] = view.floats(&format!("{}.weight.momentum", 2 * l), Some(&[v.weights[l].len()]), &|| "a damaged optimizer state".into())?.1;
+        v.biases[l] = view.floats(&format!("{}.bias.momentum", 2 * l), Some(&[v.biases[l].len()]), &|| "a damaged optimizer state".into())?.1;
+    }
+    view.reject_unread("this model's optimizer state")?;
+    Ok(v)
+}
+
+/// Stops the process at a named point when `ROTE_FAILPOINT` names it: how the tests
+/// interrupt a run exactly where a kill -9 could (e.g. `after-checkpoint:2`).
+fn failpoint(name: &str, epoch: usize) {
+    if std::env::var("ROTE_FAILPOINT").is_ok_and(|v| v == format!("{name}:{epoch}")) {
+        std::process::abort();
+    }
 }
 
 /// The training set as used: dataset rows (with repeats) and labels.
@@ -149,7 +261,13 @@ pub fn checkpoint_path(run: &Path, epoch: usize) -> PathBuf {
 /// Trains and writes the run directory. `progress(batches_done, total)` is called as it
 /// goes. On a CUDA backend the SGD steps run on the device (same batches, same update);
 /// evaluation and checkpoints use the parameters copied back after each epoch.
-pub fn train(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::device::Backend, progress: &dyn Fn(u64, u64)) -> Result<Mlp> {
+///
+/// Everything is checked before the directory is created; a run that fails (diverges)
+/// removes the directory it created. With `resume`, an unfinished run in `run` (same
+/// configuration) continues from its last saved epoch and ends with the same bytes an
+/// uninterrupted run writes.
+pub fn train(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::device::Backend, resume: bool, progress: &dyn Fn(u64, u64)) -> Result<Mlp> {
+    cfg.validate()?;
     let (sizes, activation) = super::mlp::parse_spec(&cfg.model)?;
     let d = ds.train.features();
     if sizes[0] != d {
@@ -159,33 +277,78 @@ pub fn train(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::devic
     if let Some(&bad) = ds.train.y.iter().find(|&&y| y as usize >= classes) {
         bail!("model '{}' has {classes} outputs but the data has label {bad}", cfg.model);
     }
-    if cfg.epochs == 0 || cfg.batch == 0 {
-        bail!("--epochs and --batch must be at least 1");
-    }
-    if run.join("run.json").exists() {
-        bail!("{} already holds a training run; choose another --out", run.display());
-    }
+    // Weights, gradients and momentum; a batch's activations, their derivatives and
+    // gradients. (On a GPU the training set is uploaded too.)
+    let parameters: u64 = sizes.windows(2).map(|w| crate::resources::product(&[w[0] + 1, w[1]])).fold(0, u64::saturating_add);
+    let activations = crate::resources::product(&[cfg.batch.min(ds.train.len().max(1)), sizes.iter().fold(0usize, |a, &s| a.saturating_add(s))]);
+    crate::resources::check_memory(
+        &[("parameters, gradients and momentum", parameters.saturating_mul(12)), ("a batch's activations", activations.saturating_mul(16))],
+        "the layer sizes of --model or --batch",
+    )?;
     let set = corrupt(&ds.train, classes, cfg.label_noise, cfg.duplicate_conflicts, cfg.seed)?;
-    std::fs::create_dir_all(run.join("checkpoints")).with_context(|| format!("cannot create {}", run.display()))?;
-    crate::report::write_json(&run.join("run.json"), cfg)?;
-    crate::report::write_npy(&run.join("labels.npy"), &[set.labels.len()], &set.labels)?;
-    crate::report::write_npy(&run.join("sources.npy"), &[set.sources.len()], &set.sources)?;
-    crate::report::write_npy(&run.join("corrupted.npy"), &[set.corrupted.len()], &set.corrupted)?;
+    crate::resources::check_device_memory(
+        backend,
+        &[("the training set", crate::resources::product(&[set.sources.len(), d, 4])), ("parameters, gradients and momentum", parameters.saturating_mul(12)), ("a batch's activations", activations.saturating_mul(16))],
+        "the layer sizes of --model or --batch",
+    )?;
+    let start_epoch = if resume {
+        let stored = open_run(run)?;
+        if serde_json::to_value(&stored)? != serde_json::to_value(cfg)? {
+            bail!("{} was started with other settings ({}); --resume continues it only with the same ones", run.display(), serde_json::to_string(&stored)?);
+        }
+        if run.join(COMPLETE_FILE).is_file() {
+            bail!("{} is a finished run; there is nothing to resume", run.display());
+        }
+        saved_epoch(run)?.unwrap_or(0)
+    } else {
+        if run.join("run.json").exists() {
+            bail!("{} already holds a training run; choose another --out, or continue an unfinished one with --resume", run.display());
+        }
+        0
+    };
+    // A failed fresh run leaves nothing behind to block the rerun; a failed resume
+    // keeps what it had.
+    let fresh = if resume { None } else { Some(crate::report::FreshDir::create(run)?) };
+    let m = train_epochs(ds, cfg, run, backend, &set, (sizes, activation), start_epoch, progress)?;
+    fresh.map(|d| d.keep());
+    Ok(m)
+}
 
-    let mut m = Mlp::init(&sizes, activation, cfg.seed);
-    let mut vel_w: Vec<Vec<f32>> = m.weights.iter().map(|w| vec![0.0; w.len()]).collect();
-    let mut vel_b: Vec<Vec<f32>> = m.biases.iter().map(|b| vec![0.0; b.len()]).collect();
+#[allow(clippy::too_many_arguments)]
+fn train_epochs(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::device::Backend, set: &TrainingSet, (sizes, activation): (Vec<usize>, super::mlp::Activation), start_epoch: usize, progress: &dyn Fn(u64, u64)) -> Result<Mlp> {
+    let d = ds.train.features();
+    let mut metrics = String::from("epoch,train_loss,train_accuracy,test_loss,test_accuracy,learning_rate,seconds\n");
+    let (mut m, mut momentum, seconds_before) = if start_epoch == 0 {
+        crate::report::create_out_dir(&run.join("checkpoints"))?;
+        crate::report::write_json(&run.join("run.json"), cfg)?;
+        crate::report::write_npy(&run.join("labels.npy"), &[set.labels.len()], &set.labels)?;
+        crate::report::write_npy(&run.join("sources.npy"), &[set.sources.len()], &set.sources)?;
+        crate::report::write_npy(&run.join("corrupted.npy"), &[set.corrupted.len()], &set.corrupted)?;
+        let m = Mlp::init(&sizes, activation, cfg.seed);
+        let v = Momentum::zeros(&m);
+        (m, v, 0.0)
+    } else {
+        let m = checkpoint::load(&checkpoint_path(run, start_epoch), &sizes, activation)?;
+        let v = load_momentum(run, &m)?;
+        let text = std::fs::read_to_string(run.join("metrics.csv")).with_context(|| format!("cannot read {}", run.join("metrics.csv").display()))?;
+        let rows: Vec<&str> = text.lines().skip(1).take(start_epoch).collect();
+        if rows.len() < start_epoch {
+            bail!("{}: metrics.csv has {} rows but the optimizer state is from epoch {start_epoch}; the run is damaged", run.display(), rows.len());
+        }
+        rows.iter().for_each(|r| metrics.push_str(&format!("{r}\n")));
+        let seconds = rows.last().and_then(|r| r.rsplit(',').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        (m, v, seconds)
+    };
     let n = set.sources.len();
     let batches_per_epoch = n.div_ceil(cfg.batch);
     let total = (batches_per_epoch * cfg.epochs) as u64;
-    let mut metrics = String::from("epoch,train_loss,train_accuracy,test_loss,test_accuracy,learning_rate,seconds\n");
     let test_rows: Option<Vec<u32>> = ds.test.as_ref().map(|t| (0..t.len() as u32).collect());
     let mut device_trainer = match backend {
-        crate::device::Backend::Cuda(g) => Some(g.trainer(&m, &gather(&ds.train.x, &set.sources, cfg.input_scale), d)?),
+        crate::device::Backend::Cuda(g) => Some(g.trainer(&m, &gather(&ds.train.x, &set.sources, cfg.input_scale), d, &momentum)?),
         crate::device::Backend::Cpu => None,
     };
     let t0 = Instant::now();
-    for epoch in 0..cfg.epochs {
+    for epoch in start_epoch..cfg.epochs {
         let lr = learning_rate(cfg, epoch);
         let order = Philox::new(cfg.seed, STREAM_EPOCH + epoch as u64).permutation(n);
         for (b, idx) in order.chunks(cfg.batch).enumerate() {
@@ -201,13 +364,13 @@ pub fn train(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::devic
             let (gz, _) = m.backward(&f, &ys, 1.0 / rows.len() as f32);
             let (dw, db) = m.param_grads(&f, &xb, &gz);
             for l in 0..m.layers() {
-                sgd_step(&mut m.weights[l], &dw[l], &mut vel_w[l], lr, cfg.momentum, cfg.weight_decay);
-                sgd_step(&mut m.biases[l], &db[l], &mut vel_b[l], lr, cfg.momentum, cfg.weight_decay);
+                sgd_step(&mut m.weights[l], &dw[l], &mut momentum.weights[l], lr, cfg.momentum, cfg.weight_decay);
+                sgd_step(&mut m.biases[l], &db[l], &mut momentum.biases[l], lr, cfg.momentum, cfg.weight_decay);
             }
             progress((epoch * batches_per_epoch + b + 1) as u64, total);
         }
         if let Some(t) = &device_trainer {
-            t.download(&mut m)?;
+            t.download(&mut m, &mut momentum)?;
         }
         let (train_loss, train_acc) = evaluate(&m, &ds.train.x, &set.sources, &set.labels, cfg.input_scale);
         if !train_loss.is_finite() || m.weights.iter().any(|w| w.iter().any(|v| !v.is_finite())) {
@@ -221,16 +384,21 @@ pub fn train(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::devic
             (Some(t), Some(rows)) => evaluate(&m, &t.x, rows, &t.y, cfg.input_scale),
             _ => (f64::NAN, f64::NAN),
         };
+        // Saved in this order, so the optimizer state's epoch implies the other two.
         checkpoint::save(&m, &checkpoint_path(run, epoch + 1))?;
+        failpoint("after-checkpoint", epoch + 1);
         metrics.push_str(&format!(
             "{},{train_loss:.6},{train_acc:.6},{},{},{lr},{:.3}\n",
             epoch + 1,
             if test_loss.is_nan() { String::new() } else { format!("{test_loss:.6}") },
             if test_acc.is_nan() { String::new() } else { format!("{test_acc:.6}") },
-            t0.elapsed().as_secs_f64()
+            seconds_before + t0.elapsed().as_secs_f64()
         ));
         crate::report::write_atomic(&run.join("metrics.csv"), |w| Ok(w.write_all(metrics.as_bytes())?))?;
+        save_momentum(run, &momentum, epoch + 1)?;
+        failpoint("after-epoch", epoch + 1);
     }
+    crate::report::write_json(&run.join(COMPLETE_FILE), &Completion { epochs: cfg.epochs, seconds: seconds_before + t0.elapsed().as_secs_f64() })?;
     Ok(m)
 }
 

@@ -4,31 +4,84 @@
 
 pub mod image;
 pub mod plot;
+pub mod safetensors;
 
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::Path;
 
 /// Writes `path` atomically: `fill` writes into a temporary file beside it, which is
-/// renamed over `path` only once `fill` succeeded and the data is flushed.
+/// renamed over `path` only once `fill` succeeded and the data is flushed. On any error
+/// the temporary file is removed and `path` is untouched. The file gets the mode a plain
+/// `create` would (0666 less the umask): the temporary file is created with it, and the
+/// rename keeps it.
 pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
+    if path.is_dir() {
+        anyhow::bail!("{} is a directory; name a file to write", path.display());
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".rote-partial-")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".rote-partial-");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // open(2) applies the umask to this mode, as it does for any new file.
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let mut tmp = builder.tempfile_in(dir).with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     {
         let mut w = std::io::BufWriter::new(tmp.as_file_mut());
         fill(&mut w)?;
-        w.flush()?;
+        w.flush().with_context(|| format!("cannot write {}", path.display()))?;
     }
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.as_file().sync_all().with_context(|| format!("cannot write {}", path.display()))?;
+    // The error keeps only the io::Error: the temporary file it carries is dropped (and
+    // deleted) here, not whenever the error is.
+    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// Creates the output directory `dir` (and its parents), naming it in any error: a
+/// file in the way is reported as such.
+pub fn create_out_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!("{} exists and is not a directory; --out names a directory here", dir.display());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))
+}
+
+/// A run directory a command creates for its outputs: removed again, with everything
+/// in it, when the command fails before `keep` (a diverged or rejected run leaves
+/// nothing to block its rerun). A directory that already existed is never removed. A
+/// killed process removes nothing, which is what makes a run resumable.
+pub struct FreshDir {
+    path: std::path::PathBuf,
+    created: bool,
+}
+
+impl FreshDir {
+    pub fn create(path: &Path) -> Result<Self> {
+        let created = !path.exists();
+        create_out_dir(path)?;
+        Ok(Self { path: path.to_path_buf(), created })
+    }
+
+    /// The command succeeded: the directory stays.
+    pub fn keep(mut self) {
+        self.created = false;
+    }
+}
+
+impl Drop for FreshDir {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
 }
 
 /// Element types rote writes to .npy.

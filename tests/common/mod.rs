@@ -67,3 +67,20 @@ pub fn write_dataset(dir: &Path, n: usize, d: usize) -> PathBuf {
     std::fs::write(dir.join("y.npy"), raw_npy("<i8", false, &format!("({n},)"), &i64_bytes(&y))).unwrap();
     dir.to_path_buf()
 }
+
+/// A safetensors file written from the format's specification: u64 header length, the
+/// JSON header, the data; F32 tensors only.
+pub fn raw_safetensors(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
+    let mut entries = vec![];
+    let mut data = vec![];
+    for (name, shape, values) in tensors {
+        let start = data.len();
+        data.extend(f32_bytes(values));
+        entries.push(format!("\"{name}\":{{\"dtype\":\"F32\",\"shape\":{shape:?},\"data_offsets\":[{start},{}]}}", data.len()));
+    }
+    let header = format!("{{{}}}", entries.join(","));
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    out.extend(data);
+    out
+}

@@ -4,10 +4,10 @@
 use super::{open_device, print_json, DeviceArg};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use rote::data::{self, Array, DType};
+use rote::data::{self, Array, DType, DataSpec};
 use rote::diffusion::knn::{memorization_ratio, Metric};
 use rote::diffusion::sampler::{initial_noise, Schedule};
-use rote::diffusion::{knn_on, OptimalDenoiser, PixelRange, TrainingSet};
+use rote::diffusion::{knn_on, OptimalDenoiser, PixelRange, RangeRule, TrainingSet};
 use rote::report;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -28,8 +28,8 @@ pub enum DenoiseCommand {
 
 #[derive(Args)]
 pub struct TrainArgs {
-    #[arg(long)]
-    data: String,
+    #[arg(value_parser = crate::data_spec(), long)]
+    data: DataSpec,
     /// Train on a class-balanced subset of this many samples.
     #[arg(long)]
     subset: Option<usize>,
@@ -52,6 +52,11 @@ pub struct TrainArgs {
     /// Save the EMA weights every this many steps (0: only at the end).
     #[arg(long, default_value_t = 0)]
     checkpoint_every: usize,
+    /// How data values map to model space [−1, 1]: auto (uint8 as pixels; float data
+    /// inside [−1, 1] as it is; other float data by its min/max), identity, minmax, or
+    /// LO,HI.
+    #[arg(long, default_value = "auto", allow_hyphen_values = true)]
+    range: RangeRule,
     #[arg(long)]
     out: PathBuf,
     #[command(flatten)]
@@ -65,8 +70,8 @@ pub struct GapArgs {
     #[arg(long)]
     run: PathBuf,
     /// The training data (default: the run's own --data and --subset).
-    #[arg(long)]
-    data: Option<String>,
+    #[arg(value_parser = crate::data_spec(), long)]
+    data: Option<DataSpec>,
     /// Noisy training samples per σ.
     #[arg(long, default_value_t = 256)]
     queries: usize,
@@ -84,8 +89,8 @@ pub const DEFAULT_STEPS: usize = 4000;
 #[derive(Args)]
 pub struct SampleArgs {
     /// Training data: sample with its optimal denoiser.
-    #[arg(long, required_unless_present = "run", conflicts_with = "run")]
-    data: Option<String>,
+    #[arg(value_parser = crate::data_spec(), long, required_unless_present = "run", conflicts_with = "run")]
+    data: Option<DataSpec>,
     /// A `denoise train` run: sample with its trained (EMA) denoiser.
     #[arg(long)]
     run: Option<PathBuf>,
@@ -110,6 +115,11 @@ pub struct SampleArgs {
     /// Where to draw the image grid of the first 64 samples (default OUT/grid.png).
     #[arg(long)]
     grid: Option<PathBuf>,
+    /// How data values map to model space [−1, 1]: auto (uint8 as pixels; float data
+    /// inside [−1, 1] as it is; other float data by its min/max), identity, minmax, or
+    /// LO,HI.
+    #[arg(long, default_value = "auto", allow_hyphen_values = true)]
+    range: RangeRule,
     #[command(flatten)]
     device: DeviceArg,
     #[arg(long)]
@@ -118,8 +128,8 @@ pub struct SampleArgs {
 
 #[derive(Args)]
 pub struct EvalArgs {
-    #[arg(long)]
-    data: String,
+    #[arg(value_parser = crate::data_spec(), long)]
+    data: DataSpec,
     /// Float .npy of queries in model space, shape (B, …) with the training samples' size.
     #[arg(long)]
     queries: PathBuf,
@@ -128,6 +138,11 @@ pub struct EvalArgs {
     /// Output .npy (float32, the queries' shape).
     #[arg(long)]
     out: PathBuf,
+    /// How data values map to model space [−1, 1]: auto (uint8 as pixels; float data
+    /// inside [−1, 1] as it is; other float data by its min/max), identity, minmax, or
+    /// LO,HI.
+    #[arg(long, default_value = "auto", allow_hyphen_values = true)]
+    range: RangeRule,
     #[command(flatten)]
     device: DeviceArg,
     #[arg(long)]
@@ -136,8 +151,8 @@ pub struct EvalArgs {
 
 #[derive(Args)]
 pub struct KnnArgs {
-    #[arg(long)]
-    data: String,
+    #[arg(value_parser = crate::data_spec(), long)]
+    data: DataSpec,
     /// .npy of queries in the data's own units, shape (Q, …).
     #[arg(long)]
     queries: PathBuf,
@@ -161,8 +176,8 @@ pub struct MemratioArgs {
     /// model space [−1, 1]; shape (S, …) with the training samples' size.
     #[arg(long)]
     generated: PathBuf,
-    #[arg(long)]
-    data: String,
+    #[arg(value_parser = crate::data_spec(), long)]
+    data: DataSpec,
     /// A sample is memorized when ‖x − NN1‖ / ‖x − NN2‖ is below this.
     #[arg(long, default_value_t = 1.0 / 3.0)]
     threshold: f64,
@@ -172,6 +187,9 @@ pub struct MemratioArgs {
     /// Draw sample | NN1 | NN2 for the most and least memorized samples.
     #[arg(long)]
     gallery: Option<PathBuf>,
+    /// The map the samples were generated under (see `denoise sample --range`).
+    #[arg(long, default_value = "auto", allow_hyphen_values = true)]
+    range: RangeRule,
     #[command(flatten)]
     device: DeviceArg,
     #[arg(long)]
@@ -179,8 +197,8 @@ pub struct MemratioArgs {
 }
 
 /// The training split of `spec`, optionally a class-balanced subset of it.
-pub fn training_data(spec: &str, subset: Option<usize>) -> Result<data::Dataset> {
-    let mut ds = data::open(spec)?;
+pub fn training_data(spec: &DataSpec, subset: Option<usize>) -> Result<data::Dataset> {
+    let mut ds = spec.open()?;
     if let Some(n) = subset {
         ds.train = data::transform::balanced_subset(&ds.train, n)?;
     }
@@ -219,8 +237,8 @@ pub fn sample_cmd(a: SampleArgs) -> Result<()> {
         let x = rote::diffusion::train::sample_trained(&cfg, layout, weights, a.samples, &schedule, a.seed, &backend)?;
         (x, cfg.sample_shape.clone(), cfg.training_samples, format!("trained ({})", run.display()), cfg.pixel_range)
     } else {
-        let ds = training_data(a.data.as_deref().unwrap(), a.subset)?;
-        let range = PixelRange::of(&ds.train.x)?;
+        let ds = training_data(a.data.as_ref().unwrap(), a.subset)?;
+        let range = PixelRange::resolve(&ds.train.x, a.range)?;
         let train = TrainingSet::new(&ds.train.x, range)?;
         let d = train.dim();
         let mut den = OptimalDenoiser::new(&backend, train)?;
@@ -246,6 +264,7 @@ pub fn sample_cmd(a: SampleArgs) -> Result<()> {
         "schedule": schedule,
         "evaluations_per_sample": schedule.evaluations(),
         "seed": a.seed,
+        "range": a.range.to_string(),
         "pixel_range": range,
         "device": backend.device().to_string(),
         "seconds": seconds,
@@ -265,9 +284,9 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
     use rote::diffusion::train::{self, DenoiserConfig, Labels, Recipe};
     let labels = Labels::parse(&a.labels)?;
     let ds = training_data(&a.data, a.subset)?;
-    let range = PixelRange::of(&ds.train.x)?;
+    let range = PixelRange::resolve(&ds.train.x, a.range)?;
     let recipe = Recipe { model: a.model.clone(), steps: a.steps, batch: a.batch, lr: a.lr, ema: a.ema, seed: a.seed };
-    let cfg = DenoiserConfig::new(&a.data, a.subset, labels, recipe, &ds.train, ds.sample_shape(), range, a.checkpoint_every)?;
+    let cfg = DenoiserConfig::new(a.data.text()?, a.subset, labels, recipe, &ds.train, ds.sample_shape(), range, a.checkpoint_every)?;
     let backend = open_device(a.device.device)?;
     let bar = rote::sched::progress(a.steps as u64, "training", true);
     let t0 = Instant::now();
@@ -292,11 +311,11 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
 pub fn gap_cmd(a: GapArgs) -> Result<()> {
     let (cfg, layout, weights) = rote::diffusion::train::open_run(&a.run)?;
     let ds = match &a.data {
-        Some(spec) => data::open(spec)?,
-        None => training_data(&cfg.data, cfg.subset)?,
+        Some(spec) => spec.open()?,
+        None => training_data(&DataSpec::from(cfg.data.as_str()), cfg.subset)?,
     };
     if ds.train.features() != layout.dim {
-        bail!("the run's model takes {} numbers per sample but {} has {}", layout.dim, a.data.as_deref().unwrap_or(&cfg.data), ds.train.features());
+        bail!("the run's model takes {} numbers per sample but {} has {}", layout.dim, a.data.as_ref().map(|d| d.lossy()).unwrap_or_else(|| cfg.data.clone()), ds.train.features());
     }
     let backend = open_device(a.device.device)?;
     let rows = rote::diffusion::train::gap(&cfg, layout, weights, &ds.train, a.queries.max(1), a.seed, &backend)?;
@@ -319,14 +338,22 @@ pub fn gap_cmd(a: GapArgs) -> Result<()> {
 
 pub fn eval_cmd(a: EvalArgs) -> Result<()> {
     rote::diffusion::optimal::check_sigma(a.sigma)?;
-    let ds = data::open(&a.data)?;
-    let range = PixelRange::of(&ds.train.x)?;
+    let ds = a.data.open()?;
+    let range = PixelRange::resolve(&ds.train.x, a.range)?;
+    if a.range == RangeRule::Auto && range != PixelRange::MODEL && !ds.train.x.dtype.is_integer() {
+        eprintln!("note: float data outside [−1, 1]: [{}, {}] is mapped onto model space [−1, 1] (--range minmax; --range identity keeps it)", range.lo, range.hi);
+    }
     let train = TrainingSet::new(&ds.train.x, range)?;
     let (q, rows) = read_rows(&a.queries, train.dim(), "queries")?;
     if q.dtype.is_integer() {
         bail!("{}: queries are {} but must be floats in model space [−1, 1]", a.queries.display(), q.dtype.name());
     }
-    let backend = open_device(a.device.device)?;
+    let mut backend = open_device(a.device.device)?;
+    let (lo, hi) = rote::diffusion::optimal::GPU_SIGMA_RANGE;
+    if matches!(backend, rote::device::Backend::Cuda(_)) && !(lo..=hi).contains(&a.sigma) {
+        eprintln!("note: σ = {} is outside the GPU denoiser's checked range [{lo}, {hi}]; computing on the CPU", a.sigma);
+        backend = rote::device::Backend::Cpu;
+    }
     let t0 = Instant::now();
     let mut den = OptimalDenoiser::new(&backend, train)?;
     // On the CPU, also say how the queries were resolved (screened and weighed exactly,
@@ -341,7 +368,8 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
     let seconds = t0.elapsed().as_secs_f64();
     report::write_npy(&a.out, &q.shape, &out)?;
     let summary = serde_json::json!({
-        "queries": rows, "sigma": a.sigma, "device": backend.device().to_string(), "seconds": seconds, "out": a.out, "paths": paths,
+        "queries": rows, "sigma": a.sigma, "range": a.range.to_string(), "pixel_range": range,
+        "device": backend.device().to_string(), "seconds": seconds, "out": a.out, "paths": paths,
     });
     if a.json {
         print_json(&summary);
@@ -363,7 +391,7 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
 }
 
 pub fn knn_cmd(a: KnnArgs) -> Result<()> {
-    let ds = data::open(&a.data)?;
+    let ds = a.data.open()?;
     let train = TrainingSet::new(&ds.train.x, PixelRange::MODEL)?;
     let (q, rows) = read_rows(&a.queries, train.dim(), "queries")?;
     rote::diffusion::knn::check_k(a.k, train.len())?;
@@ -371,7 +399,7 @@ pub fn knn_cmd(a: KnnArgs) -> Result<()> {
     let t0 = Instant::now();
     let nn = knn_on(&backend, &train, &q.to_f32(), a.k, a.metric)?;
     let seconds = t0.elapsed().as_secs_f64();
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    report::create_out_dir(&a.out)?;
     let idx: Vec<i64> = nn.indices.iter().map(|&i| i as i64).collect();
     report::write_npy(&a.out.join("indices.npy"), &[rows, a.k], &idx)?;
     report::write_npy(&a.out.join("distances.npy"), &[rows, a.k], &nn.values)?;
@@ -389,8 +417,8 @@ pub fn knn_cmd(a: KnnArgs) -> Result<()> {
 }
 
 pub fn memratio_cmd(a: MemratioArgs) -> Result<()> {
-    let ds = data::open(&a.data)?;
-    let range = PixelRange::of(&ds.train.x)?;
+    let ds = a.data.open()?;
+    let range = PixelRange::resolve(&ds.train.x, a.range)?;
     let train = TrainingSet::new(&ds.train.x, PixelRange::MODEL)?;
     let d = train.dim();
     let (g, samples) = read_rows(&a.generated, d, "generated samples")?;
@@ -413,7 +441,7 @@ pub fn memratio_cmd(a: MemratioArgs) -> Result<()> {
     let seconds = t0.elapsed().as_secs_f64();
     let dir = a.out.clone().unwrap_or_else(|| a.generated.parent().map(Path::to_path_buf).unwrap_or_default());
     let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    report::create_out_dir(&dir)?;
     report::write_npy(&dir.join("ratios.npy"), &[samples], &m.ratios)?;
     let idx: Vec<i64> = m.neighbours.indices.iter().map(|&i| i as i64).collect();
     report::write_npy(&dir.join("neighbours.npy"), &[samples, 2], &idx)?;
@@ -445,8 +473,8 @@ pub fn memratio_cmd(a: MemratioArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct EmmArgs {
-    #[arg(long)]
-    data: String,
+    #[arg(value_parser = crate::data_spec(), long)]
+    data: DataSpec,
     /// Training-set sizes, increasing (class-balanced subsets).
     #[arg(long, value_delimiter = ',', required = true)]
     sizes: Vec<usize>,
@@ -497,11 +525,11 @@ pub fn emm_cmd(a: EmmArgs) -> Result<()> {
         bail!("--samples must be at least 1");
     }
     rote::diffusion::net::NetSpec::parse(&a.model)?;
-    let ds = data::open(&a.data)?;
+    let ds = a.data.open()?;
     emm::check_sizes(&a.sizes, ds.train.len())?;
     let backend = open_device(a.device.device)?;
     let settings = EmmSettings {
-        data: a.data.clone(),
+        data: a.data.text()?.to_string(),
         labels,
         recipe: rote::diffusion::train::Recipe { model: a.model.clone(), steps: a.steps, batch: a.batch, lr: a.lr, ema: a.ema, seed: a.seed },
         samples: a.samples,

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use rote::data::{self, import};
+use rote::data::{self, import, DataSpec};
 use rote::device::{self, Backend, DeviceRequest};
 use rote::report;
 use rote::rng::{Distribution, Philox};
@@ -46,8 +46,8 @@ enum Command {
     Predict {
         #[arg(long)]
         net: PathBuf,
-        #[arg(long)]
-        data: String,
+        #[arg(value_parser = crate::data_spec(), long)]
+        data: DataSpec,
         #[command(flatten)]
         device: DeviceArg,
         #[arg(long)]
@@ -95,8 +95,8 @@ enum SweepCommand {
 
 #[derive(Args)]
 struct SweepConstructArgs {
-    #[arg(long)]
-    data: String,
+    #[arg(value_parser = crate::data_spec(), long)]
+    data: DataSpec,
     /// First-layer widths: start:end:step (inclusive) or a list.
     #[arg(long)]
     widths: String,
@@ -273,13 +273,15 @@ enum DataCommand {
     /// Sample count, shape, dtype and class counts of a dataset.
     Info {
         /// Dataset directory, built-in name or generator spec (see README).
-        spec: String,
+        #[arg(value_parser = crate::data_spec())]
+        spec: DataSpec,
         #[arg(long)]
         json: bool,
     },
     /// Write any --data spec (generator, built-in, transformed) as a dataset directory.
     Gen {
-        spec: String,
+        #[arg(value_parser = crate::data_spec())]
+        spec: DataSpec,
         #[arg(long)]
         out: PathBuf,
     },
@@ -347,31 +349,35 @@ struct DeviceArg {
 
 #[derive(Args)]
 struct TrainArgs {
-    #[arg(long)]
-    data: String,
+    #[arg(value_parser = crate::data_spec(), long, required_unless_present = "resume", conflicts_with = "resume")]
+    data: Option<DataSpec>,
     /// e.g. mlp:784-512-512-10,act=relu (relu, gelu, tanh, softplus).
-    #[arg(long)]
-    model: String,
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+    model: Option<String>,
+    #[arg(long, default_value_t = 20, conflicts_with = "resume")]
     epochs: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, conflicts_with = "resume")]
     batch: usize,
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, conflicts_with = "resume")]
     lr: f32,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, conflicts_with = "resume")]
     momentum: f32,
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, conflicts_with = "resume")]
     weight_decay: f32,
-    #[arg(long, value_enum, default_value = "step")]
+    #[arg(long, value_enum, default_value = "step", conflicts_with = "resume")]
     schedule: rote::nn::train::Schedule,
     /// Fraction of training labels replaced by a different random class.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, conflicts_with = "resume")]
     label_noise: f64,
     /// Samples duplicated with a different label.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "resume")]
     duplicate_conflicts: usize,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "resume")]
     seed: u64,
+    /// Continue the unfinished run in --out from its last saved epoch, with the
+    /// settings it was started with (its run.json).
+    #[arg(long)]
+    resume: bool,
     #[command(flatten)]
     device: DeviceArg,
     #[arg(long)]
@@ -393,16 +399,17 @@ struct CurvatureArgs {
     every: usize,
     #[arg(long, default_value_t = 10)]
     probes: usize,
-    #[arg(long, value_enum, default_value = "exact")]
-    estimator: rote::curvature::Estimator,
+    /// exact (default), hutchinson or fd; fd is the default with --statistic released-code.
+    #[arg(long, value_enum)]
+    estimator: Option<rote::curvature::Estimator>,
     #[arg(long, value_enum, default_value = "paper")]
     statistic: rote::curvature::Statistic,
     /// Finite-difference step.
     #[arg(long, default_value_t = 1e-3)]
     h: f32,
     /// Score this data instead of the run's (same samples, e.g. a local copy).
-    #[arg(long)]
-    data: Option<String>,
+    #[arg(value_parser = crate::data_spec(), long)]
+    data: Option<DataSpec>,
     #[arg(long, default_value = "0/1")]
     shard: Shard,
     /// Samples per batch (each becomes probes rows).
@@ -418,14 +425,17 @@ struct CurvatureArgs {
     /// Write the highest- and lowest-scoring training images.
     #[arg(long)]
     gallery: Option<PathBuf>,
+    /// Score the checkpoints of a run that did not finish (it is refused otherwise).
+    #[arg(long)]
+    allow_incomplete: bool,
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Args)]
 struct ConstructArgs {
-    #[arg(long)]
-    data: String,
+    #[arg(value_parser = crate::data_spec(), long)]
+    data: DataSpec,
     /// First-layer width n.
     #[arg(long)]
     width: usize,
@@ -459,7 +469,8 @@ struct ConstructArgs {
 
 #[derive(Args)]
 struct NormsArgs {
-    spec: String,
+    #[arg(value_parser = crate::data_spec())]
+    spec: DataSpec,
     #[arg(long, value_enum, default_value = "train")]
     split: SplitArg,
     /// Process only part I of N (0-based); join parts with `rote merge`.
@@ -505,6 +516,9 @@ fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
+        // exit() runs no destructors: whatever the error still owns (a temporary file,
+        // a scratch directory) is cleaned up here first.
+        drop(e);
         std::process::exit(1);
     }
 }
@@ -514,7 +528,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Device { json } => device_cmd(json),
         Command::Data(DataCommand::Info { spec, json }) => info_cmd(&spec, json),
         Command::Data(DataCommand::Gen { spec, out }) => {
-            let ds = data::open(&spec)?;
+            let ds = spec.open()?;
             ds.write_dir(&out)?;
             println!("wrote {} ({} samples of shape {:?}) to {}", ds.meta.name, ds.train.len(), ds.sample_shape(), out.display());
             Ok(())
@@ -661,8 +675,8 @@ fn device_cmd(json: bool) -> Result<()> {
     Ok(())
 }
 
-fn info_cmd(spec: &str, json: bool) -> Result<()> {
-    let ds = data::open(spec)?;
+fn info_cmd(spec: &DataSpec, json: bool) -> Result<()> {
+    let ds = spec.open()?;
     let info = ds.info();
     if json {
         print_json(&serde_json::to_value(&info)?);
@@ -744,7 +758,7 @@ fn shard_record_path(npy: &Path) -> PathBuf {
 }
 
 fn norms_cmd(args: NormsArgs) -> Result<()> {
-    let ds = data::open(&args.spec)?;
+    let ds = args.spec.open()?;
     let split = match args.split {
         SplitArg::Train => &ds.train,
         SplitArg::Test => ds.test.as_ref().with_context(|| format!("dataset '{}' has no test split", ds.meta.name))?,
@@ -757,7 +771,7 @@ fn norms_cmd(args: NormsArgs) -> Result<()> {
     let seconds = t0.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let norms: Vec<f32> = sq.iter().map(|v| v.sqrt()).collect();
-    write_shard_output(&args.out, &norms, args.shard, split.len(), &args.spec)?;
+    write_shard_output(&args.out, &norms, args.shard, split.len(), &args.spec.lossy())?;
     let max = norms.iter().cloned().fold(0f32, f32::max);
     let mean = norms.iter().map(|&v| v as f64).sum::<f64>() / norms.len().max(1) as f64;
     let summary = serde_json::json!({
@@ -838,7 +852,7 @@ fn rng_cmd(args: RngArgs) -> Result<()> {
 
 fn construct_cmd(args: ConstructArgs) -> Result<()> {
     use rote::construct::{self, FitConfig, Target};
-    let ds = data::open(&args.data)?;
+    let ds = args.data.open()?;
     let target = if args.one_vs_rest {
         Target::OneVsRest
     } else if args.positive_class.is_some() || ds.classes() == 2 {
@@ -900,9 +914,9 @@ fn construct_cmd(args: ConstructArgs) -> Result<()> {
     Ok(())
 }
 
-fn predict_cmd(net: &Path, spec: &str, device: DeviceRequest, json: bool) -> Result<()> {
+fn predict_cmd(net: &Path, spec: &DataSpec, device: DeviceRequest, json: bool) -> Result<()> {
     let network = rote::construct::io::load(net)?;
-    let ds = data::open(spec)?;
+    let ds = spec.open()?;
     if ds.train.features() != network.layer1.dim {
         bail!("{} expects {} input features but '{spec}' has {}", net.display(), network.layer1.dim, ds.train.features());
     }
@@ -948,16 +962,30 @@ fn sweep_construct_cmd(args: SweepConstructArgs) -> Result<()> {
         // and grids of small fits the CPU does that faster than per-trial GPU fits.
         eprintln!("note: sweeps run on the CPU (they reuse layer-1 work across the grid); single fits use the GPU");
     }
-    let base = data::open(&args.data)?;
+    if let Some(bad) = args.sizes.iter().find(|&&n| n < 2) {
+        bail!("--sizes: {bad} is too small; a training set needs at least 2 samples");
+    }
+    let base = args.data.open()?;
     let sizes = if args.sizes.is_empty() { vec![base.train.len()] } else { args.sizes.clone() };
     let target = if args.one_vs_rest || (args.positive_class.is_none() && base.classes() != 2) {
         Target::OneVsRest
     } else {
         Target::Binary { positive: args.positive_class }
     };
+    // Every size's data is opened and checked before the CSV is created.
+    let datasets: Vec<data::Dataset> = sizes
+        .iter()
+        .map(|&size| {
+            let ds = if args.sizes.is_empty() { base.clone() } else { data::open(&spec_with_size(args.data.text()?, size))? };
+            rote::construct::check_target(&ds.train, target).with_context(|| format!("training-set size {size}"))?;
+            Ok(ds)
+        })
+        .collect::<Result<_>>()?;
+    let settings = sweep::SweepSettings::new(args.data.text()?, target);
+    sweep::check_resume(&args.out, &settings)?;
     let existing = sweep::read_existing(&args.out)?;
-    if existing.is_empty() {
-        report::write_atomic(&args.out, |w| Ok(std::io::Write::write_all(w, format!("{}\n", sweep::CSV_HEADER).as_bytes())?))?;
+    if !args.out.exists() {
+        sweep::create(&args.out, &settings)?;
     }
     let done = sweep::done_keys(&existing);
     let plan = sweep::SweepPlan { widths, max_biases, seeds: (args.first_seed..args.first_seed + args.restarts).collect(), target };
@@ -967,9 +995,8 @@ fn sweep_construct_cmd(args: SweepConstructArgs) -> Result<()> {
     let t0 = Instant::now();
     let mut all = existing.clone();
     let mut ran = 0;
-    for &size in &sizes {
-        let ds = if args.sizes.is_empty() { base.clone() } else { data::open(&spec_with_size(&args.data, size))? };
-        let trials = sweep::run_size(&ds, size, &plan, &done, &args.out, &|k| bar.inc(k))?;
+    for (&size, ds) in sizes.iter().zip(&datasets) {
+        let trials = sweep::run_size(ds, size, &plan, &done, &args.out, &|k| bar.inc(k))?;
         ran += trials.len();
         all.extend(trials);
     }
@@ -1059,26 +1086,34 @@ fn construct_case(name: &str) -> Result<rote::bench::ConstructCase> {
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
     use rote::nn::train;
-    let ds = data::open(&a.data)?;
-    let mut cfg = train::TrainConfig {
-        data: a.data.clone(),
-        model: a.model.clone(),
-        epochs: a.epochs,
-        batch: a.batch,
-        lr: a.lr,
-        momentum: a.momentum,
-        weight_decay: a.weight_decay,
-        schedule: a.schedule,
-        label_noise: a.label_noise,
-        duplicate_conflicts: a.duplicate_conflicts,
-        seed: a.seed,
-        input_scale: 1.0,
+    let (cfg, ds) = if a.resume {
+        let cfg = train::open_run(&a.out)?;
+        let ds = data::open(&cfg.data)?;
+        (cfg, ds)
+    } else {
+        let mut cfg = train::TrainConfig {
+            data: a.data.as_ref().map(|d| d.text().map(String::from)).transpose()?.unwrap_or_default(),
+            model: a.model.clone().unwrap_or_default(),
+            epochs: a.epochs,
+            batch: a.batch,
+            lr: a.lr,
+            momentum: a.momentum,
+            weight_decay: a.weight_decay,
+            schedule: a.schedule,
+            label_noise: a.label_noise,
+            duplicate_conflicts: a.duplicate_conflicts,
+            seed: a.seed,
+            input_scale: 1.0,
+        };
+        cfg.validate()?;
+        let ds = data::open(&cfg.data)?;
+        cfg.input_scale = train::input_scale_for(&ds);
+        (cfg, ds)
     };
-    cfg.input_scale = train::input_scale_for(&ds);
     let backend = open_device(a.device.device)?;
     let bar = sched::progress(0, "training", !a.json);
     let t0 = Instant::now();
-    train::train(&ds, &cfg, &a.out, &backend, &|done, total| {
+    train::train(&ds, &cfg, &a.out, &backend, a.resume, &|done, total| {
         bar.set_length(total);
         bar.set_position(done);
     })?;
@@ -1086,7 +1121,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     let metrics = std::fs::read_to_string(a.out.join("metrics.csv"))?;
     let last: Vec<String> = metrics.lines().last().unwrap_or("").split(',').map(|s| s.to_string()).collect();
     let value = serde_json::json!({
-        "run": a.out, "epochs": a.epochs, "seconds": t0.elapsed().as_secs_f64(),
+        "run": a.out, "epochs": cfg.epochs, "resumed": a.resume, "seconds": t0.elapsed().as_secs_f64(),
         "train_loss": last.get(1).and_then(|v| v.parse::<f64>().ok()),
         "train_accuracy": last.get(2).and_then(|v| v.parse::<f64>().ok()),
         "test_accuracy": last.get(4).and_then(|v| v.parse::<f64>().ok()),
@@ -1097,8 +1132,8 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     } else {
         println!(
             "trained {} for {} epochs in {:.1} s: train accuracy {}, test accuracy {} → {}",
-            a.model,
-            a.epochs,
+            cfg.model,
+            cfg.epochs,
             t0.elapsed().as_secs_f64(),
             last.get(2).cloned().unwrap_or_default(),
             last.get(4).cloned().filter(|s| !s.is_empty()).unwrap_or_else(|| "n/a".into()),
@@ -1134,50 +1169,66 @@ fn wildcard(pattern: &str, name: &str) -> bool {
 }
 
 fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
-    use rote::curvature::{self, ScoreConfig};
+    use rote::curvature::{self, Estimator, ScoreConfig, Statistic};
     use rote::nn::{checkpoint, mlp, train};
-    let run_json = a.run.join("run.json");
-    let text = std::fs::read_to_string(&run_json).with_context(|| format!("{} is not a training run (no run.json); make one with `rote train`", a.run.display()))?;
-    let cfg: train::TrainConfig = serde_json::from_str(&text).with_context(|| format!("{} is not a rote run description", run_json.display()))?;
+    let cfg = train::open_run(&a.run)?;
     let (sizes, activation) = mlp::parse_spec(&cfg.model)?;
-    let ds = data::open(a.data.as_deref().unwrap_or(&cfg.data))?;
+    let estimator = a.estimator.unwrap_or(if a.statistic == Statistic::ReleasedCode { Estimator::Fd } else { Estimator::Exact });
+    let score_cfg = ScoreConfig { estimator, statistic: a.statistic, probes: a.probes, h: a.h, seed: a.seed };
+    score_cfg.validate(activation)?;
+    if a.every == 0 {
+        bail!("--every must be at least 1");
+    }
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if let Err(why) = train::check_complete(&a.run, &cfg) {
+        if !a.allow_incomplete {
+            return Err(why.context("pass --allow-incomplete to score the checkpoints it has"));
+        }
+        eprintln!("warning: {why:#}; scoring the checkpoints it has (--allow-incomplete)");
+    }
+    let ds = match &a.data {
+        Some(spec) => spec.open()?,
+        None => data::open(&cfg.data)?,
+    };
     if ds.train.features() != sizes[0] {
         bail!("model '{}' takes {} inputs but the data has {} features per sample", cfg.model, sizes[0], ds.train.features());
     }
     let labels = data::Array::open_npy(&a.run.join("labels.npy"))?.to_i64()?;
     let sources: Vec<u32> = data::Array::open_npy(&a.run.join("sources.npy"))?.to_i64()?.iter().map(|&v| v as u32).collect();
     let corrupted: Vec<bool> = data::Array::open_npy(&a.run.join("corrupted.npy"))?.to_i64()?.iter().map(|&v| v != 0).collect();
+    if sources.len() != labels.len() || corrupted.len() != labels.len() {
+        bail!("{}: labels.npy, sources.npy and corrupted.npy have {}, {} and {} entries; the run is damaged", a.run.display(), labels.len(), sources.len(), corrupted.len());
+    }
     if let Some(&bad) = sources.iter().find(|&&r| r as usize >= ds.train.len()) {
         bail!("the run refers to training row {bad} but the data has {} rows; pass the run's data with --data", ds.train.len());
     }
-    let mut ckpts: Vec<PathBuf> = std::fs::read_dir(a.run.join("checkpoints"))
+    let ckpt_dir = a.run.join("checkpoints");
+    let mut ckpts: Vec<PathBuf> = std::fs::read_dir(&ckpt_dir)
         .with_context(|| format!("{} has no checkpoints/ directory", a.run.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
         .filter(|p| a.checkpoints.as_deref().is_none_or(|pat| wildcard(pat, &p.file_name().unwrap().to_string_lossy())))
         .collect();
     ckpts.sort();
-    let every = a.every.max(1);
+    let every = a.every;
     let ckpts: Vec<PathBuf> = ckpts.into_iter().enumerate().filter(|(i, _)| (i + 1) % every == 0).map(|(_, p)| p).collect();
     if ckpts.is_empty() {
-        bail!("no checkpoints selected in {}", a.run.join("checkpoints").display());
+        bail!("no checkpoints selected in {}", ckpt_dir.display());
     }
-    if a.probes == 0 && !(a.estimator == curvature::Estimator::Exact && activation.piecewise_linear()) {
-        bail!("--probes must be at least 1 (only the exact estimator on a piecewise-linear network needs none)");
+    // Every selected checkpoint is read and checked (tensor names, shapes, finite
+    // values) before any scoring or output.
+    for ck in &ckpts {
+        checkpoint::load(ck, &sizes, activation)?;
     }
     let backend = open_device(a.device.device)?;
-    let score_cfg = ScoreConfig { estimator: a.estimator, statistic: a.statistic, probes: a.probes, h: a.h, seed: a.seed };
     let on_gpu = matches!(backend, Backend::Cuda(_)) && curvature::runs_on_gpu(&score_cfg);
     if matches!(backend, Backend::Cuda(_)) && !on_gpu {
         eprintln!("note: the finite-difference estimator and the released-code statistic run on the CPU");
     }
     let backend = if on_gpu { backend } else { Backend::Cpu };
-    let estimator_used = match (a.estimator, activation.piecewise_linear(), a.statistic) {
-        (curvature::Estimator::Exact, true, curvature::Statistic::Paper) => "exact (Jᵀ A J, probe-free)",
-        (curvature::Estimator::Exact, _, _) => "hutchinson (exact HVP) + exact Gauss–Newton part",
-        (curvature::Estimator::Hutchinson, _, _) => "hutchinson (exact HVP)",
-        (curvature::Estimator::Fd, _, _) => "hutchinson (finite-difference HVP)",
-    };
+    let estimator_used = score_cfg.describe(activation);
     eprintln!("estimator: {estimator_used}");
     let range = a.shard.range(labels.len());
     let bar = sched::progress((ckpts.len() * range.len()) as u64, "curvature", !a.json);
@@ -1185,7 +1236,7 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
     let mut mean_score = vec![0f64; range.len()];
     let mut mean_trace = vec![0f64; range.len()];
     let mut mean_gn: Option<Vec<f64>> = None;
-    std::fs::create_dir_all(&a.out)?;
+    report::create_out_dir(&a.out)?;
     for ck in &ckpts {
         let m = checkpoint::load(ck, &sizes, activation)?;
         let mut score = Vec::with_capacity(range.len());
@@ -1201,6 +1252,14 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
                 gn.extend(g);
             }
             bar.inc(chunk.len() as u64);
+        }
+        let not_finite = score.iter().chain(&trace).chain(&gn).filter(|v| !v.is_finite()).count();
+        if not_finite > 0 {
+            let largest = m.weights.iter().chain(&m.biases).flatten().fold(0f32, |a, &w| a.max(w.abs()));
+            bail!(
+                "{}: {not_finite} scores are not finite (the network's float32 arithmetic overflows: its largest parameter is {largest:e}); no scores of it were written",
+                ck.display()
+            );
         }
         let stem = ck.file_stem().unwrap().to_string_lossy().to_string();
         report::write_npy(&a.out.join(format!("score-{stem}.npy")), &[score.len()], &score)?;
@@ -1258,4 +1317,11 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Parses a `--data` spec from the raw argument, so dataset paths that are not UTF-8
+/// are accepted.
+fn data_spec() -> impl clap::builder::TypedValueParser<Value = data::DataSpec> {
+    use clap::builder::TypedValueParser;
+    clap::builder::OsStringValueParser::new().map(data::DataSpec::from)
 }

@@ -138,7 +138,7 @@ fn sweep_table(csv: &Path) -> Result<std::collections::BTreeMap<(usize, usize, S
 pub fn reproduce_cmd(a: ReproduceArgs) -> Result<()> {
     let full = a.full;
     let t_all = Instant::now();
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    rote::report::create_out_dir(&a.out)?;
     let out = a.out.canonicalize()?;
     let device = match a.device.device {
         rote::device::DeviceRequest::Auto => "auto".to_string(),
