@@ -6,6 +6,7 @@
 //! Buffers are row-major with one row per sample (or per sample-probe pair, sample-
 //! major: row s·P + j). W_l is (out, in), as in PyTorch's nn.Linear.
 
+use super::layers::dense::{linear_backward_input, linear_forward, linear_param_grads};
 use super::linalg::gemm;
 use crate::rng::Philox;
 use anyhow::{bail, Context, Result};
@@ -148,25 +149,17 @@ impl Mlp {
         self.weights.iter().map(|w| w.len()).sum()
     }
 
-    /// (rows, in) → (rows, out) through layer l: x W_lᵀ + b_l.
+    /// (rows, in) → (rows, out) through layer l: x W_lᵀ + b_l (the linear layer of
+    /// nn/layers/dense.rs).
     fn affine(&self, l: usize, x: &[f32], rows: usize, bias: bool) -> Vec<f32> {
         let (fan_in, out) = (self.sizes[l], self.sizes[l + 1]);
-        let mut z = vec![0f32; rows * out];
-        if bias {
-            for r in z.chunks_mut(out) {
-                r.copy_from_slice(&self.biases[l]);
-            }
-        }
-        gemm(x, rows, fan_in, &self.weights[l], out, true, bias, &mut z);
-        z
+        linear_forward(x, rows, &self.weights[l], bias.then_some(&self.biases[l][..]), fan_in, out)
     }
 
     /// (rows, out) → (rows, in): g W_l.
     fn back(&self, l: usize, g: &[f32], rows: usize) -> Vec<f32> {
         let (fan_in, out) = (self.sizes[l], self.sizes[l + 1]);
-        let mut r = vec![0f32; rows * fan_in];
-        gemm(g, rows, out, &self.weights[l], fan_in, false, false, &mut r);
-        r
+        linear_backward_input(g, rows, &self.weights[l], fan_in, out)
     }
 
     pub fn forward(&self, x: &[f32], rows: usize) -> Forward {
@@ -214,21 +207,12 @@ impl Mlp {
 
     /// Parameter gradients from `backward`'s dL/dz: dW_l = gᵀ a_{l−1}, db_l = Σ g.
     pub fn param_grads(&self, f: &Forward, x: &[f32], gz: &[Vec<f32>]) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
-        let mut dw = vec![];
-        let mut db = vec![];
-        for l in 0..self.layers() {
-            let (fan_in, out) = (self.sizes[l], self.sizes[l + 1]);
-            let input = if l == 0 { x } else { &f.a[l - 1] };
-            let mut w = vec![0f32; out * fan_in];
-            super::linalg::gemm_at_b(&gz[l], f.rows, out, input, fan_in, &mut w);
-            let mut b = vec![0f32; out];
-            for r in gz[l].chunks(out) {
-                b.iter_mut().zip(r).for_each(|(s, v)| *s += v);
-            }
-            dw.push(w);
-            db.push(b);
-        }
-        (dw, db)
+        (0..self.layers())
+            .map(|l| {
+                let input = if l == 0 { x } else { &f.a[l - 1] };
+                linear_param_grads(&gz[l], input, f.rows, self.sizes[l], self.sizes[l + 1])
+            })
+            .unzip()
     }
 
     /// Per-sample input Hessian-vector products H_s v for `probes` tangents per sample

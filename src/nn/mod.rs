@@ -1,6 +1,7 @@
 //! Neural networks for the curvature scores: MLPs, their checkpoints, the trainer.
 
 pub mod checkpoint;
+pub mod layers;
 pub mod linalg;
 pub mod mlp;
 pub mod train;

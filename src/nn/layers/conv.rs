@@ -1,0 +1,345 @@
+//! conv2d, NCHW, weight (C_out, C_in, k, k) as PyTorch's nn.Conv2d, stride s, zero
+//! padding p, optional bias:
+//!
+//!   z[n,o,i,j] = b[o] + Σ_{c,u,v} W[o,c,u,v] · x[n, c, s·i + u − p, s·j + v − p]
+//!
+//! Per sample, im2col lays the receptive fields out as a (C_in·k², H_out·W_out) matrix
+//! X̃, so z = W·X̃ is one GEMM (W as a (C_out, C_in·k²) matrix). Backward to the input is
+//! the transposed convolution: X̃' = Wᵀ·g, scattered back (col2im); to the weights the
+//! correlation g·X̃ᵀ, summed over samples. The tangent is the same convolution of ẋ
+//! without the bias (z is affine in x).
+
+use super::Tensor;
+use crate::nn::linalg::{gemm_serial, transpose};
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conv2d {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    /// (C_out, C_in, k, k).
+    pub weight: Vec<f32>,
+    pub bias: Option<Vec<f32>>,
+}
+
+/// Gradients of a convolution's parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvGrads {
+    pub weight: Vec<f32>,
+    pub bias: Option<Vec<f32>>,
+}
+
+impl Conv2d {
+    /// Kaiming-uniform weights as PyTorch initializes nn.Conv2d (bound 1/√fan_in), from
+    /// Philox stream `stream` of `seed`.
+    pub fn init(c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, bias: bool, seed: u64, stream: u64) -> Self {
+        let fan_in = (c_in * k * k) as f32;
+        let bound = 1.0 / fan_in.sqrt();
+        let rng = crate::rng::Philox::new(seed, stream);
+        let mut weight = vec![0f32; c_out * c_in * k * k];
+        rng.fill_uniform(0, &mut weight);
+        weight.iter_mut().for_each(|w| *w = (*w * 2.0 - 1.0) * bound);
+        let bias = bias.then(|| {
+            let mut b = vec![0f32; c_out];
+            rng.fill_uniform(weight.len() as u64, &mut b);
+            b.iter_mut().for_each(|v| *v = (*v * 2.0 - 1.0) * bound);
+            b
+        });
+        Self { c_in, c_out, k, stride, pad, weight, bias }
+    }
+
+    /// Output height and width for an input of (h, w).
+    pub fn out_size(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        if h + 2 * self.pad < self.k || w + 2 * self.pad < self.k {
+            bail!("a {k}×{k} convolution (padding {p}) does not fit a {h}×{w} input", k = self.k, p = self.pad);
+        }
+        Ok(((h + 2 * self.pad - self.k) / self.stride + 1, (w + 2 * self.pad - self.k) / self.stride + 1))
+    }
+
+    /// Rows of the im2col matrix: C_in·k².
+    fn patch(&self) -> usize {
+        self.c_in * self.k * self.k
+    }
+
+    /// Whether im2col is the identity (1×1, stride 1, no padding): the input is X̃.
+    fn pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// One sample (C_in, h, w) → X̃ (C_in·k², ho·wo).
+    fn im2col(&self, x: &[f32], (h, w): (usize, usize), (ho, wo): (usize, usize), cols: &mut [f32]) {
+        let (k, s, p) = (self.k, self.stride, self.pad as isize);
+        let positions = ho * wo;
+        for c in 0..self.c_in {
+            let plane = &x[c * h * w..(c + 1) * h * w];
+            for u in 0..k {
+                for v in 0..k {
+                    let row = &mut cols[((c * k + u) * k + v) * positions..][..positions];
+                    for i in 0..ho {
+                        let y = (s * i + u) as isize - p;
+                        let out = &mut row[i * wo..(i + 1) * wo];
+                        if y < 0 || y >= h as isize {
+                            out.fill(0.0);
+                            continue;
+                        }
+                        let line = &plane[y as usize * w..(y as usize + 1) * w];
+                        for (j, o) in out.iter_mut().enumerate() {
+                            let xx = (s * j + v) as isize - p;
+                            *o = if xx >= 0 && xx < w as isize { line[xx as usize] } else { 0.0 };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of `im2col`: adds X̃' back onto the sample's (C_in, h, w) gradient.
+    fn col2im(&self, cols: &[f32], (h, w): (usize, usize), (ho, wo): (usize, usize), gx: &mut [f32]) {
+        let (k, s, p) = (self.k, self.stride, self.pad as isize);
+        let positions = ho * wo;
+        for c in 0..self.c_in {
+            let plane = &mut gx[c * h * w..(c + 1) * h * w];
+            for u in 0..k {
+                for v in 0..k {
+                    let row = &cols[((c * k + u) * k + v) * positions..][..positions];
+                    for i in 0..ho {
+                        let y = (s * i + u) as isize - p;
+                        if y < 0 || y >= h as isize {
+                            continue;
+                        }
+                        let line = &mut plane[y as usize * w..(y as usize + 1) * w];
+                        for (j, &g) in row[i * wo..(i + 1) * wo].iter().enumerate() {
+                            let xx = (s * j + v) as isize - p;
+                            if xx >= 0 && xx < w as isize {
+                                line[xx as usize] += g;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<((usize, usize), (usize, usize))> {
+        if x.shape.len() != 4 || x.shape[1] != self.c_in {
+            bail!("a convolution with {} input channels got a batch of shape {:?}", self.c_in, x.shape);
+        }
+        let (h, w) = (x.shape[2], x.shape[3]);
+        Ok(((h, w), self.out_size(h, w)?))
+    }
+
+    fn convolve(&self, x: &Tensor, bias: Option<&[f32]>) -> Result<Tensor> {
+        let ((h, w), (ho, wo)) = self.check_input(x)?;
+        let (n, positions, patch) = (x.batch(), ho * wo, self.patch());
+        let mut out = Tensor::zeros(vec![n, self.c_out, ho, wo]);
+        if n == 0 {
+            return Ok(out);
+        }
+        let per_in = self.c_in * h * w;
+        out.data.par_chunks_mut(self.c_out * positions).zip(x.data.par_chunks(per_in)).for_each_init(
+            || vec![0f32; if self.pointwise() { 0 } else { patch * positions }],
+            |cols, (o, xs)| {
+                let cols: &[f32] = if self.pointwise() {
+                    xs
+                } else {
+                    self.im2col(xs, (h, w), (ho, wo), cols);
+                    cols
+                };
+                gemm_serial(&self.weight, self.c_out, patch, cols, positions, false, false, o);
+                if let Some(b) = bias {
+                    for (plane, &bo) in o.chunks_mut(positions).zip(b) {
+                        plane.iter_mut().for_each(|v| *v += bo);
+                    }
+                }
+            },
+        );
+        Ok(out)
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.convolve(x, self.bias.as_deref())
+    }
+
+    /// ż = W ⋆ ẋ.
+    pub fn tangent(&self, x_dot: &Tensor) -> Result<Tensor> {
+        self.convolve(x_dot, None)
+    }
+
+    /// Gradients of Σ gy ⊙ z with respect to the input (when `want_input`) and to the
+    /// parameters, for the forward pass that read `x`.
+    pub fn backward(&self, x: &Tensor, gy: &Tensor, want_input: bool) -> Result<(Option<Tensor>, ConvGrads)> {
+        let ((h, w), (ho, wo)) = self.check_input(x)?;
+        let (n, positions, patch) = (x.batch(), ho * wo, self.patch());
+        if gy.shape != [n, self.c_out, ho, wo] {
+            bail!("internal error: conv output gradient of shape {:?}, expected {:?}", gy.shape, [n, self.c_out, ho, wo]);
+        }
+        let mut weight_t = vec![0f32; patch * self.c_out];
+        transpose(&self.weight, self.c_out, patch, &mut weight_t);
+        let per_in = self.c_in * h * w;
+        let mut gx = if want_input { vec![0f32; n * per_in] } else { Vec::new() };
+        let per_sample_gx: Vec<&mut [f32]> = if want_input { gx.chunks_mut(per_in).collect() } else { (0..n).map(|_| &mut [][..]).collect() };
+        let zero = || (vec![0f32; self.c_out * patch], vec![0f32; self.c_out], vec![0f32; patch * positions], vec![0f32; patch * positions]);
+        let (dw, db, _, _) = per_sample_gx
+            .into_par_iter()
+            .zip(x.data.par_chunks(per_in))
+            .zip(gy.data.par_chunks(self.c_out * positions))
+            .fold(zero, |(mut dw, mut db, mut cols, mut dcols), ((gxs, xs), gs)| {
+                let x_cols: &[f32] = if self.pointwise() {
+                    xs
+                } else {
+                    self.im2col(xs, (h, w), (ho, wo), &mut cols);
+                    &cols
+                };
+                gemm_serial(gs, self.c_out, positions, x_cols, patch, true, true, &mut dw);
+                for (b, plane) in db.iter_mut().zip(gs.chunks(positions)) {
+                    *b += plane.iter().sum::<f32>();
+                }
+                if want_input {
+                    if self.pointwise() {
+                        gemm_serial(&weight_t, patch, self.c_out, gs, positions, false, false, gxs);
+                    } else {
+                        gemm_serial(&weight_t, patch, self.c_out, gs, positions, false, false, &mut dcols);
+                        self.col2im(&dcols, (h, w), (ho, wo), gxs);
+                    }
+                }
+                (dw, db, cols, dcols)
+            })
+            .reduce(zero, |(mut a, mut b, c, d), (a2, b2, _, _)| {
+                a.iter_mut().zip(&a2).for_each(|(x, y)| *x += y);
+                b.iter_mut().zip(&b2).for_each(|(x, y)| *x += y);
+                (a, b, c, d)
+            });
+        let grads = ConvGrads { weight: dw, bias: self.bias.as_ref().map(|_| db) };
+        Ok((want_input.then(|| Tensor::new(x.shape.clone(), gx)), grads))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition, in float64 loops.
+    fn reference(c: &Conv2d, x: &[f64], shape: [usize; 4], with_bias: bool) -> Vec<f64> {
+        let [n, ci, h, w] = shape;
+        let (ho, wo) = c.out_size(h, w).unwrap();
+        let mut out = vec![0f64; n * c.c_out * ho * wo];
+        for s in 0..n {
+            for o in 0..c.c_out {
+                for i in 0..ho {
+                    for j in 0..wo {
+                        let mut acc = if with_bias { c.bias.as_ref().map_or(0.0, |b| b[o] as f64) } else { 0.0 };
+                        for ch in 0..ci {
+                            for u in 0..c.k {
+                                for v in 0..c.k {
+                                    let y = (c.stride * i + u) as isize - c.pad as isize;
+                                    let xx = (c.stride * j + v) as isize - c.pad as isize;
+                                    if y >= 0 && y < h as isize && xx >= 0 && xx < w as isize {
+                                        acc += c.weight[((o * ci + ch) * c.k + u) * c.k + v] as f64 * x[((s * ci + ch) * h + y as usize) * w + xx as usize];
+                                    }
+                                }
+                            }
+                        }
+                        out[((s * c.c_out + o) * ho + i) * wo + j] = acc;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn random(len: usize, stream: u64) -> Vec<f32> {
+        let mut v = vec![0f32; len];
+        crate::rng::Philox::new(77, stream).fill_uniform(0, &mut v);
+        v.iter_mut().for_each(|x| *x = *x * 2.0 - 1.0);
+        v
+    }
+
+    const CASES: [(usize, usize, usize, usize, usize, bool, usize, usize); 6] = [
+        // (c_in, c_out, k, stride, pad, bias, h, w)
+        (3, 5, 3, 1, 1, true, 7, 6),
+        (2, 4, 3, 2, 1, false, 9, 8),
+        (4, 3, 1, 1, 0, false, 5, 5),
+        (3, 6, 1, 2, 0, true, 8, 7),
+        (1, 2, 5, 1, 2, true, 6, 6),
+        (2, 3, 7, 2, 3, false, 11, 10),
+    ];
+
+    #[test]
+    fn forward_and_tangent_match_the_float64_definition() {
+        for (case, &(ci, co, k, s, p, bias, h, w)) in CASES.iter().enumerate() {
+            let conv = Conv2d::init(ci, co, k, s, p, bias, 5, case as u64);
+            let n = 3;
+            let x = random(n * ci * h * w, 100 + case as u64);
+            let got = conv.forward(&Tensor::new(vec![n, ci, h, w], x.clone())).unwrap();
+            let want = reference(&conv, &x.iter().map(|&v| v as f64).collect::<Vec<_>>(), [n, ci, h, w], true);
+            for (g, w) in got.data.iter().zip(&want) {
+                assert!((*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()), "case {case}: {g} vs {w}");
+            }
+            // The tangent against central differences of the float64 forward pass.
+            let xd = random(x.len(), 200 + case as u64);
+            let tangent = conv.tangent(&Tensor::new(vec![n, ci, h, w], xd.clone())).unwrap();
+            let hstep = 1e-3;
+            let at = |sign: f64| -> Vec<f64> { reference(&conv, &x.iter().zip(&xd).map(|(&a, &b)| a as f64 + sign * hstep * b as f64).collect::<Vec<_>>(), [n, ci, h, w], true) };
+            let (plus, minus) = (at(1.0), at(-1.0));
+            for (i, &t) in tangent.data.iter().enumerate() {
+                let fd = (plus[i] - minus[i]) / (2.0 * hstep);
+                assert!((t as f64 - fd).abs() <= 1e-5 * (1.0 + fd.abs()), "case {case} tangent {i}: {t} vs {fd}");
+            }
+        }
+    }
+
+    #[test]
+    fn gradients_match_central_differences() {
+        for (case, &(ci, co, k, s, p, bias, h, w)) in CASES.iter().enumerate() {
+            let conv = Conv2d::init(ci, co, k, s, p, bias, 6, case as u64);
+            let n = 2;
+            let shape = [n, ci, h, w];
+            let x = random(n * ci * h * w, 300 + case as u64);
+            let (ho, wo) = conv.out_size(h, w).unwrap();
+            let r = random(n * co * ho * wo, 400 + case as u64);
+            let (gx, grads) = conv.backward(&Tensor::new(shape.to_vec(), x.clone()), &Tensor::new(vec![n, co, ho, wo], r.clone()), true).unwrap();
+            let gx = gx.unwrap();
+            // L = Σ r ⊙ conv(x), in float64; the derivative along one coordinate.
+            let loss = |c: &Conv2d, x: &[f64]| -> f64 { reference(c, x, shape, true).iter().zip(&r).map(|(a, &b)| a * b as f64).sum() };
+            let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let hstep = 1e-3;
+            for i in (0..x.len()).step_by(7) {
+                let (mut a, mut b) = (x64.clone(), x64.clone());
+                a[i] += hstep;
+                b[i] -= hstep;
+                let fd = (loss(&conv, &a) - loss(&conv, &b)) / (2.0 * hstep);
+                assert!((gx.data[i] as f64 - fd).abs() <= 1e-4 * (1.0 + fd.abs()), "case {case}: dx[{i}] {} vs {fd}", gx.data[i]);
+            }
+            for i in (0..conv.weight.len()).step_by(5) {
+                let mut c2 = conv.clone();
+                let w0 = conv.weight[i];
+                c2.weight[i] = w0 + hstep as f32;
+                let up = loss(&c2, &x64);
+                c2.weight[i] = w0 - hstep as f32;
+                let down = loss(&c2, &x64);
+                let step = (w0 + hstep as f32) as f64 - (w0 - hstep as f32) as f64;
+                let fd = (up - down) / step;
+                assert!((grads.weight[i] as f64 - fd).abs() <= 1e-3 * (1.0 + fd.abs()), "case {case}: dW[{i}] {} vs {fd}", grads.weight[i]);
+            }
+            if let Some(db) = &grads.bias {
+                for (o, &g) in db.iter().enumerate() {
+                    let want: f64 = (0..n).map(|s| r[(s * co + o) * ho * wo..(s * co + o + 1) * ho * wo].iter().map(|&v| v as f64).sum::<f64>()).sum();
+                    assert!((g as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "case {case}: db[{o}]");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_kernel_larger_than_the_padded_input_is_an_error() {
+        let conv = Conv2d::init(1, 1, 5, 1, 0, false, 0, 0);
+        let e = conv.forward(&Tensor::zeros(vec![1, 1, 3, 3])).unwrap_err();
+        assert!(e.to_string().contains("does not fit a 3×3 input"), "{e}");
+        let e = conv.forward(&Tensor::zeros(vec![1, 2, 8, 8])).unwrap_err();
+        assert!(e.to_string().contains("1 input channels"), "{e}");
+    }
+}
