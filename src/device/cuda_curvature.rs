@@ -296,11 +296,13 @@ impl CudaBackend {
 
     /// Uploads a training set (rows, d), the model's parameters and the SGD momentum
     /// buffers (zeros for a fresh run) for `GpuTrainer`.
-    pub fn trainer(&self, m: &Mlp, x: &[f32], d: usize, momentum: &crate::nn::train::Momentum) -> Result<GpuTrainer<'_>> {
+    /// `momentum` holds one buffer per parameter, weights and biases interleaved
+    /// (0.weight, 0.bias, 2.weight, …).
+    pub fn trainer(&self, m: &Mlp, x: &[f32], d: usize, momentum: &[Vec<f32>]) -> Result<GpuTrainer<'_>> {
         let s = self.stream();
         let (w, b) = self.upload_model(m)?;
-        let vw = momentum.weights.iter().map(|v| s.clone_htod(v)).collect::<Result<_, _>>()?;
-        let vb = momentum.biases.iter().map(|v| s.clone_htod(v)).collect::<Result<_, _>>()?;
+        let vw = momentum.iter().step_by(2).map(|v| s.clone_htod(v)).collect::<Result<_, _>>()?;
+        let vb = momentum.iter().skip(1).step_by(2).map(|v| s.clone_htod(v)).collect::<Result<_, _>>()?;
         Ok(GpuTrainer { gpu: self, blas: self.blas()?, x: s.clone_htod(x)?, d, w, b, vw, vb })
     }
 }
@@ -365,13 +367,13 @@ impl GpuTrainer<'_> {
     }
 
     /// Copies the parameters and the momentum buffers back.
-    pub fn download(&self, m: &mut Mlp, momentum: &mut crate::nn::train::Momentum) -> Result<()> {
+    pub fn download(&self, m: &mut Mlp, momentum: &mut [Vec<f32>]) -> Result<()> {
         let s = self.gpu.stream();
         for l in 0..m.layers() {
             m.weights[l] = s.clone_dtoh(&self.w[l])?;
             m.biases[l] = s.clone_dtoh(&self.b[l])?;
-            momentum.weights[l] = s.clone_dtoh(&self.vw[l])?;
-            momentum.biases[l] = s.clone_dtoh(&self.vb[l])?;
+            momentum[2 * l] = s.clone_dtoh(&self.vw[l])?;
+            momentum[2 * l + 1] = s.clone_dtoh(&self.vb[l])?;
         }
         Ok(())
     }

@@ -1,8 +1,10 @@
-//! Neural networks for the curvature scores: MLPs, their checkpoints, the trainer.
+//! Neural networks: layers (CPU passes of conv, BN, pooling, linear, activations), graphs
+//! of them, model specs (MLP, CNN, ResNet-18), checkpoints and the trainer.
 
 pub mod checkpoint;
 pub mod graph;
 pub mod models;
+pub mod network;
 pub mod layers;
 pub mod linalg;
 pub mod mlp;

@@ -1,5 +1,8 @@
-//! Training MLPs with SGD (momentum, weight decay, step or cosine schedule), with
-//! optional injected corruption: symmetric label noise and duplicated samples with a
+//! Training classifiers — MLPs and convolutional networks (nn/network.rs) — with SGD
+//! (momentum, weight decay, step, late-step, cosine or constant schedule), optional
+//! augmentation (random crop with zero padding, horizontal flip; Philox-keyed, so a run
+//! is reproducible) and per-channel input normalization for CNNs, and optional
+//! injected corruption: symmetric label noise and duplicated samples with a
 //! different label. A run directory holds everything the curvature scores need:
 //!
 //!   run.json            the configuration (data spec, model spec, …)
@@ -11,7 +14,7 @@
 //!   optimizer.safetensors  the SGD momentum after the last finished epoch (`--resume`)
 //!   complete.json       written last: the run finished (an interrupted run lacks it)
 
-use super::{checkpoint, mlp::Mlp};
+use super::network::{self, Network};
 use crate::data::{Dataset, Split};
 use crate::rng::Philox;
 use anyhow::{bail, Context, Result};
@@ -23,6 +26,8 @@ use std::time::Instant;
 pub enum Schedule {
     /// ×0.1 at 50% and at 75% of the epochs.
     Step,
+    /// ×0.1 at 60% and at 80% of the epochs (the curvature authors' schedule).
+    StepLate,
     Cosine,
     Constant,
 }
@@ -43,12 +48,20 @@ pub struct TrainConfig {
     /// Inputs are multiplied by this (1/max pixel for uint8 data).
     #[serde(default)]
     pub input_scale: f32,
+    /// Per-channel normalization after the scale (CNNs; empty: none).
+    #[serde(default)]
+    pub normalization: super::network::Normalization,
+    /// Training-batch augmentation: "", "flip", "crop:P" or "crop:P,flip".
+    #[serde(default)]
+    pub augment: String,
 }
 
 impl TrainConfig {
     /// Rejects settings training cannot use, before anything is written.
     pub fn validate(&self) -> Result<()> {
-        super::mlp::parse_spec(&self.model)?;
+        if !super::models::is_graph_spec(&self.model) {
+            super::mlp::parse_spec(&self.model)?;
+        }
         if self.epochs == 0 || self.batch == 0 {
             bail!("--epochs and --batch must be at least 1");
         }
@@ -64,20 +77,67 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.label_noise) {
             bail!("--label-noise must be in [0, 1), got {}", self.label_noise);
         }
+        Augment::parse(&self.augment)?;
         Ok(())
     }
 }
 
-/// SGD's momentum buffers, one per weight matrix and bias vector.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Momentum {
-    pub weights: Vec<Vec<f32>>,
-    pub biases: Vec<Vec<f32>>,
+/// Training-batch augmentation, as torchvision's RandomCrop(padding = P) and
+/// RandomHorizontalFlip on the scaled image before normalization: each sample of each
+/// epoch is shifted by (dy, dx) ∈ [−P, P]² (zeros shifted in) and mirrored with
+/// probability ½, from Philox words keyed by (seed, epoch, position in the epoch).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Augment {
+    pub crop: usize,
+    pub flip: bool,
 }
 
-impl Momentum {
-    pub fn zeros(m: &Mlp) -> Self {
-        Self { weights: m.weights.iter().map(|w| vec![0.0; w.len()]).collect(), biases: m.biases.iter().map(|b| vec![0.0; b.len()]).collect() }
+const STREAM_AUGMENT: u64 = 0xA06_0000;
+
+impl Augment {
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut a = Self::default();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if part == "flip" {
+                a.flip = true;
+            } else if let Some(p) = part.strip_prefix("crop:") {
+                a.crop = p.parse().with_context(|| format!("--augment {text}: crop:{p} needs a padding in pixels"))?;
+            } else {
+                bail!("--augment {text}: '{part}' is not crop:P or flip");
+            }
+        }
+        Ok(a)
+    }
+
+    pub fn is_none(&self) -> bool {
+        self.crop == 0 && !self.flip
+    }
+
+    /// Augments the batch `x` of images (rows, C, H, W) at positions `first..` of
+    /// epoch `epoch`'s order.
+    pub fn apply(&self, x: &mut [f32], [c, h, w]: [usize; 3], seed: u64, epoch: usize, first: usize) {
+        if self.is_none() {
+            return;
+        }
+        let rng = Philox::new(seed, STREAM_AUGMENT + epoch as u64);
+        let per = c * h * w;
+        let mut copy = vec![0f32; per];
+        for (k, sample) in x.chunks_mut(per).enumerate() {
+            let word = rng.word((first + k) as u64);
+            let span = 2 * self.crop as u32 + 1;
+            let (dy, dx) = ((word % span) as isize - self.crop as isize, ((word / span) % span) as isize - self.crop as isize);
+            let flip = self.flip && (word >> 31) == 1;
+            copy.copy_from_slice(sample);
+            for ch in 0..c {
+                for i in 0..h {
+                    for j in 0..w {
+                        let (y, xx) = (i as isize + dy, j as isize + dx);
+                        let xx = if flip { w as isize - 1 - xx } else { xx };
+                        sample[(ch * h + i) * w + j] = if y >= 0 && y < h as isize && xx >= 0 && xx < w as isize { copy[(ch * h + y as usize) * w + xx as usize] } else { 0.0 };
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -124,25 +184,21 @@ fn saved_epoch(run: &Path) -> Result<Option<usize>> {
     Ok(Some(epoch))
 }
 
-fn save_momentum(run: &Path, v: &Momentum, epoch: usize) -> Result<()> {
+fn save_momentum(run: &Path, names: &[String], v: &[Vec<f32>], epoch: usize) -> Result<()> {
     use crate::report::safetensors::Tensor;
-    let mut tensors = vec![];
-    for (l, (w, b)) in v.weights.iter().zip(&v.biases).enumerate() {
-        tensors.push(Tensor::f32(format!("{}.weight.momentum", 2 * l), vec![w.len()], w));
-        tensors.push(Tensor::f32(format!("{}.bias.momentum", 2 * l), vec![b.len()], b));
-    }
+    let tensors: Vec<Tensor> = names.iter().zip(v).map(|(n, b)| Tensor::f32(format!("{n}.momentum"), vec![b.len()], b)).collect();
     let meta = std::collections::BTreeMap::from([("epoch".to_string(), epoch.to_string())]);
     crate::report::safetensors::save(&run.join(OPTIMIZER_FILE), &tensors, &meta)
 }
 
-fn load_momentum(run: &Path, m: &Mlp) -> Result<Momentum> {
+fn load_momentum(run: &Path, names: &[String], zeros: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>> {
     let file = crate::report::safetensors::Loaded::read(&run.join(OPTIMIZER_FILE))?;
     let view = file.view()?;
-    let mut v = Momentum::zeros(m);
-    for l in 0..m.layers() {
-        v.weights[l] = view.floats(&format!("{}.weight.momentum", 2 * l), Some(&[v.weights[l].len()]), &|| "a damaged optimizer state".into())?.1;
-        v.biases[l] = view.floats(&format!("{}.bias.momentum", 2 * l), Some(&[v.biases[l].len()]), &|| "a damaged optimizer state".into())?.1;
-    }
+    let v = names
+        .iter()
+        .zip(zeros)
+        .map(|(n, z)| Ok(view.floats(&format!("{n}.momentum"), Some(&[z.len()]), &|| "a damaged optimizer state".into())?.1))
+        .collect::<Result<_>>()?;
     view.reject_unread("this model's optimizer state")?;
     Ok(v)
 }
@@ -206,13 +262,50 @@ pub fn corrupt(train: &Split, classes: usize, label_noise: f64, duplicates: usiz
 pub fn gather(x: &crate::data::Array, rows: &[u32], scale: f32) -> Vec<f32> {
     let d = x.row_len();
     let mut out = vec![0f32; rows.len() * d];
+    gather_into(x, rows, scale, &mut out);
+    out
+}
+
+pub fn gather_into(x: &crate::data::Array, rows: &[u32], scale: f32, out: &mut [f32]) {
+    let d = x.row_len();
     for (o, &r) in out.chunks_mut(d).zip(rows) {
         x.rows_f32_into(r as usize, r as usize + 1, o);
         if scale != 1.0 {
             o.iter_mut().for_each(|v| *v *= scale);
         }
     }
+}
+
+/// `inputs` into a buffer.
+fn fill(cfg: &TrainConfig, x: &crate::data::Array, rows: &[u32], plane: usize, out: &mut [f32]) {
+    gather_into(x, rows, cfg.input_scale, out);
+    cfg.normalization.apply(out, plane);
+}
+
+/// The network's inputs for dataset rows `rows`: scaled, then normalized per channel.
+pub fn inputs(cfg: &TrainConfig, x: &crate::data::Array, rows: &[u32], plane: usize) -> Vec<f32> {
+    let mut out = gather(x, rows, cfg.input_scale);
+    cfg.normalization.apply(&mut out, plane);
     out
+}
+
+/// Mean cross-entropy and accuracy of `net` on a split, its inputs scaled by
+/// `input_scale` and normalized by `normalization` (as training prepared them).
+pub fn evaluate_split(net: &Network, split: &Split, input_scale: f32, normalization: &network::Normalization, sample_shape: &[usize]) -> Result<(f64, f64)> {
+    let plane = network::image_shape(sample_shape).map(|[_, h, w]| h * w).unwrap_or(split.features());
+    let rows: Vec<u32> = (0..split.len() as u32).collect();
+    let cfg_fill = |r: std::ops::Range<usize>, out: &mut Vec<f32>| {
+        gather_into(&split.x, &rows[r], input_scale, out);
+        normalization.apply(out, plane);
+    };
+    net.evaluate(split.len(), split.features(), &split.y, &cfg_fill)
+}
+
+/// Per-channel mean and standard deviation of the scaled training images.
+pub fn channel_statistics(ds: &Dataset, input_scale: f32) -> Result<network::Normalization> {
+    let [c, h, w] = network::image_shape(ds.sample_shape())?;
+    let rows: Vec<u32> = (0..ds.train.len() as u32).collect();
+    Ok(network::Normalization::of_samples(&gather(&ds.train.x, &rows, input_scale), c, h * w))
 }
 
 /// Pixels (uint8) are divided by the training split's largest value (255 for
@@ -225,30 +318,13 @@ pub fn input_scale_for(ds: &Dataset) -> f32 {
     if max > 0 { 1.0 / max as f32 } else { 1.0 }
 }
 
-/// Mean loss and accuracy of `m` on (x rows, labels), in batches.
-pub fn evaluate(m: &Mlp, x: &crate::data::Array, rows: &[u32], labels: &[i64], scale: f32) -> (f64, f64) {
-    let c = m.classes();
-    let mut loss = 0f64;
-    let mut correct = 0usize;
-    for (chunk, ys) in rows.chunks(2048).zip(labels.chunks(2048)) {
-        let xb = gather(x, chunk, scale);
-        let f = m.forward(&xb, chunk.len());
-        loss += m.losses(&f, ys).iter().map(|&v| v as f64).sum::<f64>();
-        for (r, &y) in ys.iter().enumerate() {
-            let p = &f.probs[r * c..(r + 1) * c];
-            let arg = (0..c).fold(0, |b, k| if p[k] > p[b] { k } else { b });
-            correct += (arg as i64 == y) as usize;
-        }
-    }
-    (loss / rows.len().max(1) as f64, correct as f64 / rows.len().max(1) as f64)
-}
-
 pub fn learning_rate(cfg: &TrainConfig, epoch: usize) -> f32 {
     match cfg.schedule {
         Schedule::Constant => cfg.lr,
-        Schedule::Step => {
+        Schedule::Step | Schedule::StepLate => {
             let frac = epoch as f64 / cfg.epochs as f64;
-            cfg.lr * if frac >= 0.75 { 0.01 } else if frac >= 0.5 { 0.1 } else { 1.0 }
+            let (first, second) = if cfg.schedule == Schedule::Step { (0.5, 0.75) } else { (0.6, 0.8) };
+            cfg.lr * if frac >= second { 0.01 } else if frac >= first { 0.1 } else { 1.0 }
         }
         Schedule::Cosine => cfg.lr * 0.5 * (1.0 + (std::f32::consts::PI * epoch as f32 / cfg.epochs as f32).cos()),
     }
@@ -266,21 +342,30 @@ pub fn checkpoint_path(run: &Path, epoch: usize) -> PathBuf {
 /// removes the directory it created. With `resume`, an unfinished run in `run` (same
 /// configuration) continues from its last saved epoch and ends with the same bytes an
 /// uninterrupted run writes.
-pub fn train(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::device::Backend, resume: bool, progress: &dyn Fn(u64, u64)) -> Result<Mlp> {
+pub fn train(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::device::Backend, resume: bool, progress: &dyn Fn(u64, u64)) -> Result<Network> {
     cfg.validate()?;
-    let (sizes, activation) = super::mlp::parse_spec(&cfg.model)?;
+    let mut net = Network::build(&cfg.model, ds.sample_shape(), cfg.seed).with_context(|| format!("model '{}' on '{}'", cfg.model, cfg.data))?;
     let d = ds.train.features();
-    if sizes[0] != d {
-        bail!("model '{}' takes {} inputs but '{}' has {} features per sample", cfg.model, sizes[0], cfg.data, d);
-    }
-    let classes = *sizes.last().unwrap();
+    let classes = net.classes();
     if let Some(&bad) = ds.train.y.iter().find(|&&y| y as usize >= classes) {
         bail!("model '{}' has {classes} outputs but the data has label {bad}", cfg.model);
     }
+    if !cfg.normalization.is_identity() {
+        let channels = network::image_shape(ds.sample_shape())?[0];
+        if cfg.normalization.mean.len() != channels {
+            bail!("--normalize gives {} channels' statistics but the data has {channels} channels", cfg.normalization.mean.len());
+        }
+    }
+    if !Augment::parse(&cfg.augment)?.is_none() {
+        network::image_shape(ds.sample_shape()).context("--augment")?;
+    }
     // Weights, gradients and momentum; a batch's activations, their derivatives and
     // gradients. (On a GPU the training set is uploaded too.)
-    let parameters: u64 = sizes.windows(2).map(|w| crate::resources::product(&[w[0] + 1, w[1]])).fold(0, u64::saturating_add);
-    let activations = crate::resources::product(&[cfg.batch.min(ds.train.len().max(1)), sizes.iter().fold(0usize, |a, &s| a.saturating_add(s))]);
+    let parameters: u64 = net.parameters_mut().iter().map(|p| p.len() as u64).sum();
+    let activations = match &net {
+        Network::Mlp(m) => crate::resources::product(&[cfg.batch.min(ds.train.len().max(1)), m.sizes.iter().sum()]),
+        Network::Graph(g) => crate::resources::product(&[cfg.batch.min(ds.train.len().max(1)), g.shapes(1)?.iter().map(|s| s.iter().product::<usize>()).sum()]),
+    };
     crate::resources::check_memory(
         &[("parameters, gradients and momentum", parameters.saturating_mul(12)), ("a batch's activations", activations.saturating_mul(16))],
         "the layer sizes of --model or --batch",
@@ -309,27 +394,36 @@ pub fn train(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::devic
     // A failed fresh run leaves nothing behind to block the rerun; a failed resume
     // keeps what it had.
     let fresh = if resume { None } else { Some(crate::report::FreshDir::create(run)?) };
-    let m = train_epochs(ds, cfg, run, backend, &set, (sizes, activation), start_epoch, progress)?;
+    if start_epoch > 0 {
+        net.load_weights(&checkpoint_path(run, start_epoch))?;
+    }
+    train_epochs(ds, cfg, run, backend, &set, &mut net, start_epoch, progress)?;
     fresh.map(|d| d.keep());
-    Ok(m)
+    Ok(net)
+}
+
+/// The (C, H, W) augmentation and normalization work on, or a flat sample's (1, 1, d).
+fn planes_of(ds: &Dataset) -> [usize; 3] {
+    network::image_shape(ds.sample_shape()).unwrap_or([1, 1, ds.train.features()])
 }
 
 #[allow(clippy::too_many_arguments)]
-fn train_epochs(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::device::Backend, set: &TrainingSet, (sizes, activation): (Vec<usize>, super::mlp::Activation), start_epoch: usize, progress: &dyn Fn(u64, u64)) -> Result<Mlp> {
+fn train_epochs(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::device::Backend, set: &TrainingSet, net: &mut Network, start_epoch: usize, progress: &dyn Fn(u64, u64)) -> Result<()> {
     let d = ds.train.features();
+    let chw = planes_of(ds);
+    let plane = chw[1] * chw[2];
+    let augment = Augment::parse(&cfg.augment)?;
+    let names = net.parameter_names();
     let mut metrics = String::from("epoch,train_loss,train_accuracy,test_loss,test_accuracy,learning_rate,seconds\n");
-    let (mut m, mut momentum, seconds_before) = if start_epoch == 0 {
+    let (mut momentum, seconds_before) = if start_epoch == 0 {
         crate::report::create_out_dir(&run.join("checkpoints"))?;
         crate::report::write_json(&run.join("run.json"), cfg)?;
         crate::report::write_npy(&run.join("labels.npy"), &[set.labels.len()], &set.labels)?;
         crate::report::write_npy(&run.join("sources.npy"), &[set.sources.len()], &set.sources)?;
         crate::report::write_npy(&run.join("corrupted.npy"), &[set.corrupted.len()], &set.corrupted)?;
-        let m = Mlp::init(&sizes, activation, cfg.seed);
-        let v = Momentum::zeros(&m);
-        (m, v, 0.0)
+        (net.zero_momentum(), 0.0)
     } else {
-        let m = checkpoint::load(&checkpoint_path(run, start_epoch), &sizes, activation)?;
-        let v = load_momentum(run, &m)?;
+        let v = load_momentum(run, &names, net.zero_momentum())?;
         let text = std::fs::read_to_string(run.join("metrics.csv")).with_context(|| format!("cannot read {}", run.join("metrics.csv").display()))?;
         let rows: Vec<&str> = text.lines().skip(1).take(start_epoch).collect();
         if rows.len() < start_epoch {
@@ -337,15 +431,15 @@ fn train_epochs(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::de
         }
         rows.iter().for_each(|r| metrics.push_str(&format!("{r}\n")));
         let seconds = rows.last().and_then(|r| r.rsplit(',').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        (m, v, seconds)
+        (v, seconds)
     };
     let n = set.sources.len();
     let batches_per_epoch = n.div_ceil(cfg.batch);
     let total = (batches_per_epoch * cfg.epochs) as u64;
     let test_rows: Option<Vec<u32>> = ds.test.as_ref().map(|t| (0..t.len() as u32).collect());
-    let mut device_trainer = match backend {
-        crate::device::Backend::Cuda(g) => Some(g.trainer(&m, &gather(&ds.train.x, &set.sources, cfg.input_scale), d, &momentum)?),
-        crate::device::Backend::Cpu => None,
+    let mut device_trainer = match (backend, &*net) {
+        (crate::device::Backend::Cuda(g), Network::Mlp(m)) if augment.is_none() => Some(g.trainer(m, &inputs(cfg, &ds.train.x, &set.sources, plane), d, &momentum)?),
+        _ => None,
     };
     let t0 = Instant::now();
     for epoch in start_epoch..cfg.epochs {
@@ -353,27 +447,24 @@ fn train_epochs(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::de
         let order = Philox::new(cfg.seed, STREAM_EPOCH + epoch as u64).permutation(n);
         for (b, idx) in order.chunks(cfg.batch).enumerate() {
             let ys: Vec<i64> = idx.iter().map(|&i| set.labels[i as usize]).collect();
-            if let Some(t) = device_trainer.as_mut() {
-                t.step(&m, idx, &ys, lr, cfg.momentum, cfg.weight_decay)?;
+            if let (Some(t), Network::Mlp(m)) = (device_trainer.as_mut(), &*net) {
+                t.step(m, idx, &ys, lr, cfg.momentum, cfg.weight_decay)?;
                 progress((epoch * batches_per_epoch + b + 1) as u64, total);
                 continue;
             }
             let rows: Vec<u32> = idx.iter().map(|&i| set.sources[i as usize]).collect();
-            let xb = gather(&ds.train.x, &rows, cfg.input_scale);
-            let f = m.forward(&xb, rows.len());
-            let (gz, _) = m.backward(&f, &ys, 1.0 / rows.len() as f32);
-            let (dw, db) = m.param_grads(&f, &xb, &gz);
-            for l in 0..m.layers() {
-                sgd_step(&mut m.weights[l], &dw[l], &mut momentum.weights[l], lr, cfg.momentum, cfg.weight_decay);
-                sgd_step(&mut m.biases[l], &db[l], &mut momentum.biases[l], lr, cfg.momentum, cfg.weight_decay);
-            }
+            let mut xb = gather(&ds.train.x, &rows, cfg.input_scale);
+            augment.apply(&mut xb, chw, cfg.seed, epoch, b * cfg.batch);
+            cfg.normalization.apply(&mut xb, plane);
+            net.train_step(&xb, &ys, lr, cfg.momentum, cfg.weight_decay, &mut momentum)?;
             progress((epoch * batches_per_epoch + b + 1) as u64, total);
         }
-        if let Some(t) = &device_trainer {
-            t.download(&mut m, &mut momentum)?;
+        if let (Some(t), Network::Mlp(m)) = (&device_trainer, &mut *net) {
+            t.download(m, &mut momentum)?;
         }
-        let (train_loss, train_acc) = evaluate(&m, &ds.train.x, &set.sources, &set.labels, cfg.input_scale);
-        if !train_loss.is_finite() || m.weights.iter().any(|w| w.iter().any(|v| !v.is_finite())) {
+        let fill_train = |r: std::ops::Range<usize>, out: &mut Vec<f32>| fill(cfg, &ds.train.x, &set.sources[r], plane, out);
+        let (train_loss, train_acc) = net.evaluate(n, d, &set.labels, &fill_train)?;
+        if !train_loss.is_finite() || net.parameters_mut().iter().any(|w| w.iter().any(|v| !v.is_finite())) {
             bail!(
                 "epoch {}: the training loss became {train_loss} (diverged); try a smaller --lr than {}",
                 epoch + 1,
@@ -381,11 +472,11 @@ fn train_epochs(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::de
             );
         }
         let (test_loss, test_acc) = match (&ds.test, &test_rows) {
-            (Some(t), Some(rows)) => evaluate(&m, &t.x, rows, &t.y, cfg.input_scale),
+            (Some(t), Some(rows)) => net.evaluate(rows.len(), d, &t.y, &|r: std::ops::Range<usize>, out: &mut Vec<f32>| fill(cfg, &t.x, &rows[r], plane, out))?,
             _ => (f64::NAN, f64::NAN),
         };
         // Saved in this order, so the optimizer state's epoch implies the other two.
-        checkpoint::save(&m, &checkpoint_path(run, epoch + 1))?;
+        net.save(&checkpoint_path(run, epoch + 1), ((epoch + 1) * batches_per_epoch) as u64)?;
         failpoint("after-checkpoint", epoch + 1);
         metrics.push_str(&format!(
             "{},{train_loss:.6},{train_acc:.6},{},{},{lr},{:.3}\n",
@@ -395,17 +486,9 @@ fn train_epochs(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::de
             seconds_before + t0.elapsed().as_secs_f64()
         ));
         crate::report::write_atomic(&run.join("metrics.csv"), |w| Ok(w.write_all(metrics.as_bytes())?))?;
-        save_momentum(run, &momentum, epoch + 1)?;
+        save_momentum(run, &names, &momentum, epoch + 1)?;
         failpoint("after-epoch", epoch + 1);
     }
     crate::report::write_json(&run.join(COMPLETE_FILE), &Completion { epochs: cfg.epochs, seconds: seconds_before + t0.elapsed().as_secs_f64() })?;
-    Ok(m)
-}
-
-/// PyTorch's SGD: v ← μv + (g + λw); w ← w − ηv.
-fn sgd_step(w: &mut [f32], g: &[f32], v: &mut [f32], lr: f32, momentum: f32, wd: f32) {
-    for ((wi, gi), vi) in w.iter_mut().zip(g).zip(v.iter_mut()) {
-        *vi = momentum * *vi + gi + wd * *wi;
-        *wi -= lr * *vi;
-    }
+    Ok(())
 }

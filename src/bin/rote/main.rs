@@ -53,6 +53,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Loss and accuracy of saved classifier weights (rote's or PyTorch's state dicts as
+    /// safetensors) on a dataset, one row per checkpoint.
+    Eval(EvalArgs),
     /// Train an MLP classifier with SGD, optionally with injected label noise and
     /// conflicting duplicates; writes a run directory with a checkpoint per epoch.
     Train(TrainArgs),
@@ -374,6 +377,14 @@ struct TrainArgs {
     duplicate_conflicts: usize,
     #[arg(long, default_value_t = 0, conflicts_with = "resume")]
     seed: u64,
+    /// Training-batch augmentation for image models: crop:P (random shifts with P
+    /// pixels of zero padding), flip, or both (crop:4,flip).
+    #[arg(long, default_value = "", conflicts_with = "resume")]
+    augment: String,
+    /// Per-channel input normalization: auto (from the training split for CNNs, none
+    /// for MLPs), data, none, cifar10, cifar100, imagenet, or MEAN,…/STD,….
+    #[arg(long, default_value = "auto", conflicts_with = "resume")]
+    normalize: String,
     /// Continue the unfinished run in --out from its last saved epoch, with the
     /// settings it was started with (its run.json).
     #[arg(long)]
@@ -382,6 +393,29 @@ struct TrainArgs {
     device: DeviceArg,
     #[arg(long)]
     out: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// The architecture: mlp:…, cnn:…, resnet18-cifar[:classes=C,width=W], resnet18[:classes=C].
+    #[arg(long)]
+    model: String,
+    /// Checkpoint files: a path, or a pattern with '*' in the file name
+    /// ('ckpts/*.safetensors').
+    #[arg(long)]
+    weights: String,
+    #[arg(value_parser = crate::data_spec(), long)]
+    data: DataSpec,
+    /// Per-channel input normalization the weights were trained with: none, cifar10,
+    /// cifar100, imagenet, data (from this training split) or MEAN,…/STD,….
+    #[arg(long, default_value = "none")]
+    normalize: String,
+    /// Divide uint8 inputs by their largest value (255 for 8-bit images) first, as
+    /// `rote train` and torchvision's ToTensor do; --no-scale keeps raw values.
+    #[arg(long)]
+    no_scale: bool,
     #[arg(long)]
     json: bool,
 }
@@ -554,6 +588,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Emm(args) => diffusion::emm_cmd(args),
         Command::Memratio(args) => diffusion::memratio_cmd(args),
         Command::Predict { net, data, device, json } => predict_cmd(&net, &data, device.device, json),
+        Command::Eval(args) => eval_cmd(args),
     }
 }
 
@@ -1104,13 +1139,28 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             duplicate_conflicts: a.duplicate_conflicts,
             seed: a.seed,
             input_scale: 1.0,
+            normalization: Default::default(),
+            augment: a.augment.clone(),
         };
         cfg.validate()?;
         let ds = data::open(&cfg.data)?;
+        let graph = rote::nn::models::is_graph_spec(&cfg.model);
+        let rule = if a.normalize == "auto" { if graph { "data" } else { "none" } } else { a.normalize.as_str() };
+        if !graph && rule != "none" {
+            bail!("--normalize {rule}: per-channel normalization is for convolutional models");
+        }
         cfg.input_scale = train::input_scale_for(&ds);
+        cfg.normalization = match rote::nn::network::Normalization::parse(rule)? {
+            Some(n) => n,
+            None => train::channel_statistics(&ds, cfg.input_scale)?,
+        };
         (cfg, ds)
     };
-    let backend = open_device(a.device.device)?;
+    let mut backend = open_device(a.device.device)?;
+    if matches!(backend, Backend::Cuda(_)) && (rote::nn::models::is_graph_spec(&cfg.model) || !cfg.augment.is_empty()) {
+        eprintln!("note: convolutional models and augmented batches train on the CPU in this version");
+        backend = Backend::Cpu;
+    }
     let bar = sched::progress(0, "training", !a.json);
     let t0 = Instant::now();
     train::train(&ds, &cfg, &a.out, &backend, a.resume, &|done, total| {
@@ -1139,6 +1189,75 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             last.get(4).cloned().filter(|s| !s.is_empty()).unwrap_or_else(|| "n/a".into()),
             a.out.display()
         );
+    }
+    Ok(())
+}
+
+/// The files `pattern` names: a path, or a directory and a file-name pattern with '*'.
+fn checkpoint_files(pattern: &str) -> Result<Vec<PathBuf>> {
+    let path = Path::new(pattern);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if !name.contains('*') {
+        if !path.is_file() {
+            bail!("{pattern}: no such checkpoint file");
+        }
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the directory {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && wildcard(&name, &p.file_name().unwrap().to_string_lossy()))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("{pattern}: no file matches");
+    }
+    Ok(files)
+}
+
+fn eval_cmd(a: EvalArgs) -> Result<()> {
+    use rote::nn::{network, train};
+    let ds = a.data.open()?;
+    let files = checkpoint_files(&a.weights)?;
+    let mut net = network::Network::build(&a.model, ds.sample_shape(), 0).with_context(|| format!("model '{}' on '{}'", a.model, a.data))?;
+    if let Some(&bad) = ds.train.y.iter().chain(ds.test.iter().flat_map(|t| &t.y)).find(|&&y| y as usize >= net.classes()) {
+        bail!("model '{}' has {} outputs but the data has label {bad}", a.model, net.classes());
+    }
+    let input_scale = if a.no_scale { 1.0 } else { train::input_scale_for(&ds) };
+    let normalization = match network::Normalization::parse(&a.normalize)? {
+        Some(n) => n,
+        None => train::channel_statistics(&ds, input_scale)?,
+    };
+    if !normalization.is_identity() {
+        let channels = network::image_shape(ds.sample_shape())?[0];
+        if normalization.mean.len() != channels {
+            bail!("--normalize {}: {} channels' statistics for data with {channels} channels", a.normalize, normalization.mean.len());
+        }
+    }
+    let bar = sched::progress(files.len() as u64, "evaluating", !a.json);
+    let mut rows = vec![];
+    for f in &files {
+        net.load_weights(f)?;
+        let (train_loss, train_acc) = train::evaluate_split(&net, &ds.train, input_scale, &normalization, ds.sample_shape())?;
+        let test = ds.test.as_ref().map(|t| train::evaluate_split(&net, t, input_scale, &normalization, ds.sample_shape())).transpose()?;
+        rows.push(serde_json::json!({
+            "checkpoint": f, "train_loss": train_loss, "train_accuracy": train_acc,
+            "test_loss": test.map(|t| t.0), "test_accuracy": test.map(|t| t.1),
+        }));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if a.json {
+        print_json(&serde_json::json!({ "model": a.model, "data": a.data, "normalization": normalization, "input_scale": input_scale, "checkpoints": rows }));
+    } else {
+        for r in &rows {
+            let pct = |v: &serde_json::Value| v.as_f64().map(|x| format!("{:.2}%", 100.0 * x)).unwrap_or_else(|| "n/a".into());
+            println!("{}: train accuracy {} (loss {:.4}), test accuracy {}", r["checkpoint"].as_str().unwrap_or(""), pct(&r["train_accuracy"]), r["train_loss"].as_f64().unwrap_or(f64::NAN), pct(&r["test_accuracy"]));
+        }
     }
     Ok(())
 }
@@ -1172,6 +1291,9 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
     use rote::curvature::{self, Estimator, ScoreConfig, Statistic};
     use rote::nn::{checkpoint, mlp, train};
     let cfg = train::open_run(&a.run)?;
+    if rote::nn::models::is_graph_spec(&cfg.model) {
+        bail!("{} trained '{}': input curvature of convolutional networks is not in this version yet (MLP runs only); `rote eval` evaluates its checkpoints", a.run.display(), cfg.model);
+    }
     let (sizes, activation) = mlp::parse_spec(&cfg.model)?;
     let estimator = a.estimator.unwrap_or(if a.statistic == Statistic::ReleasedCode { Estimator::Fd } else { Estimator::Exact });
     let score_cfg = ScoreConfig { estimator, statistic: a.statistic, probes: a.probes, h: a.h, seed: a.seed };
