@@ -40,25 +40,6 @@ fn write_f32_npy(path: &Path, x: &[f32], shape: &str) {
     std::fs::write(path, raw_npy("<f4", false, shape, &f32_bytes(x))).unwrap();
 }
 
-/// Reads the F32 tensors of a safetensors file by the specification.
-fn read_safetensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let mut out = vec![];
-    for (name, v) in header.as_object().unwrap() {
-        if name == "__metadata__" {
-            continue;
-        }
-        assert_eq!(v["dtype"], "F32");
-        let shape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap() as usize).collect();
-        let (a, b) = (v["data_offsets"][0].as_u64().unwrap() as usize, v["data_offsets"][1].as_u64().unwrap() as usize);
-        let values = bytes[8 + n + a..8 + n + b].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-        out.push((name.clone(), shape, values));
-    }
-    out
-}
-
 fn digits_f32() -> (Vec<f32>, Vec<i64>, usize) {
     let ds = rote::data::open("digits").unwrap();
     (ds.train.x.to_f32(), ds.train.y.clone(), ds.train.features())
@@ -259,7 +240,7 @@ fn curvature_refuses_damaged_checkpoints_and_never_writes_nan() {
     let dir = tempdir();
     let run = small_run(dir.path(), "run", &[]);
     let ck = run.join("checkpoints/epoch-002.safetensors");
-    let tensors = read_safetensors(&ck);
+    let tensors = read_f32_tensors(&ck);
     let get = |name: &str| tensors.iter().find(|t| t.0 == name).unwrap().clone();
     let score = |out: &str| rote(&["curvature", "--run", p(&run), "--checkpoints", "epoch-002*", "--estimator", "hutchinson", "--probes", "2", "--out", p(&dir.path().join(out))]);
     let write = |ts: Vec<(String, Vec<usize>, Vec<f32>)>| {

@@ -492,3 +492,49 @@ fn train_epochs(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::de
     crate::report::write_json(&run.join(COMPLETE_FILE), &Completion { epochs: cfg.epochs, seconds: seconds_before + t0.elapsed().as_secs_f64() })?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every augmented image is its source shifted by some (dy, dx) within the padding,
+    /// zeros shifted in, and mirrored or not — found by trying them all.
+    #[test]
+    fn augmentation_shifts_and_mirrors_within_its_padding() {
+        let (c, h, w) = (2, 5, 6);
+        let per = c * h * w;
+        let source: Vec<f32> = (0..32 * per).map(|i| 1.0 + i as f32).collect();
+        for aug in [Augment { crop: 2, flip: false }, Augment { crop: 0, flip: true }, Augment { crop: 1, flip: true }] {
+            let mut x = source.clone();
+            aug.apply(&mut x, [c, h, w], 7, 3, 40);
+            let (mut shifted, mut flipped) = (0, 0);
+            for (k, out) in x.chunks(per).enumerate() {
+                let src = &source[k * per..(k + 1) * per];
+                let r = aug.crop as isize;
+                let found = (-r..=r).flat_map(|dy| (-r..=r).map(move |dx| (dy, dx))).flat_map(|s| [(s, false), (s, true)]).find(|&((dy, dx), flip)| {
+                    (flip <= aug.flip)
+                        && (0..c).all(|ch| {
+                            (0..h).all(|i| {
+                                (0..w).all(|j| {
+                                    let (y, xx) = (i as isize + dy, j as isize + dx);
+                                    let xx = if flip { w as isize - 1 - xx } else { xx };
+                                    let want = if y >= 0 && y < h as isize && xx >= 0 && xx < w as isize { src[(ch * h + y as usize) * w + xx as usize] } else { 0.0 };
+                                    out[(ch * h + i) * w + j] == want
+                                })
+                            })
+                        })
+                });
+                let ((dy, dx), flip) = found.unwrap_or_else(|| panic!("{aug:?}: sample {k} is no shift or mirror of its source"));
+                shifted += ((dy, dx) != (0, 0)) as usize;
+                flipped += flip as usize;
+            }
+            assert!(aug.crop == 0 || shifted > 0, "{aug:?}: nothing shifted");
+            assert!(!aug.flip || (flipped > 4 && flipped < 28), "{aug:?}: {flipped} of 32 mirrored");
+        }
+        let mut x = source.clone();
+        Augment::default().apply(&mut x, [c, h, w], 7, 3, 40);
+        assert_eq!(x, source);
+        assert!(Augment::parse("crop:4,flip").unwrap() == Augment { crop: 4, flip: true });
+        assert!(Augment::parse("rotate:3").is_err());
+    }
+}

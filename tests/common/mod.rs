@@ -84,3 +84,27 @@ pub fn raw_safetensors(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
     out.extend(data);
     out
 }
+
+/// The F32 tensors of a safetensors file, read by the specification (other dtypes are
+/// skipped).
+pub fn read_f32_tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let mut out = vec![];
+    for (name, v) in header.as_object().unwrap() {
+        if name == "__metadata__" || v["dtype"] != "F32" {
+            continue;
+        }
+        let shape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap() as usize).collect();
+        let (a, b) = (v["data_offsets"][0].as_u64().unwrap() as usize, v["data_offsets"][1].as_u64().unwrap() as usize);
+        let values = bytes[8 + n + a..8 + n + b].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        out.push((name.clone(), shape, values));
+    }
+    out
+}
+
+pub fn write_f32_tensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    let refs: Vec<(&str, Vec<usize>, Vec<f32>)> = tensors.iter().map(|(n, s, v)| (n.as_str(), s.clone(), v.clone())).collect();
+    std::fs::write(path, raw_safetensors(&refs)).unwrap();
+}

@@ -180,39 +180,49 @@ impl Conv2d {
         let mut weight_t = vec![0f32; patch * self.c_out];
         transpose(&self.weight, self.c_out, patch, &mut weight_t);
         let per_in = self.c_in * h * w;
+        let per_out = self.c_out * positions;
         let mut gx = if want_input { vec![0f32; n * per_in] } else { Vec::new() };
-        let per_sample_gx: Vec<&mut [f32]> = if want_input { gx.chunks_mut(per_in).collect() } else { (0..n).map(|_| &mut [][..]).collect() };
-        let zero = || (vec![0f32; self.c_out * patch], vec![0f32; self.c_out], vec![0f32; patch * positions], vec![0f32; patch * positions]);
-        let (dw, db, _, _) = per_sample_gx
-            .into_par_iter()
-            .zip(x.data.par_chunks(per_in))
-            .zip(gy.data.par_chunks(self.c_out * positions))
-            .fold(zero, |(mut dw, mut db, mut cols, mut dcols), ((gxs, xs), gs)| {
-                let x_cols: &[f32] = if self.pointwise() {
-                    xs
-                } else {
-                    self.im2col(xs, (h, w), (ho, wo), &mut cols);
-                    &cols
-                };
-                gemm_serial(gs, self.c_out, positions, x_cols, patch, true, true, &mut dw);
-                for (b, plane) in db.iter_mut().zip(gs.chunks(positions)) {
-                    *b += plane.iter().sum::<f32>();
-                }
-                if want_input {
-                    if self.pointwise() {
-                        gemm_serial(&weight_t, patch, self.c_out, gs, positions, false, false, gxs);
+        // Parameter gradients are summed per fixed group of samples, then the groups in
+        // order: the same bits whatever the thread count or scheduling.
+        const GROUP: usize = 8;
+        let groups = n.div_ceil(GROUP);
+        let mut gx_groups: Vec<&mut [f32]> = if want_input { gx.chunks_mut(GROUP * per_in).collect() } else { (0..groups).map(|_| &mut [][..]).collect() };
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = gx_groups
+            .par_iter_mut()
+            .zip(x.data.par_chunks(GROUP * per_in))
+            .zip(gy.data.par_chunks(GROUP * per_out))
+            .map(|((gxg, xg), gg)| {
+                let (mut dw, mut db) = (vec![0f32; self.c_out * patch], vec![0f32; self.c_out]);
+                let (mut cols, mut dcols) = if self.pointwise() { (vec![], vec![]) } else { (vec![0f32; patch * positions], vec![0f32; patch * positions]) };
+                for (s, (xs, gs)) in xg.chunks(per_in).zip(gg.chunks(per_out)).enumerate() {
+                    let x_cols: &[f32] = if self.pointwise() {
+                        xs
                     } else {
-                        gemm_serial(&weight_t, patch, self.c_out, gs, positions, false, false, &mut dcols);
-                        self.col2im(&dcols, (h, w), (ho, wo), gxs);
+                        self.im2col(xs, (h, w), (ho, wo), &mut cols);
+                        &cols
+                    };
+                    gemm_serial(gs, self.c_out, positions, x_cols, patch, true, true, &mut dw);
+                    for (b, plane) in db.iter_mut().zip(gs.chunks(positions)) {
+                        *b += plane.iter().sum::<f32>();
+                    }
+                    if want_input {
+                        let gxs = &mut gxg[s * per_in..(s + 1) * per_in];
+                        if self.pointwise() {
+                            gemm_serial(&weight_t, patch, self.c_out, gs, positions, false, false, gxs);
+                        } else {
+                            gemm_serial(&weight_t, patch, self.c_out, gs, positions, false, false, &mut dcols);
+                            self.col2im(&dcols, (h, w), (ho, wo), gxs);
+                        }
                     }
                 }
-                (dw, db, cols, dcols)
+                (dw, db)
             })
-            .reduce(zero, |(mut a, mut b, c, d), (a2, b2, _, _)| {
-                a.iter_mut().zip(&a2).for_each(|(x, y)| *x += y);
-                b.iter_mut().zip(&b2).for_each(|(x, y)| *x += y);
-                (a, b, c, d)
-            });
+            .collect();
+        let (mut dw, mut db) = (vec![0f32; self.c_out * patch], vec![0f32; self.c_out]);
+        for (pw, pb) in &partials {
+            dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+            db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+        }
         let grads = ConvGrads { weight: dw, bias: self.bias.as_ref().map(|_| db) };
         Ok((want_input.then(|| Tensor::new(x.shape.clone(), gx)), grads))
     }
