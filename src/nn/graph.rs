@@ -399,10 +399,7 @@ mod tests {
     use crate::nn::models::build;
 
     fn random(len: usize, stream: u64) -> Vec<f32> {
-        let mut v = vec![0f32; len];
-        crate::rng::Philox::new(31, stream).fill_uniform(0, &mut v);
-        v.iter_mut().for_each(|x| *x = *x * 2.0 - 1.0);
-        v
+        crate::nn::layers::uniform_values(31, stream, len, -1.0, 1.0)
     }
 
     /// Networks with every kind of node: a CNN, and a narrow ResNet (residual joins,

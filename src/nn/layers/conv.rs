@@ -262,10 +262,7 @@ mod tests {
     }
 
     fn random(len: usize, stream: u64) -> Vec<f32> {
-        let mut v = vec![0f32; len];
-        crate::rng::Philox::new(77, stream).fill_uniform(0, &mut v);
-        v.iter_mut().for_each(|x| *x = *x * 2.0 - 1.0);
-        v
+        crate::nn::layers::uniform_values(77, stream, len, -1.0, 1.0)
     }
 
     const CASES: [(usize, usize, usize, usize, usize, bool, usize, usize); 6] = [

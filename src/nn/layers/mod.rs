@@ -55,3 +55,12 @@ impl Tensor {
         (self.shape[1], self.shape[2], self.shape[3])
     }
 }
+
+/// `len` values uniform in [lo, hi) from Philox stream (seed, stream): test inputs.
+#[cfg(test)]
+pub(crate) fn uniform_values(seed: u64, stream: u64, len: usize, lo: f32, hi: f32) -> Vec<f32> {
+    let mut v = vec![0f32; len];
+    crate::rng::Philox::new(seed, stream).fill_uniform(0, &mut v);
+    v.iter_mut().for_each(|x| *x = lo + *x * (hi - lo));
+    v
+}

@@ -7,7 +7,9 @@
 //!               `fold_into` merges into the preceding convolution.
 //!
 //! Backward (training): with g = ∂L/∂y, dβ = Σg, dγ = Σg·x̂ and
-//!   ∂L/∂x = γ/(m·√(σ² + ε)) · (m·g − dβ − x̂·dγ).
+//!   ∂L/∂x = γ/(m·√(σ² + ε)) · (m·g − dβ − x̂·dγ)
+//! — the same map as the tangent below (it is self-adjoint), so both run through
+//! `centred`.
 //! Tangent (training): ẏ = γ/√(σ² + ε) · (ẋ − mean ẋ − x̂·mean(ẋ·x̂)); in evaluation
 //! mode ẏ = γ/√(σ²_run + ε)·ẋ.
 
@@ -136,40 +138,34 @@ impl BatchNorm2d {
         }
     }
 
-    pub fn backward_train(&self, stats: &BatchStats, gy: &Tensor) -> Result<(Tensor, NormGrads)> {
-        let (n, plane) = self.check(gy)?;
+    /// γ/√(σ² + ε) · (v − mean v − x̂·mean(v·x̂)) per channel, with Σv and Σv·x̂: the
+    /// training-mode tangent of v = ẋ, and the input gradient of v = ∂L/∂y (the map is
+    /// self-adjoint), whose Σv and Σv·x̂ are dβ and dγ.
+    fn centred(&self, stats: &BatchStats, v: &Tensor) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
+        let (n, plane) = self.check(v)?;
         let c = self.channels;
-        let m = (n * plane) as f32;
+        let m = (n * plane) as f64;
         let xh = &stats.normalized.data;
-        let db = per_channel(n, c, plane, |i, _| gy.data[i] as f64);
-        let dg = per_channel(n, c, plane, |i, _| gy.data[i] as f64 * xh[i] as f64);
-        let mut gx = gy.clone();
-        gx.data.par_chunks_mut(plane).enumerate().for_each(|(p, v)| {
+        let sum = per_channel(n, c, plane, |i, _| v.data[i] as f64);
+        let sum_xh = per_channel(n, c, plane, |i, _| v.data[i] as f64 * xh[i] as f64);
+        let mut out = v.clone();
+        out.data.par_chunks_mut(plane).enumerate().for_each(|(p, vs)| {
             let ch = p % c;
-            let k = self.weight[ch] * stats.inv_std[ch] / m;
-            let (sb, sg) = (db[ch] as f32, dg[ch] as f32);
+            let k = self.weight[ch] * stats.inv_std[ch];
+            let (a, b) = ((sum[ch] / m) as f32, (sum_xh[ch] / m) as f32);
             let xs = &xh[p * plane..(p + 1) * plane];
-            v.iter_mut().zip(xs).for_each(|(g, &xn)| *g = k * (m * *g - sb - xn * sg));
+            vs.iter_mut().zip(xs).for_each(|(d, &xn)| *d = k * (*d - a - xn * b));
         });
+        Ok((out, sum, sum_xh))
+    }
+
+    pub fn backward_train(&self, stats: &BatchStats, gy: &Tensor) -> Result<(Tensor, NormGrads)> {
+        let (gx, db, dg) = self.centred(stats, gy)?;
         Ok((gx, NormGrads { weight: dg.iter().map(|&v| v as f32).collect(), bias: db.iter().map(|&v| v as f32).collect() }))
     }
 
     pub fn tangent_train(&self, stats: &BatchStats, x_dot: &Tensor) -> Result<Tensor> {
-        let (n, plane) = self.check(x_dot)?;
-        let c = self.channels;
-        let m = (n * plane) as f64;
-        let xh = &stats.normalized.data;
-        let mean_dot = per_channel(n, c, plane, |i, _| x_dot.data[i] as f64);
-        let mean_dot_xh = per_channel(n, c, plane, |i, _| x_dot.data[i] as f64 * xh[i] as f64);
-        let mut out = x_dot.clone();
-        out.data.par_chunks_mut(plane).enumerate().for_each(|(p, v)| {
-            let ch = p % c;
-            let k = self.weight[ch] * stats.inv_std[ch];
-            let (a, b) = ((mean_dot[ch] / m) as f32, (mean_dot_xh[ch] / m) as f32);
-            let xs = &xh[p * plane..(p + 1) * plane];
-            v.iter_mut().zip(xs).for_each(|(d, &xn)| *d = k * (*d - a - xn * b));
-        });
-        Ok(out)
+        Ok(self.centred(stats, x_dot)?.0)
     }
 
     /// Folds the evaluation map into the convolution before it: W'[o] = scale[o]·W[o],
@@ -194,10 +190,7 @@ mod tests {
     use super::*;
 
     fn random(len: usize, stream: u64, lo: f32, hi: f32) -> Vec<f32> {
-        let mut v = vec![0f32; len];
-        crate::rng::Philox::new(91, stream).fill_uniform(0, &mut v);
-        v.iter_mut().for_each(|x| *x = lo + *x * (hi - lo));
-        v
+        crate::nn::layers::uniform_values(91, stream, len, lo, hi)
     }
 
     fn layer(c: usize) -> BatchNorm2d {
