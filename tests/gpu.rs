@@ -258,6 +258,8 @@ fn training_steps_agree() {
             duplicate_conflicts: 5,
             seed: 1,
             input_scale: train::input_scale_for(&ds),
+            normalization: Default::default(),
+            augment: String::new(),
         };
         let dir = tempfile::tempdir().unwrap();
         let t0 = std::time::Instant::now();
@@ -266,6 +268,7 @@ fn training_steps_agree() {
         let t0 = std::time::Instant::now();
         let b = train::train(&ds, &cfg, &dir.path().join("gpu"), &cuda, false, &|_, _| {}).unwrap();
         let secs = t0.elapsed().as_secs_f64();
+        let (rote::nn::network::Network::Mlp(a), rote::nn::network::Network::Mlp(b)) = (a, b) else { panic!("{model} is an MLP") };
         let (sizes, _) = parse_spec(model).unwrap();
         let mut worst = 0f64;
         for l in 0..sizes.len() - 1 {
