@@ -18,6 +18,7 @@ fn close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
     let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    eprintln!("{what}: largest difference {:.2e} of the largest value", worst / scale);
     assert!(worst <= tol * scale, "{what}: largest difference {worst:e} against values up to {scale:e}");
 }
 
