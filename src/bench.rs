@@ -515,3 +515,53 @@ pub fn denoise_train(spec: &str, model: &str, batch: usize, steps: usize, python
     }
     Ok(rows)
 }
+
+/// A convolutional network's evaluation forward pass and SGD training step on one batch
+/// of random images, side by side with PyTorch (scripts/baselines/cnn_torch.py) on the
+/// same weights and batch; the logits' agreement goes in the note.
+pub fn cnn(model: &str, chw: [usize; 3], batch: usize, repeats: usize, python: Option<&str>) -> Result<Vec<BenchRow>> {
+    use crate::nn::network::Network;
+    let shape = chw.to_vec();
+    let mut net = Network::build(model, &shape, 0)?;
+    let [c, h, w] = chw;
+    let mut x = vec![0f32; batch * c * h * w];
+    Philox::new(1, 0).fill_normal(0, &mut x);
+    let classes = net.classes();
+    let y: Vec<i64> = (0..batch).map(|i| (i % classes) as i64).collect();
+    let (forward, step) = (format!("{model} forward (B={batch}, {c}×{h}×{w})"), format!("{model} SGD step (B={batch}, {c}×{h}×{w})"));
+    let mut rows = Vec::new();
+    let mut baseline = (None, None);
+    let mut torch_logits = None;
+    if let Some(py) = python {
+        let dir = tempfile::tempdir()?;
+        net.save(&dir.path().join("weights.safetensors"), 0)?;
+        crate::report::write_npy(&dir.path().join("x.npy"), &[batch, c, h, w], &x)?;
+        crate::report::write_npy(&dir.path().join("y.npy"), &[batch], &y)?;
+        crate::report::write_json(&dir.path().join("meta.json"), &serde_json::json!({ "model": model }))?;
+        let path = format!("{}/scripts/baselines/cnn_torch.py", env!("CARGO_MANIFEST_DIR"));
+        let out = std::process::Command::new(py).arg(&path).args(["--dir", &dir.path().display().to_string(), "--repeats", &repeats.to_string()]).output()?;
+        if !out.status.success() {
+            anyhow::bail!("the PyTorch baseline failed (set --python, or PYTHONPATH=.tools/torch):\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let note = format!("torch {}, {} threads", v["torch"].as_str().unwrap_or("?"), v["threads"]);
+        let (f, s) = (v["forward_seconds"].as_f64().unwrap_or(f64::NAN), v["train_seconds"].as_f64().unwrap_or(f64::NAN));
+        rows.push(BenchRow::timed(&forward, "pytorch-cpu", (f, f), repeats, None, batch as f64, None, Some(note.clone())));
+        rows.push(BenchRow::timed(&step, "pytorch-cpu", (s, s), repeats, None, batch as f64, None, Some(note)));
+        baseline = (Some(f), Some(s));
+        torch_logits = Some(crate::data::Array::open_npy(&dir.path().join("logits.npy"))?.to_f32());
+    }
+    let logits = net.logits(&x, batch)?;
+    let note = torch_logits.map(|t| {
+        let scale = t.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = t.iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        format!("logits within {:.1e} of PyTorch's (relative to the largest)", worst / scale)
+    });
+    let f = time_runs(repeats, || net.logits(&x, batch).map(|_| ()))?;
+    rows.push(BenchRow::timed(&forward, "cpu", f, repeats, baseline.0, batch as f64, None, note));
+    let mut velocity = net.zero_momentum();
+    let mut trained = net.clone();
+    let s = time_runs(repeats, || trained.train_step(&x, &y, 0.01, 0.9, 5e-4, &mut velocity))?;
+    rows.push(BenchRow::timed(&step, "cpu", s, repeats, baseline.1, batch as f64, None, None));
+    Ok(rows)
+}

@@ -256,6 +256,24 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A convolutional network's forward pass and training step against PyTorch on the
+    /// same weights and batch.
+    Cnn {
+        #[arg(long, default_value = "resnet18-cifar:classes=100")]
+        model: String,
+        /// One input sample's shape, C×H×W.
+        #[arg(long, default_value = "3x32x32")]
+        input: String,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Python with torch for the baseline (PYTHONPATH=.tools/torch); "none" skips it.
+        #[arg(long, default_value = "python3")]
+        python: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// The frame's kernels: Philox fills and streamed row norms.
     Frame {
         /// Multiplies the workload sizes.
@@ -623,6 +641,12 @@ fn bench_one(c: BenchCommand) -> Result<()> {
             let python = baseline_python(&python);
             let backends = bench_backends(device)?;
             let rows = rote::bench::denoise_train(&data, &model, batch.max(1), steps.max(1), python, &backends)?;
+            print_rows(&rows, json)
+        }
+        BenchCommand::Cnn { model, input, batch, repeats, python, json } => {
+            let dims = parse_shape(&input)?;
+            let [c, h, w] = dims[..] else { bail!("--input {input}: give C×H×W, e.g. 3x32x32") };
+            let rows = rote::bench::cnn(&model, [c, h, w], batch.max(1), repeats.max(1), baseline_python(&python))?;
             print_rows(&rows, json)
         }
         BenchCommand::Frame { scale, repeats, device, json } => {

@@ -3,11 +3,14 @@
 //!
 //!   z[n,o,i,j] = b[o] + Σ_{c,u,v} W[o,c,u,v] · x[n, c, s·i + u − p, s·j + v − p]
 //!
-//! Per sample, im2col lays the receptive fields out as a (C_in·k², H_out·W_out) matrix
-//! X̃, so z = W·X̃ is one GEMM (W as a (C_out, C_in·k²) matrix). Backward to the input is
-//! the transposed convolution: X̃' = Wᵀ·g, scattered back (col2im); to the weights the
-//! correlation g·X̃ᵀ, summed over samples. The tangent is the same convolution of ẋ
-//! without the bias (z is affine in x).
+//! im2col lays the receptive fields of a group of G samples side by side as a
+//! (C_in·k², G·H_out·W_out) matrix X̃, so z = W·X̃ is one GEMM (W as a (C_out, C_in·k²)
+//! matrix) — G is chosen so each GEMM has a few hundred columns, which keeps the weights
+//! in cache across samples where the maps are small (ResNet's last stages: 4×4). Backward
+//! to the input is the transposed convolution: X̃' = Wᵀ·g, scattered back (col2im); to
+//! the weights the correlation g·X̃ᵀ, summed group by group in order (the same bits for
+//! any thread count). The tangent is the same convolution of ẋ without the bias (z is
+//! affine in x).
 
 use super::Tensor;
 use crate::nn::linalg::{gemm_serial, transpose};
@@ -65,20 +68,25 @@ impl Conv2d {
         self.c_in * self.k * self.k
     }
 
-    /// Whether im2col is the identity (1×1, stride 1, no padding): the input is X̃.
-    fn pointwise(&self) -> bool {
-        self.k == 1 && self.stride == 1 && self.pad == 0
+    /// Samples per GEMM: at least `COLUMNS` columns where the maps are small, but at
+    /// least `GROUPS` groups per batch to share between threads; a function of the
+    /// shapes only (never of the thread count), so the gradient sums do not change.
+    fn group(&self, n: usize, positions: usize) -> usize {
+        const COLUMNS: usize = 512;
+        const GROUPS: usize = 8;
+        COLUMNS.div_ceil(positions.max(1)).min(n.div_ceil(GROUPS)).max(1)
     }
 
-    /// One sample (C_in, h, w) → X̃ (C_in·k², ho·wo).
-    fn im2col(&self, x: &[f32], (h, w): (usize, usize), (ho, wo): (usize, usize), cols: &mut [f32]) {
+    /// One sample (C_in, h, w) into its columns of the group's X̃: row r of the
+    /// sample's (C_in·k², ho·wo) patch matrix goes to `cols[r·stride + offset ..]`.
+    fn im2col(&self, x: &[f32], (h, w): (usize, usize), (ho, wo): (usize, usize), cols: &mut [f32], stride: usize, offset: usize) {
         let (k, s, p) = (self.k, self.stride, self.pad as isize);
         let positions = ho * wo;
         for c in 0..self.c_in {
             let plane = &x[c * h * w..(c + 1) * h * w];
             for u in 0..k {
                 for v in 0..k {
-                    let row = &mut cols[((c * k + u) * k + v) * positions..][..positions];
+                    let row = &mut cols[((c * k + u) * k + v) * stride + offset..][..positions];
                     for i in 0..ho {
                         let y = (s * i + u) as isize - p;
                         let out = &mut row[i * wo..(i + 1) * wo];
@@ -87,6 +95,16 @@ impl Conv2d {
                             continue;
                         }
                         let line = &plane[y as usize * w..(y as usize + 1) * w];
+                        if s == 1 {
+                            // A contiguous run of the input line, zeros at the padded ends.
+                            let first = (p - v as isize).max(0) as usize;
+                            let last = ((w as isize + p - v as isize).min(wo as isize)).max(first as isize) as usize;
+                            out[..first].fill(0.0);
+                            out[last..].fill(0.0);
+                            let src = (first as isize + v as isize - p) as usize;
+                            out[first..last].copy_from_slice(&line[src..src + (last - first)]);
+                            continue;
+                        }
                         for (j, o) in out.iter_mut().enumerate() {
                             let xx = (s * j + v) as isize - p;
                             *o = if xx >= 0 && xx < w as isize { line[xx as usize] } else { 0.0 };
@@ -97,15 +115,16 @@ impl Conv2d {
         }
     }
 
-    /// The adjoint of `im2col`: adds X̃' back onto the sample's (C_in, h, w) gradient.
-    fn col2im(&self, cols: &[f32], (h, w): (usize, usize), (ho, wo): (usize, usize), gx: &mut [f32]) {
+    /// The adjoint of `im2col`: adds the sample's columns of X̃' back onto its
+    /// (C_in, h, w) gradient.
+    fn col2im(&self, cols: &[f32], (h, w): (usize, usize), (ho, wo): (usize, usize), gx: &mut [f32], stride: usize, offset: usize) {
         let (k, s, p) = (self.k, self.stride, self.pad as isize);
         let positions = ho * wo;
         for c in 0..self.c_in {
             let plane = &mut gx[c * h * w..(c + 1) * h * w];
             for u in 0..k {
                 for v in 0..k {
-                    let row = &cols[((c * k + u) * k + v) * positions..][..positions];
+                    let row = &cols[((c * k + u) * k + v) * stride + offset..][..positions];
                     for i in 0..ho {
                         let y = (s * i + u) as isize - p;
                         if y < 0 || y >= h as isize {
@@ -139,20 +158,24 @@ impl Conv2d {
         if n == 0 {
             return Ok(out);
         }
-        let per_in = self.c_in * h * w;
-        out.data.par_chunks_mut(self.c_out * positions).zip(x.data.par_chunks(per_in)).for_each_init(
-            || vec![0f32; if self.pointwise() { 0 } else { patch * positions }],
-            |cols, (o, xs)| {
-                let cols: &[f32] = if self.pointwise() {
-                    xs
-                } else {
-                    self.im2col(xs, (h, w), (ho, wo), cols);
-                    cols
-                };
-                gemm_serial(&self.weight, self.c_out, patch, cols, positions, false, false, o);
-                if let Some(b) = bias {
-                    for (plane, &bo) in o.chunks_mut(positions).zip(b) {
-                        plane.iter_mut().for_each(|v| *v += bo);
+        let (per_in, per_out) = (self.c_in * h * w, self.c_out * positions);
+        let g = self.group(n, positions);
+        out.data.par_chunks_mut(g * per_out).zip(x.data.par_chunks(g * per_in)).for_each_init(
+            || (vec![0f32; patch * g * positions], vec![0f32; per_out * g]),
+            |(cols, product), (o, xs)| {
+                let samples = xs.len() / per_in;
+                let columns = samples * positions;
+                for (s, sample) in xs.chunks(per_in).enumerate() {
+                    self.im2col(sample, (h, w), (ho, wo), cols, columns, s * positions);
+                }
+                // (C_out, K) · (K, G·P): channel rows with every sample's positions.
+                gemm_serial(&self.weight, self.c_out, patch, &cols[..patch * columns], columns, false, false, &mut product[..self.c_out * columns]);
+                for (s, os) in o.chunks_mut(per_out).enumerate() {
+                    for (ch, plane) in os.chunks_mut(positions).enumerate() {
+                        plane.copy_from_slice(&product[ch * columns + s * positions..][..positions]);
+                        if let Some(b) = bias {
+                            plane.iter_mut().for_each(|v| *v += b[ch]);
+                        }
                     }
                 }
             },
@@ -179,40 +202,36 @@ impl Conv2d {
         }
         let mut weight_t = vec![0f32; patch * self.c_out];
         transpose(&self.weight, self.c_out, patch, &mut weight_t);
-        let per_in = self.c_in * h * w;
-        let per_out = self.c_out * positions;
+        let (per_in, per_out) = (self.c_in * h * w, self.c_out * positions);
         let mut gx = if want_input { vec![0f32; n * per_in] } else { Vec::new() };
-        // Parameter gradients are summed per fixed group of samples, then the groups in
-        // order: the same bits whatever the thread count or scheduling.
-        const GROUP: usize = 8;
-        let groups = n.div_ceil(GROUP);
-        let mut gx_groups: Vec<&mut [f32]> = if want_input { gx.chunks_mut(GROUP * per_in).collect() } else { (0..groups).map(|_| &mut [][..]).collect() };
+        let g = self.group(n, positions);
+        let groups = n.div_ceil(g);
+        let mut gx_groups: Vec<&mut [f32]> = if want_input { gx.chunks_mut(g * per_in).collect() } else { (0..groups).map(|_| &mut [][..]).collect() };
+        // Per group: X̃ and g as (K, G·P) and (C_out, G·P); dW += g·X̃ᵀ, X̃' = Wᵀ·g.
         let partials: Vec<(Vec<f32>, Vec<f32>)> = gx_groups
             .par_iter_mut()
-            .zip(x.data.par_chunks(GROUP * per_in))
-            .zip(gy.data.par_chunks(GROUP * per_out))
+            .zip(x.data.par_chunks(g * per_in))
+            .zip(gy.data.par_chunks(g * per_out))
             .map(|((gxg, xg), gg)| {
-                let (mut dw, mut db) = (vec![0f32; self.c_out * patch], vec![0f32; self.c_out]);
-                let (mut cols, mut dcols) = if self.pointwise() { (vec![], vec![]) } else { (vec![0f32; patch * positions], vec![0f32; patch * positions]) };
-                for (s, (xs, gs)) in xg.chunks(per_in).zip(gg.chunks(per_out)).enumerate() {
-                    let x_cols: &[f32] = if self.pointwise() {
-                        xs
-                    } else {
-                        self.im2col(xs, (h, w), (ho, wo), &mut cols);
-                        &cols
-                    };
-                    gemm_serial(gs, self.c_out, positions, x_cols, patch, true, true, &mut dw);
-                    for (b, plane) in db.iter_mut().zip(gs.chunks(positions)) {
-                        *b += plane.iter().sum::<f32>();
+                let samples = xg.len() / per_in;
+                let columns = samples * positions;
+                let mut cols = vec![0f32; patch * columns];
+                for (s, sample) in xg.chunks(per_in).enumerate() {
+                    self.im2col(sample, (h, w), (ho, wo), &mut cols, columns, s * positions);
+                }
+                let mut grad = vec![0f32; self.c_out * columns];
+                for (s, gs) in gg.chunks(per_out).enumerate() {
+                    for (ch, plane) in gs.chunks(positions).enumerate() {
+                        grad[ch * columns + s * positions..][..positions].copy_from_slice(plane);
                     }
-                    if want_input {
-                        let gxs = &mut gxg[s * per_in..(s + 1) * per_in];
-                        if self.pointwise() {
-                            gemm_serial(&weight_t, patch, self.c_out, gs, positions, false, false, gxs);
-                        } else {
-                            gemm_serial(&weight_t, patch, self.c_out, gs, positions, false, false, &mut dcols);
-                            self.col2im(&dcols, (h, w), (ho, wo), gxs);
-                        }
+                }
+                let mut dw = vec![0f32; self.c_out * patch];
+                gemm_serial(&grad, self.c_out, columns, &cols, patch, true, false, &mut dw);
+                let db: Vec<f32> = grad.chunks(columns).map(|r| r.iter().sum()).collect();
+                if want_input {
+                    gemm_serial(&weight_t, patch, self.c_out, &grad, columns, false, false, &mut cols);
+                    for (s, gxs) in gxg.chunks_mut(per_in).enumerate() {
+                        self.col2im(&cols, (h, w), (ho, wo), gxs, columns, s * positions);
                     }
                 }
                 (dw, db)
