@@ -166,8 +166,10 @@ fn imported_weights_load_by_name_and_mismatches_are_named() {
 fn models_that_do_not_fit_the_data_are_refused_before_training() {
     let dir = tempdir();
     let out = dir.path().join("r");
-    let cases: [(&str, &str, &str); 4] = [
+    let cases: [(&str, &str, &str); 6] = [
         ("digits", "cnn:c8-p2-p2-p2-p2-fc10", "does not fit"),
+        ("digits", "resnet18-cifar:classes=10,width=100000000", "needs about"),
+        ("digits", "cnn:c99999999999-fc10", "needs about"),
         ("digits", "cnn:c8-relu-fc3", "label"),
         ("moons", "cnn:c8-relu-fc2", "image samples"),
         ("digits", "resnet18-cifar:classes=10,depth=3", "unknown option 'depth'"),

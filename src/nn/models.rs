@@ -39,6 +39,10 @@ pub fn is_graph_spec(spec: &str) -> bool {
 struct Builder {
     nodes: Vec<Node>,
     seed: u64,
+    /// Shapes only: layers get no parameter storage, `parameters` counts what they
+    /// would hold (so a spec's memory is known before anything is allocated).
+    dry: bool,
+    parameters: u64,
 }
 
 impl Builder {
@@ -53,32 +57,61 @@ impl Builder {
     }
 
     fn conv(&mut self, input: usize, c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, bias: bool, name: &str) -> usize {
-        let op = Op::Conv(Conv2d::init(c_in, c_out, k, stride, pad, bias, self.seed, self.stream()));
-        self.push(op, vec![input], name)
+        let count = crate::resources::product(&[c_out, c_in, k, k]).saturating_add(if bias { c_out as u64 } else { 0 });
+        self.parameters = self.parameters.saturating_add(count);
+        let conv = if self.dry {
+            Conv2d { c_in, c_out, k, stride, pad, weight: vec![], bias: None }
+        } else {
+            Conv2d::init(c_in, c_out, k, stride, pad, bias, self.seed, self.stream())
+        };
+        self.push(Op::Conv(conv), vec![input], name)
     }
 
     fn linear(&mut self, input: usize, fan_in: usize, out: usize, name: &str) -> usize {
-        let op = Op::Linear(Linear::init(fan_in, out, self.seed, self.stream()));
-        self.push(op, vec![input], name)
+        self.parameters = self.parameters.saturating_add(crate::resources::product(&[fan_in + 1, out]));
+        let linear = if self.dry { Linear { fan_in, out, weight: vec![], bias: vec![] } } else { Linear::init(fan_in, out, self.seed, self.stream()) };
+        self.push(Op::Linear(linear), vec![input], name)
+    }
+
+    fn batch_norm(&mut self, input: usize, channels: usize, name: impl Into<String>) -> usize {
+        self.parameters = self.parameters.saturating_add(crate::resources::product(&[channels, 4]));
+        let bn = if self.dry { BatchNorm2d { channels, weight: vec![], bias: vec![], running_mean: vec![], running_var: vec![] } } else { BatchNorm2d::new(channels) };
+        self.push(Op::BatchNorm(bn), vec![input], name)
     }
 }
 
 /// Builds the network `spec` for samples of shape (C, H, W), checking that every layer
 /// fits the input.
 pub fn build(spec: &str, input: [usize; 3], seed: u64) -> Result<Graph> {
-    let graph = if let Some(body) = spec.strip_prefix("cnn:") {
-        cnn(spec, body, input, seed)?
+    // Shapes and the parameter count first, without storage: a spec that does not fit
+    // the input or the memory is refused before anything is allocated.
+    let (dry, parameters) = construct(spec, input, seed, true)?;
+    dry.shapes(1).with_context(|| format!("model '{spec}' does not fit samples of shape {input:?}"))?;
+    crate::resources::check_memory(&[("the network's parameters", parameters.saturating_mul(4))], &format!("the sizes in --model {spec}"))?;
+    Ok(construct(spec, input, seed, false)?.0)
+}
+
+/// Trainable parameters and BatchNorm buffers of `spec`, counted without allocating.
+pub fn parameter_count(spec: &str, input: [usize; 3]) -> Result<u64> {
+    Ok(construct(spec, input, 0, true)?.1)
+}
+
+fn construct(spec: &str, input: [usize; 3], seed: u64, dry: bool) -> Result<(Graph, u64)> {
+    let mut b = Builder { nodes: vec![], seed, dry, parameters: 0 };
+    let classes = if let Some(body) = spec.strip_prefix("cnn:") {
+        cnn(&mut b, spec, body, input)?
     } else if let Some(rest) = spec.strip_prefix("resnet18-cifar") {
         let (classes, width, act) = resnet_options(spec, rest, true)?;
-        resnet18(input, classes, width, act, seed, Layout::Cifar)
+        resnet18(&mut b, input, classes, width, act, Layout::Cifar);
+        classes
     } else if let Some(rest) = spec.strip_prefix("resnet18") {
         let (classes, width, act) = resnet_options(spec, rest, false)?;
-        resnet18(input, classes, width, act, seed, Layout::Torchvision)
+        resnet18(&mut b, input, classes, width, act, Layout::Torchvision);
+        classes
     } else {
         bail!("model spec '{spec}': use mlp:…, cnn:…, resnet18-cifar[:classes=C,width=W] or resnet18[:classes=C]");
     };
-    graph.shapes(1).with_context(|| format!("model '{spec}' does not fit samples of shape {input:?}"))?;
-    Ok(graph)
+    Ok((Graph { nodes: b.nodes, input, classes }, b.parameters))
 }
 
 fn resnet_options(spec: &str, rest: &str, width_allowed: bool) -> Result<(usize, usize, Activation)> {
@@ -149,9 +182,8 @@ fn pool_token(token: &str) -> Option<(bool, usize)> {
     token.strip_prefix('p')?.parse().ok().map(|k| (false, k))
 }
 
-fn cnn(spec: &str, body: &str, input: [usize; 3], seed: u64) -> Result<Graph> {
+fn cnn(b: &mut Builder, spec: &str, body: &str, input: [usize; 3]) -> Result<usize> {
     let tokens: Vec<&str> = body.split('-').map(str::trim).collect();
-    let mut b = Builder { nodes: vec![], seed };
     let (mut c, mut h, mut w) = (input[0], input[1], input[2]);
     // Features when the value is flat (after gap / flatten), else None.
     let mut flat: Option<usize> = None;
@@ -175,7 +207,7 @@ fn cnn(spec: &str, body: &str, input: [usize; 3], seed: u64) -> Result<Graph> {
             c = out;
         } else if *token == "bn" {
             image(flat)?;
-            value = b.push(Op::BatchNorm(BatchNorm2d::new(c)), vec![value], module.to_string());
+            value = b.batch_norm(value, c, module.to_string());
         } else if let Some(act) = activation(token) {
             value = b.push(Op::Act(act), vec![value], "");
         } else if *token == "gap" {
@@ -217,8 +249,7 @@ fn cnn(spec: &str, body: &str, input: [usize; 3], seed: u64) -> Result<Graph> {
         }
         module += 1;
     }
-    let classes = classes.filter(|_| tokens.last().is_some_and(|t| t.starts_with("fc"))).with_context(|| format!("model spec '{spec}' must end with fcN (N = the classes)"))?;
-    Ok(Graph { nodes: b.nodes, input, classes })
+    classes.filter(|_| tokens.last().is_some_and(|t| t.starts_with("fc"))).with_context(|| format!("model spec '{spec}' must end with fcN (N = the classes)"))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -229,14 +260,13 @@ enum Layout {
     Torchvision,
 }
 
-fn resnet18(input: [usize; 3], classes: usize, width: usize, act: Activation, seed: u64, layout: Layout) -> Graph {
-    let mut b = Builder { nodes: vec![], seed };
+fn resnet18(b: &mut Builder, input: [usize; 3], classes: usize, width: usize, act: Activation, layout: Layout) {
     let relu = Op::Act(act);
     let mut v = match layout {
         Layout::Cifar => b.conv(0, input[0], width, 3, 1, 1, false, "conv1"),
         Layout::Torchvision => b.conv(0, input[0], width, 7, 2, 3, false, "conv1"),
     };
-    v = b.push(Op::BatchNorm(BatchNorm2d::new(width)), vec![v], "bn1");
+    v = b.batch_norm(v, width, "bn1");
     v = b.push(relu.clone(), vec![v], "");
     if layout == Layout::Torchvision {
         v = b.push(Op::MaxPool(MaxPool2d { k: 3, stride: 2, pad: 1 }), vec![v], "");
@@ -250,13 +280,13 @@ fn resnet18(input: [usize; 3], classes: usize, width: usize, act: Activation, se
             let p = format!("layer{}.{block}", stage + 1);
             let x = v;
             let mut y = b.conv(x, c, out, 3, stride, 1, false, &format!("{p}.conv1"));
-            y = b.push(Op::BatchNorm(BatchNorm2d::new(out)), vec![y], format!("{p}.bn1"));
+            y = b.batch_norm(y, out, format!("{p}.bn1"));
             y = b.push(relu.clone(), vec![y], "");
             y = b.conv(y, out, out, 3, 1, 1, false, &format!("{p}.conv2"));
-            y = b.push(Op::BatchNorm(BatchNorm2d::new(out)), vec![y], format!("{p}.bn2"));
+            y = b.batch_norm(y, out, format!("{p}.bn2"));
             let skip = if stride != 1 || c != out {
                 let s = b.conv(x, c, out, 1, stride, 0, false, &format!("{p}.{shortcut}.0"));
-                b.push(Op::BatchNorm(BatchNorm2d::new(out)), vec![s], format!("{p}.{shortcut}.1"))
+                b.batch_norm(s, out, format!("{p}.{shortcut}.1"))
             } else {
                 x
             };
@@ -267,7 +297,6 @@ fn resnet18(input: [usize; 3], classes: usize, width: usize, act: Activation, se
     }
     v = b.push(Op::GlobalAvgPool, vec![v], "");
     b.linear(v, c, classes, if layout == Layout::Cifar { "linear" } else { "fc" });
-    Graph { nodes: b.nodes, input, classes }
 }
 
 #[cfg(test)]

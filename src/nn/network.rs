@@ -37,6 +37,8 @@ impl Network {
         if sizes[0] != features {
             bail!("model '{spec}' takes {} inputs but the data has {features} features per sample", sizes[0]);
         }
+        let parameters = sizes.windows(2).map(|w| crate::resources::product(&[w[0] + 1, w[1]])).fold(0u64, u64::saturating_add);
+        crate::resources::check_memory(&[("the network's parameters", parameters.saturating_mul(4))], &format!("the layer sizes of --model {spec}"))?;
         Ok(Self::Mlp(Mlp::init(&sizes, activation, seed)))
     }
 
