@@ -63,9 +63,24 @@ fn a_small_cnn_learns_digits_and_saves_pytorch_names() {
         let want: f64 = line.split(',').nth(2).unwrap().parse().unwrap();
         assert!((r["train_accuracy"].as_f64().unwrap() - want).abs() < 1e-6, "{r} vs {line}");
     }
-    // Curvature of CNN runs is not there yet, and says so.
-    let e = rote_err(&["curvature", "--run", p(&run), "--out", p(&dir.path().join("s"))]);
-    assert!(e.contains("convolutional"), "{e}");
+}
+
+#[test]
+fn cnn_curvature_scores_find_the_flipped_labels() {
+    let dir = tempdir();
+    let run = train(dir.path(), "noisy", "cnn:c16-bn-relu-p2-c32-bn-relu-gap-fc10", "20", &["--label-noise", "0.1"]);
+    let fd = json(&rote_ok(&["curvature", "--run", p(&run), "--every", "4", "--estimator", "fd", "--h", "0.01", "--out", p(&dir.path().join("fd")), "--json"]));
+    assert!(fd["auroc"].as_f64().unwrap() > 0.9, "{fd}");
+    assert_eq!(fd["checkpoints"], 5);
+    let exact = json(&rote_ok(&["curvature", "--run", p(&run), "--checkpoints", "epoch-020*", "--out", p(&dir.path().join("exact")), "--json"]));
+    assert!(exact["estimator"].as_str().unwrap().starts_with("exact"), "{exact}");
+    let scores = rote::data::Array::open_npy(&dir.path().join("exact/score.npy")).unwrap().to_f32();
+    assert_eq!(scores.len(), 1797);
+    assert!(scores.iter().all(|v| v.is_finite() && *v >= 0.0));
+    let smooth = train(dir.path(), "smooth", "cnn:c8-tanh-p2-fc10", "1", &[]);
+    let e = rote_err(&["curvature", "--run", p(&smooth), "--estimator", "hutchinson", "--out", p(&dir.path().join("s"))]);
+    assert!(e.contains("--estimator fd"), "{e}");
+    rote_ok(&["curvature", "--run", p(&smooth), "--estimator", "fd", "--probes", "2", "--out", p(&dir.path().join("s"))]);
 }
 
 #[test]

@@ -8,6 +8,7 @@ use crate::nn::mlp::Mlp;
 use crate::rng::Philox;
 use anyhow::{bail, Result};
 
+pub mod cnn;
 pub mod gallery;
 mod hutchinson;
 

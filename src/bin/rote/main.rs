@@ -1313,15 +1313,11 @@ fn wildcard(pattern: &str, name: &str) -> bool {
 
 fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
     use rote::curvature::{self, Estimator, ScoreConfig, Statistic};
-    use rote::nn::{checkpoint, mlp, train};
+    use rote::nn::network::Network;
+    use rote::nn::train;
     let cfg = train::open_run(&a.run)?;
-    if rote::nn::models::is_graph_spec(&cfg.model) {
-        bail!("{} trained '{}': input curvature of convolutional networks is not in this version yet (MLP runs only); `rote eval` evaluates its checkpoints", a.run.display(), cfg.model);
-    }
-    let (sizes, activation) = mlp::parse_spec(&cfg.model)?;
     let estimator = a.estimator.unwrap_or(if a.statistic == Statistic::ReleasedCode { Estimator::Fd } else { Estimator::Exact });
     let score_cfg = ScoreConfig { estimator, statistic: a.statistic, probes: a.probes, h: a.h, seed: a.seed };
-    score_cfg.validate(activation)?;
     if a.every == 0 {
         bail!("--every must be at least 1");
     }
@@ -1338,9 +1334,18 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
         Some(spec) => spec.open()?,
         None => data::open(&cfg.data)?,
     };
-    if ds.train.features() != sizes[0] {
-        bail!("model '{}' takes {} inputs but the data has {} features per sample", cfg.model, sizes[0], ds.train.features());
+    let mut net = Network::build(&cfg.model, ds.sample_shape(), 0).with_context(|| format!("the run's model '{}' on its data", cfg.model))?;
+    // The activation that decides what the estimators can do (a CNN's: piecewise
+    // linear or not).
+    let activation = match &net {
+        Network::Mlp(m) => m.activation,
+        Network::Graph(g) => if curvature::cnn::piecewise_linear(g) { rote::nn::mlp::Activation::Relu } else { rote::nn::mlp::Activation::Tanh },
+    };
+    score_cfg.validate(activation)?;
+    if matches!(net, Network::Graph(_)) && estimator != Estimator::Fd && activation != rote::nn::mlp::Activation::Relu {
+        bail!("{}: exact Hessian-vector products of a convolutional network with smooth activations are not there yet; use --estimator fd", cfg.model);
     }
+    let plane = rote::nn::network::image_shape(ds.sample_shape()).map(|[_, h, w]| h * w).unwrap_or(ds.train.features());
     let labels = data::Array::open_npy(&a.run.join("labels.npy"))?.to_i64()?;
     let sources: Vec<u32> = data::Array::open_npy(&a.run.join("sources.npy"))?.to_i64()?.iter().map(|&v| v as u32).collect();
     let corrupted: Vec<bool> = data::Array::open_npy(&a.run.join("corrupted.npy"))?.to_i64()?.iter().map(|&v| v != 0).collect();
@@ -1366,12 +1371,12 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
     // Every selected checkpoint is read and checked (tensor names, shapes, finite
     // values) before any scoring or output.
     for ck in &ckpts {
-        checkpoint::load(ck, &sizes, activation)?;
+        net.load_weights(ck)?;
     }
     let backend = open_device(a.device.device)?;
-    let on_gpu = matches!(backend, Backend::Cuda(_)) && curvature::runs_on_gpu(&score_cfg);
+    let on_gpu = matches!(backend, Backend::Cuda(_)) && curvature::runs_on_gpu(&score_cfg) && matches!(net, Network::Mlp(_));
     if matches!(backend, Backend::Cuda(_)) && !on_gpu {
-        eprintln!("note: the finite-difference estimator and the released-code statistic run on the CPU");
+        eprintln!("note: the finite-difference estimator, the released-code statistic and convolutional networks run on the CPU");
     }
     let backend = if on_gpu { backend } else { Backend::Cpu };
     let estimator_used = score_cfg.describe(activation);
@@ -1384,14 +1389,23 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
     let mut mean_gn: Option<Vec<f64>> = None;
     report::create_out_dir(&a.out)?;
     for ck in &ckpts {
-        let m = checkpoint::load(ck, &sizes, activation)?;
+        net.load_weights(ck)?;
+        // Curvature in evaluation mode, BatchNorm folded (the same function).
+        let folded = match &net {
+            Network::Graph(g) => Some(g.folded()?),
+            Network::Mlp(_) => None,
+        };
         let mut score = Vec::with_capacity(range.len());
         let mut trace = Vec::with_capacity(range.len());
         let mut gn = Vec::new();
         for chunk in sched::chunks(range.clone(), a.batch.max(1)) {
             let rows: Vec<u32> = sources[chunk.clone()].to_vec();
-            let x = train::gather(&ds.train.x, &rows, cfg.input_scale);
-            let s = curvature::scores_on(&backend, &m, &x, &labels[chunk.clone()], chunk.start as u64, &score_cfg)?;
+            let x = train::inputs(&cfg, &ds.train.x, &rows, plane);
+            let s = match (&net, &folded) {
+                (Network::Mlp(m), _) => curvature::scores_on(&backend, m, &x, &labels[chunk.clone()], chunk.start as u64, &score_cfg)?,
+                (_, Some(g)) => curvature::cnn::scores(g, &x, &labels[chunk.clone()], chunk.start as u64, &score_cfg)?,
+                _ => unreachable!(),
+            };
             score.extend(s.score);
             trace.extend(s.trace);
             if let Some(g) = s.gauss_newton {
@@ -1401,7 +1415,7 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
         }
         let not_finite = score.iter().chain(&trace).chain(&gn).filter(|v| !v.is_finite()).count();
         if not_finite > 0 {
-            let largest = m.weights.iter().chain(&m.biases).flatten().fold(0f32, |a, &w| a.max(w.abs()));
+            let largest = net.parameters_mut().iter().flat_map(|p| p.iter()).fold(0f32, |a, &w| a.max(w.abs()));
             bail!(
                 "{}: {not_finite} scores are not finite (the network's float32 arithmetic overflows: its largest parameter is {largest:e}); no scores of it were written",
                 ck.display()
