@@ -219,3 +219,27 @@ fn cnn_training_is_byte_identical_across_thread_counts() {
     assert_eq!(one, run("2", "b"));
     assert_eq!(one, run("3", "c"));
 }
+
+#[test]
+fn a_checkpoint_series_from_elsewhere_scores_like_its_run() {
+    let dir = tempdir();
+    let run = train(dir.path(), "run", SMALL, "2", &[]);
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    let norm = format!("{}/{}", cfg["normalization"]["mean"][0], cfg["normalization"]["std"][0]);
+    let common = ["--estimator", "fd", "--h", "0.01", "--probes", "3", "--json"];
+    let from_run = dir.path().join("a");
+    let mut args = vec!["curvature", "--run", p(&run), "--out", p(&from_run)];
+    args.extend_from_slice(&common);
+    rote_ok(&args);
+    let from_files = dir.path().join("b");
+    let weights = format!("{}/checkpoints/*.safetensors", run.display());
+    let mut args = vec!["curvature", "--model", SMALL, "--weights", &weights, "--data", "digits", "--normalize", &norm, "--out", p(&from_files)];
+    args.extend_from_slice(&common);
+    let v = json(&rote_ok(&args));
+    assert_eq!(v["checkpoints"], 2);
+    let a = rote::data::Array::open_npy(&from_run.join("score.npy")).unwrap().to_f32();
+    let b = rote::data::Array::open_npy(&from_files.join("score.npy")).unwrap().to_f32();
+    assert_eq!(a, b);
+    let e = rote_err(&["curvature", "--weights", &weights, "--data", "digits", "--out", p(&dir.path().join("c"))]);
+    assert!(e.contains("--model"), "{e}");
+}

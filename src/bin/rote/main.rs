@@ -441,8 +441,19 @@ struct EvalArgs {
 #[derive(Args)]
 struct CurvatureArgs {
     /// A run directory written by `rote train`.
+    #[arg(long, required_unless_present = "weights", conflicts_with_all = ["weights", "model", "normalize"])]
+    run: Option<PathBuf>,
+    /// Instead of --run: a series of checkpoints trained elsewhere ('dir/*.safetensors'),
+    /// scored on --data with its labels (needs --model).
+    #[arg(long, requires_all = ["model", "data"])]
+    weights: Option<String>,
+    /// The architecture of --weights (mlp:…, cnn:…, resnet18-cifar…, resnet18…).
     #[arg(long)]
-    run: PathBuf,
+    model: Option<String>,
+    /// The per-channel normalization --weights were trained with (none, cifar10,
+    /// cifar100, imagenet, data, MEAN,…/STD,…); inputs are uint8 / max first.
+    #[arg(long)]
+    normalize: Option<String>,
     /// Only checkpoints whose file name matches this pattern ('*' wildcards).
     #[arg(long)]
     checkpoints: Option<String>,
@@ -1315,7 +1326,37 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
     use rote::curvature::{self, Estimator, ScoreConfig, Statistic};
     use rote::nn::network::Network;
     use rote::nn::train;
-    let cfg = train::open_run(&a.run)?;
+    // A run's own description, or one made up for a checkpoint series trained elsewhere.
+    let (cfg, source_name) = match (&a.run, &a.weights) {
+        (Some(run), _) => (train::open_run(run)?, run.display().to_string()),
+        (None, Some(weights)) => {
+            let spec = a.data.as_ref().unwrap();
+            let ds = spec.open()?;
+            let input_scale = train::input_scale_for(&ds);
+            let normalization = match rote::nn::network::Normalization::parse(a.normalize.as_deref().unwrap_or("none"))? {
+                Some(n) => n,
+                None => train::channel_statistics(&ds, input_scale)?,
+            };
+            let cfg = train::TrainConfig {
+                data: spec.lossy(),
+                model: a.model.clone().unwrap(),
+                epochs: 0,
+                batch: 1,
+                lr: 0.0,
+                momentum: 0.0,
+                weight_decay: 0.0,
+                schedule: train::Schedule::Constant,
+                label_noise: 0.0,
+                duplicate_conflicts: 0,
+                seed: 0,
+                input_scale,
+                normalization,
+                augment: String::new(),
+            };
+            (cfg, weights.clone())
+        }
+        _ => unreachable!("clap requires --run or --weights"),
+    };
     let estimator = a.estimator.unwrap_or(if a.statistic == Statistic::ReleasedCode { Estimator::Fd } else { Estimator::Exact });
     let score_cfg = ScoreConfig { estimator, statistic: a.statistic, probes: a.probes, h: a.h, seed: a.seed };
     if a.every == 0 {
@@ -1324,7 +1365,7 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    if let Err(why) = train::check_complete(&a.run, &cfg) {
+    if let Err(why) = a.run.as_deref().map_or(Ok(()), |run| train::check_complete(run, &cfg)) {
         if !a.allow_incomplete {
             return Err(why.context("pass --allow-incomplete to score the checkpoints it has"));
         }
@@ -1346,27 +1387,42 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
         bail!("{}: exact Hessian-vector products of a convolutional network with smooth activations are not there yet; use --estimator fd", cfg.model);
     }
     let plane = rote::nn::network::image_shape(ds.sample_shape()).map(|[_, h, w]| h * w).unwrap_or(ds.train.features());
-    let labels = data::Array::open_npy(&a.run.join("labels.npy"))?.to_i64()?;
-    let sources: Vec<u32> = data::Array::open_npy(&a.run.join("sources.npy"))?.to_i64()?.iter().map(|&v| v as u32).collect();
-    let corrupted: Vec<bool> = data::Array::open_npy(&a.run.join("corrupted.npy"))?.to_i64()?.iter().map(|&v| v != 0).collect();
-    if sources.len() != labels.len() || corrupted.len() != labels.len() {
-        bail!("{}: labels.npy, sources.npy and corrupted.npy have {}, {} and {} entries; the run is damaged", a.run.display(), labels.len(), sources.len(), corrupted.len());
-    }
-    if let Some(&bad) = sources.iter().find(|&&r| r as usize >= ds.train.len()) {
-        bail!("the run refers to training row {bad} but the data has {} rows; pass the run's data with --data", ds.train.len());
-    }
-    let ckpt_dir = a.run.join("checkpoints");
-    let mut ckpts: Vec<PathBuf> = std::fs::read_dir(&ckpt_dir)
-        .with_context(|| format!("{} has no checkpoints/ directory", a.run.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .filter(|p| a.checkpoints.as_deref().is_none_or(|pat| wildcard(pat, &p.file_name().unwrap().to_string_lossy())))
-        .collect();
+    // The samples scored: a run's (its labels, the dataset rows, which were corrupted),
+    // or the data's own for a series trained elsewhere.
+    let (labels, sources, corrupted, mut ckpts) = match &a.run {
+        Some(run) => {
+            let labels = data::Array::open_npy(&run.join("labels.npy"))?.to_i64()?;
+            let sources: Vec<u32> = data::Array::open_npy(&run.join("sources.npy"))?.to_i64()?.iter().map(|&v| v as u32).collect();
+            let corrupted: Vec<bool> = data::Array::open_npy(&run.join("corrupted.npy"))?.to_i64()?.iter().map(|&v| v != 0).collect();
+            if sources.len() != labels.len() || corrupted.len() != labels.len() {
+                bail!("{}: labels.npy, sources.npy and corrupted.npy have {}, {} and {} entries; the run is damaged", run.display(), labels.len(), sources.len(), corrupted.len());
+            }
+            if let Some(&bad) = sources.iter().find(|&&r| r as usize >= ds.train.len()) {
+                bail!("the run refers to training row {bad} but the data has {} rows; pass the run's data with --data", ds.train.len());
+            }
+            let ckpt_dir = run.join("checkpoints");
+            let ckpts: Vec<PathBuf> = std::fs::read_dir(&ckpt_dir)
+                .with_context(|| format!("{} has no checkpoints/ directory", run.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+                .collect();
+            (labels, sources, corrupted, ckpts)
+        }
+        None => {
+            if let Some(&bad) = ds.train.y.iter().find(|&&y| y as usize >= net.classes()) {
+                bail!("model '{}' has {} outputs but the data has label {bad}", cfg.model, net.classes());
+            }
+            let n = ds.train.len();
+            (ds.train.y.clone(), (0..n as u32).collect(), vec![false; n], checkpoint_files(a.weights.as_deref().unwrap())?)
+        }
+    };
+    ckpts.retain(|p| a.checkpoints.as_deref().is_none_or(|pat| wildcard(pat, &p.file_name().unwrap().to_string_lossy())));
     ckpts.sort();
+    let ckpt_dir = source_name.clone();
     let every = a.every;
     let ckpts: Vec<PathBuf> = ckpts.into_iter().enumerate().filter(|(i, _)| (i + 1) % every == 0).map(|(_, p)| p).collect();
     if ckpts.is_empty() {
-        bail!("no checkpoints selected in {}", ckpt_dir.display());
+        bail!("no checkpoints selected in {ckpt_dir}");
     }
     // Every selected checkpoint is read and checked (tensor names, shapes, finite
     // values) before any scoring or output.
@@ -1446,7 +1502,7 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
         outputs.push(("gauss_newton.npy", g.iter().map(|&v| v as f32).collect()));
     }
     for (name, values) in &outputs {
-        write_shard_output(&a.out.join(name), values, a.shard, labels.len(), &format!("{} {}", a.run.display(), name))?;
+        write_shard_output(&a.out.join(name), values, a.shard, labels.len(), &format!("{source_name} {name}"))?;
     }
     let positives = &corrupted[range.clone()];
     let n_pos = positives.iter().filter(|&&p| p).count();
