@@ -56,10 +56,11 @@ enum Command {
     /// Loss and accuracy of saved classifier weights (rote's or PyTorch's state dicts as
     /// safetensors) on a dataset, one row per checkpoint.
     Eval(EvalArgs),
-    /// Train an MLP classifier with SGD, optionally with injected label noise and
+    /// Train a classifier (MLP, CNN, ResNet-18) with SGD, optionally with injected label noise and
     /// conflicting duplicates; writes a run directory with a checkpoint per epoch.
     Train(TrainArgs),
-    /// Per-sample input-curvature memorization scores of a training run.
+    /// Per-sample input-curvature memorization scores of a training run (or of a
+    /// checkpoint series trained elsewhere).
     Curvature(CurvatureArgs),
     /// The optimal denoiser of a training set: sampling (EDM Heun) and evaluation.
     #[command(subcommand)]
