@@ -488,3 +488,65 @@ pub fn precision_at_k(score: &[f32], positive: &[bool], k: usize) -> f64 {
     let k = k.min(idx.len()).max(1);
     idx[..k].iter().filter(|&&i| positive[i]).count() as f64 / k as f64
 }
+
+/// What the estimators can do with `net` under `cfg`, checked before any work: the
+/// activation that decides it (a CNN's: relu when every activation is piecewise
+/// linear), or an error.
+pub fn check_network(net: &crate::nn::network::Network, cfg: &ScoreConfig) -> Result<crate::nn::mlp::Activation> {
+    use crate::nn::{mlp::Activation, network::Network};
+    let activation = match net {
+        Network::Mlp(m) => m.activation,
+        Network::Graph(g) => if cnn::piecewise_linear(g) { Activation::Relu } else { Activation::Tanh },
+    };
+    cfg.validate(activation)?;
+    if matches!(net, Network::Graph(_)) && cfg.estimator != Estimator::Fd && activation != Activation::Relu {
+        bail!("exact Hessian-vector products of a convolutional network with smooth activations are not there yet; use --estimator fd");
+    }
+    Ok(activation)
+}
+
+/// Scores of the training-set samples `range` of a run or series (dataset rows
+/// `sources`, labels `labels`) under one checkpoint loaded into `net`, in batches of
+/// `batch`, inputs prepared as `train_cfg` trained them; CNNs in evaluation mode with
+/// BatchNorm folded. A checkpoint whose scores are not all finite is an error.
+#[allow(clippy::too_many_arguments)]
+pub fn score_checkpoint(
+    backend: &crate::device::Backend,
+    net: &crate::nn::network::Network,
+    train_cfg: &crate::nn::train::TrainConfig,
+    x: &crate::data::Array,
+    sample_shape: &[usize],
+    (sources, labels): (&[u32], &[i64]),
+    range: std::ops::Range<usize>,
+    batch: usize,
+    cfg: &ScoreConfig,
+    progress: &dyn Fn(u64),
+) -> Result<Scores> {
+    use crate::nn::network::Network;
+    let folded = match net {
+        Network::Graph(g) => Some(g.folded()?),
+        Network::Mlp(_) => None,
+    };
+    let plane = crate::nn::network::image_shape(sample_shape).map(|[_, h, w]| h * w).unwrap_or(x.row_len());
+    let mut out = Scores { score: Vec::with_capacity(range.len()), trace: Vec::with_capacity(range.len()), gauss_newton: None };
+    for chunk in crate::sched::chunks(range, batch.max(1)) {
+        let inputs = crate::nn::train::inputs(train_cfg, x, &sources[chunk.clone()], plane);
+        let s = match (net, &folded) {
+            (Network::Mlp(m), _) => scores_on(backend, m, &inputs, &labels[chunk.clone()], chunk.start as u64, cfg)?,
+            (_, Some(g)) => cnn::scores(g, &inputs, &labels[chunk.clone()], chunk.start as u64, cfg)?,
+            _ => unreachable!("a graph network is folded above"),
+        };
+        out.score.extend(s.score);
+        out.trace.extend(s.trace);
+        if let Some(g) = s.gauss_newton {
+            out.gauss_newton.get_or_insert_with(Vec::new).extend(g);
+        }
+        progress(chunk.len() as u64);
+    }
+    let not_finite = out.score.iter().chain(&out.trace).chain(out.gauss_newton.iter().flatten()).filter(|v| !v.is_finite()).count();
+    if not_finite > 0 {
+        let largest = net.clone().parameters_mut().iter().flat_map(|p| p.iter()).fold(0f32, |a, &w| a.max(w.abs()));
+        bail!("{not_finite} scores are not finite (the network's float32 arithmetic overflows: its largest parameter is {largest:e}); no scores of it were written");
+    }
+    Ok(out)
+}

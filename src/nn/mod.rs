@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod graph;
 pub mod models;
 pub mod network;
+pub mod runs;
 pub mod layers;
 pub mod linalg;
 pub mod mlp;

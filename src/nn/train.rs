@@ -301,6 +301,33 @@ pub fn evaluate_split(net: &Network, split: &Split, input_scale: f32, normalizat
     net.evaluate(split.len(), split.features(), &split.y, &cfg_fill)
 }
 
+/// The per-channel normalization `rule` names for `model` on `ds`: `auto` is the
+/// training split's statistics for convolutional models and none for MLPs; `data`,
+/// `none`, presets and explicit values as `Normalization::parse` reads them. Checked
+/// against the data's channels.
+pub fn normalization_for(model: &str, rule: &str, ds: &Dataset, input_scale: f32) -> Result<network::Normalization> {
+    let graph = super::models::is_graph_spec(model);
+    let rule = match rule {
+        "auto" if graph => "data",
+        "auto" => "none",
+        r => r,
+    };
+    if !graph && rule != "none" {
+        bail!("--normalize {rule}: per-channel normalization is for convolutional models");
+    }
+    let normalization = match network::Normalization::parse(rule)? {
+        Some(n) => n,
+        None => channel_statistics(ds, input_scale)?,
+    };
+    if !normalization.is_identity() {
+        let channels = network::image_shape(ds.sample_shape())?[0];
+        if normalization.mean.len() != channels {
+            bail!("--normalize {rule}: {} channels' statistics but the data has {channels} channels", normalization.mean.len());
+        }
+    }
+    Ok(normalization)
+}
+
 /// Per-channel mean and standard deviation of the scaled training images.
 pub fn channel_statistics(ds: &Dataset, input_scale: f32) -> Result<network::Normalization> {
     let [c, h, w] = network::image_shape(ds.sample_shape())?;

@@ -1180,16 +1180,8 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         };
         cfg.validate()?;
         let ds = data::open(&cfg.data)?;
-        let graph = rote::nn::models::is_graph_spec(&cfg.model);
-        let rule = if a.normalize == "auto" { if graph { "data" } else { "none" } } else { a.normalize.as_str() };
-        if !graph && rule != "none" {
-            bail!("--normalize {rule}: per-channel normalization is for convolutional models");
-        }
         cfg.input_scale = train::input_scale_for(&ds);
-        cfg.normalization = match rote::nn::network::Normalization::parse(rule)? {
-            Some(n) => n,
-            None => train::channel_statistics(&ds, cfg.input_scale)?,
-        };
+        cfg.normalization = train::normalization_for(&cfg.model, &a.normalize, &ds, cfg.input_scale)?;
         (cfg, ds)
     };
     let mut backend = open_device(a.device.device)?;
@@ -1229,51 +1221,16 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The files `pattern` names: a path, or a directory and a file-name pattern with '*'.
-fn checkpoint_files(pattern: &str) -> Result<Vec<PathBuf>> {
-    let path = Path::new(pattern);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    if !name.contains('*') {
-        if !path.is_file() {
-            bail!("{pattern}: no such checkpoint file");
-        }
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read the directory {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && wildcard(&name, &p.file_name().unwrap().to_string_lossy()))
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        bail!("{pattern}: no file matches");
-    }
-    Ok(files)
-}
-
 fn eval_cmd(a: EvalArgs) -> Result<()> {
     use rote::nn::{network, train};
     let ds = a.data.open()?;
-    let files = checkpoint_files(&a.weights)?;
+    let files = rote::nn::runs::checkpoint_files(&a.weights)?;
     let mut net = network::Network::build(&a.model, ds.sample_shape(), 0).with_context(|| format!("model '{}' on '{}'", a.model, a.data))?;
     if let Some(&bad) = ds.train.y.iter().chain(ds.test.iter().flat_map(|t| &t.y)).find(|&&y| y as usize >= net.classes()) {
         bail!("model '{}' has {} outputs but the data has label {bad}", a.model, net.classes());
     }
     let input_scale = if a.no_scale { 1.0 } else { train::input_scale_for(&ds) };
-    let normalization = match network::Normalization::parse(&a.normalize)? {
-        Some(n) => n,
-        None => train::channel_statistics(&ds, input_scale)?,
-    };
-    if !normalization.is_identity() {
-        let channels = network::image_shape(ds.sample_shape())?[0];
-        if normalization.mean.len() != channels {
-            bail!("--normalize {}: {} channels' statistics for data with {channels} channels", a.normalize, normalization.mean.len());
-        }
-    }
+    let normalization = train::normalization_for(&a.model, &a.normalize, &ds, input_scale)?;
     let bar = sched::progress(files.len() as u64, "evaluating", !a.json);
     let mut rows = vec![];
     for f in &files {
@@ -1298,71 +1255,30 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// '*' wildcard match of a whole file name.
-fn wildcard(pattern: &str, name: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == name;
-    }
-    let mut rest = name;
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            match rest.strip_prefix(part) {
-                Some(r) => rest = r,
-                None => return false,
-            }
-        } else if i == parts.len() - 1 {
-            return rest.ends_with(part);
-        } else {
-            match rest.find(part) {
-                Some(at) => rest = &rest[at + part.len()..],
-                None => return false,
-            }
-        }
-    }
-    true
-}
-
 fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
     use rote::curvature::{self, Estimator, ScoreConfig, Statistic};
     use rote::nn::network::Network;
     use rote::nn::train;
-    // A run's own description, or one made up for a checkpoint series trained elsewhere.
-    let (cfg, source_name) = match (&a.run, &a.weights) {
-        (Some(run), _) => (train::open_run(run)?, run.display().to_string()),
+    // A run's own description and data, or a series trained elsewhere on --data.
+    let (cfg, ds, source_name) = match (&a.run, &a.weights) {
+        (Some(run), _) => {
+            let cfg = train::open_run(run)?;
+            let ds = match &a.data {
+                Some(spec) => spec.open()?,
+                None => data::open(&cfg.data)?,
+            };
+            (cfg, ds, run.display().to_string())
+        }
         (None, Some(weights)) => {
             let spec = a.data.as_ref().unwrap();
             let ds = spec.open()?;
-            let input_scale = train::input_scale_for(&ds);
-            let normalization = match rote::nn::network::Normalization::parse(a.normalize.as_deref().unwrap_or("none"))? {
-                Some(n) => n,
-                None => train::channel_statistics(&ds, input_scale)?,
-            };
-            let cfg = train::TrainConfig {
-                data: spec.lossy(),
-                model: a.model.clone().unwrap(),
-                epochs: 0,
-                batch: 1,
-                lr: 0.0,
-                momentum: 0.0,
-                weight_decay: 0.0,
-                schedule: train::Schedule::Constant,
-                label_noise: 0.0,
-                duplicate_conflicts: 0,
-                seed: 0,
-                input_scale,
-                normalization,
-                augment: String::new(),
-            };
-            (cfg, weights.clone())
+            let cfg = rote::nn::runs::series_config(&spec.lossy(), a.model.as_deref().unwrap(), &ds, a.normalize.as_deref().unwrap_or("none"))?;
+            (cfg, ds, weights.clone())
         }
         _ => unreachable!("clap requires --run or --weights"),
     };
     let estimator = a.estimator.unwrap_or(if a.statistic == Statistic::ReleasedCode { Estimator::Fd } else { Estimator::Exact });
     let score_cfg = ScoreConfig { estimator, statistic: a.statistic, probes: a.probes, h: a.h, seed: a.seed };
-    if a.every == 0 {
-        bail!("--every must be at least 1");
-    }
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
@@ -1372,58 +1288,19 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
         }
         eprintln!("warning: {why:#}; scoring the checkpoints it has (--allow-incomplete)");
     }
-    let ds = match &a.data {
-        Some(spec) => spec.open()?,
-        None => data::open(&cfg.data)?,
-    };
     let mut net = Network::build(&cfg.model, ds.sample_shape(), 0).with_context(|| format!("the run's model '{}' on its data", cfg.model))?;
-    // The activation that decides what the estimators can do (a CNN's: piecewise
-    // linear or not).
-    let activation = match &net {
-        Network::Mlp(m) => m.activation,
-        Network::Graph(g) => if curvature::cnn::piecewise_linear(g) { rote::nn::mlp::Activation::Relu } else { rote::nn::mlp::Activation::Tanh },
-    };
-    score_cfg.validate(activation)?;
-    if matches!(net, Network::Graph(_)) && estimator != Estimator::Fd && activation != rote::nn::mlp::Activation::Relu {
-        bail!("{}: exact Hessian-vector products of a convolutional network with smooth activations are not there yet; use --estimator fd", cfg.model);
-    }
-    let plane = rote::nn::network::image_shape(ds.sample_shape()).map(|[_, h, w]| h * w).unwrap_or(ds.train.features());
+    let activation = curvature::check_network(&net, &score_cfg).with_context(|| format!("model '{}'", cfg.model))?;
     // The samples scored: a run's (its labels, the dataset rows, which were corrupted),
     // or the data's own for a series trained elsewhere.
-    let (labels, sources, corrupted, mut ckpts) = match &a.run {
-        Some(run) => {
-            let labels = data::Array::open_npy(&run.join("labels.npy"))?.to_i64()?;
-            let sources: Vec<u32> = data::Array::open_npy(&run.join("sources.npy"))?.to_i64()?.iter().map(|&v| v as u32).collect();
-            let corrupted: Vec<bool> = data::Array::open_npy(&run.join("corrupted.npy"))?.to_i64()?.iter().map(|&v| v != 0).collect();
-            if sources.len() != labels.len() || corrupted.len() != labels.len() {
-                bail!("{}: labels.npy, sources.npy and corrupted.npy have {}, {} and {} entries; the run is damaged", run.display(), labels.len(), sources.len(), corrupted.len());
-            }
-            if let Some(&bad) = sources.iter().find(|&&r| r as usize >= ds.train.len()) {
-                bail!("the run refers to training row {bad} but the data has {} rows; pass the run's data with --data", ds.train.len());
-            }
-            let ckpt_dir = run.join("checkpoints");
-            let ckpts: Vec<PathBuf> = std::fs::read_dir(&ckpt_dir)
-                .with_context(|| format!("{} has no checkpoints/ directory", run.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-                .collect();
-            (labels, sources, corrupted, ckpts)
-        }
-        None => {
-            if let Some(&bad) = ds.train.y.iter().find(|&&y| y as usize >= net.classes()) {
-                bail!("model '{}' has {} outputs but the data has label {bad}", cfg.model, net.classes());
-            }
-            let n = ds.train.len();
-            (ds.train.y.clone(), (0..n as u32).collect(), vec![false; n], checkpoint_files(a.weights.as_deref().unwrap())?)
-        }
+    let mut scored = match (&a.run, &a.weights) {
+        (Some(run), _) => rote::nn::runs::Scored::of_run(run, &ds)?,
+        (None, Some(weights)) => rote::nn::runs::Scored::of_series(weights, &ds, &cfg.model, net.classes())?,
+        _ => unreachable!(),
     };
-    ckpts.retain(|p| a.checkpoints.as_deref().is_none_or(|pat| wildcard(pat, &p.file_name().unwrap().to_string_lossy())));
-    ckpts.sort();
-    let ckpt_dir = source_name.clone();
-    let every = a.every;
-    let ckpts: Vec<PathBuf> = ckpts.into_iter().enumerate().filter(|(i, _)| (i + 1) % every == 0).map(|(_, p)| p).collect();
+    scored.select(a.checkpoints.as_deref(), a.every)?;
+    let rote::nn::runs::Scored { labels, sources, corrupted, checkpoints: ckpts } = scored;
     if ckpts.is_empty() {
-        bail!("no checkpoints selected in {ckpt_dir}");
+        bail!("no checkpoints selected in {source_name}");
     }
     // Every selected checkpoint is read and checked (tensor names, shapes, finite
     // values) before any scoring or output.
@@ -1447,37 +1324,9 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
     report::create_out_dir(&a.out)?;
     for ck in &ckpts {
         net.load_weights(ck)?;
-        // Curvature in evaluation mode, BatchNorm folded (the same function).
-        let folded = match &net {
-            Network::Graph(g) => Some(g.folded()?),
-            Network::Mlp(_) => None,
-        };
-        let mut score = Vec::with_capacity(range.len());
-        let mut trace = Vec::with_capacity(range.len());
-        let mut gn = Vec::new();
-        for chunk in sched::chunks(range.clone(), a.batch.max(1)) {
-            let rows: Vec<u32> = sources[chunk.clone()].to_vec();
-            let x = train::inputs(&cfg, &ds.train.x, &rows, plane);
-            let s = match (&net, &folded) {
-                (Network::Mlp(m), _) => curvature::scores_on(&backend, m, &x, &labels[chunk.clone()], chunk.start as u64, &score_cfg)?,
-                (_, Some(g)) => curvature::cnn::scores(g, &x, &labels[chunk.clone()], chunk.start as u64, &score_cfg)?,
-                _ => unreachable!(),
-            };
-            score.extend(s.score);
-            trace.extend(s.trace);
-            if let Some(g) = s.gauss_newton {
-                gn.extend(g);
-            }
-            bar.inc(chunk.len() as u64);
-        }
-        let not_finite = score.iter().chain(&trace).chain(&gn).filter(|v| !v.is_finite()).count();
-        if not_finite > 0 {
-            let largest = net.parameters_mut().iter().flat_map(|p| p.iter()).fold(0f32, |a, &w| a.max(w.abs()));
-            bail!(
-                "{}: {not_finite} scores are not finite (the network's float32 arithmetic overflows: its largest parameter is {largest:e}); no scores of it were written",
-                ck.display()
-            );
-        }
+        let s = curvature::score_checkpoint(&backend, &net, &cfg, &ds.train.x, ds.sample_shape(), (&sources, &labels), range.clone(), a.batch, &score_cfg, &|k| bar.inc(k))
+            .with_context(|| ck.display().to_string())?;
+        let (score, trace, gn) = (s.score, s.trace, s.gauss_newton.unwrap_or_default());
         let stem = ck.file_stem().unwrap().to_string_lossy().to_string();
         report::write_npy(&a.out.join(format!("score-{stem}.npy")), &[score.len()], &score)?;
         report::write_npy(&a.out.join(format!("trace-{stem}.npy")), &[trace.len()], &trace)?;
