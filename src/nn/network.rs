@@ -49,6 +49,15 @@ impl Network {
         }
     }
 
+    /// Every label must be one of the network's outputs (`spec` names it in the error).
+    pub fn check_labels<'a>(&self, spec: &str, mut labels: impl Iterator<Item = &'a i64>) -> Result<()> {
+        let classes = self.classes();
+        if let Some(&bad) = labels.find(|&&y| y < 0 || y as usize >= classes) {
+            bail!("model '{spec}' has {classes} outputs but the data has label {bad}");
+        }
+        Ok(())
+    }
+
     /// Names of the trainable parameters, in the order `train_step` updates them.
     pub fn parameter_names(&self) -> Vec<String> {
         match self {

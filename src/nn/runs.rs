@@ -93,11 +93,9 @@ impl Scored {
     }
 
     /// Every training sample of `ds` with its own label, for the checkpoints `weights`
-    /// names (a series trained elsewhere) of a model with `classes` outputs.
-    pub fn of_series(weights: &str, ds: &Dataset, model: &str, classes: usize) -> Result<Self> {
-        if let Some(&bad) = ds.train.y.iter().find(|&&y| y as usize >= classes) {
-            bail!("model '{model}' has {classes} outputs but the data has label {bad}");
-        }
+    /// names (a series trained elsewhere) of `net`.
+    pub fn of_series(weights: &str, ds: &Dataset, model: &str, net: &super::network::Network) -> Result<Self> {
+        net.check_labels(model, ds.train.y.iter())?;
         let n = ds.train.len();
         Ok(Self { labels: ds.train.y.clone(), sources: (0..n as u32).collect(), corrupted: vec![false; n], checkpoints: checkpoint_files(weights)? })
     }

@@ -276,6 +276,12 @@ pub fn gather_into(x: &crate::data::Array, rows: &[u32], scale: f32, out: &mut [
     }
 }
 
+/// Whether a CUDA backend runs the SGD steps of `cfg` (MLPs without augmentation);
+/// other runs train on the CPU.
+pub fn runs_on_gpu(cfg: &TrainConfig) -> bool {
+    !super::models::is_graph_spec(&cfg.model) && Augment::parse(&cfg.augment).is_ok_and(|a| a.is_none())
+}
+
 /// `inputs` into a buffer.
 fn fill(cfg: &TrainConfig, x: &crate::data::Array, rows: &[u32], plane: usize, out: &mut [f32]) {
     gather_into(x, rows, cfg.input_scale, out);
@@ -374,9 +380,7 @@ pub fn train(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::devic
     let mut net = Network::build(&cfg.model, ds.sample_shape(), cfg.seed).with_context(|| format!("model '{}' on '{}'", cfg.model, cfg.data))?;
     let d = ds.train.features();
     let classes = net.classes();
-    if let Some(&bad) = ds.train.y.iter().find(|&&y| y as usize >= classes) {
-        bail!("model '{}' has {classes} outputs but the data has label {bad}", cfg.model);
-    }
+    net.check_labels(&cfg.model, ds.train.y.iter())?;
     if !cfg.normalization.is_identity() {
         let channels = network::image_shape(ds.sample_shape())?[0];
         if cfg.normalization.mean.len() != channels {
@@ -465,7 +469,7 @@ fn train_epochs(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::de
     let total = (batches_per_epoch * cfg.epochs) as u64;
     let test_rows: Option<Vec<u32>> = ds.test.as_ref().map(|t| (0..t.len() as u32).collect());
     let mut device_trainer = match (backend, &*net) {
-        (crate::device::Backend::Cuda(g), Network::Mlp(m)) if augment.is_none() => Some(g.trainer(m, &inputs(cfg, &ds.train.x, &set.sources, plane), d, &momentum)?),
+        (crate::device::Backend::Cuda(g), Network::Mlp(m)) if runs_on_gpu(cfg) => Some(g.trainer(m, &inputs(cfg, &ds.train.x, &set.sources, plane), d, &momentum)?),
         _ => None,
     };
     let t0 = Instant::now();

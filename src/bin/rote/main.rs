@@ -1185,7 +1185,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         (cfg, ds)
     };
     let mut backend = open_device(a.device.device)?;
-    if matches!(backend, Backend::Cuda(_)) && (rote::nn::models::is_graph_spec(&cfg.model) || !cfg.augment.is_empty()) {
+    if matches!(backend, Backend::Cuda(_)) && !train::runs_on_gpu(&cfg) {
         eprintln!("note: convolutional models and augmented batches train on the CPU in this version");
         backend = Backend::Cpu;
     }
@@ -1226,9 +1226,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     let ds = a.data.open()?;
     let files = rote::nn::runs::checkpoint_files(&a.weights)?;
     let mut net = network::Network::build(&a.model, ds.sample_shape(), 0).with_context(|| format!("model '{}' on '{}'", a.model, a.data))?;
-    if let Some(&bad) = ds.train.y.iter().chain(ds.test.iter().flat_map(|t| &t.y)).find(|&&y| y as usize >= net.classes()) {
-        bail!("model '{}' has {} outputs but the data has label {bad}", a.model, net.classes());
-    }
+    net.check_labels(&a.model, ds.train.y.iter().chain(ds.test.iter().flat_map(|t| &t.y)))?;
     let input_scale = if a.no_scale { 1.0 } else { train::input_scale_for(&ds) };
     let normalization = train::normalization_for(&a.model, &a.normalize, &ds, input_scale)?;
     let bar = sched::progress(files.len() as u64, "evaluating", !a.json);
@@ -1294,7 +1292,7 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
     // or the data's own for a series trained elsewhere.
     let mut scored = match (&a.run, &a.weights) {
         (Some(run), _) => rote::nn::runs::Scored::of_run(run, &ds)?,
-        (None, Some(weights)) => rote::nn::runs::Scored::of_series(weights, &ds, &cfg.model, net.classes())?,
+        (None, Some(weights)) => rote::nn::runs::Scored::of_series(weights, &ds, &cfg.model, &net)?,
         _ => unreachable!(),
     };
     scored.select(a.checkpoints.as_deref(), a.every)?;
