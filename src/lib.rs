@@ -7,6 +7,7 @@ pub mod construct;
 pub mod curvature;
 pub mod data;
 pub mod diffusion;
+pub mod membership;
 pub mod nn;
 pub mod quick_pool;
 pub mod device;
