@@ -221,3 +221,31 @@ fn lira_online_fits_equal_a_direct_float64_reference() {
     let err = lira_scores(&conf, &keep, 0, &[1, 2], LiraSettings { attack: Attack::LiraOnline, centre: Centre::Mean, fixed_variance: false }).unwrap_err().to_string();
     assert!(err.contains("IN and") && err.contains("OUT shadow models"), "{err}");
 }
+
+#[test]
+fn rmia_equals_its_pairwise_likelihood_ratio_count() {
+    let (models, n, m) = (6, 50, 37);
+    let keep = keep_matrix(2, models, n, 0.5).unwrap();
+    let rng = Philox::new(6, 3);
+    // Members get higher label probabilities; ties in p_z included.
+    let p_x: Vec<f64> = (0..models * n).map(|r| (0.05 + 0.5 * rng.uniform(r as u64) as f64 + 0.4 * keep[r] as f64).min(1.0)).collect();
+    let p_z: Vec<f64> = (0..models * m).map(|r| 0.05 + 0.1 * (rng.word(9000 + r as u64) % 5) as f64).collect();
+    let (target, shadows): (usize, Vec<usize>) = (2, vec![0, 1, 3, 4, 5]);
+    for (gamma, a) in [(2.0, None), (1.0, None), (2.0, Some(0.3)), (1.5, Some(0.0))] {
+        let got = rmia_scores(&p_x, &keep, &p_z, models, target, &shadows, gamma, a).unwrap();
+        let marginal = |p: &[f64], cols: usize, j: usize, is_in: &dyn Fn(usize) -> bool| match a {
+            None => shadows.iter().map(|&k| p[k * cols + j]).sum::<f64>() / shadows.len() as f64,
+            Some(a) => {
+                let outs: Vec<f64> = shadows.iter().filter(|&&k| !is_in(k)).map(|&k| p[k * cols + j]).collect();
+                0.5 * ((1.0 + a) * outs.iter().sum::<f64>() / outs.len() as f64 + 1.0 - a)
+            }
+        };
+        for i in 0..n {
+            let px = p_x[target * n + i] / marginal(&p_x, n, i, &|k| keep[k * n + i] == 1);
+            let count = (0..m).filter(|&j| px / (p_z[target * m + j] / marginal(&p_z, m, j, &|_| false)) > gamma).count();
+            assert!((got[i] - count as f64 / m as f64).abs() < 1e-15, "γ {gamma}, a {a:?}, example {i}: {} vs {count}/{m}", got[i]);
+        }
+    }
+    assert!(rmia_scores(&p_x, &keep, &p_z, models, 0, &[0, 1], 2.0, None).is_err());
+    assert!(rmia_scores(&p_x, &keep, &p_z, models, 0, &[1], 0.0, None).is_err());
+}

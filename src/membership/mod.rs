@@ -260,3 +260,47 @@ pub fn lira_scores(conf: &Confidences, keep: &[u8], target: usize, shadows: &[us
     }
     Ok(scores)
 }
+
+/// RMIA (Zarifzadeh, Liu, Shokri, ICML 2024). From the label probabilities of every model
+/// on the audited examples `p_x` (K, n) and on population samples `p_z` (K, m) — examples
+/// no model trained on — the score of example x against model `target` is
+///   Pr_z[ LR(x, z) > γ ],  LR(x, z) = (p(x|θ)/p(x)) / (p(z|θ)/p(z)),
+/// with p(·) the mean over the shadow models (online) or, offline (`offline_a = Some(a)`),
+/// ½((1 + a)·p_OUT(·) + (1 − a)) from the OUT shadows only. Population samples are OUT
+/// for every shadow, so their p(z) follows the same rule.
+pub fn rmia_scores(p_x: &[f64], keep: &[u8], p_z: &[f64], models: usize, target: usize, shadows: &[usize], gamma: f64, offline_a: Option<f64>) -> Result<Vec<f64>> {
+    let n = keep.len() / models.max(1);
+    let m = p_z.len() / models.max(1);
+    if p_x.len() != models * n || p_z.len() != models * m || m == 0 {
+        bail!("internal error: RMIA needs (K, n) and (K, m > 0) probabilities, got {} and {}", p_x.len(), p_z.len());
+    }
+    if !(gamma.is_finite() && gamma > 0.0) {
+        bail!("--gamma must be a positive number, got {gamma}");
+    }
+    if shadows.is_empty() || shadows.contains(&target) {
+        bail!("RMIA needs at least one reference model other than the target");
+    }
+    let marginal = |probs: &[f64], cols: usize, j: usize, member: &dyn Fn(usize) -> bool| -> Result<f64> {
+        match offline_a {
+            None => Ok(shadows.iter().map(|&k| probs[k * cols + j]).sum::<f64>() / shadows.len() as f64),
+            Some(a) => {
+                let outs: Vec<f64> = shadows.iter().filter(|&&k| !member(k)).map(|&k| probs[k * cols + j]).collect();
+                if outs.is_empty() {
+                    bail!("example {j} has no OUT reference model; offline RMIA needs one");
+                }
+                let p_out = outs.iter().sum::<f64>() / outs.len() as f64;
+                Ok(0.5 * ((1.0 + a) * p_out + (1.0 - a)))
+            }
+        }
+    };
+    let mut ratio_z: Vec<f64> = (0..m).map(|j| Ok(p_z[target * m + j] / marginal(p_z, m, j, &|_| false)?)).collect::<Result<_>>()?;
+    ratio_z.sort_unstable_by(|a, b| a.total_cmp(b));
+    (0..n)
+        .map(|i| {
+            let ratio_x = p_x[target * n + i] / marginal(p_x, n, i, &|k| keep[k * n + i] == 1)?;
+            // LR > γ ⟺ ratio_z < ratio_x / γ.
+            let below = ratio_z.partition_point(|&r| r < ratio_x / gamma);
+            Ok(below as f64 / m as f64)
+        })
+        .collect()
+}
