@@ -51,29 +51,37 @@ pub fn keep_matrix(seed: u64, models: usize, n: usize, keep: f64) -> Result<Vec<
     Ok(out)
 }
 
+/// One pass over a row of logits in float64, shifted by their maximum (so nothing
+/// overflows): (e^{l_y − max}, Σ_{j≠y} e^{l_j − max}, Σ_j e^{l_j − max}). No allocation:
+/// it runs once per (model, query, example) of a pool.
+fn shifted_exponentials(logits: &[f32], y: usize) -> (f64, f64, f64) {
+    let max = logits.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
+    let (mut label, mut rest, mut total) = (0f64, 0f64, 0f64);
+    for (j, &v) in logits.iter().enumerate() {
+        let e = (v as f64 - max).exp();
+        total += e;
+        if j == y { label = e } else { rest += e }
+    }
+    (label, rest, total)
+}
+
 /// LiRA's stable confidence (tf-privacy's mi_lira_2021): with p = softmax(logits − max)
 /// in float64, φ = log(p_y + 1e-45) − log(Σ_{j≠y} p_j + 1e-45). The sum over the other
 /// classes is taken directly (not as 1 − p_y), so confident models keep their precision.
 pub fn phi(logits: &[f32], y: usize) -> f64 {
-    let max = logits.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
-    let e: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
-    let total: f64 = e.iter().sum();
-    let py = e[y] / total;
-    let rest: f64 = e.iter().enumerate().filter(|&(j, _)| j != y).map(|(_, v)| v).sum::<f64>() / total;
-    (py + 1e-45).ln() - (rest + 1e-45).ln()
+    let (label, rest, total) = shifted_exponentials(logits, y);
+    (label / total + 1e-45).ln() - (rest / total + 1e-45).ln()
 }
 
 /// Probability of the label under softmax, in float64.
 pub fn label_probability(logits: &[f32], y: usize) -> f64 {
-    let max = logits.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
-    let total: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
-    (logits[y] as f64 - max).exp() / total
+    let (label, _, total) = shifted_exponentials(logits, y);
+    label / total
 }
 
-/// 1 when the arg-max class (first on ties) is the label.
+/// 1 when the predicted class (the first largest logit) is the label.
 pub fn correct(logits: &[f32], y: usize) -> f64 {
-    let arg = (0..logits.len()).fold(0, |b, j| if logits[j] > logits[b] { j } else { b });
-    (arg == y) as u8 as f64
+    (crate::nn::layers::dense::argmax(logits) == y) as u8 as f64
 }
 
 /// Feldman–Zhang memorization of each example from per-model values (K, n) — 0/1

@@ -79,6 +79,9 @@ impl Roc {
     /// The 2.5% and 97.5% quantiles of each metric over `replicates` bootstrap
     /// resamples of the pairs.
     pub fn bootstrap(&self, replicates: usize, seed: u64) -> Result<(Metrics, Metrics)> {
+        if replicates == 0 {
+            bail!("--bootstrap needs at least 1 replicate");
+        }
         let n = self.members.len();
         let mut samples: Vec<Metrics> = Vec::with_capacity(replicates);
         for r in 0..replicates {
@@ -96,9 +99,6 @@ impl Roc {
             tpr_at_fpr: [0, 1, 2].map(|j| quantile(&|m: &Metrics| m.tpr_at_fpr[j], q)),
             balanced_accuracy: quantile(&|m| m.balanced_accuracy, q),
         };
-        if replicates == 0 {
-            bail!("--bootstrap needs at least 1 replicate");
-        }
         Ok((at(0.025), at(0.975)))
     }
 }

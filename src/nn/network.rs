@@ -3,7 +3,7 @@
 //! and `rote eval` hold; both kinds save PyTorch state dicts as safetensors.
 
 use super::graph::{Graph, Mode};
-use super::layers::dense::{cross_entropy_grad, softmax_cross_entropy};
+use super::layers::dense::{argmax, cross_entropy_grad, softmax_cross_entropy};
 use super::layers::Tensor;
 use super::mlp::Mlp;
 use crate::report::safetensors::{Loaded, Tensor as Saved};
@@ -137,9 +137,7 @@ impl Network {
             let (probs, losses) = softmax_cross_entropy(&Tensor::new(vec![r.len(), c], logits), ys);
             loss += losses.iter().map(|&v| v as f64).sum::<f64>();
             for (k, &y) in ys.iter().enumerate() {
-                let p = &probs[k * c..(k + 1) * c];
-                let arg = (0..c).fold(0, |b, j| if p[j] > p[b] { j } else { b });
-                correct += (arg as i64 == y) as usize;
+                correct += (argmax(&probs[k * c..(k + 1) * c]) as i64 == y) as usize;
             }
         }
         Ok((loss / rows.max(1) as f64, correct as f64 / rows.max(1) as f64))

@@ -107,6 +107,11 @@ pub fn softmax_cross_entropy(logits: &Tensor, y: &[i64]) -> (Vec<f32>, Vec<f32>)
     (probs, losses)
 }
 
+/// The predicted class of one row of logits or probabilities: the first largest.
+pub fn argmax(row: &[f32]) -> usize {
+    (0..row.len()).fold(0, |b, j| if row[j] > row[b] { j } else { b })
+}
+
 /// weight·(p − e_y) per row: the gradient of Σ weight·CE with respect to the logits.
 pub fn cross_entropy_grad(probs: &[f32], y: &[i64], c: usize, weight: f32) -> Vec<f32> {
     let mut g = probs.to_vec();
