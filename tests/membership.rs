@@ -181,7 +181,7 @@ fn lira_on_gaussian_pools_has_the_closed_form_auc() {
     for attack in [Attack::LiraOnline, Attack::Global, Attack::LiraOffline] {
         for centre in [Centre::Median, Centre::Mean] {
             for fixed_variance in [false, true] {
-                let s = LiraSettings { attack, centre, fixed_variance };
+                let s = LiraSettings { attack, centre, fixed_variance, skip_short: false };
                 let scores = lira_scores(&conf, &keep, 0, &shadows, s).unwrap();
                 let auc = Roc::new(&scores, &members).unwrap().metrics(None).unwrap().auc;
                 // 3000 pairs: the AUC's standard error is about 0.01.
@@ -196,7 +196,7 @@ fn lira_online_fits_equal_a_direct_float64_reference() {
     let (models, n) = (9, 40);
     let (conf, keep) = gaussian_pool(models, n, 2.0, 0.5, 3);
     let shadows: Vec<usize> = (0..models).filter(|&k| k != 4).collect();
-    let got = lira_scores(&conf, &keep, 4, &shadows, LiraSettings { attack: Attack::LiraOnline, centre: Centre::Median, fixed_variance: false }).unwrap();
+    let got = lira_scores(&conf, &keep, 4, &shadows, LiraSettings { attack: Attack::LiraOnline, centre: Centre::Median, fixed_variance: false, skip_short: false }).unwrap();
     for i in 0..n {
         let mut ins: Vec<f64> = shadows.iter().filter(|&&k| keep[k * n + i] == 1).map(|&k| conf.phi[k * n + i]).collect();
         let mut outs: Vec<f64> = shadows.iter().filter(|&&k| keep[k * n + i] == 0).map(|&k| conf.phi[k * n + i]).collect();
@@ -218,7 +218,7 @@ fn lira_online_fits_equal_a_direct_float64_reference() {
         assert!((got[i] - want).abs() < 1e-9 * want.abs().max(1.0), "example {i}: {} vs {want}", got[i]);
     }
     // Two shadows cannot fit per-example variances; the error says how many each has.
-    let err = lira_scores(&conf, &keep, 0, &[1, 2], LiraSettings { attack: Attack::LiraOnline, centre: Centre::Mean, fixed_variance: false }).unwrap_err().to_string();
+    let err = lira_scores(&conf, &keep, 0, &[1, 2], LiraSettings { attack: Attack::LiraOnline, centre: Centre::Mean, fixed_variance: false, skip_short: false }).unwrap_err().to_string();
     assert!(err.contains("IN and") && err.contains("OUT shadow models"), "{err}");
 }
 

@@ -1,5 +1,5 @@
 //! A picture of the highest-scoring training images (and, for contrast, the lowest),
-//! each with its label and score.
+//! each with its label and score: curvature scores, or memorization from a pool.
 
 use crate::construct::plot::{draw_png, err};
 use crate::data::Array;
@@ -8,7 +8,8 @@ use anyhow::Result;
 use plotters::prelude::*;
 use std::path::Path;
 
-pub fn draw(x: &Array, rows: &[u32], labels: &[i64], score: &[f32], shape: &[usize], path: &Path) -> Result<()> {
+/// `what` names the score in the title ("curvature", "memorization").
+pub fn draw(x: &Array, rows: &[u32], labels: &[i64], score: &[f32], shape: &[usize], what: &str, path: &Path) -> Result<()> {
     let dims = image_dims(shape)?;
     let mut order: Vec<usize> = (0..score.len()).collect();
     order.sort_by(|&a, &b| score[b].partial_cmp(&score[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
@@ -18,7 +19,7 @@ pub fn draw(x: &Array, rows: &[u32], labels: &[i64], score: &[f32], shape: &[usi
     let cols = 8;
     let cell = 110i32;
     draw_png(path, (cols as u32 * cell as u32, 3 * (cell as u32 + 20) + 30), |root| {
-        root.draw(&Text::new("highest curvature (rows 1–2) · lowest (row 3)", (8, 6), ("sans-serif", 16))).map_err(err)?;
+        root.draw(&Text::new(format!("highest {what} (rows 1–2) · lowest (row 3)"), (8, 6), ("sans-serif", 16))).map_err(err)?;
         let s = scale_for(dims.0, dims.1, (cell - 20) as usize);
         for (k, &i) in cells.iter().enumerate() {
             let (r, col) = ((k / cols) as i32, (k % cols) as i32);

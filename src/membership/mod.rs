@@ -7,6 +7,8 @@
 //! Layout: per-model arrays are model-major, `(K, n)` — row k is model k — so a pool
 //! gathered shard by shard is the concatenation of its shards' rows.
 
+pub mod attack;
+pub mod pool;
 pub mod roc;
 
 use crate::rng::Philox;
@@ -115,7 +117,8 @@ pub fn feldman_zhang(values: &[f64], keep: &[u8], models: usize, n: usize) -> Re
 }
 
 /// How a Gaussian's centre is fitted to the shadow models' φ: tf-privacy uses the median.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum Centre {
     Median,
     Mean,
@@ -199,6 +202,9 @@ pub struct LiraSettings {
     /// shadow models around their global mean, as tf-privacy computes it (which, as a
     /// quirk, also takes σ_out from the IN values; rote takes it from the OUT values).
     pub fixed_variance: bool,
+    /// An example with too few IN or OUT shadows scores NaN instead of failing the
+    /// attack (Choi et al.'s curve over small shadow counts leaves such examples out).
+    pub skip_short: bool,
 }
 
 /// Scores of model `target`'s membership for every example, against the `shadows`
@@ -244,6 +250,10 @@ pub fn lira_scores(conf: &Confidences, keep: &[u8], target: usize, shadows: &[us
                 if keep[k * n + i] == 1 { ins.push(conf.at(k, q, i)) } else { outs.push(conf.at(k, q, i)) }
             }
             if outs.len() < need || (need_in && ins.len() < need) {
+                if s.skip_short {
+                    total = f64::NAN;
+                    break;
+                }
                 bail!(
                     "example {i} has {} IN and {} OUT shadow models; {:?} needs at least {need} of each{} — use more models{}",
                     ins.len(),

@@ -434,8 +434,40 @@ pub fn train(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::devic
 }
 
 /// The (C, H, W) augmentation and normalization work on, or a flat sample's (1, 1, d).
-fn planes_of(ds: &Dataset) -> [usize; 3] {
+pub fn planes_of(ds: &Dataset) -> [usize; 3] {
     network::image_shape(ds.sample_shape()).unwrap_or([1, 1, ds.train.features()])
+}
+
+/// The order of the training set's positions in epoch `epoch`.
+fn epoch_order(cfg: &TrainConfig, epoch: usize, n: usize) -> Vec<u32> {
+    Philox::new(cfg.seed, STREAM_EPOCH + epoch as u64).permutation(n)
+}
+
+/// One epoch of SGD on the CPU over `set` (rows of `x`): batches in `epoch_order`,
+/// gathered, scaled, augmented and normalized, one `train_step` each;
+/// `batch_done(b)` after the b-th (from 1). The one training loop of every CPU
+/// trainer: runs and the members of a model pool.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_epoch(x: &crate::data::Array, cfg: &TrainConfig, chw: [usize; 3], set: &TrainingSet, net: &mut Network, epoch: usize, momentum: &mut [Vec<f32>], batch_done: &mut dyn FnMut(usize)) -> Result<()> {
+    let augment = Augment::parse(&cfg.augment)?;
+    let lr = learning_rate(cfg, epoch);
+    let plane = chw[1] * chw[2];
+    let mut xb = Vec::new();
+    let mut rows = Vec::with_capacity(cfg.batch);
+    let mut ys = Vec::with_capacity(cfg.batch);
+    for (b, idx) in epoch_order(cfg, epoch, set.sources.len()).chunks(cfg.batch).enumerate() {
+        rows.clear();
+        rows.extend(idx.iter().map(|&i| set.sources[i as usize]));
+        ys.clear();
+        ys.extend(idx.iter().map(|&i| set.labels[i as usize]));
+        xb.resize(rows.len() * x.row_len(), 0.0);
+        gather_into(x, &rows, cfg.input_scale, &mut xb);
+        augment.apply(&mut xb, chw, cfg.seed, epoch, b * cfg.batch);
+        cfg.normalization.apply(&mut xb, plane);
+        net.train_step(&xb, &ys, lr, cfg.momentum, cfg.weight_decay, momentum)?;
+        batch_done(b + 1);
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -443,7 +475,6 @@ fn train_epochs(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::de
     let d = ds.train.features();
     let chw = planes_of(ds);
     let plane = chw[1] * chw[2];
-    let augment = Augment::parse(&cfg.augment)?;
     let names = net.parameter_names();
     let mut metrics = String::from("epoch,train_loss,train_accuracy,test_loss,test_accuracy,learning_rate,seconds\n");
     let (mut momentum, seconds_before) = if start_epoch == 0 {
@@ -475,23 +506,16 @@ fn train_epochs(ds: &Dataset, cfg: &TrainConfig, run: &Path, backend: &crate::de
     let t0 = Instant::now();
     for epoch in start_epoch..cfg.epochs {
         let lr = learning_rate(cfg, epoch);
-        let order = Philox::new(cfg.seed, STREAM_EPOCH + epoch as u64).permutation(n);
-        for (b, idx) in order.chunks(cfg.batch).enumerate() {
-            let ys: Vec<i64> = idx.iter().map(|&i| set.labels[i as usize]).collect();
-            if let (Some(t), Network::Mlp(m)) = (device_trainer.as_mut(), &*net) {
+        let first_batch = epoch * batches_per_epoch;
+        if let (Some(t), Network::Mlp(m)) = (device_trainer.as_mut(), &mut *net) {
+            for (b, idx) in epoch_order(cfg, epoch, n).chunks(cfg.batch).enumerate() {
+                let ys: Vec<i64> = idx.iter().map(|&i| set.labels[i as usize]).collect();
                 t.step(m, idx, &ys, lr, cfg.momentum, cfg.weight_decay)?;
-                progress((epoch * batches_per_epoch + b + 1) as u64, total);
-                continue;
+                progress((first_batch + b + 1) as u64, total);
             }
-            let rows: Vec<u32> = idx.iter().map(|&i| set.sources[i as usize]).collect();
-            let mut xb = gather(&ds.train.x, &rows, cfg.input_scale);
-            augment.apply(&mut xb, chw, cfg.seed, epoch, b * cfg.batch);
-            cfg.normalization.apply(&mut xb, plane);
-            net.train_step(&xb, &ys, lr, cfg.momentum, cfg.weight_decay, &mut momentum)?;
-            progress((epoch * batches_per_epoch + b + 1) as u64, total);
-        }
-        if let (Some(t), Network::Mlp(m)) = (&device_trainer, &mut *net) {
             t.download(m, &mut momentum)?;
+        } else {
+            fit_epoch(&ds.train.x, cfg, chw, set, net, epoch, &mut momentum, &mut |b| progress((first_batch + b) as u64, total))?;
         }
         let fill_train = |r: std::ops::Range<usize>, out: &mut Vec<f32>| fill(cfg, &ds.train.x, &set.sources[r], plane, out);
         let (train_loss, train_acc) = net.evaluate(n, d, &set.labels, &fill_train)?;

@@ -13,8 +13,26 @@ pub struct Series {
 
 const COLORS: [RGBColor; 6] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(255, 127, 14), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
 
-/// Lines with markers; `log_x` for sizes spanning decades; `hline` draws a reference level.
-pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], log_x: bool, y_range: Option<(f64, f64)>, hline: Option<f64>) -> Result<()> {
+/// How a chart's axes are scaled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Axes {
+    Linear,
+    /// Sizes spanning decades.
+    LogX,
+    /// Both axes logarithmic (ROC curves at low false-positive rates); values ≤ 0 are
+    /// left out.
+    LogLog,
+}
+
+/// Lines with markers; `hline` draws a reference level.
+pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], axes: Axes, y_range: Option<(f64, f64)>, hline: Option<f64>) -> Result<()> {
+    let positive: Vec<Series>;
+    let series = if axes == Axes::LogLog {
+        positive = series.iter().map(|s| Series { name: s.name.clone(), points: s.points.iter().copied().filter(|p| p.0 > 0.0 && p.1 > 0.0).collect() }).collect();
+        &positive[..]
+    } else {
+        series
+    };
     let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let ys = series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
     let (mut x0, mut x1) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
@@ -32,7 +50,8 @@ pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[S
         macro_rules! body {
             ($chart:expr) => {{
                 let mut chart = $chart;
-                chart.configure_mesh().x_desc(x_label).y_desc(y_label).x_label_formatter(&|v| format!("{v:.0}")).draw().map_err(err)?;
+                let tick = |v: &f64| if axes == Axes::LogLog { format!("{v:.0e}") } else { format!("{v:.0}") };
+                chart.configure_mesh().x_desc(x_label).y_desc(y_label).x_label_formatter(&tick).draw().map_err(err)?;
                 for (i, s) in series.iter().enumerate() {
                     let c = COLORS[i % COLORS.len()];
                     chart
@@ -48,7 +67,9 @@ pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[S
                 chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err)?;
             }};
         }
-        if log_x {
+        if axes == Axes::LogLog {
+            body!(b.build_cartesian_2d((x0.max(1e-9)..x1.max(1e-8)).log_scale(), (y0.max(1e-9)..y1.max(1e-8)).log_scale()).map_err(err)?);
+        } else if axes == Axes::LogX {
             body!(b.build_cartesian_2d(((x0 / 1.3).max(1e-9)..x1 * 1.3).log_scale(), y0..y1).map_err(err)?);
         } else {
             let pad = (x1 - x0) * 0.03;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 mod diffusion;
+mod membership;
 mod reproduce;
 
 /// mimalloc: the training loops allocate and free many short-lived buffers of a few
@@ -79,9 +80,23 @@ enum Command {
     /// Time workloads on the CPU and every usable GPU, side by side with their
     /// baselines; without a subcommand, every benchmark at its defaults in one table.
     Bench(BenchArgs),
+    /// Pools of models trained on random subsets, for memorization and membership
+    /// inference (`rote mem`, `rote mia`, `rote choi` read them).
+    #[command(subcommand)]
+    Pool(membership::PoolCommand),
+    /// Feldman–Zhang memorization of every training example and its influence on every
+    /// test example, from a pool; .npy, top.csv and a gallery.
+    Mem(membership::MemArgs),
+    /// Membership inference against a pool's models (LiRA online/offline, RMIA, loss,
+    /// global threshold): AUC, TPR at low FPR, balanced accuracy, bootstrap intervals, ROC.
+    Mia(membership::MiaArgs),
+    /// Choi et al.'s experiment: attack power on the most memorized examples against all,
+    /// as a function of the number of shadow models.
+    Choi(membership::ChoiArgs),
     /// Join the outputs of `--shard I/N` runs into the result of a single run.
     Merge {
-        /// Shard outputs (.npy files, each with its .shard.json beside it).
+        /// Shard outputs (.npy files, each with its .shard.json beside it), or pool
+        /// directories trained with `rote pool train --shard`.
         #[arg(required = true)]
         parts: Vec<PathBuf>,
         #[arg(long)]
@@ -369,13 +384,14 @@ struct DeviceArg {
     device: DeviceRequest,
 }
 
+/// A training recipe: `rote train`'s and every member's of `rote pool train`.
 #[derive(Args)]
-struct TrainArgs {
+pub struct RecipeArgs {
     #[arg(value_parser = crate::data_spec(), long, required_unless_present = "resume", conflicts_with = "resume")]
-    data: Option<DataSpec>,
+    pub data: Option<DataSpec>,
     /// e.g. mlp:784-512-512-10,act=relu (relu, gelu, tanh, softplus).
     #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
-    model: Option<String>,
+    pub model: Option<String>,
     #[arg(long, default_value_t = 20, conflicts_with = "resume")]
     epochs: usize,
     #[arg(long, default_value_t = 128, conflicts_with = "resume")]
@@ -404,6 +420,12 @@ struct TrainArgs {
     /// for MLPs), data, none, cifar10, cifar100, imagenet, or MEAN,…/STD,….
     #[arg(long, default_value = "auto", conflicts_with = "resume")]
     normalize: String,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    recipe: RecipeArgs,
     /// Continue the unfinished run in --out from its last saved epoch, with the
     /// settings it was started with (its run.json).
     #[arg(long)]
@@ -600,7 +622,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Data(DataCommand::Import(cmd)) => import_cmd(cmd),
         Command::Data(DataCommand::Norms(args)) => norms_cmd(args),
         Command::Rng(args) => rng_cmd(args),
+        Command::Merge { parts, out, json } if parts[0].join(rote::membership::pool::POOL_FILE).is_file() => membership::merge_pools(&parts, &out, json),
         Command::Merge { parts, out, json } => merge_cmd(&parts, &out, json),
+        Command::Pool(cmd) => membership::pool_cmd(cmd),
+        Command::Mem(args) => membership::mem_cmd(args),
+        Command::Mia(args) => membership::mia_cmd(args),
+        Command::Choi(args) => membership::choi_cmd(args),
         Command::Construct(args) => construct_cmd(args),
         Command::Sweep(SweepCommand::Construct(args)) => sweep_construct_cmd(args),
         Command::Train(args) => train_cmd(args),
@@ -1155,6 +1182,35 @@ fn construct_case(name: &str) -> Result<rote::bench::ConstructCase> {
     })
 }
 
+impl RecipeArgs {
+    /// The recipe as a training configuration, with the data it names opened (its input
+    /// scale and normalization read from it).
+    pub fn config(&self) -> Result<(rote::nn::train::TrainConfig, data::Dataset)> {
+        use rote::nn::train;
+        let mut cfg = train::TrainConfig {
+            data: self.data.as_ref().map(|d| d.text().map(String::from)).transpose()?.unwrap_or_default(),
+            model: self.model.clone().unwrap_or_default(),
+            epochs: self.epochs,
+            batch: self.batch,
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            schedule: self.schedule,
+            label_noise: self.label_noise,
+            duplicate_conflicts: self.duplicate_conflicts,
+            seed: self.seed,
+            input_scale: 1.0,
+            normalization: Default::default(),
+            augment: self.augment.clone(),
+        };
+        cfg.validate()?;
+        let ds = data::open(&cfg.data)?;
+        cfg.input_scale = train::input_scale_for(&ds);
+        cfg.normalization = train::normalization_for(&cfg.model, &self.normalize, &ds, cfg.input_scale)?;
+        Ok((cfg, ds))
+    }
+}
+
 fn train_cmd(a: TrainArgs) -> Result<()> {
     use rote::nn::train;
     let (cfg, ds) = if a.resume {
@@ -1162,27 +1218,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         let ds = data::open(&cfg.data)?;
         (cfg, ds)
     } else {
-        let mut cfg = train::TrainConfig {
-            data: a.data.as_ref().map(|d| d.text().map(String::from)).transpose()?.unwrap_or_default(),
-            model: a.model.clone().unwrap_or_default(),
-            epochs: a.epochs,
-            batch: a.batch,
-            lr: a.lr,
-            momentum: a.momentum,
-            weight_decay: a.weight_decay,
-            schedule: a.schedule,
-            label_noise: a.label_noise,
-            duplicate_conflicts: a.duplicate_conflicts,
-            seed: a.seed,
-            input_scale: 1.0,
-            normalization: Default::default(),
-            augment: a.augment.clone(),
-        };
-        cfg.validate()?;
-        let ds = data::open(&cfg.data)?;
-        cfg.input_scale = train::input_scale_for(&ds);
-        cfg.normalization = train::normalization_for(&cfg.model, &a.normalize, &ds, cfg.input_scale)?;
-        (cfg, ds)
+        a.recipe.config()?
     };
     let mut backend = open_device(a.device.device)?;
     if matches!(backend, Backend::Cuda(_)) && !train::runs_on_gpu(&cfg) {
@@ -1359,7 +1395,7 @@ fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
     if let Some(g) = &a.gallery {
         let shape = ds.sample_shape().to_vec();
         let rows: Vec<u32> = sources[range.clone()].to_vec();
-        rote::curvature::gallery::draw(&ds.train.x, &rows, &labels[range.clone()], &score, &shape, g)?;
+        rote::curvature::gallery::draw(&ds.train.x, &rows, &labels[range.clone()], &score, &shape, "curvature", g)?;
     }
     let value = serde_json::json!({
         "samples": range.len(), "checkpoints": ckpts.len(), "probes": if estimator_used.starts_with("exact") { 0 } else { a.probes },

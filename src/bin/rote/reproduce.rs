@@ -200,7 +200,7 @@ pub fn reproduce_cmd(a: ReproduceArgs) -> Result<()> {
         "training-set size N",
         "first-layer width n needed",
         &[Series { name: "n needed".into(), points: need.clone() }],
-        true,
+        plot::Axes::LogX,
         Some((0.0, need.iter().map(|p| p.1).fold(0.0, f64::max) * 1.2 + 1.0)),
         None,
     )?;
@@ -211,7 +211,7 @@ pub fn reproduce_cmd(a: ReproduceArgs) -> Result<()> {
         "training-set size N",
         "mean k",
         &[Series { name: "k".into(), points: kk.clone() }],
-        true,
+        plot::Axes::LogX,
         Some((0.0, kk.iter().map(|p| p.1).fold(0.0, f64::max) * 1.2 + 1.0)),
         None,
     )?;
@@ -330,7 +330,7 @@ pub fn reproduce_cmd(a: ReproduceArgs) -> Result<()> {
         "training-set size |D|",
         "memorization ratio",
         &[Series { name: "unconditional".into(), points: uncond.clone() }, Series { name: "random labels (10 classes)".into(), points: random.clone() }],
-        true,
+        plot::Axes::LogX,
         Some((0.0, 1.05)),
         Some(0.9),
     )?;

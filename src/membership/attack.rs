@@ -1,0 +1,403 @@
+//! Scores computed from a stored pool (pool.rs): Feldman–Zhang memorization and
+//! influence, the membership attacks with each member in turn as the target, and Choi
+//! et al.'s curve of attack power against the number of shadow models.
+
+use super::pool::Pool;
+use super::roc::{Metrics, Roc};
+use super::{feldman_zhang, label_probability, lira_scores, phi, rmia_scores, Attack, Centre, Confidences, LiraSettings};
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+
+/// Feldman–Zhang memorization of every training example, from 0/1 correctness and from
+/// the label's probability (the original query), with standard errors.
+pub struct Memorization {
+    pub mem: Vec<f64>,
+    pub se: Vec<f64>,
+    pub mem_probability: Vec<f64>,
+    pub se_probability: Vec<f64>,
+    /// Mean accuracy of the members on the examples they trained on and on those they did not.
+    pub accuracy_in: f64,
+    pub accuracy_out: f64,
+}
+
+/// The influence of training example i on test example j:
+///   infl(i, j) = mean_{k: i∈S_k} correct_k(t_j) − mean_{k: i∉S_k} correct_k(t_j).
+pub enum Influence {
+    /// (n, t)
+    Dense(Vec<f32>),
+    /// Per test example, the `k` most influential training examples, largest first:
+    /// indices and values (t, k).
+    Top { k: usize, index: Vec<u32>, value: Vec<f32> },
+}
+
+/// The pool's values at query 0 for members `models`: (|models|, n + t).
+fn first_query(pool: &Pool, models: &[usize], value: &(dyn Fn(&[f32], usize) -> f64 + Sync)) -> Result<Vec<f64>> {
+    let (q, total) = (pool.queries(), pool.info.total_examples());
+    let all = pool.values(models, value)?;
+    Ok(all.chunks(q * total).flat_map(|m| m[..total].iter().copied()).collect())
+}
+
+fn training_part(values: &[f64], total: usize, n: usize) -> Vec<f64> {
+    values.chunks(total).flat_map(|m| m[..n].iter().copied()).collect()
+}
+
+pub fn memorization(pool: &Pool) -> Result<(Memorization, Vec<f64>)> {
+    pool.require_complete()?;
+    let models: Vec<usize> = (0..pool.models()).collect();
+    let (k, n, total) = (pool.models(), pool.info.examples, pool.info.total_examples());
+    let correct = first_query(pool, &models, &|l, y| super::correct(l, y))?;
+    let probability = first_query(pool, &models, &|l, y| label_probability(l, y))?;
+    let (mem, se) = feldman_zhang(&training_part(&correct, total, n), &pool.keep, k, n)?;
+    let (mem_probability, se_probability) = feldman_zhang(&training_part(&probability, total, n), &pool.keep, k, n)?;
+    let (mut hits, mut count) = ([0f64; 2], [0f64; 2]);
+    for m in 0..k {
+        for i in 0..n {
+            let g = pool.keep[m * n + i] as usize;
+            hits[g] += correct[m * total + i];
+            count[g] += 1.0;
+        }
+    }
+    Ok((Memorization { mem, se, mem_probability, se_probability, accuracy_in: hits[1] / count[1], accuracy_out: hits[0] / count[0] }, correct))
+}
+
+/// Influence from the members' correctness (K, n + t) at query 0: one product
+/// A·C of the weights a_ik = keep_ki/m_i − (1 − keep_ki)/(K − m_i) (n × K) with the test
+/// correctness (K × t), dense when it takes at most `dense_bytes`, else the top `top_k`
+/// per test example, computed a block of training examples at a time.
+pub fn influence(pool: &Pool, correct: &[f64], dense_bytes: u64, top_k: usize) -> Result<Influence> {
+    let (k, n, t, total) = (pool.models(), pool.info.examples, pool.info.test_examples, pool.info.total_examples());
+    if t == 0 {
+        bail!("{}: the data has no test split, so there is no influence on test examples", pool.dir.display());
+    }
+    let weights = |rows: std::ops::Range<usize>| -> Vec<f32> {
+        let mut a = vec![0f32; rows.len() * k];
+        for (r, i) in rows.enumerate() {
+            let m = (0..k).filter(|&j| pool.keep[j * n + i] == 1).count() as f32;
+            for j in 0..k {
+                a[r * k + j] = if pool.keep[j * n + i] == 1 { 1.0 / m } else { -1.0 / (k as f32 - m) };
+            }
+        }
+        a
+    };
+    let c: Vec<f32> = (0..k).flat_map(|j| correct[j * total + n..(j + 1) * total].iter().map(|&v| v as f32)).collect();
+    if (n as u64) * (t as u64) * 4 <= dense_bytes {
+        let mut out = vec![0f32; n * t];
+        crate::nn::linalg::gemm(&weights(0..n), n, k, &c, t, false, false, &mut out);
+        return Ok(Influence::Dense(out));
+    }
+    let top_k = top_k.clamp(1, n);
+    let block = crate::sched::chunk_rows(t * 4, 64 << 20).min(n);
+    // Per test example, the running top-k as (value, index), merged block by block.
+    let mut best: Vec<Vec<(f32, u32)>> = vec![Vec::with_capacity(2 * top_k); t];
+    let mut out = vec![0f32; block * t];
+    for rows in crate::sched::chunks(0..n, block) {
+        let len = rows.len();
+        crate::nn::linalg::gemm(&weights(rows.clone()), len, k, &c, t, false, false, &mut out[..len * t]);
+        best.par_iter_mut().enumerate().for_each(|(j, list)| {
+            list.extend((0..len).map(|r| (out[r * t + j], (rows.start + r) as u32)));
+            list.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            list.truncate(top_k);
+        });
+    }
+    let index = best.iter().flat_map(|l| l.iter().map(|p| p.1)).collect();
+    let value = best.iter().flat_map(|l| l.iter().map(|p| p.0)).collect();
+    Ok(Influence::Top { k: top_k, index, value })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttackKind {
+    /// LiRA with Gaussians fitted to the IN and the OUT shadows.
+    LiraOnline,
+    /// LiRA against the OUT shadows only, one-sided.
+    LiraOffline,
+    /// RMIA's pairwise likelihood ratio against population samples (the test split).
+    Rmia,
+    /// The target's log-probability of the label (Yeom et al.'s loss threshold).
+    Loss,
+    /// The target's φ with one threshold for all examples.
+    Global,
+}
+
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct AttackSpec {
+    pub kind: AttackKind,
+    pub centre: Centre,
+    pub fixed_variance: bool,
+    /// RMIA's γ.
+    pub gamma: f64,
+    /// RMIA offline with this a (None: online).
+    pub offline_a: Option<f64>,
+    /// RMIA population: the first this many test examples (0: all).
+    pub population: usize,
+}
+
+/// What every attack reads from the pool, loaded once: φ (K, Q, n) of the training
+/// examples and the label probabilities (K, n + t), averaged over queries.
+pub struct Evidence {
+    pub phi: Confidences,
+    pub log_probability: Vec<f64>,
+    pub probability: Vec<f64>,
+    total: usize,
+}
+
+impl Evidence {
+    pub fn load(pool: &Pool) -> Result<Self> {
+        pool.require_complete()?;
+        let models: Vec<usize> = (0..pool.models()).collect();
+        let (q, n, total) = (pool.queries(), pool.info.examples, pool.info.total_examples());
+        let all_phi = pool.values(&models, &|l, y| phi(l, y))?;
+        let phi_train = all_phi.chunks(total).flat_map(|row| row[..n].iter().copied()).collect();
+        let p = pool.values(&models, &|l, y| label_probability(l, y))?;
+        let mean_over_queries = |f: &dyn Fn(f64) -> f64| -> Vec<f64> {
+            p.chunks(q * total).flat_map(|m| (0..total).map(move |i| (0..q).map(|j| f(m[j * total + i])).sum::<f64>() / q as f64)).collect()
+        };
+        Ok(Self {
+            phi: Confidences { models: pool.models(), queries: q, n, phi: phi_train },
+            log_probability: mean_over_queries(&|v| (v + 1e-45).ln()),
+            probability: mean_over_queries(&|v| v),
+            total,
+        })
+    }
+}
+
+/// The scores (n) of member `target`'s membership for every training example, against
+/// `shadows`; NaN for examples too few shadows cover when `skip_short`.
+pub fn target_scores(pool: &Pool, ev: &Evidence, spec: &AttackSpec, target: usize, shadows: &[usize], skip_short: bool) -> Result<Vec<f64>> {
+    let (k, n, total) = (pool.models(), pool.info.examples, ev.total);
+    let lira = |attack| lira_scores(&ev.phi, &pool.keep, target, shadows, LiraSettings { attack, centre: spec.centre, fixed_variance: spec.fixed_variance, skip_short });
+    match spec.kind {
+        AttackKind::LiraOnline => lira(Attack::LiraOnline),
+        AttackKind::LiraOffline => lira(Attack::LiraOffline),
+        AttackKind::Global => lira(Attack::Global),
+        AttackKind::Loss => Ok(ev.log_probability[target * total..target * total + n].to_vec()),
+        AttackKind::Rmia => {
+            let t = total - n;
+            if t == 0 {
+                bail!("RMIA compares against population samples, the test split, and {} has none", pool.info.config.recipe.data);
+            }
+            let m = if spec.population == 0 { t } else { spec.population.min(t) };
+            let p_x = training_part(&ev.probability, total, n);
+            let p_z: Vec<f64> = (0..k).flat_map(|j| ev.probability[j * total + n..j * total + n + m].iter().copied()).collect();
+            rmia_scores(&p_x, &pool.keep, &p_z, k, target, shadows, spec.gamma, spec.offline_a)
+        }
+    }
+}
+
+/// Which members are attacked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Targets {
+    First(usize),
+    LeaveOneOut,
+}
+
+impl std::str::FromStr for Targets {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "leave-one-out" || s == "all" {
+            return Ok(Self::LeaveOneOut);
+        }
+        match s.parse::<usize>() {
+            Ok(k) if k >= 1 => Ok(Self::First(k)),
+            _ => Err(format!("'{s}': give a number of target models ≥ 1 or leave-one-out")),
+        }
+    }
+}
+
+impl Targets {
+    pub fn models(&self, k: usize) -> Vec<usize> {
+        match *self {
+            Self::First(t) => (0..t.min(k)).collect(),
+            Self::LeaveOneOut => (0..k).collect(),
+        }
+    }
+}
+
+/// An attack over every (target, training example) pair.
+pub struct AttackResult {
+    pub targets: Vec<usize>,
+    /// (|targets|, n)
+    pub scores: Vec<f64>,
+    pub members: Vec<bool>,
+}
+
+impl AttackResult {
+    pub fn roc(&self, selected: Option<&[bool]>) -> Result<Roc> {
+        let n = self.scores.len() / self.targets.len().max(1);
+        let keep = |p: usize| !self.scores[p].is_nan() && selected.is_none_or(|s| s[p % n]);
+        let (scores, members): (Vec<f64>, Vec<bool>) = (0..self.scores.len()).filter(|&p| keep(p)).map(|p| (self.scores[p], self.members[p])).unzip();
+        Roc::new(&scores, &members)
+    }
+}
+
+/// Each target against the `shadows_of(target)` members (by default all others).
+pub fn attack(pool: &Pool, ev: &Evidence, spec: &AttackSpec, targets: &[usize], shadows_of: &(dyn Fn(usize) -> Vec<usize> + Sync), skip_short: bool) -> Result<AttackResult> {
+    let n = pool.info.examples;
+    let rows: Vec<Vec<f64>> = targets.par_iter().map(|&t| target_scores(pool, ev, spec, t, &shadows_of(t), skip_short)).collect::<Result<_>>()?;
+    let members = targets.iter().flat_map(|&t| pool.keep[t * n..(t + 1) * n].iter().map(|&v| v == 1)).collect();
+    Ok(AttackResult { targets: targets.to_vec(), scores: rows.concat(), members })
+}
+
+/// All members but the target.
+pub fn others(k: usize) -> impl Fn(usize) -> Vec<usize> + Sync {
+    move |t| (0..k).filter(|&j| j != t).collect()
+}
+
+/// Which training examples Choi et al.'s experiment targets: `top:Q%` (the Q% most
+/// memorized) or `mem>T`.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub enum Selection {
+    TopPercent(f64),
+    Above(f64),
+}
+
+impl std::str::FromStr for Selection {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(q) = s.strip_prefix("top:").map(|q| q.trim_end_matches('%')) {
+            return match q.parse::<f64>() {
+                Ok(q) if q > 0.0 && q <= 100.0 => Ok(Self::TopPercent(q)),
+                _ => Err(format!("'{s}': top:Q% needs 0 < Q ≤ 100")),
+            };
+        }
+        if let Some(t) = s.strip_prefix("mem>") {
+            return t.parse::<f64>().map(Self::Above).map_err(|_| format!("'{s}': mem>T needs a number T"));
+        }
+        Err(format!("'{s}': give top:Q% (e.g. top:10%) or mem>T (e.g. mem>0.8)"))
+    }
+}
+
+impl Selection {
+    pub fn select(&self, mem: &[f64]) -> Vec<bool> {
+        match *self {
+            Self::Above(t) => mem.iter().map(|&m| m > t).collect(),
+            Self::TopPercent(q) => {
+                let count = ((q / 100.0 * mem.len() as f64).round() as usize).clamp(1, mem.len());
+                let mut order: Vec<usize> = (0..mem.len()).collect();
+                order.sort_by(|&a, &b| mem[b].total_cmp(&mem[a]).then(a.cmp(&b)));
+                let mut out = vec![false; mem.len()];
+                order[..count].iter().for_each(|&i| out[i] = true);
+                out
+            }
+        }
+    }
+}
+
+/// One point of Choi et al.'s curve: the attack with `shadows` shadow models per target.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ChoiPoint {
+    pub shadows: usize,
+    /// None when `shadows` cover no (target, example) pair well enough to score it.
+    pub all: Option<Metrics>,
+    pub selected: Option<Metrics>,
+    /// Fraction of (target, example) pairs the shadows cover well enough to score.
+    pub scored: f64,
+}
+
+/// The shadow counts of the curve: 2, 4, 8, … and the most a target can have, K − 1.
+pub fn shadow_counts(k: usize) -> Vec<usize> {
+    let mut counts: Vec<usize> = std::iter::successors(Some(2usize), |c| Some(c * 2)).take_while(|&c| c < k - 1).collect();
+    counts.push(k - 1);
+    counts
+}
+
+/// Choi et al.'s experiment: for each count s, every target is attacked with the first s
+/// other members as shadows; metrics over all examples and over the `selected` ones.
+/// Examples that s shadows do not cover (no IN or no OUT model) are left out of that
+/// point, as `scored` says.
+pub fn choi_curve(pool: &Pool, ev: &Evidence, spec: &AttackSpec, targets: &[usize], selected: &[bool], counts: &[usize], progress: &dyn Fn(usize)) -> Result<Vec<ChoiPoint>> {
+    let k = pool.models();
+    if !selected.iter().any(|&s| s) {
+        bail!("the selection picks no example; lower the memorization threshold or raise the top fraction");
+    }
+    counts
+        .iter()
+        .enumerate()
+        .map(|(step, &s)| {
+            let shadows_of = move |t: usize| (0..k).filter(|&j| j != t).take(s).collect::<Vec<usize>>();
+            let result = attack(pool, ev, spec, targets, &shadows_of, true)?;
+            let scored = result.scores.iter().filter(|v| !v.is_nan()).count() as f64 / result.scores.len() as f64;
+            // A point without scored members or non-members has no ROC.
+            let metrics = |sel: Option<&[bool]>| result.roc(sel).and_then(|r| r.metrics(None)).ok();
+            let point = ChoiPoint { shadows: s, all: metrics(None), selected: metrics(Some(selected)), scored };
+            progress(step + 1);
+            Ok(point)
+        })
+        .collect()
+}
+
+/// cos(a, b) in float64.
+pub fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// Ranks from 1, ties given their mean rank.
+fn ranks(v: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    order.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let mut out = vec![0f64; v.len()];
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start + 1;
+        while end < order.len() && v[order[end]] == v[order[start]] {
+            end += 1;
+        }
+        let mean = (start + end + 1) as f64 / 2.0;
+        order[start..end].iter().for_each(|&i| out[i] = mean);
+        start = end;
+    }
+    out
+}
+
+/// Spearman's rank correlation (Pearson's of the tie-averaged ranks).
+pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    let (ra, rb) = (ranks(a), ranks(b));
+    let mean = (a.len() as f64 + 1.0) / 2.0;
+    let centred = |r: &[f64]| r.iter().map(|x| x - mean).collect::<Vec<f64>>();
+    let (ca, cb) = (centred(&ra), centred(&rb));
+    cosine(&ca, &cb)
+}
+
+/// The curvature paper's validation: curvature scores against memorization.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CurvatureComparison {
+    pub examples: usize,
+    pub cosine: f64,
+    pub spearman: f64,
+}
+
+/// Compares the curvature scores `scores` (one per training sample of `run`, as `rote
+/// curvature` writes score.npy) with `mem`, after checking that the run trained the
+/// pool's model on the pool's training examples.
+pub fn compare_with_curvature(pool: &Pool, mem: &[f64], run: &std::path::Path, scores: &std::path::Path) -> Result<CurvatureComparison> {
+    let cfg = crate::nn::train::open_run(run)?;
+    let recipe = &pool.info.config.recipe;
+    if cfg.data != recipe.data || cfg.model != recipe.model {
+        bail!(
+            "{} trained '{}' on '{}' but the pool {} holds '{}' on '{}'; compare a curvature run of the same data and model",
+            run.display(),
+            cfg.model,
+            cfg.data,
+            pool.dir.display(),
+            recipe.model,
+            recipe.data
+        );
+    }
+    let sources = crate::data::Array::open_npy(&run.join("sources.npy"))?;
+    let labels = crate::data::Array::open_npy(&run.join("labels.npy"))?.to_i64()?;
+    if bytemuck::cast_slice::<u8, u32>(sources.bytes()) != &pool.sources[..] || labels[..] != pool.labels[..pool.info.examples] {
+        bail!("{} trained on other examples or labels than the pool {} (its corruption settings or seed differ)", run.display(), pool.dir.display());
+    }
+    let s = crate::data::Array::open_npy(scores)?;
+    if s.shape != [mem.len()] {
+        bail!("{} holds {:?} scores; the pool has {} training examples (score a whole run, or merge its shards)", scores.display(), s.shape, mem.len());
+    }
+    let s: Vec<f64> = s.to_f32().iter().map(|&v| v as f64).collect();
+    if let Some(i) = s.iter().position(|v| !v.is_finite()) {
+        bail!("{}: score {i} is {}", scores.display(), s[i]);
+    }
+    Ok(CurvatureComparison { examples: mem.len(), cosine: cosine(&s, mem), spearman: spearman(&s, mem) })
+}
