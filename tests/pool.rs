@@ -242,3 +242,40 @@ fn bad_pool_input_is_refused_with_the_reason() {
     let e = rote_err(&["mem", "--pool", p(&two), "--curvature-run", p(&run), "--curvature-scores", p(&dir.path().join("s.npy"))]);
     assert!(e.contains("same data and model"), "{e}");
 }
+
+/// The science at CI size, on Fashion-MNIST with an MLP trained to overfit (500
+/// examples, 32 models): online LiRA beats offline and the global threshold at 0.1% FPR;
+/// a fixed variance helps with 16 shadows; the 10% most memorized examples are far
+/// easier to attack, with few shadows already, than all examples with every shadow.
+#[test]
+fn attacks_on_an_overfit_fashion_pool_order_as_the_papers_report() {
+    if !Path::new("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists() {
+        assert!(std::env::var("ROTE_REQUIRE_FASHION_MNIST").is_err(), "dataset-fashion-mnist is not installed but ROTE_REQUIRE_FASHION_MNIST is set");
+        eprintln!("SKIPPED attacks_on_an_overfit_fashion_pool_order_as_the_papers_report: apt-get install dataset-fashion-mnist to run it");
+        return;
+    }
+    let dir = tempdir();
+    let out = dir.path().join("pool");
+    let o = p(&out);
+    rote_ok(&[
+        "pool", "train", "--data", "fashion-mnist:subset=50", "--model", "mlp:784-128-10", "--models", "32", "--epochs", "60", "--batch", "32", "--lr", "0.05",
+        "--schedule", "constant", "--weight-decay", "0", "--no-mirror", "--out", o,
+    ]);
+    let mia_out = dir.path().join("mia");
+    let tpr = |args: &[&str]| -> f64 {
+        let mut a = vec!["mia", "--pool", o, "--bootstrap", "0", "--json", "--out", p(&mia_out)];
+        a.extend_from_slice(args);
+        json(&rote_ok(&a))["metrics"]["tpr_at_0.1%_fpr"].as_f64().unwrap()
+    };
+    let (online, offline, global) = (tpr(&["--attack", "lira-online"]), tpr(&["--attack", "lira-offline"]), tpr(&["--attack", "global"]));
+    assert!(online > offline && offline > global && online > 0.05, "TPR at 0.1% FPR: online {online}, offline {offline}, global {global}");
+    for shadows in ["16"] {
+        let (plain, fixed) = (tpr(&["--shadows", shadows]), tpr(&["--shadows", shadows, "--fixed-variance"]));
+        assert!(fixed > plain, "{shadows} shadows: fixed variance {fixed}, per-example {plain}");
+    }
+    let curve = json(&rote_ok(&["choi", "--pool", o, "--shadows", "8,31", "--select", "top:10%", "--json"]));
+    let at = |i: usize, which: &str| curve["points"][i][which]["tpr_at_0.1%_fpr"].as_f64().unwrap();
+    assert!(at(0, "selected") > 2.0 * at(1, "all"), "top-10% with 8 shadows {} against all examples with 31 {}", at(0, "selected"), at(1, "all"));
+    assert!(at(1, "selected") > 2.0 * at(1, "all"));
+    assert!(out.join("choi/choi.png").is_file() && mia_out.join("roc.png").is_file());
+}

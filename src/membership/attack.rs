@@ -238,9 +238,9 @@ pub fn attack(pool: &Pool, ev: &Evidence, spec: &AttackSpec, targets: &[usize], 
     Ok(AttackResult { targets: targets.to_vec(), scores: rows.concat(), members })
 }
 
-/// All members but the target.
-pub fn others(k: usize) -> impl Fn(usize) -> Vec<usize> + Sync {
-    move |t| (0..k).filter(|&j| j != t).collect()
+/// The first `count` members other than the target, as its shadows.
+pub fn first_others(k: usize, count: usize) -> impl Fn(usize) -> Vec<usize> + Sync {
+    move |t| (0..k).filter(|&j| j != t).take(count).collect()
 }
 
 /// Which training examples Choi et al.'s experiment targets: `top:Q%` (the Q% most
@@ -314,8 +314,7 @@ pub fn choi_curve(pool: &Pool, ev: &Evidence, spec: &AttackSpec, targets: &[usiz
         .iter()
         .enumerate()
         .map(|(step, &s)| {
-            let shadows_of = move |t: usize| (0..k).filter(|&j| j != t).take(s).collect::<Vec<usize>>();
-            let result = attack(pool, ev, spec, targets, &shadows_of, true)?;
+            let result = attack(pool, ev, spec, targets, &first_others(k, s), true)?;
             let scored = result.scores.iter().filter(|v| !v.is_nan()).count() as f64 / result.scores.len() as f64;
             // A point without scored members or non-members has no ROC.
             let metrics = |sel: Option<&[bool]>| result.roc(sel).and_then(|r| r.metrics(None)).ok();

@@ -259,6 +259,9 @@ pub struct MiaArgs {
     /// (leave-one-out).
     #[arg(long, default_value = "leave-one-out")]
     targets: Targets,
+    /// Shadow models per target: the first N other models (default: all others).
+    #[arg(long)]
+    shadows: Option<usize>,
     /// Bootstrap replicates for the confidence intervals (0: none).
     #[arg(long, default_value_t = 100)]
     bootstrap: usize,
@@ -280,8 +283,16 @@ pub fn mia_cmd(a: MiaArgs) -> Result<()> {
     let p = Pool::open(&a.attack.pool)?;
     let t0 = std::time::Instant::now();
     let ev = attack::Evidence::load(&p)?;
-    let targets = a.targets.models(p.models());
-    let result = attack::attack(&p, &ev, &a.attack.spec(), &targets, &attack::others(p.models()), false)?;
+    let k = p.models();
+    let targets = a.targets.models(k);
+    let shadows = a.shadows.unwrap_or(k - 1);
+    if shadows == 0 || shadows >= k {
+        bail!("--shadows {shadows}: each target of a pool of {k} models has 1 to {} shadow models", k - 1);
+    }
+    // With fewer shadows than the pool has, examples none of them covers IN and OUT are
+    // left out (as `scored` says) instead of failing the attack.
+    let result = attack::attack(&p, &ev, &a.attack.spec(), &targets, &attack::first_others(k, shadows), shadows < k - 1)?;
+    let scored = result.scores.iter().filter(|v| !v.is_nan()).count() as f64 / result.scores.len() as f64;
     let roc = result.roc(None)?;
     let metrics = roc.metrics(None)?;
     let ci = (a.bootstrap > 0).then(|| roc.bootstrap(a.bootstrap, a.seed)).transpose()?;
@@ -294,7 +305,7 @@ pub fn mia_cmd(a: MiaArgs) -> Result<()> {
     let curve = roc.curve(None)?;
     plot::lines(&out.join("roc.png"), &format!("{} on {} targets", a.attack.label(), targets.len()), "false-positive rate", "true-positive rate", &[plot::Series { name: a.attack.label(), points: thin(&curve) }], plot::Axes::LogLog, None, None)?;
     let value = serde_json::json!({
-        "pool": a.attack.pool, "attack": a.attack.label(), "settings": a.attack.spec(), "targets": targets.len(), "examples": n,
+        "pool": a.attack.pool, "attack": a.attack.label(), "settings": a.attack.spec(), "targets": targets.len(), "shadows": shadows, "scored": scored, "examples": n,
         "pairs": result.scores.len(), "metrics": metrics_json(&metrics),
         "ci95": ci.as_ref().map(|(lo, hi)| serde_json::json!({ "low": metrics_json(lo), "high": metrics_json(hi), "replicates": a.bootstrap })),
         "seconds": t0.elapsed().as_secs_f64(), "out": out,
@@ -304,7 +315,10 @@ pub fn mia_cmd(a: MiaArgs) -> Result<()> {
         print_json(&value);
     } else {
         let ci_of = |f: &dyn Fn(&Metrics) -> f64| ci.as_ref().map(|(lo, hi)| format!(" [{:.4}, {:.4}]", f(lo), f(hi))).unwrap_or_default();
-        println!("{} over {} targets × {n} examples:", a.attack.label(), targets.len());
+        println!("{} over {} targets × {n} examples, {shadows} shadow models each:", a.attack.label(), targets.len());
+        if scored < 1.0 {
+            println!("  {:.1}% of the pairs scored (the others lack IN or OUT shadows)", 100.0 * scored);
+        }
         println!("  AUC {:.4}{}", metrics.auc, ci_of(&|m| m.auc));
         for (j, fpr) in FPRS.iter().enumerate() {
             println!("  TPR at {}% FPR {:.4}{}", fpr * 100.0, metrics.tpr_at_fpr[j], ci_of(&|m| m.tpr_at_fpr[j]));
