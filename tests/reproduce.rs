@@ -63,6 +63,19 @@ fn quick_reproduction_writes_a_consistent_report() {
     let a = auroc(&rows.iter().map(|r| r.1).collect::<Vec<_>>(), &rows.iter().map(|r| r.0).collect::<Vec<_>>());
     assert!(html.contains(&format!("AUROC {a:.3}")), "AUROC {a:.3} not in the report");
     assert!(a > 0.8, "AUROC {a}");
+    // The memorization shown is the one the written scores give; the attack's TPR is its JSON's.
+    let mem = rote::data::Array::open_npy(&out.join("membership/pool/mem/mem.npy")).unwrap().to_f32();
+    let flags = rote::data::Array::open_npy(&out.join("membership/pool/corrupted.npy")).unwrap();
+    let mean = |bad: u8| {
+        let v: Vec<f64> = (0..mem.len()).filter(|&i| flags.bytes()[i] == bad).map(|i| mem[i] as f64).collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let (bad, clean) = (mean(1), mean(0));
+    assert!(html.contains(&format!("mean mem {bad:.3} for flipped or conflicting labels, {clean:.3} for clean ones")), "mem {bad:.3} / {clean:.3} not in the report");
+    assert!(bad > clean + 0.3, "flipped {bad}, clean {clean}");
+    let online: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("membership/mia-0/mia.json")).unwrap()).unwrap();
+    let tpr = online["metrics"]["tpr_at_0.1%_fpr"].as_f64().unwrap();
+    assert!(html.contains(&format!("online {:.2}%", 100.0 * tpr)), "online LiRA's TPR {tpr} not in the report");
     // The EMM shown is the sweep's.
     let emm: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("diffusion/emm/emm.json")).unwrap()).unwrap();
     assert!(html.contains(&format!("EMM = {}", emm["emm"])), "EMM {} not in the report", emm["emm"]);

@@ -599,6 +599,12 @@ struct RngArgs {
 }
 
 fn main() {
+    // Output piped into `head` ends quietly, as other command-line tools do, instead of
+    // a panic on the closed pipe.
+    // SAFETY: restoring the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");

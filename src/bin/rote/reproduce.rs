@@ -273,6 +273,100 @@ pub fn reproduce_cmd(a: ReproduceArgs) -> Result<()> {
         format!("{data}, {model}: AUROC {:.3}, precision at k {:.3} over {} corrupted of {} samples", f(&v["auroc"]), f(&v["precision_at_k"]), v["corrupted"], v["samples"]),
     );
 
+    // ---- 2b. Memorization and membership from a pool of models --------------------
+    const M: &str = "membership";
+    // A recipe that lets every member fit its half of the data, flipped labels included:
+    // without that there is nothing memorized to measure.
+    let (pool_data, pool_model, pool_epochs, pool_lr, pool_models) =
+        if full { ("fashion-mnist:subset=500", "mlp:784-256-10", "60", "0.05", "64") } else { ("digits", "mlp:64-256-10", "100", "0.1", "32") };
+    let recipe = ["--data", pool_data, "--model", pool_model, "--epochs", pool_epochs, "--lr", pool_lr, "--schedule", "constant", "--weight-decay", "0", "--label-noise", "0.05", "--duplicate-conflicts", "20"];
+    let with = |head: &[&'static str], tail: &[&'static str]| -> Vec<&'static str> { head.iter().chain(recipe.iter()).chain(tail.iter()).copied().collect() };
+    r.run(M, "one run of the pool's recipe on all the data, for the curvature comparison", &with(&["train"], &["--out", "membership/run", "--json"]), true)?;
+    r.run(M, "its curvature scores (every 4th checkpoint)", &["curvature", "--run", "membership/run", "--every", "4", "--out", "membership/curvature", "--json"], true)?;
+    r.run(M, "the pool: models on random halves", &with(&["pool", "train", "--models", pool_models, "--no-mirror"], &["--out", "membership/pool", "--json"]), false)?;
+    let mem = r.run(
+        M,
+        "Feldman–Zhang memorization and its agreement with curvature",
+        &["mem", "--pool", "membership/pool", "--curvature-run", "membership/run", "--curvature-scores", "membership/curvature/score.npy", "--json"],
+        false,
+    )?;
+    r.figure(M, "membership/pool/mem/gallery.png", "membership/pool/mem/top.csv", format!("The most and least memorized training images by Feldman–Zhang ({pool_data}, {pool_models} models)"));
+    r.finding(
+        M,
+        "Mislabeled examples are the memorized ones",
+        "Feldman & Zhang: memorization is high for atypical and mislabeled examples".into(),
+        format!(
+            "{pool_data}, {pool_models} × {pool_model}: mean mem {:.3} for flipped or conflicting labels, {:.3} for clean ones (members' accuracy IN {:.3}, OUT {:.3})",
+            f(&mem["mean_mem_corrupted"]),
+            f(&mem["mean_mem_clean"]),
+            f(&mem["accuracy_in"]),
+            f(&mem["accuracy_out"])
+        ),
+    );
+    r.finding(
+        M,
+        "Input curvature agrees with Feldman–Zhang memorization",
+        "cosine similarity ≈ 0.7–0.87 on CIFAR-100 (ResNet-18)".into(),
+        format!("{pool_data}: cosine {:.3}, Spearman {:.3} over {} examples", f(&mem["curvature"]["cosine"]), f(&mem["curvature"]["spearman"]), mem["curvature"]["examples"]),
+    );
+    let mut attack_rows = String::new();
+    let mut tpr = std::collections::BTreeMap::new();
+    let mut attacks: Vec<(&str, Vec<&str>)> = vec![
+        ("LiRA online", vec!["--attack", "lira-online"]),
+        ("LiRA online, fixed variance", vec!["--attack", "lira-online", "--fixed-variance"]),
+        ("LiRA offline", vec!["--attack", "lira-offline"]),
+        ("LiRA offline, fixed variance", vec!["--attack", "lira-offline", "--fixed-variance"]),
+        ("global threshold", vec!["--attack", "global"]),
+        ("loss", vec!["--attack", "loss"]),
+    ];
+    if full {
+        attacks.push(("RMIA", vec!["--attack", "rmia"]));
+    }
+    for (i, (name, flags)) in attacks.iter().enumerate() {
+        let dir = format!("membership/mia-{i}");
+        let args: Vec<&str> = ["mia", "--pool", "membership/pool"].iter().copied().chain(flags.iter().copied()).chain(["--out", &dir, "--json"]).collect();
+        let v = r.run(M, &format!("membership inference: {name}"), &args, false)?;
+        let m = &v["metrics"];
+        tpr.insert(*name, f(&m["tpr_at_0.1%_fpr"]));
+        writeln!(
+            attack_rows,
+            "<tr><td>{name}</td><td>{:.4} [{:.4}, {:.4}]</td><td>{:.2}%</td><td>{:.2}%</td><td>{:.2}%</td><td>{:.4}</td></tr>",
+            f(&m["auc"]),
+            f(&v["ci95"]["low"]["auc"]),
+            f(&v["ci95"]["high"]["auc"]),
+            100.0 * f(&m["tpr_at_0.1%_fpr"]),
+            100.0 * f(&m["tpr_at_0.01%_fpr"]),
+            100.0 * f(&m["tpr_at_1%_fpr"]),
+            f(&m["balanced_accuracy"])
+        )?;
+        if i == 0 {
+            r.figure(M, &format!("{dir}/roc.png"), &format!("{dir}/roc.csv"), format!("ROC of online LiRA, every model of the pool as the target against the others ({pool_data})"));
+        }
+    }
+    r.tables.push((M, format!("<table><tr><th>attack (every model as target)</th><th>AUC [95% bootstrap]</th><th>TPR @ 0.1% FPR</th><th>@ 0.01%</th><th>@ 1%</th><th>balanced accuracy</th></tr>{attack_rows}</table>")));
+    r.finding(
+        M,
+        "Online LiRA beats offline LiRA and the global threshold at low FPR",
+        "tf-privacy demo (16 WRN-28-2, CIFAR-10): TPR @ 0.1% FPR online 1.69%, offline 1.30%, global 0.09%".into(),
+        format!("{pool_data}: online {:.2}%, offline {:.2}%, global {:.2}%", 100.0 * tpr["LiRA online"], 100.0 * tpr["LiRA offline"], 100.0 * tpr["global threshold"]),
+    );
+    let choi = r.run(M, "Choi et al.: the 10% most memorized against all examples, by shadow count", &["choi", "--pool", "membership/pool", "--select", "top:10%", "--fixed-variance", "--out", "membership/choi", "--json"], false)?;
+    r.figure(M, "membership/choi/choi.png", "membership/choi/choi.csv", format!("TPR at 0.1% FPR of online LiRA (fixed variance) against the number of shadow models: the 10% most memorized examples and all ({pool_data})"));
+    let points = choi["points"].as_array().cloned().unwrap_or_default();
+    let at = |p: &Value, which: &str| f(&p[which]["tpr_at_0.1%_fpr"]);
+    let best_all = points.last().map(|p| at(p, "all")).unwrap_or(f64::NAN);
+    let fewest = points.iter().find(|p| at(p, "selected") >= best_all).map(|p| p["shadows"].clone()).unwrap_or(Value::Null);
+    r.finding(
+        M,
+        "Memorized examples need far fewer shadow models",
+        "Choi et al.: targeting high-memorization samples reaches the same power with orders of magnitude fewer shadow models".into(),
+        format!(
+            "{pool_data}, online LiRA with a fixed variance: TPR @ 0.1% FPR on the top 10% by shadow count {}; on all examples {:.2}% with every shadow, which the top 10% reach with {fewest} shadows",
+            points.iter().filter(|p| !p["selected"].is_null()).map(|p| format!("{}: {:.1}%", p["shadows"], 100.0 * at(p, "selected"))).collect::<Vec<_>>().join(", "),
+            100.0 * best_all
+        ),
+    );
+
     // ---- 3. Diffusion -------------------------------------------------------------
     const D: &str = "diffusion";
     let samples = if full { "2000" } else { "500" };
@@ -389,7 +483,7 @@ figcaption {{ font-size: 0.9em; color: #444; }} pre {{ background: #f6f6f6; padd
         writeln!(h, "<tr><td>{s}</td><td>{}</td><td>{}</td><td>{}</td></tr>", html_escape(fnd.claim), html_escape(&fnd.paper), html_escape(&fnd.measured))?;
     }
     h.push_str("</table>\n");
-    for (section, title) in [("construction", "1. Randomized construction of interpolating networks"), ("curvature", "2. Input curvature as a memorization score"), ("diffusion", "3. Diffusion models: the optimal denoiser and memorization")] {
+    for (section, title) in [("construction", "1. Randomized construction of interpolating networks"), ("curvature", "2. Input curvature as a memorization score"), ("membership", "2b. Memorization and membership inference from a pool of models"), ("diffusion", "3. Diffusion models: the optimal denoiser and memorization")] {
         writeln!(h, "<h2>{title}</h2>")?;
         for (_, t) in r.tables.iter().filter(|(s, _)| *s == section) {
             h.push_str(t);
