@@ -3,7 +3,7 @@
 
 use crate::device::Backend;
 use crate::rng::{Distribution, Philox};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::time::Instant;
 
 #[derive(Debug, serde::Serialize)]
@@ -563,5 +563,76 @@ pub fn cnn(model: &str, chw: [usize; 3], batch: usize, repeats: usize, python: O
     let mut trained = net.clone();
     let s = time_runs(repeats, || trained.train_step(&x, &y, 0.01, 0.9, 5e-4, &mut velocity))?;
     rows.push(BenchRow::timed(&step, "cpu", s, repeats, baseline.1, batch as f64, None, None));
+    Ok(rows)
+}
+
+/// A pool of `models` MLPs on random halves of `data`'s training split (`rote pool
+/// train`: training, then the logits of every training and test example) against
+/// PyTorch one model after another and all models at once with torch.func.vmap, same
+/// recipe and subsets (scripts/baselines/pool_torch.py). One timed run each: a pool is
+/// long work; the speed-up column is over the loop, the note gives it over vmap.
+pub fn pool(data: &str, model: &str, models: usize, epochs: usize, batch: usize, python: Option<&str>) -> Result<Vec<BenchRow>> {
+    use crate::membership::pool::{self, PoolConfig};
+    use crate::nn::train::{self, Schedule, TrainConfig};
+    let (sizes, act) = crate::nn::mlp::parse_spec(model)?;
+    if act != crate::nn::mlp::Activation::Relu {
+        anyhow::bail!("the PyTorch baseline builds ReLU MLPs; give {model} with act=relu");
+    }
+    let ds = crate::data::open(data)?;
+    let input_scale = train::input_scale_for(&ds);
+    let recipe = TrainConfig {
+        data: data.into(),
+        model: model.into(),
+        epochs,
+        batch,
+        lr: 0.05,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        schedule: Schedule::Constant,
+        label_noise: 0.0,
+        duplicate_conflicts: 0,
+        seed: 0,
+        input_scale,
+        normalization: Default::default(),
+        augment: String::new(),
+    };
+    let cfg = PoolConfig { recipe, models, keep: 0.5, mirror: false };
+    let n = ds.train.len();
+    let test = ds.test.as_ref().context("the pool benchmark queries the test split too; give data with one (fashion-mnist, or a generator with test=M)")?;
+    let workload = format!("pool of {models} × {model} on {data} ({epochs} epochs, batch {batch}, {} examples each)", n / 2);
+    let mut rows = Vec::new();
+    let mut baseline = None;
+    let mut vmap = None;
+    if let Some(py) = python {
+        let dir = tempfile::tempdir()?;
+        let rows_all: Vec<u32> = (0..n as u32).collect();
+        crate::report::write_npy(&dir.path().join("x.npy"), &[n, ds.train.features()], &train::gather(&ds.train.x, &rows_all, input_scale))?;
+        crate::report::write_npy(&dir.path().join("y.npy"), &[n], &ds.train.y)?;
+        let test_rows: Vec<u32> = (0..test.len() as u32).collect();
+        crate::report::write_npy(&dir.path().join("test_x.npy"), &[test.len(), test.features()], &train::gather(&test.x, &test_rows, input_scale))?;
+        crate::report::write_npy(&dir.path().join("keep.npy"), &[models, n], &crate::membership::keep_matrix(0, models, n, 0.5)?)?;
+        crate::report::write_json(
+            &dir.path().join("meta.json"),
+            &serde_json::json!({ "sizes": sizes, "epochs": epochs, "batch": batch, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "modes": ["loop", "vmap"] }),
+        )?;
+        let path = format!("{}/scripts/baselines/pool_torch.py", env!("CARGO_MANIFEST_DIR"));
+        let out = std::process::Command::new(py).arg(&path).args(["--dir", &dir.path().display().to_string()]).output()?;
+        if !out.status.success() {
+            anyhow::bail!("the PyTorch baseline failed (set --python, or PYTHONPATH=.tools/torch):\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let note = format!("torch {}, {} threads", v["torch"].as_str().unwrap_or("?"), v["threads"]);
+        let (l, m) = (v["loop_seconds"].as_f64().unwrap_or(f64::NAN), v["vmap_seconds"].as_f64().unwrap_or(f64::NAN));
+        rows.push(BenchRow::timed(&workload, "pytorch-cpu loop", (l, l), 1, None, models as f64, None, Some(note.clone())));
+        rows.push(BenchRow::timed(&workload, "pytorch-cpu vmap", (m, m), 1, Some(l), models as f64, None, Some(note)));
+        baseline = Some(l);
+        vmap = Some(m);
+    }
+    let dir = tempfile::tempdir()?;
+    let t0 = std::time::Instant::now();
+    pool::train_pool(&ds, &cfg, &dir.path().join("pool"), Default::default(), false, &|_, _| {})?;
+    let s = t0.elapsed().as_secs_f64();
+    let note = vmap.map(|m| format!("{:.2}× the vmap version", m / s));
+    rows.push(BenchRow::timed(&workload, "cpu", (s, s), 1, baseline, models as f64, None, note));
     Ok(rows)
 }

@@ -168,7 +168,7 @@ fn gaussian_pool(models: usize, n: usize, delta: f64, sigma: f64, seed: u64) -> 
     let keep = keep_matrix(seed, models, n, 0.5).unwrap();
     let rng = Philox::new(seed, 77);
     let phi = (0..models * n).map(|r| keep[r] as f64 * delta + sigma * rng.normal(r as u64) as f64).collect();
-    (Confidences { models, queries: 1, n, phi }, keep)
+    (Confidences::model_major(models, 1, n, phi), keep)
 }
 
 #[test]
@@ -198,8 +198,8 @@ fn lira_online_fits_equal_a_direct_float64_reference() {
     let shadows: Vec<usize> = (0..models).filter(|&k| k != 4).collect();
     let got = lira_scores(&conf, &keep, 4, &shadows, LiraSettings { attack: Attack::LiraOnline, centre: Centre::Median, fixed_variance: false, skip_short: false }).unwrap();
     for i in 0..n {
-        let mut ins: Vec<f64> = shadows.iter().filter(|&&k| keep[k * n + i] == 1).map(|&k| conf.phi[k * n + i]).collect();
-        let mut outs: Vec<f64> = shadows.iter().filter(|&&k| keep[k * n + i] == 0).map(|&k| conf.phi[k * n + i]).collect();
+        let mut ins: Vec<f64> = shadows.iter().filter(|&&k| keep[k * n + i] == 1).map(|&k| conf.at(k, 0, i)).collect();
+        let mut outs: Vec<f64> = shadows.iter().filter(|&&k| keep[k * n + i] == 0).map(|&k| conf.at(k, 0, i)).collect();
         let median = |v: &mut Vec<f64>| {
             v.sort_by(|a, b| a.partial_cmp(b).unwrap());
             let m = v.len();
@@ -211,7 +211,7 @@ fn lira_online_fits_equal_a_direct_float64_reference() {
         };
         let (si, so) = (sd(&ins), sd(&outs));
         let (mi, mo) = (median(&mut ins), median(&mut outs));
-        let x = conf.phi[4 * n + i];
+        let x = conf.at(4, 0, i);
         // The Gaussian log-density; the ratio of the densities themselves underflows.
         let log_pdf = |x: f64, m: f64, s: f64| -(x - m).powi(2) / (2.0 * s * s) - (s * (2.0 * std::f64::consts::PI).sqrt()).ln();
         let want = log_pdf(x, mi, si) - log_pdf(x, mo, so);

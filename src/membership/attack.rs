@@ -30,11 +30,9 @@ pub enum Influence {
     Top { k: usize, index: Vec<u32>, value: Vec<f32> },
 }
 
-/// The pool's values at query 0 for members `models`: (|models|, n + t).
+/// The pool's values at query 0 (the original inputs) for members `models`: (|models|, n + t).
 fn first_query(pool: &Pool, models: &[usize], value: &(dyn Fn(&[f32], usize) -> f64 + Sync)) -> Result<Vec<f64>> {
-    let (q, total) = (pool.queries(), pool.info.total_examples());
-    let all = pool.values(models, value)?;
-    Ok(all.chunks(q * total).flat_map(|m| m[..total].iter().copied()).collect())
+    pool.values(models, 0..1, 0..pool.info.total_examples(), value)
 }
 
 fn training_part(values: &[f64], total: usize, n: usize) -> Vec<f64> {
@@ -87,7 +85,9 @@ pub fn influence(pool: &Pool, correct: &[f64], dense_bytes: u64, top_k: usize) -
     }
     let top_k = top_k.clamp(1, n);
     let block = crate::sched::chunk_rows(t * 4, 64 << 20).min(n);
-    // Per test example, the running top-k as (value, index), merged block by block.
+    // Per test example, the running top-k as (value, index), merged block by block:
+    // largest value first, ties to the lower index.
+    let by_value = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
     let mut best: Vec<Vec<(f32, u32)>> = vec![Vec::with_capacity(2 * top_k); t];
     let mut out = vec![0f32; block * t];
     for rows in crate::sched::chunks(0..n, block) {
@@ -95,10 +95,13 @@ pub fn influence(pool: &Pool, correct: &[f64], dense_bytes: u64, top_k: usize) -
         crate::nn::linalg::gemm(&weights(rows.clone()), len, k, &c, t, false, false, &mut out[..len * t]);
         best.par_iter_mut().enumerate().for_each(|(j, list)| {
             list.extend((0..len).map(|r| (out[r * t + j], (rows.start + r) as u32)));
-            list.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            list.truncate(top_k);
+            if list.len() > top_k {
+                list.select_nth_unstable_by(top_k - 1, by_value);
+                list.truncate(top_k);
+            }
         });
     }
+    best.par_iter_mut().for_each(|list| list.sort_unstable_by(by_value));
     let index = best.iter().flat_map(|l| l.iter().map(|p| p.1)).collect();
     let value = best.iter().flat_map(|l| l.iter().map(|p| p.0)).collect();
     Ok(Influence::Top { k: top_k, index, value })
@@ -132,8 +135,10 @@ pub struct AttackSpec {
     pub population: usize,
 }
 
-/// What every attack reads from the pool, loaded once: φ (K, Q, n) of the training
-/// examples and the label probabilities (K, n + t), averaged over queries.
+/// What the attacks read from the pool, loaded once: φ (K, Q, n) of the training
+/// examples for the LiRA family, and the label probabilities (K, n + t) averaged over
+/// queries, with their logarithms, for RMIA and the loss attack — each only when the
+/// attack needs it (a pass over every logit is most of an attack's time).
 pub struct Evidence {
     pub phi: Confidences,
     pub log_probability: Vec<f64>,
@@ -142,22 +147,22 @@ pub struct Evidence {
 }
 
 impl Evidence {
-    pub fn load(pool: &Pool) -> Result<Self> {
+    pub fn load(pool: &Pool, kind: AttackKind) -> Result<Self> {
         pool.require_complete()?;
         let models: Vec<usize> = (0..pool.models()).collect();
         let (q, n, total) = (pool.queries(), pool.info.examples, pool.info.total_examples());
-        let all_phi = pool.values(&models, &|l, y| phi(l, y))?;
-        let phi_train = all_phi.chunks(total).flat_map(|row| row[..n].iter().copied()).collect();
-        let p = pool.values(&models, &|l, y| label_probability(l, y))?;
-        let mean_over_queries = |f: &dyn Fn(f64) -> f64| -> Vec<f64> {
-            p.chunks(q * total).flat_map(|m| (0..total).map(move |i| (0..q).map(|j| f(m[j * total + i])).sum::<f64>() / q as f64)).collect()
+        let lira = matches!(kind, AttackKind::LiraOnline | AttackKind::LiraOffline | AttackKind::Global);
+        let phi_train = if lira { pool.values(&models, 0..q, 0..n, &|l, y| phi(l, y))? } else { vec![] };
+        let (probability, log_probability) = if lira {
+            (vec![], vec![])
+        } else {
+            let p = pool.values(&models, 0..q, 0..total, &|l, y| label_probability(l, y))?;
+            let mean_over_queries = |f: &dyn Fn(f64) -> f64| -> Vec<f64> {
+                p.chunks(q * total).flat_map(|m| (0..total).map(move |i| (0..q).map(|j| f(m[j * total + i])).sum::<f64>() / q as f64)).collect()
+            };
+            (mean_over_queries(&|v| v), mean_over_queries(&|v| (v + 1e-45).ln()))
         };
-        Ok(Self {
-            phi: Confidences { models: pool.models(), queries: q, n, phi: phi_train },
-            log_probability: mean_over_queries(&|v| (v + 1e-45).ln()),
-            probability: mean_over_queries(&|v| v),
-            total,
-        })
+        Ok(Self { phi: Confidences::model_major(pool.models(), q, n, phi_train), log_probability, probability, total })
     }
 }
 

@@ -140,10 +140,11 @@ fn centre(values: &mut [f64], how: Centre) -> f64 {
     match how {
         Centre::Mean => values.iter().sum::<f64>() / values.len() as f64,
         Centre::Median => {
-            // numpy's median: the mean of the two middle values for an even count.
-            values.sort_unstable_by(|a, b| a.total_cmp(b));
+            // numpy's median: the mean of the two middle values for an even count. A
+            // selection, not a sort: it runs per example, query and target.
             let m = values.len();
-            if m % 2 == 1 { values[m / 2] } else { 0.5 * (values[m / 2 - 1] + values[m / 2]) }
+            let (below, &mut upper, _) = values.select_nth_unstable_by(m / 2, |a, b| a.total_cmp(b));
+            if m % 2 == 1 { upper } else { 0.5 * (below.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v)) + upper) }
         }
     }
 }
@@ -170,26 +171,45 @@ pub fn log_normal_cdf(z: f64) -> f64 {
     }
 }
 
-/// φ of every (model, query, example) of a pool: `phi[(k·Q + q)·n + i]`.
+/// φ of every (model, query, example) of a pool, stored example-major — (n, Q, K) — so
+/// the shadows' values of one example, which every attack gathers, are contiguous.
 pub struct Confidences {
     pub models: usize,
     pub queries: usize,
     pub n: usize,
-    pub phi: Vec<f64>,
+    phi: Vec<f64>,
 }
 
 impl Confidences {
+    /// From φ laid out model-major, `phi[(k·Q + q)·n + i]` (empty: no φ loaded).
+    pub fn model_major(models: usize, queries: usize, n: usize, phi: Vec<f64>) -> Self {
+        use rayon::prelude::*;
+        let mut t = vec![0f64; phi.len()];
+        if !phi.is_empty() {
+            assert_eq!(phi.len(), models * queries * n, "internal error: φ for {models} models × {queries} queries × {n} examples");
+            t.par_chunks_mut(queries * models).enumerate().for_each(|(i, row)| {
+                for q in 0..queries {
+                    for k in 0..models {
+                        row[q * models + k] = phi[(k * queries + q) * n + i];
+                    }
+                }
+            });
+        }
+        Self { models, queries, n, phi: t }
+    }
+
     /// From logits (K, Q, n, C) and labels.
     pub fn from_logits(logits: &[f32], models: usize, queries: usize, n: usize, classes: usize, labels: &[i64]) -> Result<Self> {
         if logits.len() != models * queries * n * classes || labels.len() != n {
             bail!("internal error: {} logits for {models} models × {queries} queries × {n} examples × {classes} classes", logits.len());
         }
         let phi = logits.chunks(classes).enumerate().map(|(r, l)| phi(l, labels[r % n] as usize)).collect();
-        Ok(Self { models, queries, n, phi })
+        Ok(Self::model_major(models, queries, n, phi))
     }
 
-    fn at(&self, k: usize, q: usize, i: usize) -> f64 {
-        self.phi[(k * self.queries + q) * self.n + i]
+    /// φ of model k, query q, example i.
+    pub fn at(&self, k: usize, q: usize, i: usize) -> f64 {
+        self.phi[(i * self.queries + q) * self.models + k]
     }
 }
 
@@ -234,9 +254,8 @@ pub fn lira_scores(conf: &Confidences, keep: &[u8], target: usize, shadows: &[us
     } else {
         None
     };
-    let mut scores = vec![0f64; n];
-    let (mut ins, mut outs) = (vec![], vec![]);
-    for i in 0..n {
+    // Examples in parallel, each worker with its own IN/OUT buffers.
+    let score = |i: usize, (ins, outs): &mut (Vec<f64>, Vec<f64>)| -> Result<f64> {
         let mut total = 0f64;
         for q in 0..conf.queries {
             let x = conf.at(target, q, i);
@@ -251,8 +270,7 @@ pub fn lira_scores(conf: &Confidences, keep: &[u8], target: usize, shadows: &[us
             }
             if outs.len() < need || (need_in && ins.len() < need) {
                 if s.skip_short {
-                    total = f64::NAN;
-                    break;
+                    return Ok(f64::NAN);
                 }
                 bail!(
                     "example {i} has {} IN and {} OUT shadow models; {:?} needs at least {need} of each{} — use more models{}",
@@ -263,19 +281,21 @@ pub fn lira_scores(conf: &Confidences, keep: &[u8], target: usize, shadows: &[us
                     if s.fixed_variance { "" } else { " or --fixed-variance" }
                 );
             }
-            let (sd_in, sd_out) = fixed.unwrap_or_else(|| (if need_in { std_dev(&ins) } else { f64::NAN }, std_dev(&outs)));
-            let mu_out = centre(&mut outs, s.centre);
+            let (sd_in, sd_out) = fixed.unwrap_or_else(|| (if need_in { std_dev(ins) } else { f64::NAN }, std_dev(outs)));
+            let mu_out = centre(outs, s.centre);
             total += match s.attack {
                 Attack::LiraOnline => {
-                    let mu_in = centre(&mut ins, s.centre);
+                    let mu_in = centre(ins, s.centre);
                     log_normal_density(x, mu_in, sd_in + 1e-30) - log_normal_density(x, mu_out, sd_out + 1e-30)
                 }
                 Attack::LiraOffline => log_normal_cdf((x - mu_out) / (sd_out + 1e-30)),
                 Attack::Global => unreachable!(),
             };
         }
-        scores[i] = total / conf.queries as f64;
-    }
+        Ok(total / conf.queries as f64)
+    };
+    use rayon::prelude::*;
+    let scores: Vec<f64> = (0..n).into_par_iter().map_init(|| (Vec::with_capacity(shadows.len()), Vec::with_capacity(shadows.len())), |buf, i| score(i, buf)).collect::<Result<_>>()?;
     Ok(scores)
 }
 

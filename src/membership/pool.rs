@@ -27,6 +27,7 @@ use crate::rng::Philox;
 use crate::sched::Shard;
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -248,6 +249,26 @@ impl Pool {
         self.info.config.models
     }
 
+    /// Errors unless `ds` is the data this pool was trained on: every training example's
+    /// dataset row exists with the pool's label (where the pool did not corrupt it), and
+    /// the test split has the pool's labels.
+    pub fn check_data(&self, ds: &Dataset) -> Result<()> {
+        let spec = &self.info.config.recipe.data;
+        let n = self.info.examples;
+        let differs = (0..n).find(|&i| {
+            let r = self.sources[i] as usize;
+            r >= ds.train.len() || (self.corrupted[i] == 0 && ds.train.y[r] != self.labels[i])
+        });
+        let test = ds.test.as_ref().map_or(&[][..], |t| &t.y[..]);
+        if let Some(i) = differs {
+            bail!("{}: '{spec}' now has other training data than the pool was trained on (example {i}, dataset row {})", self.dir.display(), self.sources[i]);
+        }
+        if test != &self.labels[n..] {
+            bail!("{}: '{spec}' now has {} test examples or other labels than the pool's {}", self.dir.display(), test.len(), self.info.test_examples);
+        }
+        Ok(())
+    }
+
     pub fn queries(&self) -> usize {
         self.info.queries.len()
     }
@@ -281,15 +302,23 @@ impl Pool {
         Ok(a)
     }
 
-    /// `value(logits, label)` of every (member of `models`, query, example): (|models|, Q, n + t).
-    pub fn values(&self, models: &[usize], value: &(dyn Fn(&[f32], usize) -> f64 + Sync)) -> Result<Vec<f64>> {
-        let (q, total, c) = (self.queries(), self.info.total_examples(), self.info.classes);
-        let mut out = vec![0f64; models.len() * q * total];
-        out.par_chunks_mut(q * total).zip(models.par_iter()).try_for_each(|(row, &k)| -> Result<()> {
+    /// `value(logits, label)` of every (member of `models`, query of `queries`, example of
+    /// `examples`), indices into the pool's n + t examples: (|models|, |queries|, |examples|).
+    pub fn values(&self, models: &[usize], queries: Range<usize>, examples: Range<usize>, value: &(dyn Fn(&[f32], usize) -> f64 + Sync)) -> Result<Vec<f64>> {
+        let (total, c) = (self.info.total_examples(), self.info.classes);
+        if queries.end > self.queries() || examples.end > total {
+            bail!("internal error: queries {queries:?} of {}, examples {examples:?} of {total}", self.queries());
+        }
+        let per_model = queries.len() * examples.len();
+        let mut out = vec![0f64; models.len() * per_model];
+        out.par_chunks_mut(per_model.max(1)).zip(models.par_iter()).try_for_each(|(row, &k)| -> Result<()> {
             let a = self.logits(k)?;
             let logits: &[f32] = bytemuck::cast_slice(a.bytes());
-            for (r, (v, l)) in row.iter_mut().zip(logits.chunks(c)).enumerate() {
-                *v = value(l, self.labels[r % total] as usize);
+            for (qi, q) in queries.clone().enumerate() {
+                let part = &logits[(q * total + examples.start) * c..(q * total + examples.end) * c];
+                for ((v, l), i) in row[qi * examples.len()..(qi + 1) * examples.len()].iter_mut().zip(part.chunks(c)).zip(examples.clone()) {
+                    *v = value(l, self.labels[i] as usize);
+                }
             }
             Ok(())
         })?;

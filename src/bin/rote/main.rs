@@ -290,6 +290,25 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Training a pool of MLPs on random halves (`rote pool train`) against PyTorch, one
+    /// model after another and all at once with torch.func.vmap.
+    Pool {
+        #[arg(long, default_value = "fashion-mnist:subset=200")]
+        data: String,
+        #[arg(long, default_value = "mlp:784-512-512-10,act=relu")]
+        model: String,
+        #[arg(long, default_value_t = 64)]
+        models: usize,
+        #[arg(long, default_value_t = 2)]
+        epochs: usize,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// Python with torch for the baselines (PYTHONPATH=.tools/torch); "none" skips them.
+        #[arg(long, default_value = "python3")]
+        python: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// The frame's kernels: Philox fills and streamed row norms.
     Frame {
         /// Multiplies the workload sizes.
@@ -692,6 +711,10 @@ fn bench_one(c: BenchCommand) -> Result<()> {
             let dims = parse_shape(&input)?;
             let [c, h, w] = dims[..] else { bail!("--input {input}: give C×H×W, e.g. 3x32x32") };
             let rows = rote::bench::cnn(&model, [c, h, w], batch.max(1), repeats.max(1), baseline_python(&python))?;
+            print_rows(&rows, json)
+        }
+        BenchCommand::Pool { data, model, models, epochs, batch, python, json } => {
+            let rows = rote::bench::pool(&data, &model, models, epochs.max(1), batch.max(1), baseline_python(&python))?;
             print_rows(&rows, json)
         }
         BenchCommand::Frame { scale, repeats, device, json } => {

@@ -128,6 +128,9 @@ pub struct MemArgs {
     dense_limit_mb: u64,
     #[arg(long, default_value_t = 10)]
     top_k: usize,
+    /// Skip the influence on test examples.
+    #[arg(long)]
+    no_influence: bool,
     /// Rows of top.csv (the most memorized examples).
     #[arg(long, default_value_t = 100)]
     top: usize,
@@ -144,6 +147,8 @@ pub struct MemArgs {
 
 pub fn mem_cmd(a: MemArgs) -> Result<()> {
     let p = Pool::open(&a.pool)?;
+    let ds = data::open(&p.info.config.recipe.data)?;
+    p.check_data(&ds)?;
     let out = a.out.clone().unwrap_or_else(|| a.pool.join("mem"));
     let t0 = std::time::Instant::now();
     let (m, correct) = attack::memorization(&p)?;
@@ -151,7 +156,7 @@ pub fn mem_cmd(a: MemArgs) -> Result<()> {
         (Some(run), Some(scores)) => Some(attack::compare_with_curvature(&p, &m.mem, run, scores)?),
         _ => None,
     };
-    let infl = (p.info.test_examples > 0).then(|| attack::influence(&p, &correct, a.dense_limit_mb << 20, a.top_k)).transpose()?;
+    let infl = (p.info.test_examples > 0 && !a.no_influence).then(|| attack::influence(&p, &correct, a.dense_limit_mb << 20, a.top_k)).transpose()?;
     report::create_out_dir(&out)?;
     let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
     let n = p.info.examples;
@@ -178,7 +183,6 @@ pub fn mem_cmd(a: MemArgs) -> Result<()> {
         csv.push_str(&format!("{},{i},{},{},{},{:.6},{:.6},{:.6}\n", r + 1, p.sources[i], p.labels[i], p.corrupted[i], m.mem[i], m.se[i], m.mem_probability[i]));
     }
     report::write_atomic(&out.join("top.csv"), |w| Ok(w.write_all(csv.as_bytes())?))?;
-    let ds = data::open(&p.info.config.recipe.data)?;
     let gallery = out.join("gallery.png");
     let drew = rote::report::image::image_dims(ds.sample_shape()).is_ok();
     if drew {
@@ -282,7 +286,7 @@ fn metrics_json(m: &Metrics) -> serde_json::Value {
 pub fn mia_cmd(a: MiaArgs) -> Result<()> {
     let p = Pool::open(&a.attack.pool)?;
     let t0 = std::time::Instant::now();
-    let ev = attack::Evidence::load(&p)?;
+    let ev = attack::Evidence::load(&p, a.attack.attack)?;
     let k = p.models();
     let targets = a.targets.models(k);
     let shadows = a.shadows.unwrap_or(k - 1);
@@ -360,7 +364,7 @@ pub fn choi_cmd(a: ChoiArgs) -> Result<()> {
     let p = Pool::open(&a.attack.pool)?;
     let (m, _) = attack::memorization(&p)?;
     let selected = a.select.select(&m.mem);
-    let ev = attack::Evidence::load(&p)?;
+    let ev = attack::Evidence::load(&p, a.attack.attack)?;
     let k = p.models();
     let counts: Vec<usize> = match &a.shadows {
         None => attack::shadow_counts(k),
