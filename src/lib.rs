@@ -8,6 +8,7 @@ pub mod curvature;
 pub mod data;
 pub mod diffusion;
 pub mod membership;
+pub mod memory;
 pub mod nn;
 pub mod quick_pool;
 pub mod device;

@@ -151,19 +151,20 @@ pub struct EvalArgs {
 
 #[derive(Args)]
 pub struct KnnArgs {
-    #[arg(value_parser = crate::data_spec(), long)]
-    data: DataSpec,
+    // Options only so that `rote knn classify` parses without them; required otherwise.
+    #[arg(value_parser = crate::data_spec(), long, required = true)]
+    data: Option<DataSpec>,
     /// .npy of queries in the data's own units, shape (Q, …).
-    #[arg(long)]
-    queries: PathBuf,
+    #[arg(long, required = true)]
+    queries: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     k: usize,
     #[arg(long, value_enum, default_value = "l2")]
     metric: Metric,
     /// Output directory: indices.npy (int64, Q×k) and distances.npy (float64, Q×k:
     /// squared L2 distances, or inner products for --metric ip).
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required = true)]
+    out: Option<PathBuf>,
     #[command(flatten)]
     device: DeviceArg,
     #[arg(long)]
@@ -391,27 +392,28 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
 }
 
 pub fn knn_cmd(a: KnnArgs) -> Result<()> {
-    let ds = a.data.open()?;
+    let (Some(data), Some(queries), Some(out)) = (&a.data, &a.queries, &a.out) else { bail!("rote knn needs --data, --queries and --out, or the classify subcommand (see rote knn --help)") };
+    let ds = data.open()?;
     let train = TrainingSet::new(&ds.train.x, PixelRange::MODEL)?;
-    let (q, rows) = read_rows(&a.queries, train.dim(), "queries")?;
+    let (q, rows) = read_rows(queries, train.dim(), "queries")?;
     rote::diffusion::knn::check_k(a.k, train.len())?;
     let backend = open_device(a.device.device)?;
     let t0 = Instant::now();
     let nn = knn_on(&backend, &train, &q.to_f32(), a.k, a.metric)?;
     let seconds = t0.elapsed().as_secs_f64();
-    report::create_out_dir(&a.out)?;
+    report::create_out_dir(out)?;
     let idx: Vec<i64> = nn.indices.iter().map(|&i| i as i64).collect();
-    report::write_npy(&a.out.join("indices.npy"), &[rows, a.k], &idx)?;
-    report::write_npy(&a.out.join("distances.npy"), &[rows, a.k], &nn.values)?;
+    report::write_npy(&out.join("indices.npy"), &[rows, a.k], &idx)?;
+    report::write_npy(&out.join("distances.npy"), &[rows, a.k], &nn.values)?;
     let summary = serde_json::json!({
         "queries": rows, "training_samples": train.len(), "k": a.k, "metric": a.metric,
         "device": backend.device().to_string(), "seconds": seconds,
-        "indices": a.out.join("indices.npy"), "distances": a.out.join("distances.npy"),
+        "indices": out.join("indices.npy"), "distances": out.join("distances.npy"),
     });
     if a.json {
         print_json(&summary);
     } else {
-        println!("{} nearest neighbours of {rows} queries among {} in {seconds:.3} s → {}", a.k, train.len(), a.out.display());
+        println!("{} nearest neighbours of {rows} queries among {} in {seconds:.3} s → {}", a.k, train.len(), out.display());
     }
     Ok(())
 }

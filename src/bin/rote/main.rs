@@ -12,6 +12,7 @@ use std::time::Instant;
 
 mod diffusion;
 mod membership;
+mod memory;
 mod reproduce;
 
 /// mimalloc: the training loops allocate and free many short-lived buffers of a few
@@ -67,7 +68,7 @@ enum Command {
     #[command(subcommand)]
     Denoise(diffusion::DenoiseCommand),
     /// Exact k nearest neighbours in a training set (any size; streamed).
-    Knn(diffusion::KnnArgs),
+    Knn(KnnCommand),
     /// Memorization ratio of generated samples: the fraction whose nearest training
     /// sample is much nearer than the second nearest.
     Memratio(diffusion::MemratioArgs),
@@ -104,6 +105,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `rote knn --data … --queries … --out …` searches; `rote knn classify …` predicts from
+/// the labels of the neighbours.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct KnnCommand {
+    #[command(subcommand)]
+    classify: Option<KnnSubcommand>,
+    #[command(flatten)]
+    search: diffusion::KnnArgs,
+}
+
+#[derive(Subcommand)]
+enum KnnSubcommand {
+    /// Retrieval-augmented prediction: p_knn from the labels of the k nearest stored keys,
+    /// interpolated with the model's probabilities (kNN-LM, RetroPrompt).
+    Classify(memory::ClassifyArgs),
 }
 
 #[derive(Subcommand)]
@@ -661,7 +680,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Denoise(diffusion::DenoiseCommand::Eval(args)) => diffusion::eval_cmd(args),
         Command::Denoise(diffusion::DenoiseCommand::Train(args)) => diffusion::train_cmd(args),
         Command::Denoise(diffusion::DenoiseCommand::Gap(args)) => diffusion::gap_cmd(args),
-        Command::Knn(args) => diffusion::knn_cmd(args),
+        Command::Knn(KnnCommand { classify: Some(KnnSubcommand::Classify(args)), .. }) => memory::classify_cmd(args),
+        Command::Knn(KnnCommand { search, .. }) => diffusion::knn_cmd(search),
         Command::Reproduce(args) => reproduce::reproduce_cmd(args),
         Command::Bench(b) => match b.command {
             Some(c) => bench_one(c),

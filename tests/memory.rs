@@ -1,0 +1,135 @@
+//! Retrieval-augmented prediction (issue 21): p_knn against a brute-force float64 search
+//! and softmax written here, the interpolation's limits and formulas, and `rote knn
+//! classify` end to end on digits.
+
+mod common;
+
+use common::*;
+use rote::diffusion::knn::{Metric, Neighbours};
+use rote::memory::retrieval::{combine, knn_probabilities, predictions, Combine};
+use rote::rng::Philox;
+
+fn random(seed: u64, n: usize) -> Vec<f64> {
+    let r = Philox::new(seed, 0);
+    (0..n).map(|i| r.uniform(i as u64) as f64).collect()
+}
+
+/// Rows normalized to sum to 1.
+fn distributions(seed: u64, q: usize, c: usize) -> Vec<f64> {
+    let mut v = random(seed, q * c);
+    for row in v.chunks_mut(c) {
+        let s: f64 = row.iter().sum();
+        row.iter_mut().for_each(|x| *x /= s);
+    }
+    v
+}
+
+#[test]
+fn interpolation_limits_and_formulas() {
+    let (q, c) = (40, 7);
+    let (m, r) = (distributions(1, q, c), distributions(2, q, c));
+    assert_eq!(combine(&m, &r, 0.0, Combine::Standard).unwrap(), m);
+    assert_eq!(combine(&m, &r, 1.0, Combine::Standard).unwrap(), r);
+    let p = combine(&m, &r, 0.3, Combine::Standard).unwrap();
+    for (row, (a, b)) in p.chunks(c).zip(m.chunks(c).zip(r.chunks(c))) {
+        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        for j in 0..c {
+            assert!((row[j] - (0.7 * a[j] + 0.3 * b[j])).abs() < 1e-15);
+        }
+    }
+    let rp = combine(&m, &r, 0.2, Combine::Retroprompt).unwrap();
+    for i in 0..q * c {
+        assert!((rp[i] - (0.8 * m[i].exp() + 0.2 * r[i].exp()).ln()).abs() < 1e-14);
+    }
+    assert!(combine(&m, &r, 1.5, Combine::Standard).is_err());
+    assert!(combine(&m, &r[1..], 0.5, Combine::Standard).is_err());
+}
+
+/// p_knn from the neighbours, against a softmax over a brute-force search written here.
+#[test]
+fn knn_probabilities_against_a_direct_search() {
+    let (n, q, d, c, k) = (200, 30, 5, 4, 9);
+    let keys = random(3, n * d);
+    let queries = random(4, q * d);
+    let labels: Vec<i64> = (0..n).map(|i| (i * 7 % c) as i64).collect();
+    for (metric, t) in [(Metric::L2, 0.05), (Metric::Ip, 0.5)] {
+        let mut indices = vec![];
+        let mut values = vec![];
+        let mut want = vec![0f64; q * c];
+        for r in 0..q {
+            let x = &queries[r * d..(r + 1) * d];
+            let mut scored: Vec<(f64, usize)> = (0..n)
+                .map(|j| {
+                    let y = &keys[j * d..(j + 1) * d];
+                    let s = match metric {
+                        Metric::L2 => -x.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum::<f64>(),
+                        Metric::Ip => x.iter().zip(y).map(|(a, b)| a * b).sum::<f64>(),
+                    };
+                    (s, j)
+                })
+                .collect();
+            scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let top = &scored[..k];
+            let z: f64 = top.iter().map(|(s, _)| (s / t).exp()).sum();
+            for &(s, j) in top {
+                want[r * c + labels[j] as usize] += (s / t).exp() / z;
+                indices.push(j as u32);
+                values.push(if metric == Metric::L2 { -s } else { s });
+            }
+        }
+        let got = knn_probabilities(&Neighbours { k, indices, values }, metric, &labels, c, t).unwrap();
+        for i in 0..q * c {
+            assert!((got[i] - want[i]).abs() < 1e-12, "{metric:?} {i}: {} vs {}", got[i], want[i]);
+        }
+        for row in got.chunks(c) {
+            assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        }
+    }
+    assert_eq!(predictions(&[0.1, 0.5, 0.5, 0.2], 4), vec![1]);
+}
+
+fn write_f64(path: &std::path::Path, shape: &str, v: &[f64]) {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(path, raw_npy("<f8", false, shape, &bytes)).unwrap();
+}
+
+/// Digits: the first 1500 images as the store, the rest as queries; retrieval alone is
+/// a good classifier, λ = 0 returns a (deliberately wrong) model's predictions, and bad
+/// input is refused.
+#[test]
+fn knn_classify_on_digits_end_to_end() {
+    let dir = tempdir();
+    let ds = rote::data::open("digits").unwrap();
+    let x: Vec<f64> = ds.train.x.to_f32().iter().map(|&v| v as f64 / 16.0).collect();
+    let (n, d) = (ds.train.len(), 64);
+    let (store, q) = (1500, n - 1500);
+    write_f64(&dir.path().join("keys.npy"), &format!("({store}, {d})"), &x[..store * d]);
+    write_f64(&dir.path().join("queries.npy"), &format!("({q}, {d})"), &x[store * d..]);
+    std::fs::write(dir.path().join("labels.npy"), raw_npy("<i8", false, &format!("({store},)"), &i64_bytes(&ds.train.y[..store]))).unwrap();
+    std::fs::write(dir.path().join("truth.npy"), raw_npy("<i8", false, &format!("({q},)"), &i64_bytes(&ds.train.y[store..]))).unwrap();
+    // A model that is always wrong by one class, confidently.
+    let mut probs = vec![0.01f64; q * 10];
+    for (i, &y) in ds.train.y[store..].iter().enumerate() {
+        probs[i * 10 + ((y as usize + 1) % 10)] = 0.91;
+    }
+    write_f64(&dir.path().join("probs.npy"), &format!("({q}, 10)"), &probs);
+    let f = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let run = |extra: &[&str]| {
+        let (keys, labels, queries, truth, out) = (f("keys.npy"), f("labels.npy"), f("queries.npy"), f("truth.npy"), f("out"));
+        let mut a = vec!["knn", "classify", "--store", &keys, "--labels", &labels, "--queries", &queries, "--query-labels", &truth, "--out", &out, "--metric", "l2", "--json"];
+        a.extend_from_slice(extra);
+        json(&rote_ok(&a))
+    };
+    let alone = run(&["-k", "5", "--temperature", "0.5"]);
+    assert!(alone["accuracy"].as_f64().unwrap() > 0.9, "{alone}");
+    let probs_path = f("probs.npy");
+    let model_only = run(&["--probs", &probs_path, "--lambda", "0"]);
+    assert_eq!(model_only["accuracy"].as_f64(), Some(0.0));
+    assert_eq!(model_only["accuracy_model"].as_f64(), Some(0.0));
+    let mixed = run(&["--probs", &probs_path, "--lambda", "0.95", "-k", "5", "--temperature", "0.5"]);
+    assert!(mixed["accuracy"].as_f64().unwrap() > 0.85, "{mixed}");
+    let e = rote_err(&["knn", "classify", "--store", &f("keys.npy"), "--labels", &f("truth.npy"), "--queries", &f("queries.npy"), "--out", &f("bad")]);
+    assert!(e.contains("labels for the 1500 keys"), "{e}");
+    let e = rote_err(&["knn", "classify", "--store", &f("keys.npy"), "--labels", &f("labels.npy"), "--queries", &f("probs.npy"), "--out", &f("bad")]);
+    assert!(e.contains("dimensions"), "{e}");
+}
