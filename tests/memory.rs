@@ -133,3 +133,95 @@ fn knn_classify_on_digits_end_to_end() {
     let e = rote_err(&["knn", "classify", "--store", &f("keys.npy"), "--labels", &f("labels.npy"), "--queries", &f("probs.npy"), "--out", &f("bad")]);
     assert!(e.contains("dimensions"), "{e}");
 }
+
+/// Gaussian elimination with partial pivoting in float64: the tests' independent solver.
+fn solve_dense(mut a: Vec<f64>, mut b: Vec<f64>, n: usize) -> Vec<f64> {
+    for c in 0..n {
+        let p = (c..n).max_by(|&i, &j| a[i * n + c].abs().total_cmp(&a[j * n + c].abs())).unwrap();
+        for j in 0..n {
+            a.swap(c * n + j, p * n + j);
+        }
+        b.swap(c, p);
+        for r in c + 1..n {
+            let f = a[r * n + c] / a[c * n + c];
+            for j in c..n {
+                a[r * n + j] -= f * a[c * n + j];
+            }
+            b[r] -= f * b[c];
+        }
+    }
+    let mut x = vec![0f64; n];
+    for r in (0..n).rev() {
+        let s: f64 = (r + 1..n).map(|j| a[r * n + j] * x[j]).sum();
+        x[r] = (b[r] - s) / a[r * n + r];
+    }
+    x
+}
+
+#[test]
+fn blocked_cholesky_solves_like_gaussian_elimination() {
+    use rote::memory::lssvm::{cholesky, cholesky_solve};
+    let n = 300; // more than two blocks, not a multiple of the block size
+    let b = random(9, n * n);
+    let mut a = vec![0f64; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            a[i * n + j] = (0..n).map(|k| b[i * n + k] * b[j * n + k]).sum::<f64>() + if i == j { 1.0 } else { 0.0 };
+        }
+    }
+    let rhs = random(10, n);
+    let want = solve_dense(a.clone(), rhs.clone(), n);
+    let mut l = a.clone();
+    cholesky(&mut l, n).unwrap();
+    let mut x = rhs.clone();
+    cholesky_solve(&l, n, &mut x, 1);
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    for i in 0..n {
+        assert!((x[i] - want[i]).abs() < 1e-8 * scale, "{i}: {} vs {}", x[i], want[i]);
+    }
+    let mut bad = vec![0f64; 4];
+    bad[0] = 1.0;
+    bad[3] = -1.0;
+    assert!(cholesky(&mut bad, 2).is_err());
+}
+
+/// The binary LSSVM's (b, α) against the whole (N+1)×(N+1) system solved directly, and
+/// its KKT residual.
+#[test]
+fn lssvm_solves_suykens_system() {
+    use rote::memory::lssvm::{Kernel, Lssvm};
+    let (n, d, gamma) = (80, 3, 5.0);
+    let x = random(11, n * d);
+    let y: Vec<i64> = (0..n).map(|i| if x[i * d] + 0.3 * x[i * d + 1] > 0.6 { 7 } else { 2 }).collect();
+    for kernel in [Kernel::Rbf { sigma: 0.7 }, Kernel::Linear, Kernel::Poly { degree: 3 }] {
+        let m = Lssvm::fit(&x, d, &y, kernel, gamma).unwrap();
+        let k = |i: usize, j: usize| {
+            let (a, b) = (&x[i * d..(i + 1) * d], &x[j * d..(j + 1) * d]);
+            match kernel {
+                Kernel::Rbf { sigma } => (-a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum::<f64>() / (sigma * sigma)).exp(),
+                Kernel::Linear => a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>(),
+                Kernel::Poly { degree } => (a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>() + 1.0).powi(degree as i32),
+            }
+        };
+        let s: Vec<f64> = y.iter().map(|&v| if v == 7 { 1.0 } else { -1.0 }).collect();
+        let size = n + 1;
+        let mut a = vec![0f64; size * size];
+        for i in 0..n {
+            a[i + 1] = s[i];
+            a[(i + 1) * size] = s[i];
+            for j in 0..n {
+                a[(i + 1) * size + j + 1] = s[i] * s[j] * k(i, j) + if i == j { 1.0 / gamma } else { 0.0 };
+            }
+        }
+        let mut rhs = vec![1f64; size];
+        rhs[0] = 0.0;
+        let sol = solve_dense(a.clone(), rhs.clone(), size);
+        assert!((m.bias[0] - sol[0]).abs() < 1e-8, "{kernel:?}: b {} vs {}", m.bias[0], sol[0]);
+        for i in 0..n {
+            assert!((m.coef[i] - sol[i + 1] * s[i]).abs() < 1e-7, "{kernel:?}: α_{i}");
+        }
+        let ours: Vec<f64> = std::iter::once(m.bias[0]).chain((0..n).map(|i| m.coef[i] * s[i])).collect();
+        let residual = (0..size).map(|r| ((0..size).map(|c| a[r * size + c] * ours[c]).sum::<f64>() - rhs[r]).abs()).fold(0f64, f64::max);
+        assert!(residual < 1e-8, "{kernel:?}: KKT residual {residual}");
+    }
+}

@@ -1,0 +1,248 @@
+//! Least-squares SVM (Suykens; ALGORITHMS.md §7), binary and one-vs-rest, solved
+//! directly. With M = K + I/γ (K the kernel matrix), the system
+//!     [ 0   yᵀ        ] [b]   [0]
+//!     [ y   Ω + I/γ   ] [α] = [1],   Ω = D K D,  D = diag(y),
+//! has Ω + I/γ = D M D, so with u = M⁻¹1 and v = M⁻¹y:
+//!     b = 1ᵀv / 1ᵀu,   α_i y_i = v_i − b·u_i,   f(x) = Σ_i (v_i − b u_i) K(x_i, x) + b.
+//! One Cholesky factorization of M serves every class of a one-vs-rest fit (only the
+//! right-hand sides y differ). The factorization is blocked on the tuned GEMM
+//! (nn/linalg.rs), in float64.
+
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+
+/// A kernel; RBF as LS-SVMlab writes it, exp(−‖x − z‖²/σ²).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Kernel {
+    Rbf { sigma: f64 },
+    Linear,
+    /// (x·z + 1)^degree
+    Poly { degree: u32 },
+}
+
+impl std::str::FromStr for Kernel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, rest) = s.split_once(':').unwrap_or((s, ""));
+        let value = |key: &str| -> Result<f64, String> {
+            rest.split(',').find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('='))).ok_or(format!("'{s}': give {name}:{key}=…"))?.parse::<f64>().map_err(|_| format!("'{s}': {key} must be a number"))
+        };
+        match name {
+            "rbf" => {
+                let sigma = value("sigma")?;
+                if !(sigma.is_finite() && sigma > 0.0) {
+                    return Err(format!("'{s}': sigma must be positive"));
+                }
+                Ok(Self::Rbf { sigma })
+            }
+            "linear" => Ok(Self::Linear),
+            "poly" => {
+                let d = value("degree")?;
+                if d < 1.0 || d.fract() != 0.0 {
+                    return Err(format!("'{s}': degree must be a whole number ≥ 1"));
+                }
+                Ok(Self::Poly { degree: d as u32 })
+            }
+            _ => Err(format!("'{s}': the kernel is rbf:sigma=S, linear or poly:degree=D")),
+        }
+    }
+}
+
+impl Kernel {
+    /// K(a_i, b_j) for rows of a (n, d) and b (m, d): (n, m), from one product a·bᵀ.
+    pub fn matrix(&self, a: &[f64], b: &[f64], d: usize) -> Vec<f64> {
+        let (n, m) = (a.len() / d.max(1), b.len() / d.max(1));
+        let mut g = vec![0f64; n * m];
+        g.par_chunks_mut(m.max(1) * 64).zip(a.par_chunks(d * 64)).for_each(|(c, rows)| {
+            // SAFETY: the strides describe the slices exactly.
+            unsafe { crate::nn::linalg::gemm_strided((rows.len() / d, d, m), rows.as_ptr(), (d as isize, 1), b.as_ptr(), (1, d as isize), false, c.as_mut_ptr(), (m as isize, 1)) };
+        });
+        match *self {
+            Self::Linear => g,
+            Self::Poly { degree } => g.into_iter().map(|v| (v + 1.0).powi(degree as i32)).collect(),
+            Self::Rbf { sigma } => {
+                let norms = |x: &[f64]| x.chunks(d).map(|r| r.iter().map(|v| v * v).sum::<f64>()).collect::<Vec<f64>>();
+                let (na, nb) = (norms(a), norms(b));
+                let s2 = sigma * sigma;
+                g.par_chunks_mut(m.max(1)).enumerate().for_each(|(i, row)| {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v = (-(na[i] + nb[j] - 2.0 * *v).max(0.0) / s2).exp();
+                    }
+                });
+                g
+            }
+        }
+    }
+}
+
+const BLOCK: usize = 128;
+
+/// In-place Cholesky factorization A = L Lᵀ of a symmetric positive-definite (n, n)
+/// row-major matrix; L is left in the lower triangle (the upper is not read).
+pub fn cholesky(a: &mut [f64], n: usize) -> Result<()> {
+    assert_eq!(a.len(), n * n);
+    for j0 in (0..n).step_by(BLOCK) {
+        let j1 = (j0 + BLOCK).min(n);
+        let w = j1 - j0;
+        if j0 > 0 {
+            // A[j0.., j0..j1] −= L[j0.., ..j0] · L[j0..j1, ..j0]ᵀ, rows split across threads.
+            let minus_top: Vec<f64> = (j0..j1).flat_map(|r| a[r * n..r * n + j0].iter().map(|v| -v).collect::<Vec<_>>()).collect();
+            let rows = &mut a[j0 * n..];
+            rows.par_chunks_mut(n * 32).for_each(|chunk| {
+                let r = chunk.len() / n;
+                let p = chunk.as_mut_ptr();
+                // SAFETY: within this chunk, columns ..j0 are read and j0..j1 written: disjoint.
+                unsafe { crate::nn::linalg::gemm_strided((r, j0, w), p, (n as isize, 1), minus_top.as_ptr(), (1, j0 as isize), true, p.add(j0), (n as isize, 1)) };
+            });
+        }
+        // The diagonal block, unblocked.
+        for j in j0..j1 {
+            let mut d = a[j * n + j];
+            for k in j0..j {
+                d -= a[j * n + k] * a[j * n + k];
+            }
+            if !(d > 0.0) || !d.is_finite() {
+                bail!("the kernel matrix plus I/γ is not positive definite at row {j} (pivot {d:e}); try a larger σ or a smaller γ");
+            }
+            let l = d.sqrt();
+            a[j * n + j] = l;
+            for i in j + 1..j1 {
+                let mut s = a[i * n + j];
+                for k in j0..j {
+                    s -= a[i * n + k] * a[j * n + k];
+                }
+                a[i * n + j] = s / l;
+            }
+        }
+        // The panel below: each row solves against the diagonal block's Lᵀ.
+        let (top, below) = a.split_at_mut(j1 * n);
+        let diag = &top[j0 * n..];
+        below.par_chunks_mut(n).for_each(|row| {
+            for j in j0..j1 {
+                let mut s = row[j];
+                for k in j0..j {
+                    s -= row[k] * diag[(j - j0) * n + k];
+                }
+                row[j] = s / diag[(j - j0) * n + j];
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Solves L Lᵀ x = b for each column of b (n, r) in place, L from `cholesky`.
+pub fn cholesky_solve(l: &[f64], n: usize, b: &mut [f64], r: usize) {
+    let mut cols: Vec<Vec<f64>> = (0..r).map(|c| (0..n).map(|i| b[i * r + c]).collect()).collect();
+    cols.par_iter_mut().for_each(|x| {
+        for i in 0..n {
+            let s: f64 = l[i * n..i * n + i].iter().zip(&x[..i]).map(|(a, b)| a * b).sum();
+            x[i] = (x[i] - s) / l[i * n + i];
+        }
+        for i in (0..n).rev() {
+            let mut s = x[i];
+            for k in i + 1..n {
+                s -= l[k * n + i] * x[k];
+            }
+            x[i] = s / l[i * n + i];
+        }
+    });
+    for (c, x) in cols.iter().enumerate() {
+        for i in 0..n {
+            b[i * r + c] = x[i];
+        }
+    }
+}
+
+/// A fitted LSSVM: one machine for two classes, one per class otherwise (one-vs-rest).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Lssvm {
+    pub kernel: Kernel,
+    pub gamma: f64,
+    /// The labels, sorted; machine c separates classes[c] (+1) from the rest (−1); for
+    /// two classes the one machine has classes[1] as +1.
+    pub classes: Vec<i64>,
+    pub dim: usize,
+    /// Per machine, the coefficients α_i y_i (machines × n) and the bias.
+    pub coef: Vec<f64>,
+    pub bias: Vec<f64>,
+    /// The training inputs (n, dim).
+    pub x: Vec<f64>,
+}
+
+impl Lssvm {
+    pub fn machines(&self) -> usize {
+        self.bias.len()
+    }
+
+    pub fn fit(x: &[f64], dim: usize, y: &[i64], kernel: Kernel, gamma: f64) -> Result<Self> {
+        let n = y.len();
+        if x.len() != n * dim || n == 0 {
+            bail!("internal error: {} inputs for {n} labels of dimension {dim}", x.len());
+        }
+        if !(gamma.is_finite() && gamma > 0.0) {
+            bail!("--gamma must be a positive number, got {gamma}");
+        }
+        let mut classes = y.to_vec();
+        classes.sort_unstable();
+        classes.dedup();
+        if classes.len() < 2 {
+            bail!("an SVM needs at least two classes; the labels are all {}", classes[0]);
+        }
+        let machines = if classes.len() == 2 { 1 } else { classes.len() };
+        crate::resources::check_memory(&[("the kernel matrix", crate::resources::product(&[n, n, 8]))], "the training-set size (a subset, e.g. --data …:subset=K)")?;
+        let mut m = kernel.matrix(x, x, dim);
+        for i in 0..n {
+            m[i * n + i] += 1.0 / gamma;
+        }
+        cholesky(&mut m, n).context("LSSVM fit")?;
+        // Right-hand sides: 1, then each machine's ±1 labels.
+        let r = 1 + machines;
+        let mut rhs = vec![0f64; n * r];
+        for i in 0..n {
+            rhs[i * r] = 1.0;
+            for c in 0..machines {
+                let positive = if machines == 1 { classes[1] } else { classes[c] };
+                rhs[i * r + 1 + c] = if y[i] == positive { 1.0 } else { -1.0 };
+            }
+        }
+        cholesky_solve(&m, n, &mut rhs, r);
+        let sum_u: f64 = (0..n).map(|i| rhs[i * r]).sum();
+        let mut coef = vec![0f64; machines * n];
+        let mut bias = vec![0f64; machines];
+        for c in 0..machines {
+            let b = (0..n).map(|i| rhs[i * r + 1 + c]).sum::<f64>() / sum_u;
+            bias[c] = b;
+            for i in 0..n {
+                coef[c * n + i] = rhs[i * r + 1 + c] - b * rhs[i * r];
+            }
+        }
+        Ok(Self { kernel, gamma, classes, dim, coef, bias, x: x.to_vec() })
+    }
+
+    /// Decision values (q, machines) for query rows (q, dim).
+    pub fn decision(&self, queries: &[f64]) -> Vec<f64> {
+        let n = self.x.len() / self.dim;
+        let q = queries.len() / self.dim;
+        let machines = self.machines();
+        let mut out = vec![0f64; q * machines];
+        for rows in crate::sched::chunks(0..q, 1024) {
+            let k = self.kernel.matrix(&queries[rows.start * self.dim..rows.end * self.dim], &self.x, self.dim);
+            out[rows.start * machines..rows.end * machines].par_chunks_mut(machines).zip(k.par_chunks(n)).for_each(|(o, kr)| {
+                for c in 0..machines {
+                    o[c] = kr.iter().zip(&self.coef[c * n..(c + 1) * n]).map(|(a, b)| a * b).sum::<f64>() + self.bias[c];
+                }
+            });
+        }
+        out
+    }
+
+    /// Predicted labels: the sign for two classes, the largest decision otherwise.
+    pub fn predict(&self, queries: &[f64]) -> Vec<i64> {
+        let machines = self.machines();
+        self.decision(queries)
+            .chunks(machines)
+            .map(|d| if machines == 1 { self.classes[(d[0] > 0.0) as usize] } else { self.classes[(0..machines).fold(0, |b, j| if d[j] > d[b] { j } else { b })] })
+            .collect()
+    }
+}
