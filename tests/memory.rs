@@ -225,3 +225,34 @@ fn lssvm_solves_suykens_system() {
         assert!(residual < 1e-8, "{kernel:?}: KKT residual {residual}");
     }
 }
+
+/// `rote lssvm fit` and `predict` on digits: a held-out accuracy an RBF LSSVM reaches,
+/// predict reproducing fit's numbers from the saved model, and bad input refused.
+#[test]
+fn lssvm_fit_and_predict_on_digits() {
+    let dir = tempdir();
+    let model = dir.path().join("m");
+    let v = json(&rote_ok(&["lssvm", "fit", "--data", "digits", "--kernel", "rbf:sigma=2", "--gamma", "10", "--holdout", "0.2", "--out", p(&model), "--json"]));
+    assert!(v["test_accuracy"].as_f64().unwrap() > 0.97, "{v}");
+    assert!(v["train_accuracy"].as_f64().unwrap() > 0.99, "{v}");
+    assert_eq!(v["machines"].as_u64(), Some(10));
+    // On all of digits (fit rows and held-out rows): between the two accuracies, weighted.
+    let all = json(&rote_ok(&["lssvm", "predict", "--model", p(&model), "--split", "train", "--json"]));
+    let (tr, te) = (v["train_accuracy"].as_f64().unwrap(), v["test_accuracy"].as_f64().unwrap());
+    let want = (tr * 1438.0 + te * 359.0) / 1797.0;
+    assert!((all["accuracy"].as_f64().unwrap() - want).abs() < 1e-9, "{all} vs {want}");
+    // Two classes make one machine.
+    let v = json(&rote_ok(&["lssvm", "fit", "--data", "moons:n=300,noise=0.1,seed=1,test=200", "--kernel", "rbf:sigma=0.5", "--out", p(&dir.path().join("moons")), "--json"]));
+    assert_eq!(v["machines"].as_u64(), Some(1));
+    assert!(v["test_accuracy"].as_f64().unwrap() > 0.95, "{v}");
+    for (flag, value, says) in [("--gamma", "0", "--gamma must be a positive"), ("--kernel", "rbf", "sigma"), ("--kernel", "cubic", "rbf:sigma=S"), ("--holdout", "1", "--holdout")] {
+        let out = dir.path().join("bad");
+        let e = rote_err(&["lssvm", "fit", "--data", "digits:subset=5", flag, value, "--out", p(&out)]);
+        assert!(e.contains(says), "{flag} {value}: {e}");
+        assert!(!out.exists());
+    }
+    let e = rote_err(&["lssvm", "predict", "--model", p(dir.path())]);
+    assert!(e.contains("not an LSSVM model directory"), "{e}");
+    let e = rote_err(&["lssvm", "predict", "--model", p(&model), "--data", "moons:n=10"]);
+    assert!(e.contains("features"), "{e}");
+}

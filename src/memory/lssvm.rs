@@ -246,3 +246,55 @@ impl Lssvm {
             .collect()
     }
 }
+
+/// What `save` writes beside the arrays.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
+    kernel: Kernel,
+    gamma: f64,
+    classes: Vec<i64>,
+    dim: usize,
+    /// How inputs were prepared: the data spec and the multiplier of its values.
+    data: String,
+    input_scale: f64,
+}
+
+impl Lssvm {
+    /// A model directory: lssvm.json, x.npy, coef.npy, bias.npy (float64).
+    pub fn save(&self, dir: &std::path::Path, data: &str, input_scale: f64) -> Result<()> {
+        let n = self.x.len() / self.dim;
+        crate::report::create_out_dir(dir)?;
+        crate::report::write_npy(&dir.join("x.npy"), &[n, self.dim], &self.x)?;
+        crate::report::write_npy(&dir.join("coef.npy"), &[self.machines(), n], &self.coef)?;
+        crate::report::write_npy(&dir.join("bias.npy"), &[self.machines()], &self.bias)?;
+        let stored = Stored { kernel: self.kernel, gamma: self.gamma, classes: self.classes.clone(), dim: self.dim, data: data.into(), input_scale };
+        crate::report::write_json(&dir.join("lssvm.json"), &stored)
+    }
+
+    /// The model and the data spec and input scale it was fitted with.
+    pub fn load(dir: &std::path::Path) -> Result<(Self, String, f64)> {
+        let meta = dir.join("lssvm.json");
+        let text = std::fs::read_to_string(&meta).with_context(|| format!("{} is not an LSSVM model directory (no lssvm.json; make one with `rote lssvm fit`)", dir.display()))?;
+        let s: Stored = serde_json::from_str(&text).with_context(|| format!("{} is damaged", meta.display()))?;
+        let read = |name: &str| -> Result<(Vec<usize>, Vec<f64>)> {
+            let a = crate::data::Array::open_npy(&dir.join(name))?;
+            if a.dtype != crate::data::DType::F64 {
+                bail!("{} must be float64", dir.join(name).display());
+            }
+            Ok((a.shape.clone(), bytemuck::cast_slice::<u8, f64>(a.bytes()).to_vec()))
+        };
+        let (xs, x) = read("x.npy")?;
+        let (cs, coef) = read("coef.npy")?;
+        let (_, bias) = read("bias.npy")?;
+        let machines = if s.classes.len() == 2 { 1 } else { s.classes.len() };
+        if xs.len() != 2 || xs[1] != s.dim || cs != [machines, xs[0]] || bias.len() != machines {
+            bail!("{}: the arrays' shapes ({xs:?}, {cs:?}, {} biases) do not fit {} classes of dimension {}", dir.display(), bias.len(), s.classes.len(), s.dim);
+        }
+        Ok((Self { kernel: s.kernel, gamma: s.gamma, classes: s.classes, dim: s.dim, coef, bias, x }, s.data, s.input_scale))
+    }
+}
+
+/// Accuracy of predicted against true labels.
+pub fn accuracy(predicted: &[i64], truth: &[i64]) -> f64 {
+    predicted.iter().zip(truth).filter(|(a, b)| a == b).count() as f64 / truth.len().max(1) as f64
+}

@@ -94,6 +94,9 @@ enum Command {
     /// Choi et al.'s experiment: attack power on the most memorized examples against all,
     /// as a function of the number of shadow models.
     Choi(membership::ChoiArgs),
+    /// Least-squares SVMs: fit and predict.
+    #[command(subcommand)]
+    Lssvm(memory::LssvmCommand),
     /// Join the outputs of `--shard I/N` runs into the result of a single run.
     Merge {
         /// Shard outputs (.npy files, each with its .shard.json beside it), or pool
@@ -669,6 +672,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Merge { parts, out, json } if parts[0].join(rote::membership::pool::POOL_FILE).is_file() => membership::merge_pools(&parts, &out, json),
         Command::Merge { parts, out, json } => merge_cmd(&parts, &out, json),
         Command::Pool(cmd) => membership::pool_cmd(cmd),
+        Command::Lssvm(cmd) => memory::lssvm_cmd(cmd),
         Command::Mem(args) => membership::mem_cmd(args),
         Command::Mia(args) => membership::mia_cmd(args),
         Command::Choi(args) => membership::choi_cmd(args),
