@@ -194,7 +194,7 @@ fn lssvm_solves_suykens_system() {
     let x = random(11, n * d);
     let y: Vec<i64> = (0..n).map(|i| if x[i * d] + 0.3 * x[i * d + 1] > 0.6 { 7 } else { 2 }).collect();
     for kernel in [Kernel::Rbf { sigma: 0.7 }, Kernel::Linear, Kernel::Poly { degree: 3 }] {
-        let m = Lssvm::fit(&x, d, &y, kernel, gamma).unwrap();
+        let m = Lssvm::fit(&x, d, &y, kernel, gamma, None).unwrap();
         let k = |i: usize, j: usize| {
             let (a, b) = (&x[i * d..(i + 1) * d], &x[j * d..(j + 1) * d]);
             match kernel {
@@ -255,4 +255,38 @@ fn lssvm_fit_and_predict_on_digits() {
     assert!(e.contains("not an LSSVM model directory"), "{e}");
     let e = rote_err(&["lssvm", "predict", "--model", p(&model), "--data", "moons:n=10"]);
     assert!(e.contains("features"), "{e}");
+}
+
+/// The memory machine as derived in lssvm.rs: the identity memory is LSSVM with 1/γ + μ
+/// on the diagonal, plus μ·α_i y_i in the decision at training points; a narrow
+/// Gaussian memory classifies noisy training labels correctly where LSSVM does not.
+#[test]
+fn memory_machine_reduces_and_memorizes() {
+    use rote::memory::lssvm::{Kernel, Lssvm, MemoryFn};
+    let (n, d) = (120, 2);
+    let x = random(21, n * d);
+    // A linear boundary with 15% of the labels flipped.
+    let flip = random(22, n);
+    let y: Vec<i64> = (0..n).map(|i| ((x[i * d] > 0.5) != (flip[i] < 0.15)) as i64).collect();
+    let kernel = Kernel::Rbf { sigma: 0.5 };
+    let (gamma, mu) = (4.0, 0.5);
+    let with = Lssvm::fit(&x, d, &y, kernel, gamma, Some((MemoryFn::Identity, mu))).unwrap();
+    let plain = Lssvm::fit(&x, d, &y, kernel, 1.0 / (1.0 / gamma + mu), None).unwrap();
+    for i in 0..n {
+        assert!((with.coef[i] - plain.coef[i]).abs() < 1e-9, "α_{i}");
+    }
+    assert!((with.bias[0] - plain.bias[0]).abs() < 1e-9);
+    let (dw, dp) = (with.decision(&x), plain.decision(&x));
+    for i in 0..n {
+        assert!((dw[i] - (dp[i] + mu * plain.coef[i])).abs() < 1e-9, "decision {i}");
+    }
+    // Away from the training points the identity memory adds nothing.
+    let q = random(23, 50 * d);
+    let (qw, qp) = (with.decision(&q), plain.decision(&q));
+    assert!(qw.iter().zip(&qp).all(|(a, b)| (a - b).abs() < 1e-9));
+    let accuracy = |m: &Lssvm| m.predict(&x).iter().zip(&y).filter(|(a, b)| a == b).count() as f64 / n as f64;
+    let lssvm = Lssvm::fit(&x, d, &y, kernel, 100.0, None).unwrap();
+    let gmm = Lssvm::fit(&x, d, &y, kernel, 100.0, Some((MemoryFn::Gauss { sigma: 0.01 }, 10.0))).unwrap();
+    assert!(accuracy(&lssvm) < 0.95, "LSSVM training accuracy {}", accuracy(&lssvm));
+    assert_eq!(accuracy(&gmm), 1.0);
 }

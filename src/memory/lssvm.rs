@@ -7,6 +7,19 @@
 //! One Cholesky factorization of M serves every class of a one-vs-rest fit (only the
 //! right-hand sides y differ). The factorization is blocked on the tuned GEMM
 //! (nn/linalg.rs), in float64.
+//!
+//! Memory (rote's least-squares generalization–memorization machine; the MIMM/WIMM
+//! equations of Wang, Wang & Shao were not available to us, so this is the least-squares
+//! solution of Wang & Shao's GMM objective, derived here). The decision
+//!     f(x) = ⟨w, φ(x)⟩ + b + Σ_j y_j c_j δ(x_j, x)
+//! with ½‖w‖² + (1/2μ)‖c‖² + (γ/2)Σ_i ξ_i² under y_i f(x_i) = 1 − ξ_i. Stationarity:
+//! w = Σ_i α_i y_i φ(x_i), c_j = μ y_j Σ_i α_i y_i δ(x_j, x_i), Σ α_i y_i = 0, γξ_i = α_i.
+//! Substituted, f(x) = Σ_k α_k y_k [K(x, x_k) + μ Σ_j δ(x_j, x) δ(x_j, x_k)] + b: the
+//! LSSVM above with the kernel K + μ·FᵀF, F_jk = δ(x_j, x_k), in the system and in the
+//! decision. With δ the identity on training points FᵀF = I: the system is LSSVM's with
+//! 1/γ + μ on the diagonal, and the decision at a training point carries the extra
+//! μ·α_i y_i — the memory; away from the training points the memory term vanishes.
+//! Without a memory it is exactly LSSVM.
 
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
@@ -49,31 +62,106 @@ impl std::str::FromStr for Kernel {
     }
 }
 
+/// a·bᵀ for rows of a (n, d) and b (m, d): (n, m), on the tuned GEMM in float64.
+fn gram(a: &[f64], b: &[f64], d: usize) -> Vec<f64> {
+    let m = b.len() / d.max(1);
+    let mut g = vec![0f64; (a.len() / d.max(1)) * m];
+    g.par_chunks_mut(m.max(1) * 64).zip(a.par_chunks(d * 64)).for_each(|(c, rows)| {
+        // SAFETY: the strides describe the slices exactly.
+        unsafe { crate::nn::linalg::gemm_strided((rows.len() / d, d, m), rows.as_ptr(), (d as isize, 1), b.as_ptr(), (1, d as isize), false, c.as_mut_ptr(), (m as isize, 1)) };
+    });
+    g
+}
+
+/// ‖a_i − b_j‖² from the Gram matrix g = a·bᵀ, in place (clamped at 0).
+fn to_sq_distances(g: &mut [f64], a: &[f64], b: &[f64], d: usize) {
+    let norms = |x: &[f64]| x.chunks(d).map(|r| r.iter().map(|v| v * v).sum::<f64>()).collect::<Vec<f64>>();
+    let (na, nb) = (norms(a), norms(b));
+    let m = nb.len();
+    g.par_chunks_mut(m.max(1)).enumerate().for_each(|(i, row)| {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = (na[i] + nb[j] - 2.0 * *v).max(0.0);
+        }
+    });
+}
+
 impl Kernel {
     /// K(a_i, b_j) for rows of a (n, d) and b (m, d): (n, m), from one product a·bᵀ.
     pub fn matrix(&self, a: &[f64], b: &[f64], d: usize) -> Vec<f64> {
-        let (n, m) = (a.len() / d.max(1), b.len() / d.max(1));
-        let mut g = vec![0f64; n * m];
-        g.par_chunks_mut(m.max(1) * 64).zip(a.par_chunks(d * 64)).for_each(|(c, rows)| {
-            // SAFETY: the strides describe the slices exactly.
-            unsafe { crate::nn::linalg::gemm_strided((rows.len() / d, d, m), rows.as_ptr(), (d as isize, 1), b.as_ptr(), (1, d as isize), false, c.as_mut_ptr(), (m as isize, 1)) };
-        });
+        let mut g = gram(a, b, d);
         match *self {
             Self::Linear => g,
             Self::Poly { degree } => g.into_iter().map(|v| (v + 1.0).powi(degree as i32)).collect(),
             Self::Rbf { sigma } => {
-                let norms = |x: &[f64]| x.chunks(d).map(|r| r.iter().map(|v| v * v).sum::<f64>()).collect::<Vec<f64>>();
-                let (na, nb) = (norms(a), norms(b));
+                to_sq_distances(&mut g, a, b, d);
                 let s2 = sigma * sigma;
-                g.par_chunks_mut(m.max(1)).enumerate().for_each(|(i, row)| {
-                    for (j, v) in row.iter_mut().enumerate() {
-                        *v = (-(na[i] + nb[j] - 2.0 * *v).max(0.0) / s2).exp();
-                    }
-                });
+                g.par_iter_mut().for_each(|v| *v = (-*v / s2).exp());
                 g
             }
         }
     }
+}
+
+/// The memory influence function δ(x_j, x) of a generalization–memorization machine.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum MemoryFn {
+    /// 1 where x is the stored point itself (equal rows), else 0.
+    Identity,
+    /// exp(−‖x_j − x‖²/σ²).
+    Gauss { sigma: f64 },
+    /// 1 where ‖x_j − x‖ ≤ r.
+    Radius { r: f64 },
+}
+
+impl std::str::FromStr for MemoryFn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, rest) = s.split_once(':').unwrap_or((s, ""));
+        let value = |key: &str| -> Result<f64, String> {
+            let v = rest.strip_prefix(key).and_then(|v| v.strip_prefix('=')).ok_or(format!("'{s}': give {name}:{key}=…"))?.parse::<f64>().map_err(|_| format!("'{s}': {key} must be a number"))?;
+            if v.is_finite() && v > 0.0 { Ok(v) } else { Err(format!("'{s}': {key} must be positive")) }
+        };
+        match name {
+            "identity" => Ok(Self::Identity),
+            "gauss" => Ok(Self::Gauss { sigma: value("sigma")? }),
+            "radius" => Ok(Self::Radius { r: value("r")? }),
+            _ => Err(format!("'{s}': the memory function is identity, gauss:sigma=S or radius:r=R")),
+        }
+    }
+}
+
+impl MemoryFn {
+    /// δ(a_i, b_j): (n, m).
+    pub fn matrix(&self, a: &[f64], b: &[f64], d: usize) -> Vec<f64> {
+        let mut g = gram(a, b, d);
+        to_sq_distances(&mut g, a, b, d);
+        let m = b.len() / d.max(1);
+        match *self {
+            // Exact row equality, not a distance threshold: the Gram route rounds.
+            Self::Identity => g
+                .par_chunks_mut(m.max(1))
+                .enumerate()
+                .for_each(|(i, row)| row.iter_mut().enumerate().for_each(|(j, v)| *v = (a[i * d..(i + 1) * d] == b[j * d..(j + 1) * d]) as u8 as f64)),
+            Self::Gauss { sigma } => g.par_iter_mut().for_each(|v| *v = (-*v / (sigma * sigma)).exp()),
+            Self::Radius { r } => g.par_iter_mut().for_each(|v| *v = (*v <= r * r) as u8 as f64),
+        }
+        g
+    }
+}
+
+/// The kernel of the machine between rows of `a` and the training rows `x`: K, plus with
+/// a memory μ·Σ_j δ(x_j, a)·δ(x_j, x_k) (rote's least-squares GMM, see the module notes).
+fn machine_kernel(kernel: Kernel, memory: Option<(MemoryFn, f64)>, a: &[f64], x: &[f64], d: usize) -> Vec<f64> {
+    let mut k = kernel.matrix(a, x, d);
+    if let Some((f, mu)) = memory {
+        let n = x.len() / d;
+        let (fa, fx) = (f.matrix(a, x, d), f.matrix(x, x, d));
+        // fx is symmetric, so a·fxᵀ is the product wanted.
+        let memory = gram(&fa, &fx, n);
+        k.par_iter_mut().zip(memory.par_iter()).for_each(|(k, m)| *k += mu * m);
+    }
+    k
 }
 
 const BLOCK: usize = 128;
@@ -159,6 +247,8 @@ pub fn cholesky_solve(l: &[f64], n: usize, b: &mut [f64], r: usize) {
 pub struct Lssvm {
     pub kernel: Kernel,
     pub gamma: f64,
+    /// The memory influence function and its weight μ (None: plain LSSVM).
+    pub memory: Option<(MemoryFn, f64)>,
     /// The labels, sorted; machine c separates classes[c] (+1) from the rest (−1); for
     /// two classes the one machine has classes[1] as +1.
     pub classes: Vec<i64>,
@@ -175,7 +265,7 @@ impl Lssvm {
         self.bias.len()
     }
 
-    pub fn fit(x: &[f64], dim: usize, y: &[i64], kernel: Kernel, gamma: f64) -> Result<Self> {
+    pub fn fit(x: &[f64], dim: usize, y: &[i64], kernel: Kernel, gamma: f64, memory: Option<(MemoryFn, f64)>) -> Result<Self> {
         let n = y.len();
         if x.len() != n * dim || n == 0 {
             bail!("internal error: {} inputs for {n} labels of dimension {dim}", x.len());
@@ -191,7 +281,12 @@ impl Lssvm {
         }
         let machines = if classes.len() == 2 { 1 } else { classes.len() };
         crate::resources::check_memory(&[("the kernel matrix", crate::resources::product(&[n, n, 8]))], "the training-set size (a subset, e.g. --data …:subset=K)")?;
-        let mut m = kernel.matrix(x, x, dim);
+        if let Some((_, mu)) = memory {
+            if !(mu.is_finite() && mu > 0.0) {
+                bail!("--memory-weight must be a positive number, got {mu}");
+            }
+        }
+        let mut m = machine_kernel(kernel, memory, x, x, dim);
         for i in 0..n {
             m[i * n + i] += 1.0 / gamma;
         }
@@ -217,7 +312,7 @@ impl Lssvm {
                 coef[c * n + i] = rhs[i * r + 1 + c] - b * rhs[i * r];
             }
         }
-        Ok(Self { kernel, gamma, classes, dim, coef, bias, x: x.to_vec() })
+        Ok(Self { kernel, gamma, memory, classes, dim, coef, bias, x: x.to_vec() })
     }
 
     /// Decision values (q, machines) for query rows (q, dim).
@@ -227,7 +322,7 @@ impl Lssvm {
         let machines = self.machines();
         let mut out = vec![0f64; q * machines];
         for rows in crate::sched::chunks(0..q, 1024) {
-            let k = self.kernel.matrix(&queries[rows.start * self.dim..rows.end * self.dim], &self.x, self.dim);
+            let k = machine_kernel(self.kernel, self.memory, &queries[rows.start * self.dim..rows.end * self.dim], &self.x, self.dim);
             out[rows.start * machines..rows.end * machines].par_chunks_mut(machines).zip(k.par_chunks(n)).for_each(|(o, kr)| {
                 for c in 0..machines {
                     o[c] = kr.iter().zip(&self.coef[c * n..(c + 1) * n]).map(|(a, b)| a * b).sum::<f64>() + self.bias[c];
@@ -252,6 +347,8 @@ impl Lssvm {
 struct Stored {
     kernel: Kernel,
     gamma: f64,
+    #[serde(default)]
+    memory: Option<(MemoryFn, f64)>,
     classes: Vec<i64>,
     dim: usize,
     /// How inputs were prepared: the data spec and the multiplier of its values.
@@ -267,7 +364,7 @@ impl Lssvm {
         crate::report::write_npy(&dir.join("x.npy"), &[n, self.dim], &self.x)?;
         crate::report::write_npy(&dir.join("coef.npy"), &[self.machines(), n], &self.coef)?;
         crate::report::write_npy(&dir.join("bias.npy"), &[self.machines()], &self.bias)?;
-        let stored = Stored { kernel: self.kernel, gamma: self.gamma, classes: self.classes.clone(), dim: self.dim, data: data.into(), input_scale };
+        let stored = Stored { kernel: self.kernel, gamma: self.gamma, memory: self.memory, classes: self.classes.clone(), dim: self.dim, data: data.into(), input_scale };
         crate::report::write_json(&dir.join("lssvm.json"), &stored)
     }
 
@@ -290,7 +387,7 @@ impl Lssvm {
         if xs.len() != 2 || xs[1] != s.dim || cs != [machines, xs[0]] || bias.len() != machines {
             bail!("{}: the arrays' shapes ({xs:?}, {cs:?}, {} biases) do not fit {} classes of dimension {}", dir.display(), bias.len(), s.classes.len(), s.dim);
         }
-        Ok((Self { kernel: s.kernel, gamma: s.gamma, classes: s.classes, dim: s.dim, coef, bias, x }, s.data, s.input_scale))
+        Ok((Self { kernel: s.kernel, gamma: s.gamma, memory: s.memory, classes: s.classes, dim: s.dim, coef, bias, x }, s.data, s.input_scale))
     }
 }
 

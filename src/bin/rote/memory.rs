@@ -139,6 +139,13 @@ pub struct LssvmFitArgs {
     /// Regularization γ (the weight of the squared errors).
     #[arg(long, default_value_t = 10.0)]
     gamma: f64,
+    /// A memory (rote's least-squares generalization–memorization machine): the memory
+    /// influence function identity, gauss:sigma=S or radius:r=R. Without it: plain LSSVM.
+    #[arg(long)]
+    memory: Option<rote::memory::lssvm::MemoryFn>,
+    /// The memory's weight μ.
+    #[arg(long, default_value_t = 1.0, requires = "memory")]
+    memory_weight: f64,
     /// Hold out this fraction of the training split (a Philox-seeded draw) for the test
     /// accuracy, instead of the data's test split.
     #[arg(long)]
@@ -194,7 +201,7 @@ pub fn lssvm_cmd(cmd: LssvmCommand) -> Result<()> {
             let x = scaled_rows(&ds.train.x, &fit_rows, scale);
             let y: Vec<i64> = fit_rows.iter().map(|&i| ds.train.y[i]).collect();
             let t0 = std::time::Instant::now();
-            let model = Lssvm::fit(&x, d, &y, a.kernel, a.gamma)?;
+            let model = Lssvm::fit(&x, d, &y, a.kernel, a.gamma, a.memory.map(|f| (f, a.memory_weight)))?;
             let fit_seconds = t0.elapsed().as_secs_f64();
             let train_accuracy = accuracy(&model.predict(&x), &y);
             let test = if !held.is_empty() {
@@ -207,7 +214,7 @@ pub fn lssvm_cmd(cmd: LssvmCommand) -> Result<()> {
             };
             model.save(&a.out, a.data.text()?, scale)?;
             let value = serde_json::json!({
-                "model": a.out, "samples": fit_rows.len(), "classes": model.classes.len(), "machines": model.machines(), "kernel": a.kernel, "gamma": a.gamma,
+                "model": a.out, "samples": fit_rows.len(), "classes": model.classes.len(), "machines": model.machines(), "kernel": a.kernel, "gamma": a.gamma, "memory": model.memory,
                 "fit_seconds": fit_seconds, "train_accuracy": train_accuracy, "test_accuracy": test.map(|t| t.0), "test_samples": test.map(|t| t.1),
                 "solver": "Cholesky of K + I/γ (float64, blocked), shared by every class",
             });
