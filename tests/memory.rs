@@ -290,3 +290,29 @@ fn memory_machine_reduces_and_memorizes() {
     assert!(accuracy(&lssvm) < 0.95, "LSSVM training accuracy {}", accuracy(&lssvm));
     assert_eq!(accuracy(&gmm), 1.0);
 }
+
+/// Leave-one-out cross-validation (folds = n, so the folds do not depend on the draw)
+/// against fitting every fold from scratch.
+#[test]
+fn cross_validation_against_refitting_each_fold() {
+    use rote::memory::lssvm::{cross_validate, Kernel, Lssvm};
+    let (n, d) = (40, 2);
+    let x = random(31, n * d);
+    let y: Vec<i64> = (0..n).map(|i| (x[i * d] > 0.33) as i64 + (x[i * d] + 0.2 * x[i * d + 1] > 0.75) as i64).collect();
+    let kernels = [Kernel::Rbf { sigma: 0.3 }, Kernel::Rbf { sigma: 1.0 }];
+    let gammas = [0.5, 20.0];
+    let cells = cross_validate(&x, d, &y, &kernels, &gammas, None, n, 0).unwrap();
+    assert_eq!(cells.len(), 4);
+    for c in &cells {
+        let mut hits = 0;
+        for i in 0..n {
+            let keep: Vec<usize> = (0..n).filter(|&j| j != i).collect();
+            let xf: Vec<f64> = keep.iter().flat_map(|&j| x[j * d..(j + 1) * d].to_vec()).collect();
+            let yf: Vec<i64> = keep.iter().map(|&j| y[j]).collect();
+            let m = Lssvm::fit(&xf, d, &yf, c.kernel, c.gamma, None).unwrap();
+            hits += (m.predict(&x[i * d..(i + 1) * d])[0] == y[i]) as usize;
+        }
+        assert!((c.accuracy - hits as f64 / n as f64).abs() < 1e-12, "{c:?}: {hits} of {n}");
+    }
+    assert!(cross_validate(&x, d, &y, &kernels, &gammas, None, 1, 0).is_err());
+}

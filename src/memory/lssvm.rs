@@ -279,67 +279,139 @@ impl Lssvm {
         if classes.len() < 2 {
             bail!("an SVM needs at least two classes; the labels are all {}", classes[0]);
         }
-        let machines = if classes.len() == 2 { 1 } else { classes.len() };
         crate::resources::check_memory(&[("the kernel matrix", crate::resources::product(&[n, n, 8]))], "the training-set size (a subset, e.g. --data …:subset=K)")?;
         if let Some((_, mu)) = memory {
             if !(mu.is_finite() && mu > 0.0) {
                 bail!("--memory-weight must be a positive number, got {mu}");
             }
         }
-        let mut m = machine_kernel(kernel, memory, x, x, dim);
-        for i in 0..n {
-            m[i * n + i] += 1.0 / gamma;
-        }
-        cholesky(&mut m, n).context("LSSVM fit")?;
-        // Right-hand sides: 1, then each machine's ±1 labels.
-        let r = 1 + machines;
-        let mut rhs = vec![0f64; n * r];
-        for i in 0..n {
-            rhs[i * r] = 1.0;
-            for c in 0..machines {
-                let positive = if machines == 1 { classes[1] } else { classes[c] };
-                rhs[i * r + 1 + c] = if y[i] == positive { 1.0 } else { -1.0 };
-            }
-        }
-        cholesky_solve(&m, n, &mut rhs, r);
-        let sum_u: f64 = (0..n).map(|i| rhs[i * r]).sum();
-        let mut coef = vec![0f64; machines * n];
-        let mut bias = vec![0f64; machines];
-        for c in 0..machines {
-            let b = (0..n).map(|i| rhs[i * r + 1 + c]).sum::<f64>() / sum_u;
-            bias[c] = b;
-            for i in 0..n {
-                coef[c * n + i] = rhs[i * r + 1 + c] - b * rhs[i * r];
-            }
-        }
+        let m = machine_kernel(kernel, memory, x, x, dim);
+        let (coef, bias) = solve(&m, n, y, &classes, gamma)?;
         Ok(Self { kernel, gamma, memory, classes, dim, coef, bias, x: x.to_vec() })
     }
 
     /// Decision values (q, machines) for query rows (q, dim).
     pub fn decision(&self, queries: &[f64]) -> Vec<f64> {
-        let n = self.x.len() / self.dim;
         let q = queries.len() / self.dim;
         let machines = self.machines();
         let mut out = vec![0f64; q * machines];
         for rows in crate::sched::chunks(0..q, 1024) {
             let k = machine_kernel(self.kernel, self.memory, &queries[rows.start * self.dim..rows.end * self.dim], &self.x, self.dim);
-            out[rows.start * machines..rows.end * machines].par_chunks_mut(machines).zip(k.par_chunks(n)).for_each(|(o, kr)| {
-                for c in 0..machines {
-                    o[c] = kr.iter().zip(&self.coef[c * n..(c + 1) * n]).map(|(a, b)| a * b).sum::<f64>() + self.bias[c];
-                }
-            });
+            out[rows.start * machines..rows.end * machines].copy_from_slice(&decide(&k, &self.coef, &self.bias));
         }
         out
     }
 
     /// Predicted labels: the sign for two classes, the largest decision otherwise.
     pub fn predict(&self, queries: &[f64]) -> Vec<i64> {
-        let machines = self.machines();
-        self.decision(queries)
-            .chunks(machines)
-            .map(|d| if machines == 1 { self.classes[(d[0] > 0.0) as usize] } else { self.classes[(0..machines).fold(0, |b, j| if d[j] > d[b] { j } else { b })] })
-            .collect()
+        labels_of(&self.decision(queries), &self.classes)
     }
+}
+
+/// Coefficients α_i y_i (machines × n) and biases from the machine's kernel matrix
+/// (n × n, not modified: a cross-validation reuses it across γ).
+fn solve(kernel_matrix: &[f64], n: usize, y: &[i64], classes: &[i64], gamma: f64) -> Result<(Vec<f64>, Vec<f64>)> {
+    let machines = if classes.len() == 2 { 1 } else { classes.len() };
+    let mut m = kernel_matrix.to_vec();
+    for i in 0..n {
+        m[i * n + i] += 1.0 / gamma;
+    }
+    cholesky(&mut m, n).context("LSSVM fit")?;
+    // Right-hand sides: 1, then each machine's ±1 labels.
+    let r = 1 + machines;
+    let mut rhs = vec![0f64; n * r];
+    for i in 0..n {
+        rhs[i * r] = 1.0;
+        for c in 0..machines {
+            let positive = if machines == 1 { classes[1] } else { classes[c] };
+            rhs[i * r + 1 + c] = if y[i] == positive { 1.0 } else { -1.0 };
+        }
+    }
+    cholesky_solve(&m, n, &mut rhs, r);
+    let sum_u: f64 = (0..n).map(|i| rhs[i * r]).sum();
+    let mut coef = vec![0f64; machines * n];
+    let mut bias = vec![0f64; machines];
+    for c in 0..machines {
+        let b = (0..n).map(|i| rhs[i * r + 1 + c]).sum::<f64>() / sum_u;
+        bias[c] = b;
+        for i in 0..n {
+            coef[c * n + i] = rhs[i * r + 1 + c] - b * rhs[i * r];
+        }
+    }
+    Ok((coef, bias))
+}
+
+/// Decision values (q, machines) from kernel rows (q, n) against the training points.
+fn decide(k: &[f64], coef: &[f64], bias: &[f64]) -> Vec<f64> {
+    let machines = bias.len();
+    let n = coef.len() / machines;
+    let mut out = vec![0f64; (k.len() / n.max(1)) * machines];
+    out.par_chunks_mut(machines).zip(k.par_chunks(n.max(1))).for_each(|(o, kr)| {
+        for c in 0..machines {
+            o[c] = kr.iter().zip(&coef[c * n..(c + 1) * n]).map(|(a, b)| a * b).sum::<f64>() + bias[c];
+        }
+    });
+    out
+}
+
+/// Labels from decision values: the sign for one machine, the largest otherwise.
+fn labels_of(decisions: &[f64], classes: &[i64]) -> Vec<i64> {
+    let machines = if classes.len() == 2 { 1 } else { classes.len() };
+    decisions
+        .chunks(machines)
+        .map(|d| if machines == 1 { classes[(d[0] > 0.0) as usize] } else { classes[(0..machines).fold(0, |b, j| if d[j] > d[b] { j } else { b })] })
+        .collect()
+}
+
+/// One cell of a cross-validation grid: its mean accuracy over the folds.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CvCell {
+    pub kernel: Kernel,
+    pub gamma: f64,
+    pub accuracy: f64,
+}
+
+/// k-fold cross-validation over every (kernel, γ): folds from a Philox permutation
+/// (position p in fold p mod k); per (kernel, fold) the kernel matrices are computed once
+/// and every γ reuses them. Cells in grid order; the caller picks the best.
+pub fn cross_validate(x: &[f64], dim: usize, y: &[i64], kernels: &[Kernel], gammas: &[f64], memory: Option<(MemoryFn, f64)>, folds: usize, seed: u64) -> Result<Vec<CvCell>> {
+    let n = y.len();
+    if folds < 2 || folds > n {
+        bail!("--cv {folds}: need 2 ≤ folds ≤ {n} (the samples)");
+    }
+    if let Some(g) = gammas.iter().find(|g| !(g.is_finite() && **g > 0.0)) {
+        bail!("--grid-gamma: {g} is not a positive number");
+    }
+    let order = crate::rng::Philox::new(seed, 0xC5_0000).permutation(n);
+    let mut classes = y.to_vec();
+    classes.sort_unstable();
+    classes.dedup();
+    let mut fold_of = vec![0usize; n];
+    for (p, &i) in order.iter().enumerate() {
+        fold_of[i as usize] = p % folds;
+    }
+    let mut hits = vec![0usize; kernels.len() * gammas.len()];
+    for f in 0..folds {
+        let (val, fit): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| fold_of[i] == f);
+        let rows = |idx: &[usize]| idx.iter().flat_map(|&i| x[i * dim..(i + 1) * dim].iter().copied()).collect::<Vec<f64>>();
+        let (xf, xv) = (rows(&fit), rows(&val));
+        let yf: Vec<i64> = fit.iter().map(|&i| y[i]).collect();
+        let mut fold_classes = yf.clone();
+        fold_classes.sort_unstable();
+        fold_classes.dedup();
+        if fold_classes != classes {
+            bail!("fold {f} of {folds} lacks a class in its training part; use fewer folds");
+        }
+        for (ki, &kernel) in kernels.iter().enumerate() {
+            let (kff, kvf) = (machine_kernel(kernel, memory, &xf, &xf, dim), machine_kernel(kernel, memory, &xv, &xf, dim));
+            for (gi, &gamma) in gammas.iter().enumerate() {
+                let (coef, bias) = solve(&kff, fit.len(), &yf, &classes, gamma)?;
+                let predicted = labels_of(&decide(&kvf, &coef, &bias), &classes);
+                hits[ki * gammas.len() + gi] += predicted.iter().zip(&val).filter(|(p, &i)| **p == y[i]).count();
+            }
+        }
+    }
+    Ok(kernels.iter().flat_map(|&kernel| gammas.iter().map(move |&gamma| (kernel, gamma))).zip(hits).map(|((kernel, gamma), h)| CvCell { kernel, gamma, accuracy: h as f64 / n as f64 }).collect())
 }
 
 /// What `save` writes beside the arrays.

@@ -6,6 +6,7 @@ use clap::Args;
 use rote::data::Array;
 use rote::diffusion::knn::Metric;
 use rote::diffusion::{knn_on, PixelRange, TrainingSet};
+use rote::memory::lssvm::Kernel;
 use rote::memory::retrieval::{self, Combine};
 use rote::report;
 use std::path::PathBuf;
@@ -152,6 +153,16 @@ pub struct LssvmFitArgs {
     holdout: Option<f64>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Choose the kernel width and γ by k-fold cross-validation on the fitted samples
+    /// (over --grid-sigma for rbf, and --grid-gamma), then fit on them all with the best.
+    #[arg(long)]
+    cv: Option<usize>,
+    /// RBF widths σ to try with --cv (comma-separated; default: --kernel's alone).
+    #[arg(long, requires = "cv")]
+    grid_sigma: Option<String>,
+    /// γ values to try with --cv (comma-separated; default: --gamma alone).
+    #[arg(long, requires = "cv")]
+    grid_gamma: Option<String>,
     /// Model directory (lssvm.json, x.npy, coef.npy, bias.npy).
     #[arg(long)]
     out: PathBuf,
@@ -200,8 +211,31 @@ pub fn lssvm_cmd(cmd: LssvmCommand) -> Result<()> {
             let d = ds.train.features();
             let x = scaled_rows(&ds.train.x, &fit_rows, scale);
             let y: Vec<i64> = fit_rows.iter().map(|&i| ds.train.y[i]).collect();
+            let memory = a.memory.map(|f| (f, a.memory_weight));
+            let list = |flag: &str, text: &Option<String>, default: f64| -> Result<Vec<f64>> {
+                match text {
+                    None => Ok(vec![default]),
+                    Some(t) => t.split(',').map(|v| v.trim().parse::<f64>().with_context(|| format!("{flag} {t}: '{v}' is not a number"))).collect(),
+                }
+            };
+            let (mut kernel, mut gamma) = (a.kernel, a.gamma);
+            let mut grid = None;
+            if let Some(folds) = a.cv {
+                let kernels: Vec<Kernel> = match (a.kernel, &a.grid_sigma) {
+                    (Kernel::Rbf { sigma }, g) => list("--grid-sigma", g, sigma)?.into_iter().map(|sigma| Kernel::Rbf { sigma }).collect(),
+                    (_, Some(_)) => bail!("--grid-sigma is for the rbf kernel"),
+                    (k, None) => vec![k],
+                };
+                if let Some(bad) = kernels.iter().find(|k| matches!(k, Kernel::Rbf { sigma } if !(sigma.is_finite() && *sigma > 0.0))) {
+                    bail!("--grid-sigma: {bad:?} needs a positive σ");
+                }
+                let cells = rote::memory::lssvm::cross_validate(&x, d, &y, &kernels, &list("--grid-gamma", &a.grid_gamma, a.gamma)?, memory, folds, a.seed)?;
+                let best = cells.iter().fold(&cells[0], |b, c| if c.accuracy > b.accuracy { c } else { b });
+                (kernel, gamma) = (best.kernel, best.gamma);
+                grid = Some(cells);
+            }
             let t0 = std::time::Instant::now();
-            let model = Lssvm::fit(&x, d, &y, a.kernel, a.gamma, a.memory.map(|f| (f, a.memory_weight)))?;
+            let model = Lssvm::fit(&x, d, &y, kernel, gamma, memory)?;
             let fit_seconds = t0.elapsed().as_secs_f64();
             let train_accuracy = accuracy(&model.predict(&x), &y);
             let test = if !held.is_empty() {
@@ -214,13 +248,20 @@ pub fn lssvm_cmd(cmd: LssvmCommand) -> Result<()> {
             };
             model.save(&a.out, a.data.text()?, scale)?;
             let value = serde_json::json!({
-                "model": a.out, "samples": fit_rows.len(), "classes": model.classes.len(), "machines": model.machines(), "kernel": a.kernel, "gamma": a.gamma, "memory": model.memory,
+                "model": a.out, "samples": fit_rows.len(), "classes": model.classes.len(), "machines": model.machines(), "kernel": kernel, "gamma": gamma, "memory": model.memory, "cv": grid,
                 "fit_seconds": fit_seconds, "train_accuracy": train_accuracy, "test_accuracy": test.map(|t| t.0), "test_samples": test.map(|t| t.1),
                 "solver": "Cholesky of K + I/γ (float64, blocked), shared by every class",
             });
             if a.json {
                 print_json(&value);
             } else {
+                if let Some(cells) = value["cv"].as_array() {
+                    println!("{}-fold cross-validation:", a.cv.unwrap_or(0));
+                    for c in cells {
+                        println!("  kernel {} γ {}: accuracy {:.4}", c["kernel"], c["gamma"], c["accuracy"].as_f64().unwrap_or(f64::NAN));
+                    }
+                    println!("chose kernel {kernel:?}, γ {gamma}");
+                }
                 println!(
                     "fitted an LSSVM on {} samples ({} classes) in {fit_seconds:.2} s: train accuracy {train_accuracy:.4}, test accuracy {} → {}",
                     fit_rows.len(),
