@@ -34,13 +34,18 @@ pub enum Kernel {
     Poly { degree: u32 },
 }
 
+/// The number after `key=` in a `name:key=value,…` spec.
+fn parameter(spec: &str, key: &str) -> Result<f64, String> {
+    let (name, rest) = spec.split_once(':').unwrap_or((spec, ""));
+    let text = rest.split(',').find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('='))).ok_or(format!("'{spec}': give {name}:{key}=…"))?;
+    text.parse::<f64>().map_err(|_| format!("'{spec}': {key} must be a number"))
+}
+
 impl std::str::FromStr for Kernel {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (name, rest) = s.split_once(':').unwrap_or((s, ""));
-        let value = |key: &str| -> Result<f64, String> {
-            rest.split(',').find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('='))).ok_or(format!("'{s}': give {name}:{key}=…"))?.parse::<f64>().map_err(|_| format!("'{s}': {key} must be a number"))
-        };
+        let name = s.split_once(':').map_or(s, |p| p.0);
+        let value = |key: &str| parameter(s, key);
         match name {
             "rbf" => {
                 let sigma = value("sigma")?;
@@ -117,9 +122,9 @@ pub enum MemoryFn {
 impl std::str::FromStr for MemoryFn {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (name, rest) = s.split_once(':').unwrap_or((s, ""));
+        let name = s.split_once(':').map_or(s, |p| p.0);
         let value = |key: &str| -> Result<f64, String> {
-            let v = rest.strip_prefix(key).and_then(|v| v.strip_prefix('=')).ok_or(format!("'{s}': give {name}:{key}=…"))?.parse::<f64>().map_err(|_| format!("'{s}': {key} must be a number"))?;
+            let v = parameter(s, key)?;
             if v.is_finite() && v > 0.0 { Ok(v) } else { Err(format!("'{s}': {key} must be positive")) }
         };
         match name {
