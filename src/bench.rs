@@ -636,3 +636,48 @@ pub fn pool(data: &str, model: &str, models: usize, epochs: usize, batch: usize,
     rows.push(BenchRow::timed(&workload, "cpu", (s, s), 1, baseline, models as f64, None, note));
     Ok(rows)
 }
+
+/// An RBF LSSVM fitted on the first `n` training samples of `data` and evaluated on its
+/// test split (fit and predict timed together) against the same system in numpy/scipy
+/// (cho_factor/cho_solve) and scikit-learn's SVC on the same data
+/// (scripts/baselines/lssvm_scipy.py). One timed run each.
+pub fn lssvm(data: &str, n: usize, sigma: f64, gamma: f64, python: Option<&str>) -> Result<Vec<BenchRow>> {
+    use crate::memory::lssvm::{accuracy, Kernel, Lssvm};
+    let ds = crate::data::open(data)?;
+    let test = ds.test.as_ref().context("the LSSVM benchmark predicts the test split; give data with one (fashion-mnist, or a generator with test=M)")?;
+    let n = n.min(ds.train.len());
+    let scale = crate::nn::train::input_scale_for(&ds) as f64;
+    let rows = |x: &crate::data::Array, count: usize| -> Vec<f64> { x.rows_f32(0, count).iter().map(|&v| v as f64 * scale).collect() };
+    let (x, tx) = (rows(&ds.train.x, n), rows(&test.x, test.len()));
+    let (y, ty) = (ds.train.y[..n].to_vec(), test.y.clone());
+    let d = ds.train.features();
+    let workload = format!("LSSVM rbf σ={sigma} γ={gamma}, {n} samples of {data}, fit + predict {} test samples", test.len());
+    let mut rows_out = Vec::new();
+    let mut baseline = None;
+    if let Some(py) = python {
+        let dir = tempfile::tempdir()?;
+        crate::report::write_npy(&dir.path().join("x.npy"), &[n, d], &x)?;
+        crate::report::write_npy(&dir.path().join("y.npy"), &[n], &y)?;
+        crate::report::write_npy(&dir.path().join("test_x.npy"), &[ty.len(), d], &tx)?;
+        crate::report::write_npy(&dir.path().join("test_y.npy"), &[ty.len()], &ty)?;
+        crate::report::write_json(&dir.path().join("meta.json"), &serde_json::json!({ "sigma": sigma, "gamma": gamma, "modes": ["scipy", "svc"] }))?;
+        let path = format!("{}/scripts/baselines/lssvm_scipy.py", env!("CARGO_MANIFEST_DIR"));
+        let out = std::process::Command::new(py).arg(&path).args(["--dir", &dir.path().display().to_string()]).output()?;
+        if !out.status.success() {
+            anyhow::bail!("the scipy baseline failed (set --python, or PYTHONPATH=.tools/py):\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let s = v["scipy_seconds"].as_f64().unwrap_or(f64::NAN);
+        let note = |acc: &str| Some(format!("numpy {}, scipy {}; test accuracy {:.4}", v["numpy"].as_str().unwrap_or("?"), v["scipy"].as_str().unwrap_or("?"), v[acc].as_f64().unwrap_or(f64::NAN)));
+        rows_out.push(BenchRow::timed(&workload, "scipy-cpu (cho_factor)", (s, s), 1, None, n as f64, None, note("scipy_accuracy")));
+        let c = v["svc_seconds"].as_f64().unwrap_or(f64::NAN);
+        rows_out.push(BenchRow::timed(&workload, "sklearn-cpu SVC", (c, c), 1, Some(s), n as f64, None, note("svc_accuracy")));
+        baseline = Some(s);
+    }
+    let t0 = Instant::now();
+    let model = Lssvm::fit(&x, d, &y, Kernel::Rbf { sigma }, gamma, None)?;
+    let predicted = model.predict(&tx);
+    let s = t0.elapsed().as_secs_f64();
+    rows_out.push(BenchRow::timed(&workload, "cpu", (s, s), 1, baseline, n as f64, None, Some(format!("test accuracy {:.4}", accuracy(&predicted, &ty)))));
+    Ok(rows_out)
+}

@@ -331,6 +331,24 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// An RBF least-squares SVM, fit and predict, against numpy/scipy's Cholesky solve of
+    /// the same system and scikit-learn's SVC.
+    Lssvm {
+        #[arg(long, default_value = "fashion-mnist")]
+        data: String,
+        /// Training samples (the first N).
+        #[arg(long, default_value_t = 5000)]
+        n: usize,
+        #[arg(long, default_value_t = 8.0)]
+        sigma: f64,
+        #[arg(long, default_value_t = 10.0)]
+        gamma: f64,
+        /// Python with numpy, scipy and scikit-learn (PYTHONPATH=.tools/py); "none" skips them.
+        #[arg(long, default_value = "python3")]
+        python: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// The frame's kernels: Philox fills and streamed row norms.
     Frame {
         /// Multiplies the workload sizes.
@@ -739,6 +757,10 @@ fn bench_one(c: BenchCommand) -> Result<()> {
         }
         BenchCommand::Pool { data, model, models, epochs, batch, python, json } => {
             let rows = rote::bench::pool(&data, &model, models, epochs.max(1), batch.max(1), baseline_python(&python))?;
+            print_rows(&rows, json)
+        }
+        BenchCommand::Lssvm { data, n, sigma, gamma, python, json } => {
+            let rows = rote::bench::lssvm(&data, n.max(2), sigma, gamma, baseline_python(&python))?;
             print_rows(&rows, json)
         }
         BenchCommand::Frame { scale, repeats, device, json } => {
