@@ -647,8 +647,8 @@ pub fn lssvm(data: &str, n: usize, sigma: f64, gamma: f64, python: Option<&str>)
     let test = ds.test.as_ref().context("the LSSVM benchmark predicts the test split; give data with one (fashion-mnist, or a generator with test=M)")?;
     let n = n.min(ds.train.len());
     let scale = crate::nn::train::input_scale_for(&ds) as f64;
-    let rows = |x: &crate::data::Array, count: usize| -> Vec<f64> { x.rows_f32(0, count).iter().map(|&v| v as f64 * scale).collect() };
-    let (x, tx) = (rows(&ds.train.x, n), rows(&test.x, test.len()));
+    let all = |count: usize| (0..count).collect::<Vec<usize>>();
+    let (x, tx) = (crate::memory::lssvm::scaled_rows(&ds.train.x, &all(n), scale), crate::memory::lssvm::scaled_rows(&test.x, &all(test.len()), scale));
     let (y, ty) = (ds.train.y[..n].to_vec(), test.y.clone());
     let d = ds.train.features();
     let workload = format!("LSSVM rbf σ={sigma} γ={gamma}, {n} samples of {data}, fit + predict {} test samples", test.len());

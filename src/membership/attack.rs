@@ -20,6 +20,69 @@ pub struct Memorization {
     pub accuracy_out: f64,
 }
 
+/// Mean memorization of all examples, of the corrupted and of the clean ones (None for
+/// an empty group).
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct GroupMeans {
+    pub all: Option<f64>,
+    pub corrupted: Option<f64>,
+    pub clean: Option<f64>,
+}
+
+impl Memorization {
+    pub fn group_means(&self, corrupted: &[u8]) -> GroupMeans {
+        let mean = |keep: &dyn Fn(u8) -> bool| {
+            let (s, c) = self.mem.iter().zip(corrupted).filter(|(_, &f)| keep(f)).fold((0f64, 0usize), |(s, c), (m, _)| (s + m, c + 1));
+            (c > 0).then(|| s / c as f64)
+        };
+        GroupMeans { all: mean(&|_| true), corrupted: mean(&|f| f == 1), clean: mean(&|f| f == 0) }
+    }
+}
+
+/// What `write_memorization` wrote besides the memorization arrays.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MemorizationFiles {
+    pub influence: Vec<&'static str>,
+    pub gallery: Option<std::path::PathBuf>,
+}
+
+/// `rote mem`'s outputs in `out`: mem.npy, mem_se.npy, mem_probability.npy,
+/// mem_probability_se.npy (float32, n), the influence arrays, top.csv (the `top` most
+/// memorized examples) and, for image data, gallery.png.
+pub fn write_memorization(pool: &Pool, ds: &crate::data::Dataset, m: &Memorization, infl: Option<&Influence>, out: &std::path::Path, top: usize) -> Result<MemorizationFiles> {
+    use crate::report;
+    report::create_out_dir(out)?;
+    let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let (n, t) = (pool.info.examples, pool.info.test_examples);
+    for (name, v) in [("mem.npy", &m.mem), ("mem_se.npy", &m.se), ("mem_probability.npy", &m.mem_probability), ("mem_probability_se.npy", &m.se_probability)] {
+        report::write_npy(&out.join(name), &[n], &f32s(v))?;
+    }
+    let influence = match infl {
+        Some(Influence::Dense(v)) => {
+            report::write_npy(&out.join("influence.npy"), &[n, t], v)?;
+            vec!["influence.npy"]
+        }
+        Some(Influence::Top { k, index, value }) => {
+            report::write_npy(&out.join("influence_top_index.npy"), &[t, *k], index)?;
+            report::write_npy(&out.join("influence_top_value.npy"), &[t, *k], value)?;
+            vec!["influence_top_index.npy", "influence_top_value.npy"]
+        }
+        None => vec![],
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&x, &y| m.mem[y].total_cmp(&m.mem[x]).then(x.cmp(&y)));
+    let mut csv = String::from("rank,example,dataset_row,label,corrupted,mem,mem_se,mem_probability\n");
+    for (r, &i) in order.iter().take(top).enumerate() {
+        csv.push_str(&format!("{},{i},{},{},{},{:.6},{:.6},{:.6}\n", r + 1, pool.sources[i], pool.labels[i], pool.corrupted[i], m.mem[i], m.se[i], m.mem_probability[i]));
+    }
+    report::write_atomic(&out.join("top.csv"), |w| Ok(w.write_all(csv.as_bytes())?))?;
+    let gallery = report::image::image_dims(ds.sample_shape()).is_ok().then(|| out.join("gallery.png"));
+    if let Some(g) = &gallery {
+        crate::curvature::gallery::draw(&ds.train.x, &pool.sources, &pool.labels[..n], &f32s(&m.mem), ds.sample_shape(), "memorization", g)?;
+    }
+    Ok(MemorizationFiles { influence, gallery })
+}
+
 /// The influence of training example i on test example j:
 ///   infl(i, j) = mean_{k: i∈S_k} correct_k(t_j) − mean_{k: i∉S_k} correct_k(t_j).
 pub enum Influence {
@@ -328,6 +391,39 @@ pub fn choi_curve(pool: &Pool, ev: &Evidence, spec: &AttackSpec, targets: &[usiz
             Ok(point)
         })
         .collect()
+}
+
+/// choi.csv and choi.png (TPR at 0.1% FPR of the selected and of all examples against
+/// the shadow count) in `out`.
+pub fn write_choi(out: &std::path::Path, points: &[ChoiPoint], label: &str) -> Result<()> {
+    let mut csv = String::from("shadows,tpr_at_0.1%_all,tpr_at_0.1%_selected,tpr_at_1%_all,tpr_at_1%_selected,auc_all,auc_selected,scored\n");
+    let at = |m: &Option<Metrics>, f: &dyn Fn(&Metrics) -> f64| m.as_ref().map(|m| f(m).to_string()).unwrap_or_default();
+    for q in points {
+        let (a, s) = (&q.all, &q.selected);
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{},{}\n",
+            q.shadows,
+            at(a, &|m| m.tpr_at_fpr[0]),
+            at(s, &|m| m.tpr_at_fpr[0]),
+            at(a, &|m| m.tpr_at_fpr[2]),
+            at(s, &|m| m.tpr_at_fpr[2]),
+            at(a, &|m| m.auc),
+            at(s, &|m| m.auc),
+            q.scored
+        ));
+    }
+    crate::report::write_atomic(&out.join("choi.csv"), |w| Ok(w.write_all(csv.as_bytes())?))?;
+    let series = |name: &str, f: &dyn Fn(&ChoiPoint) -> Option<f64>| crate::report::plot::Series { name: name.to_string(), points: points.iter().filter_map(|q| Some((q.shadows as f64, f(q)?))).collect() };
+    crate::report::plot::lines(
+        &out.join("choi.png"),
+        &format!("{label}: TPR at 0.1% FPR against shadow models"),
+        "shadow models",
+        "TPR at 0.1% FPR",
+        &[series("selected (most memorized)", &|q| Some(q.selected.as_ref()?.tpr_at_fpr[0])), series("all examples", &|q| Some(q.all.as_ref()?.tpr_at_fpr[0]))],
+        crate::report::plot::Axes::LogX,
+        None,
+        None,
+    )
 }
 
 /// cos(a, b) in float64.

@@ -368,6 +368,30 @@ fn labels_of(decisions: &[f64], classes: &[i64]) -> Vec<i64> {
         .collect()
 }
 
+/// Rows `rows` of an array as float64, multiplied by `scale`.
+pub fn scaled_rows(x: &crate::data::Array, rows: &[usize], scale: f64) -> Vec<f64> {
+    rows.iter().flat_map(|&r| x.rows_f32(r, r + 1).into_iter().map(move |v| v as f64 * scale)).collect()
+}
+
+/// A Philox-seeded split of `0..n` into the rows fitted on and a held-out `fraction`
+/// (at least one row on each side): (fit, held), each in draw order.
+pub fn holdout_split(n: usize, fraction: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
+    if !(fraction > 0.0 && fraction < 1.0) {
+        bail!("--holdout must be strictly between 0 and 1, got {fraction}");
+    }
+    if n < 2 {
+        bail!("--holdout needs at least 2 samples, the data has {n}");
+    }
+    let order: Vec<usize> = crate::rng::Philox::new(seed, 0x401D_0000).permutation(n).into_iter().map(|i| i as usize).collect();
+    let cut = n - ((fraction * n as f64).round() as usize).clamp(1, n - 1);
+    Ok((order[..cut].to_vec(), order[cut..].to_vec()))
+}
+
+/// The grid cell with the highest accuracy, the first of equals.
+pub fn best_cell(cells: &[CvCell]) -> &CvCell {
+    cells.iter().fold(&cells[0], |b, c| if c.accuracy > b.accuracy { c } else { b })
+}
+
 /// One cell of a cross-validation grid: its mean accuracy over the folds.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CvCell {

@@ -62,6 +62,30 @@ pub fn combine(p_model: &[f64], p_knn: &[f64], lambda: f64, how: Combine) -> Res
         .collect())
 }
 
+/// What a retrieval-augmented prediction is computed with.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub k: usize,
+    pub metric: Metric,
+    pub temperature: f64,
+    pub lambda: f64,
+    pub combine: Combine,
+}
+
+/// For queries (Q, d) against a store of keys (N, d) with labels: p_knn (Q, C) from the
+/// exact k nearest, and its combination with the model's probabilities `p_model`
+/// (Q, C; without them the combination is p_knn itself).
+pub fn classify(backend: &crate::device::Backend, keys: &crate::data::Array, labels: &[i64], queries: &[f32], p_model: Option<&[f64]>, classes: usize, s: &Settings) -> Result<(Vec<f64>, Vec<f64>)> {
+    let store = crate::diffusion::TrainingSet::new(keys, crate::diffusion::PixelRange::MODEL)?;
+    let neighbours = crate::diffusion::knn_on(backend, &store, queries, s.k, s.metric)?;
+    let p_knn = knn_probabilities(&neighbours, s.metric, labels, classes, s.temperature)?;
+    let combined = match p_model {
+        Some(m) => combine(m, &p_knn, s.lambda, s.combine)?,
+        None => p_knn.clone(),
+    };
+    Ok((p_knn, combined))
+}
+
 /// The argmax of each row (the first of equal maxima).
 pub fn predictions(p: &[f64], classes: usize) -> Vec<usize> {
     p.chunks(classes).map(|row| (0..classes).fold(0, |b, j| if row[j] > row[b] { j } else { b })).collect()

@@ -5,7 +5,7 @@ use super::{print_json, RecipeArgs};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use rote::data;
-use rote::membership::attack::{self, AttackKind, AttackSpec, Influence, Selection, Targets};
+use rote::membership::attack::{self, AttackKind, AttackSpec, Selection, Targets};
 use rote::membership::pool::{self, Pool, PoolConfig};
 use rote::membership::roc::{Metrics, FPRS};
 use rote::membership::Centre;
@@ -157,48 +157,15 @@ pub fn mem_cmd(a: MemArgs) -> Result<()> {
         _ => None,
     };
     let infl = (p.info.test_examples > 0 && !a.no_influence).then(|| attack::influence(&p, &correct, a.dense_limit_mb << 20, a.top_k)).transpose()?;
-    report::create_out_dir(&out)?;
-    let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let written = attack::write_memorization(&p, &ds, &m, infl.as_ref(), &out, a.top)?;
     let n = p.info.examples;
-    for (name, v) in [("mem.npy", &m.mem), ("mem_se.npy", &m.se), ("mem_probability.npy", &m.mem_probability), ("mem_probability_se.npy", &m.se_probability)] {
-        report::write_npy(&out.join(name), &[n], &f32s(v))?;
-    }
-    let t = p.info.test_examples;
-    let influence_files = match &infl {
-        Some(Influence::Dense(v)) => {
-            report::write_npy(&out.join("influence.npy"), &[n, t], v)?;
-            vec!["influence.npy"]
-        }
-        Some(Influence::Top { k, index, value }) => {
-            report::write_npy(&out.join("influence_top_index.npy"), &[t, *k], index)?;
-            report::write_npy(&out.join("influence_top_value.npy"), &[t, *k], value)?;
-            vec!["influence_top_index.npy", "influence_top_value.npy"]
-        }
-        None => vec![],
-    };
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&x, &y| m.mem[y].total_cmp(&m.mem[x]).then(x.cmp(&y)));
-    let mut csv = String::from("rank,example,dataset_row,label,corrupted,mem,mem_se,mem_probability\n");
-    for (r, &i) in order.iter().take(a.top).enumerate() {
-        csv.push_str(&format!("{},{i},{},{},{},{:.6},{:.6},{:.6}\n", r + 1, p.sources[i], p.labels[i], p.corrupted[i], m.mem[i], m.se[i], m.mem_probability[i]));
-    }
-    report::write_atomic(&out.join("top.csv"), |w| Ok(w.write_all(csv.as_bytes())?))?;
-    let gallery = out.join("gallery.png");
-    let drew = rote::report::image::image_dims(ds.sample_shape()).is_ok();
-    if drew {
-        rote::curvature::gallery::draw(&ds.train.x, &p.sources, &p.labels[..n], &f32s(&m.mem), ds.sample_shape(), "memorization", &gallery)?;
-    }
-    let corrupted: Vec<usize> = (0..n).filter(|&i| p.corrupted[i] == 1).collect();
-    let mean = |idx: &mut dyn Iterator<Item = usize>| {
-        let (s, c) = idx.fold((0f64, 0usize), |(s, c), i| (s + m.mem[i], c + 1));
-        (c > 0).then(|| s / c as f64)
-    };
+    let corrupted = p.corrupted.iter().filter(|&&c| c == 1).count();
+    let means = m.group_means(&p.corrupted);
     let value = serde_json::json!({
         "pool": a.pool, "out": out, "models": p.models(), "examples": n, "seconds": t0.elapsed().as_secs_f64(),
-        "mean_mem": mean(&mut (0..n)), "mean_mem_corrupted": mean(&mut corrupted.iter().copied()),
-        "mean_mem_clean": mean(&mut (0..n).filter(|&i| p.corrupted[i] == 0)),
+        "mean_mem": means.all, "mean_mem_corrupted": means.corrupted, "mean_mem_clean": means.clean,
         "accuracy_in": m.accuracy_in, "accuracy_out": m.accuracy_out,
-        "influence": influence_files, "gallery": drew.then_some(&gallery), "curvature": comparison,
+        "influence": written.influence, "gallery": written.gallery, "curvature": comparison,
     });
     if a.json {
         print_json(&value);
@@ -211,8 +178,8 @@ pub fn mem_cmd(a: MemArgs) -> Result<()> {
             m.accuracy_out,
             out.display()
         );
-        if !corrupted.is_empty() {
-            println!("corrupted examples: {} with mean mem {:.4}, clean {:.4}", corrupted.len(), value["mean_mem_corrupted"].as_f64().unwrap_or(f64::NAN), value["mean_mem_clean"].as_f64().unwrap_or(f64::NAN));
+        if corrupted > 0 {
+            println!("corrupted examples: {corrupted} with mean mem {:.4}, clean {:.4}", value["mean_mem_corrupted"].as_f64().unwrap_or(f64::NAN), value["mean_mem_clean"].as_f64().unwrap_or(f64::NAN));
         }
         if let Some(c) = &comparison {
             println!("curvature against memorization over {} examples: cosine {:.4}, Spearman {:.4}", c.examples, c.cosine, c.spearman);
@@ -379,7 +346,7 @@ pub fn choi_cmd(a: ChoiArgs) -> Result<()> {
     bar.finish_and_clear();
     let out = a.out.clone().unwrap_or_else(|| a.attack.pool.join("choi"));
     report::create_out_dir(&out)?;
-    write_choi(&out, &points, &a.attack.label())?;
+    attack::write_choi(&out, &points, &a.attack.label())?;
     let chosen = selected.iter().filter(|&&s| s).count();
     let value = serde_json::json!({
         "pool": a.attack.pool, "attack": a.attack.label(), "selection": a.select, "selected": chosen, "examples": p.info.examples,
@@ -407,37 +374,6 @@ pub fn choi_cmd(a: ChoiArgs) -> Result<()> {
         println!("→ {}", out.display());
     }
     Ok(())
-}
-
-fn write_choi(out: &Path, points: &[attack::ChoiPoint], label: &str) -> Result<()> {
-    let mut csv = String::from("shadows,tpr_at_0.1%_all,tpr_at_0.1%_selected,tpr_at_1%_all,tpr_at_1%_selected,auc_all,auc_selected,scored\n");
-    let at = |m: &Option<Metrics>, f: &dyn Fn(&Metrics) -> f64| m.as_ref().map(|m| f(m).to_string()).unwrap_or_default();
-    for q in points {
-        let (a, s) = (&q.all, &q.selected);
-        csv.push_str(&format!(
-            "{},{},{},{},{},{},{},{}\n",
-            q.shadows,
-            at(a, &|m| m.tpr_at_fpr[0]),
-            at(s, &|m| m.tpr_at_fpr[0]),
-            at(a, &|m| m.tpr_at_fpr[2]),
-            at(s, &|m| m.tpr_at_fpr[2]),
-            at(a, &|m| m.auc),
-            at(s, &|m| m.auc),
-            q.scored
-        ));
-    }
-    report::write_atomic(&out.join("choi.csv"), |w| Ok(w.write_all(csv.as_bytes())?))?;
-    let series = |name: &str, f: &dyn Fn(&attack::ChoiPoint) -> Option<f64>| plot::Series { name: name.to_string(), points: points.iter().filter_map(|q| Some((q.shadows as f64, f(q)?))).collect() };
-    plot::lines(
-        &out.join("choi.png"),
-        &format!("{label}: TPR at 0.1% FPR against shadow models"),
-        "shadow models",
-        "TPR at 0.1% FPR",
-        &[series("selected (most memorized)", &|q| Some(q.selected.as_ref()?.tpr_at_fpr[0])), series("all examples", &|q| Some(q.all.as_ref()?.tpr_at_fpr[0]))],
-        plot::Axes::LogX,
-        None,
-        None,
-    )
 }
 
 /// `rote merge` of pool directories.

@@ -5,7 +5,6 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use rote::data::Array;
 use rote::diffusion::knn::Metric;
-use rote::diffusion::{knn_on, PixelRange, TrainingSet};
 use rote::memory::lssvm::Kernel;
 use rote::memory::retrieval::{self, Combine};
 use rote::report;
@@ -86,14 +85,9 @@ pub fn classify_cmd(a: ClassifyArgs) -> Result<()> {
     rote::diffusion::knn::check_k(a.k, n)?;
     let backend = open_device(a.device.device)?;
     let t0 = std::time::Instant::now();
-    let store = TrainingSet::new(&keys, PixelRange::MODEL)?;
-    let neighbours = knn_on(&backend, &store, &queries.to_f32(), a.k, a.metric)?;
-    let p_knn = retrieval::knn_probabilities(&neighbours, a.metric, &labels, classes, a.temperature)?;
     let p_model: Option<Vec<f64>> = probs.as_ref().map(|(p, _, _)| p.to_f32().iter().map(|&v| v as f64).collect());
-    let combined = match &p_model {
-        Some(m) => retrieval::combine(m, &p_knn, a.lambda, a.combine)?,
-        None => p_knn.clone(),
-    };
+    let settings = retrieval::Settings { k: a.k, metric: a.metric, temperature: a.temperature, lambda: a.lambda, combine: a.combine };
+    let (p_knn, combined) = retrieval::classify(&backend, &keys, &labels, &queries.to_f32(), p_model.as_deref(), classes, &settings)?;
     let seconds = t0.elapsed().as_secs_f64();
     let predicted = retrieval::predictions(&combined, classes);
     report::create_out_dir(&a.out)?;
@@ -187,25 +181,15 @@ pub struct LssvmPredictArgs {
     json: bool,
 }
 
-/// Rows of a split as float64, scaled.
-fn scaled_rows(x: &Array, rows: &[usize], scale: f64) -> Vec<f64> {
-    rows.iter().flat_map(|&r| x.rows_f32(r, r + 1).into_iter().map(move |v| v as f64 * scale)).collect()
-}
-
 pub fn lssvm_cmd(cmd: LssvmCommand) -> Result<()> {
-    use rote::memory::lssvm::{accuracy, Lssvm};
+    use rote::memory::lssvm::{accuracy, best_cell, holdout_split, scaled_rows, Lssvm};
     match cmd {
         LssvmCommand::Fit(a) => {
             let ds = a.data.open()?;
             let scale = rote::nn::train::input_scale_for(&ds) as f64;
             let n = ds.train.len();
-            let (fit_rows, held): (Vec<usize>, Vec<usize>) = match a.holdout {
-                Some(h) if !(h > 0.0 && h < 1.0) => bail!("--holdout must be strictly between 0 and 1, got {h}"),
-                Some(h) => {
-                    let order = rote::rng::Philox::new(a.seed, 0x401D_0000).permutation(n);
-                    let cut = n - ((h * n as f64).round() as usize).clamp(1, n - 1);
-                    (order[..cut].iter().map(|&i| i as usize).collect(), order[cut..].iter().map(|&i| i as usize).collect())
-                }
+            let (fit_rows, held) = match a.holdout {
+                Some(h) => holdout_split(n, h, a.seed)?,
                 None => ((0..n).collect(), vec![]),
             };
             let d = ds.train.features();
@@ -230,7 +214,7 @@ pub fn lssvm_cmd(cmd: LssvmCommand) -> Result<()> {
                     bail!("--grid-sigma: {bad:?} needs a positive σ");
                 }
                 let cells = rote::memory::lssvm::cross_validate(&x, d, &y, &kernels, &list("--grid-gamma", &a.grid_gamma, a.gamma)?, memory, folds, a.seed)?;
-                let best = cells.iter().fold(&cells[0], |b, c| if c.accuracy > b.accuracy { c } else { b });
+                let best = best_cell(&cells);
                 (kernel, gamma) = (best.kernel, best.gamma);
                 grid = Some(cells);
             }
@@ -242,8 +226,7 @@ pub fn lssvm_cmd(cmd: LssvmCommand) -> Result<()> {
                 Some((accuracy(&model.predict(&scaled_rows(&ds.train.x, &held, scale)), &held.iter().map(|&i| ds.train.y[i]).collect::<Vec<_>>()), held.len()))
             } else {
                 ds.test.as_ref().map(|t| {
-                    let rows: Vec<usize> = (0..t.len()).collect();
-                    (accuracy(&model.predict(&scaled_rows(&t.x, &rows, scale)), &t.y), t.len())
+                    (accuracy(&model.predict(&scaled_rows(&t.x, &(0..t.len()).collect::<Vec<_>>(), scale)), &t.y), t.len())
                 })
             };
             model.save(&a.out, a.data.text()?, scale)?;
