@@ -16,4 +16,5 @@ pub mod report;
 pub mod resources;
 pub mod rng;
 pub mod sched;
+pub mod text;
 pub mod simd;

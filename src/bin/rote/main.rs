@@ -13,6 +13,7 @@ use std::time::Instant;
 mod diffusion;
 mod membership;
 mod memory;
+mod text;
 mod reproduce;
 
 /// mimalloc: the training loops allocate and free many short-lived buffers of a few
@@ -97,6 +98,10 @@ enum Command {
     /// Least-squares SVMs: fit and predict.
     #[command(subcommand)]
     Lssvm(memory::LssvmCommand),
+    /// Verbatim memorization of text: token corpora, n-gram indexes (Bloom, suffix
+    /// array), scans of generations, MemFree, the style-change demonstration.
+    #[command(subcommand)]
+    Text(text::TextCommand),
     /// Join the outputs of `--shard I/N` runs into the result of a single run.
     Merge {
         /// Shard outputs (.npy files, each with its .shard.json beside it), or pool
@@ -691,6 +696,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Merge { parts, out, json } => merge_cmd(&parts, &out, json),
         Command::Pool(cmd) => membership::pool_cmd(cmd),
         Command::Lssvm(cmd) => memory::lssvm_cmd(cmd),
+        Command::Text(cmd) => text::text_cmd(cmd),
         Command::Mem(args) => membership::mem_cmd(args),
         Command::Mia(args) => membership::mia_cmd(args),
         Command::Choi(args) => membership::choi_cmd(args),
