@@ -13,7 +13,13 @@ if [[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]]; then
   export ROTE_REQUIRE_FASHION_MNIST=1
 fi
 
-# 3. Build with nvcc required, then test. Keep the user's cache out of the tests.
+# 3. The real-text corpus (Perl's standard library, from perl-modules-5.xx).
+text_corpus=$(scripts/install-text-corpus.sh)
+if [[ -n "$text_corpus" ]]; then
+  export ROTE_TEXT_CORPUS="$text_corpus"
+fi
+
+# 4. Build with nvcc required, then test. Keep the user's cache out of the tests.
 export ROTE_REQUIRE_NVCC=1
 export ROTE_CACHE="${ROTE_CACHE:-$PWD/target/rote-cache}"
 cargo build --release

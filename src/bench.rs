@@ -681,3 +681,117 @@ pub fn lssvm(data: &str, n: usize, sigma: f64, gamma: f64, python: Option<&str>)
     rows_out.push(BenchRow::timed(&workload, "cpu", (s, s), 1, baseline, n as f64, None, Some(format!("test accuracy {:.4}", accuracy(&predicted, &ty)))));
     Ok(rows_out)
 }
+
+/// n-gram membership over a text corpus: building a Bloom filter of every n-gram inside
+/// a document (blocked and classic) and the suffix-array index, and querying every
+/// n-gram of two probe sequences of `probes` n-grams each (a run of corpus tokens, and
+/// random tokens for the false-positive rate), against rbloom and a Python set of the
+/// same n-grams (scripts/baselines/text_rbloom.py).
+pub fn text(corpus_dir: &std::path::Path, n: usize, fp: f64, probes: usize, repeats: usize, python: Option<&str>) -> Result<Vec<BenchRow>> {
+    use crate::text::bloom::{build_from_corpus, BloomParams, Layout};
+    use crate::text::corpus::Corpus;
+    use rayon::prelude::*;
+    let corpus = Corpus::open(corpus_dir)?;
+    crate::text::index::check_n(&corpus, n)?;
+    let positions = corpus.ngram_positions(n);
+    let width = corpus.meta.dtype.bytes();
+    let tokens = corpus.tokens();
+    // Member probes: the first document long enough, else the longest; random probes
+    // over the corpus's id range.
+    let want = probes + n - 1;
+    let (ds, de) = *corpus.docs.iter().find(|&&(s, e)| e - s >= want as u64).unwrap_or_else(|| corpus.docs.iter().max_by_key(|&&(s, e)| e - s).unwrap());
+    let members: Vec<u32> = tokens.to_vec(ds as usize, (de as usize).min(ds as usize + want));
+    let max_id = crate::with_tokens!(tokens, |t| t.par_iter().map(|&x| x as u32).max().unwrap_or(0));
+    let rng = Philox::new(0x7e47, 20);
+    let random: Vec<u32> = (0..want as u64).map(|i| (rng.word(i) as u64 % (max_id as u64 + 1)) as u32).collect();
+    let queries = (members.len() + 1 - n + random.len() + 1 - n) as f64;
+    let threads = rayon::current_num_threads();
+    let build_work = format!("Bloom build: {positions} {n}-grams of {} (fp {fp:.0e})", corpus.dir.display());
+    let query_work = format!("Bloom query: {} {n}-gram lookups (half members, half random)", queries as u64);
+    let (mut build_rows, mut query_rows) = (Vec::new(), Vec::new());
+    let (mut build_base, mut query_base) = (None, None);
+    if let Some(py) = python {
+        let dir = tempfile::tempdir()?;
+        let encode = |seq: &[u32]| -> Vec<u8> {
+            match width {
+                1 => seq.iter().map(|&t| t as u8).collect(),
+                2 => seq.iter().flat_map(|&t| (t as u16).to_le_bytes()).collect(),
+                _ => seq.iter().flat_map(|&t| t.to_le_bytes()).collect(),
+            }
+        };
+        std::fs::write(dir.path().join("members.bin"), encode(&members))?;
+        std::fs::write(dir.path().join("random.bin"), encode(&random))?;
+        let tokens_path = crate::text::corpus::resolve(&corpus.dir, &corpus.meta.tokens);
+        crate::report::write_json(
+            &dir.path().join("meta.json"),
+            &serde_json::json!({"tokens": tokens_path, "width": width, "n": n, "fp": fp, "docs": corpus.docs, "modes": ["rbloom", "set"]}),
+        )?;
+        let path = format!("{}/scripts/baselines/text_rbloom.py", env!("CARGO_MANIFEST_DIR"));
+        let out = std::process::Command::new(py).arg(&path).args(["--dir", &dir.path().display().to_string()]).output()?;
+        if !out.status.success() {
+            anyhow::bail!("the rbloom baseline failed (set --python, or PYTHONPATH=.tools/py with rbloom):\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        let half = random.len() as f64 + 1.0 - n as f64;
+        let rb_build = f("rbloom_build_seconds");
+        let rb_query = f("rbloom_query_seconds");
+        let bits = f("rbloom_bits");
+        build_rows.push(BenchRow::timed(
+            &build_work,
+            &format!("rbloom {} (python {})", v["rbloom"].as_str().unwrap_or("?"), v["python"].as_str().unwrap_or("?")),
+            (rb_build, rb_build),
+            1,
+            None,
+            positions as f64,
+            None,
+            Some(format!("{:.1} bits per n-gram", bits / positions as f64)),
+        ));
+        query_rows.push(BenchRow::timed(&query_work, "rbloom", (rb_query, rb_query), 1, None, queries, None, Some(format!("measured false-positive rate {:.2e}", f("rbloom_random_hits") / half))));
+        let set_build = f("set_build_seconds");
+        let set_query = f("set_query_seconds");
+        build_rows.push(BenchRow::timed(
+            &build_work,
+            "python set (exact)",
+            (set_build, set_build),
+            1,
+            Some(rb_build),
+            positions as f64,
+            None,
+            Some(format!("{:.0} bytes per distinct n-gram ({} distinct)", f("set_bytes") / f("set_distinct"), v["set_distinct"])),
+        ));
+        query_rows.push(BenchRow::timed(&query_work, "python set (exact)", (set_query, set_query), 1, Some(rb_query), queries, None, Some(format!("{} random hits", v["set_random_hits"]))));
+        build_base = Some(rb_build);
+        query_base = Some(rb_query);
+    }
+    for layout in [Layout::Blocked, Layout::Classic] {
+        let params = BloomParams::for_rate(layout, n, positions, fp)?;
+        let mut bloom = None;
+        let timing = time_runs(repeats, || {
+            bloom = Some(build_from_corpus(params, &corpus, &|_| {}));
+            Ok(())
+        })?;
+        let bloom = bloom.unwrap();
+        let name = format!("rote cpu, {layout:?} ({threads} threads)").to_lowercase();
+        build_rows.push(BenchRow::timed(&build_work, &name, timing, repeats, build_base, positions as f64, None, Some(format!("{:.1} bits per n-gram, {} hashes", params.m as f64 / positions as f64, params.k))));
+        let mut random_hits = 0;
+        let qt = time_runs(repeats, || {
+            let m = bloom.hits_par(&members);
+            let r = bloom.hits_par(&random);
+            anyhow::ensure!(m.iter().all(|&h| h), "a member n-gram was reported absent");
+            random_hits = r.iter().filter(|&&h| h).count();
+            Ok(())
+        })?;
+        let half = random.len() as f64 + 1.0 - n as f64;
+        query_rows.push(BenchRow::timed(&query_work, &name, qt, repeats, query_base, queries, None, Some(format!("measured false-positive rate {:.2e} (predicted {:.2e} at the {:.0} distinct n-grams its fill implies)", random_hits as f64 / half, params.predicted_rate(bloom.estimated_items() as u64), bloom.estimated_items()))));
+    }
+    let exact_work = format!("suffix array + LCP: {} tokens of {}", corpus.meta.n_tokens, corpus.dir.display());
+    let st = time_runs(repeats.min(3), || {
+        crate::text::exact::build(&corpus)?;
+        Ok(())
+    })?;
+    let mut rows = build_rows;
+    rows.extend(query_rows);
+    rows.push(BenchRow::timed(&exact_work, "rote cpu (libsais, 1 thread)", st, repeats.min(3), None, corpus.meta.n_tokens as f64, None, Some("8 bytes per token on disk".into())));
+    Ok(rows)
+}

@@ -490,3 +490,109 @@ fn a_raw_token_file_with_separators_is_indexed_where_it_lies() {
     assert_eq!(counts["ngram_positions"], 7);
     assert_eq!(counts["distinct_ngrams"], 5);
 }
+
+#[test]
+fn the_partitioned_build_sets_the_same_bits_as_atomic_inserts() {
+    use rote::text::bloom::{build_from_corpus, BloomBuilder, BloomParams};
+    let dir = tempdir();
+    let mut rng = Rng(41);
+    // Short documents and one long enough to be cut into overlapping pieces.
+    let mut lens: Vec<usize> = (0..300).map(|_| rng.below(50) as usize).collect();
+    lens.push(3 << 20);
+    let docs = random_docs(&mut rng, &lens, 1000);
+    let corpus = write_docs(dir.path(), &docs, Dtype::U16);
+    for layout in [Layout::Blocked, Layout::Classic] {
+        let params = BloomParams::for_rate(layout, 5, corpus.ngram_positions(5), 1e-2).unwrap();
+        let done = std::sync::atomic::AtomicU64::new(0);
+        let fast = build_from_corpus(params, &corpus, &|k| {
+            done.fetch_add(k, std::sync::atomic::Ordering::Relaxed);
+        });
+        let slow = BloomBuilder::new(params);
+        for d in &docs {
+            slow.insert_seq(d);
+        }
+        let slow = slow.finish();
+        assert!(fast.words() == slow.words(), "{layout:?}: the filters differ");
+        assert!(done.into_inner() >= corpus.meta.n_tokens - 300 * 50);
+        let probe: Vec<u32> = (0..200_000).map(|_| rng.below(1000) as u32).collect();
+        assert_eq!(fast.hits_par(&probe), fast.hits(&probe));
+        assert_eq!(fast.hits(&probe), slow.hits(&probe));
+    }
+}
+
+/// The real-text corpus, from scripts/install-text-corpus.sh (the test command sets
+/// ROTE_TEXT_CORPUS); None, with a note, when it is not installed.
+fn real_corpus() -> Option<std::path::PathBuf> {
+    match std::env::var_os("ROTE_TEXT_CORPUS") {
+        Some(p) => Some(p.into()),
+        None => {
+            eprintln!("ROTE_TEXT_CORPUS is not set (scripts/install-text-corpus.sh): skipping the real-text corpus");
+            None
+        }
+    }
+}
+
+#[test]
+fn on_real_text_planted_passages_are_found_and_the_false_positive_rate_is_as_predicted() {
+    let Some(src) = real_corpus() else { return };
+    let dir = tempdir();
+    let c = dir.path().join("perl");
+    let imported = json(&rote_ok(&["text", "import", p(&src), "--out", p(&c), "--json"]));
+    assert!(imported["documents"].as_u64().unwrap() > 100);
+    let n = 50;
+    rote_ok(&["text", "index", p(&c), "-n", "50", "--normalized"]);
+    rote_ok(&["text", "index", p(&c), "--kind", "exact"]);
+    let info = json(&rote_ok(&["text", "info", p(&c.join("exact.idx")), "-n", "50", "--json"]));
+    let distinct = info["distinct_ngrams"].as_u64().unwrap();
+
+    // Passages read straight from the files (not through rote), the file recorded.
+    let files = rote::text::list_files(&[src.clone()]).unwrap();
+    let mut rng = Rng(3);
+    let mut planted = Vec::new();
+    while planted.len() < 20 {
+        let f = &files[rng.below(files.len() as u64) as usize];
+        let bytes = std::fs::read(f).unwrap();
+        if bytes.len() < 3000 || bytes[..bytes.len().min(8192)].contains(&0) {
+            continue;
+        }
+        let start = rng.below(bytes.len() as u64 - 1000) as usize;
+        let Ok(text) = std::str::from_utf8(&bytes[start..start + 400]) else { continue };
+        planted.push((f.clone(), text.to_string()));
+    }
+    let gens = dir.path().join("g.jsonl");
+    let lines: Vec<String> = planted.iter().map(|(_, t)| serde_json::json!({"text": t}).to_string()).collect();
+    std::fs::write(&gens, lines.join("\n")).unwrap();
+    let out = dir.path().join("scan");
+    rote_ok(&["text", "scan", p(&c.join("exact.idx")), "-n", "50", "--generations", p(&gens), "--out", p(&out)]);
+    let reports: Vec<serde_json::Value> = std::fs::read_to_string(out.join("scan.jsonl")).unwrap().lines().map(json).collect();
+    for (r, (file, text)) in reports.iter().zip(&planted) {
+        let v = &r["verbatim"];
+        assert_eq!(v["hit_fraction"], 1.0, "{}", file.display());
+        assert_eq!(v["longest_match"]["tokens"].as_u64().unwrap() as usize, text.len());
+        // The same passage may occur in several files; its text does occur in the one named.
+        let named = std::fs::read(v["longest_match"]["source"].as_str().unwrap()).unwrap();
+        assert!(named.windows(text.len()).any(|w| w == text.as_bytes()));
+    }
+
+    // Random byte 50-grams are not in the corpus: the filter's hits among them are false
+    // positives, at the rate the blocked formula predicts for the counted distinct n-grams.
+    let index = Index::open(&c.join("bloom-n50.idx"), None).unwrap();
+    let Index::Bloom(b) = &index else { unreachable!() };
+    let probe: Vec<u32> = (0..2_000_000 + n - 1).map(|_| rng.below(256) as u32).collect();
+    let hits = b.bloom.hits_par(&probe).iter().filter(|&&h| h).count() as f64;
+    let trials = 2_000_000f64;
+    let predicted = blocked_rate(b.bloom.params.m, b.bloom.params.k, distinct);
+    let sigma = (predicted * (1.0 - predicted) / trials).sqrt();
+    eprintln!("real corpus: {distinct} distinct 50-grams, false-positive rate {} measured, {predicted} predicted (σ {sigma})", hits / trials);
+    assert!((hits / trials - predicted).abs() < 5.0 * sigma + 0.02 * predicted);
+    assert!(predicted < 1e-3);
+
+    // The paper's point on this corpus.
+    let rows = json(&rote_ok(&["text", "demo", p(&c.join("bloom-n50.idx")), "--passages", "100", "--json"]));
+    let row = |s: &str| rows.as_array().unwrap().iter().find(|r| r["style"] == s).unwrap().clone();
+    assert_eq!(row("verbatim")["verbatim_hit_fraction"], 1.0);
+    for style in ["upper", "spacing"] {
+        assert!(row(style)["verbatim_hit_fraction"].as_f64().unwrap() < 0.5, "{style}");
+        assert!(row(style)["normalized_hit_fraction"].as_f64().unwrap() > 0.99, "{style}");
+    }
+}

@@ -71,6 +71,9 @@ impl BloomParams {
         let bits = (-items_f * fp.ln() / (ln2 * ln2)).ceil();
         let k = ((bits / items_f) * ln2).round().clamp(1.0, 64.0) as u32;
         let m = ((bits as u64).max(BLOCK_BITS)).div_ceil(BLOCK_BITS) * BLOCK_BITS;
+        if m / BLOCK_BITS > u32::MAX as u64 {
+            bail!("{items} n-grams at false-positive rate {fp} need {m} bits: more than this filter addresses (2^41); raise --fp or split the corpus");
+        }
         // Rounding k, and for blocked filters the uneven block loads, raise the rate a
         // little above p: grow m by 1/256 until the layout's own rate fits.
         let mut params = BloomParams { layout, n, m, k };
@@ -92,31 +95,44 @@ impl BloomParams {
         }
     }
 
-    /// Calls `f(word, mask)` for the bits of the n-gram with hashes (h1, h2).
+    /// The 512-bit block of a blocked filter that the n-gram with hash h1 uses.
+    #[inline(always)]
+    pub fn block_of(&self, h1: u64) -> usize {
+        ((h1 as u128 * (self.m / BLOCK_BITS) as u128) >> 64) as usize
+    }
+
+    /// A blocked filter's bits for hash h2 inside the block, as the block's eight words:
+    /// the first k distinct 9-bit values of the stream h2, fmix64(h2 ⊕ φ), ….
+    #[inline(always)]
+    pub fn block_mask(&self, h2: u64) -> [u64; LINE_WORDS] {
+        let mut chosen = [0u64; LINE_WORDS];
+        let (mut got, mut word, mut left, mut j) = (0u32, h2, 7u32, 0u64);
+        while got < self.k {
+            if left == 0 {
+                j += 1;
+                word = fmix64(h2 ^ j.wrapping_mul(GOLDEN));
+                left = 7;
+            }
+            let b = word & (BLOCK_BITS - 1);
+            word >>= 9;
+            left -= 1;
+            let (cw, cm) = ((b >> 6) as usize, 1u64 << (b & 63));
+            got += (chosen[cw] & cm == 0) as u32;
+            chosen[cw] |= cm;
+        }
+        chosen
+    }
+
+    /// Calls `f(word, mask)` for the bits of the n-gram with hashes (h1, h2): one call
+    /// per word of its block that holds a bit (blocked), or one per bit (classic).
     #[inline(always)]
     pub fn bits(&self, h1: u64, h2: u64, mut f: impl FnMut(usize, u64)) {
         match self.layout {
             Layout::Blocked => {
-                let blocks = self.m / BLOCK_BITS;
-                let block = ((h1 as u128 * blocks as u128) >> 64) as u64;
-                let base = block * BLOCK_BITS;
-                let mut chosen = [0u64; (BLOCK_BITS / 64) as usize];
-                let (mut got, mut word, mut left, mut j) = (0u32, h2, 7u32, 0u64);
-                while got < self.k {
-                    if left == 0 {
-                        j += 1;
-                        word = fmix64(h2 ^ j.wrapping_mul(GOLDEN));
-                        left = 7;
-                    }
-                    let b = word & (BLOCK_BITS - 1);
-                    word >>= 9;
-                    left -= 1;
-                    let (cw, cm) = ((b >> 6) as usize, 1u64 << (b & 63));
-                    if chosen[cw] & cm == 0 {
-                        chosen[cw] |= cm;
-                        got += 1;
-                        let bit = base + b;
-                        f((bit >> 6) as usize, 1u64 << (bit & 63));
+                let base = self.block_of(h1) * LINE_WORDS;
+                for (i, &mask) in self.block_mask(h2).iter().enumerate() {
+                    if mask != 0 {
+                        f(base + i, mask);
                     }
                 }
             }
@@ -132,6 +148,53 @@ impl BloomParams {
                 }
             }
         }
+    }
+}
+
+/// Words per 512-bit block (one 64-byte cache line).
+pub const LINE_WORDS: usize = (BLOCK_BITS / 64) as usize;
+
+/// One block, aligned to its cache line.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Line(pub [u64; LINE_WORDS]);
+
+#[repr(C, align(64))]
+struct AtomicLine([AtomicU64; LINE_WORDS]);
+
+/// n-grams hashed this far ahead of their use, their blocks prefetched meanwhile: a
+/// filter larger than the caches costs one memory latency per n-gram otherwise.
+const AHEAD: usize = 16;
+
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Calls `f(start, block, h2)` for every n-gram of `seq` in order, each block
+/// prefetched AHEAD n-grams before its call (blocked filters).
+#[inline(always)]
+fn pipelined<T: Copy + Into<u32>>(params: &BloomParams, seq: &[T], base: *const u8, mut f: impl FnMut(usize, usize, u64)) {
+    let mut ring = [(0usize, 0usize, 0u64); AHEAD];
+    let mut count = 0usize;
+    for_each_ngram(seq, params.n, |s, h1, h2| {
+        let block = params.block_of(h1);
+        prefetch(base.wrapping_add(block * 64));
+        let slot = &mut ring[count % AHEAD];
+        if count >= AHEAD {
+            f(slot.0, slot.1, slot.2);
+        }
+        *slot = (s, block, h2);
+        count += 1;
+    });
+    for i in count.saturating_sub(AHEAD)..count {
+        let e = ring[i % AHEAD];
+        f(e.0, e.1, e.2);
     }
 }
 
@@ -184,59 +247,167 @@ pub fn blocked_rate(m: u64, k: u32, items: u64) -> f64 {
 /// A filter being filled: shared by threads, each setting bits with `fetch_or`.
 pub struct BloomBuilder {
     pub params: BloomParams,
-    words: Vec<AtomicU64>,
+    lines: Vec<AtomicLine>,
 }
 
 impl BloomBuilder {
     pub fn new(params: BloomParams) -> BloomBuilder {
-        BloomBuilder { params, words: (0..params.words()).map(|_| AtomicU64::new(0)).collect() }
+        let lines = (0..params.m / BLOCK_BITS).map(|_| AtomicLine(std::array::from_fn(|_| AtomicU64::new(0)))).collect();
+        BloomBuilder { params, lines }
+    }
+
+    #[inline(always)]
+    fn word(&self, w: usize) -> &AtomicU64 {
+        &self.lines[w / LINE_WORDS].0[w % LINE_WORDS]
+    }
+
+    #[inline(always)]
+    fn or_word(word: &AtomicU64, mask: u64) {
+        // Reading first skips the locked write (and the cache line's ownership
+        // transfer) for bits already set, which repeats in real text make common.
+        if word.load(Ordering::Relaxed) & mask != mask {
+            word.fetch_or(mask, Ordering::Relaxed);
+        }
     }
 
     #[inline]
     pub fn insert_hashes(&self, h1: u64, h2: u64) {
-        self.params.bits(h1, h2, |w, mask| {
-            // Reading first skips the write (and the cache line's ownership transfer)
-            // for bits already set, which repeats in real text make common.
-            if self.words[w].load(Ordering::Relaxed) & mask != mask {
-                self.words[w].fetch_or(mask, Ordering::Relaxed);
-            }
-        });
+        self.params.bits(h1, h2, |w, mask| Self::or_word(self.word(w), mask));
     }
 
     /// Inserts every n-gram of `seq` (one document, or part of one).
     pub fn insert_seq<T: Copy + Into<u32>>(&self, seq: &[T]) {
-        for_each_ngram(seq, self.params.n, |_, h1, h2| self.insert_hashes(h1, h2));
+        match self.params.layout {
+            Layout::Blocked => pipelined(&self.params, seq, self.lines.as_ptr() as *const u8, |_, block, h2| {
+                let line = &self.lines[block].0;
+                for (word, mask) in line.iter().zip(self.params.block_mask(h2)) {
+                    if mask != 0 {
+                        Self::or_word(word, mask);
+                    }
+                }
+            }),
+            Layout::Classic => for_each_ngram(seq, self.params.n, |_, h1, h2| self.insert_hashes(h1, h2)),
+        }
     }
 
-    /// Inserts every n-gram of every document of `corpus`, on all threads. Documents
-    /// are cut into pieces of about 1 Mi tokens that overlap by n − 1, so a long
-    /// document is shared too and every n-gram is inserted once.
+    /// Inserts every n-gram of every document of `corpus`, on all threads, with
+    /// atomic writes (`build_from_corpus` builds the same bits faster).
     pub fn insert_corpus(&self, corpus: &Corpus, progress: &(dyn Fn(u64) + Sync)) {
-        let n = self.params.n as u64;
-        let piece = 1u64 << 20;
-        let mut pieces = Vec::new();
-        for &(s, e) in &corpus.docs {
-            let mut a = s;
-            while a + n <= e {
-                let b = (a + piece + n - 1).min(e);
-                pieces.push((a as usize, b as usize));
-                a = b + 1 - n;
-            }
-        }
         let tokens = corpus.tokens();
-        crate::with_tokens!(tokens, |t| pieces.par_iter().for_each(|&(a, b)| {
-            self.insert_seq(&t[a..b]);
-            progress((b - a) as u64);
+        let tasks = corpus_tasks(corpus, self.params.n);
+        crate::with_tokens!(tokens, |t| tasks.par_iter().for_each(|segments| {
+            for &(a, b) in segments {
+                self.insert_seq(&t[a..b]);
+                progress((b - a) as u64);
+            }
         }));
     }
 
     pub fn finish(self) -> Bloom {
-        Bloom { params: self.params, words: BloomWords::Owned(self.words.into_iter().map(AtomicU64::into_inner).collect()) }
+        let lines = self.lines.into_iter().map(|l| Line(l.0.map(AtomicU64::into_inner))).collect();
+        Bloom { params: self.params, words: BloomWords::Owned(lines) }
     }
 }
 
+/// Tokens per task when a corpus is shared among threads.
+const TASK_TOKENS: usize = 1 << 20;
+/// n-grams hashed per round of `build_from_corpus` (16 bytes each while buffered).
+const ROUND_NGRAMS: usize = 1 << 23;
+
+/// The corpus's documents cut into tasks of about TASK_TOKENS tokens: runs of short
+/// documents together, long ones in pieces that overlap by n − 1 tokens, so that every
+/// n-gram lies in exactly one segment.
+fn corpus_tasks(corpus: &Corpus, n: usize) -> Vec<Vec<(usize, usize)>> {
+    let mut tasks = Vec::new();
+    let mut current: Vec<(usize, usize)> = Vec::new();
+    let mut size = 0usize;
+    for &(s, e) in &corpus.docs {
+        let (mut a, e) = (s as usize, e as usize);
+        while a + n <= e {
+            let b = (a + (TASK_TOKENS - size).max(n) + n - 1).min(e);
+            current.push((a, b));
+            size += b - a;
+            if size >= TASK_TOKENS {
+                tasks.push(std::mem::take(&mut current));
+                size = 0;
+            }
+            a = b + 1 - n;
+        }
+    }
+    if !current.is_empty() {
+        tasks.push(current);
+    }
+    tasks
+}
+
+/// Builds the filter of every n-gram inside a document of `corpus` on all threads.
+///
+/// A blocked filter is built without atomic writes, in rounds of ROUND_NGRAMS n-grams:
+/// the threads hash their tasks into buckets, one per range of blocks; then each range
+/// is owned by one thread, which ORs its buckets' masks into its lines, prefetching
+/// AHEAD ahead. Locked read-modify-writes cost more than the hashing, and the result is
+/// the same set of bits whatever the order. A classic filter uses `BloomBuilder`.
+pub fn build_from_corpus(params: BloomParams, corpus: &Corpus, progress: &(dyn Fn(u64) + Sync)) -> Bloom {
+    if params.layout == Layout::Classic {
+        let b = BloomBuilder::new(params);
+        b.insert_corpus(corpus, progress);
+        return b.finish();
+    }
+    let n = params.n;
+    let blocks = (params.m / BLOCK_BITS) as usize;
+    let parts = (4 * rayon::current_num_threads()).clamp(1, blocks);
+    let per = blocks.div_ceil(parts);
+    let mut lines = vec![Line([0; LINE_WORDS]); blocks];
+    let tasks = corpus_tasks(corpus, n);
+    let tokens = corpus.tokens();
+    let mut i = 0;
+    while i < tasks.len() {
+        let (mut j, mut grams, mut round_tokens) = (i, 0usize, 0u64);
+        while j < tasks.len() && (j == i || grams < ROUND_NGRAMS) {
+            for &(a, b) in &tasks[j] {
+                grams += b + 1 - a - n;
+                round_tokens += (b - a) as u64;
+            }
+            j += 1;
+        }
+        let buckets: Vec<Vec<Vec<(u32, u64)>>> = crate::with_tokens!(tokens, |t| tasks[i..j]
+            .par_iter()
+            .map(|segments| {
+                let size: usize = segments.iter().map(|&(a, b)| b - a).sum();
+                let mut out: Vec<Vec<(u32, u64)>> = (0..parts).map(|_| Vec::with_capacity(size / parts + size / (4 * parts) + 16)).collect();
+                for &(a, b) in segments {
+                    for_each_ngram(&t[a..b], n, |_, h1, h2| {
+                        let block = params.block_of(h1);
+                        out[block / per].push((block as u32, h2));
+                    });
+                }
+                out
+            })
+            .collect());
+        lines.par_chunks_mut(per).enumerate().for_each(|(p, mine)| {
+            let first = p * per;
+            for task in &buckets {
+                let items = &task[p];
+                for (k, &(block, h2)) in items.iter().enumerate() {
+                    if let Some(&(ahead, _)) = items.get(k + AHEAD) {
+                        prefetch(&mine[ahead as usize - first]);
+                    }
+                    let mask = params.block_mask(h2);
+                    let line = &mut mine[block as usize - first].0;
+                    for (w, m) in line.iter_mut().zip(mask) {
+                        *w |= m;
+                    }
+                }
+            }
+        });
+        progress(round_tokens);
+        i = j;
+    }
+    Bloom { params, words: BloomWords::Owned(lines) }
+}
+
 pub enum BloomWords {
-    Owned(Vec<u64>),
+    Owned(Vec<Line>),
     /// Words borrowed from a memory-mapped index file.
     Mapped { map: memmap2::Mmap, offset: usize },
 }
@@ -248,14 +419,14 @@ pub struct Bloom {
 }
 
 impl Bloom {
-    pub fn from_words(params: BloomParams, words: Vec<u64>) -> Bloom {
+    pub fn from_words(params: BloomParams, words: &[u64]) -> Bloom {
         assert_eq!(words.len(), params.words());
-        Bloom { params, words: BloomWords::Owned(words) }
+        Bloom { params, words: BloomWords::Owned(words.chunks_exact(LINE_WORDS).map(|c| Line(c.try_into().unwrap())).collect()) }
     }
 
     pub fn words(&self) -> &[u64] {
         match &self.words {
-            BloomWords::Owned(w) => w,
+            BloomWords::Owned(lines) => bytemuck::cast_slice(lines),
             BloomWords::Mapped { map, offset } => bytemuck::cast_slice(&map[*offset..*offset + self.params.words() * 8]),
         }
     }
@@ -268,6 +439,22 @@ impl Bloom {
         all
     }
 
+    #[inline(always)]
+    fn block_holds(words: &[u64], params: &BloomParams, block: usize, h2: u64) -> bool {
+        let line = &words[block * LINE_WORDS..block * LINE_WORDS + LINE_WORDS];
+        let mask = params.block_mask(h2);
+        line.iter().zip(mask).fold(true, |all, (&w, m)| all & (w & m == m))
+    }
+
+    /// For every n-gram of `seq`, whether the filter holds it, into `out`.
+    fn hits_into<T: Copy + Into<u32>>(&self, seq: &[T], out: &mut [bool]) {
+        let words = self.words();
+        match self.params.layout {
+            Layout::Blocked => pipelined(&self.params, seq, words.as_ptr() as *const u8, |s, block, h2| out[s] = Self::block_holds(words, &self.params, block, h2)),
+            Layout::Classic => for_each_ngram(seq, self.params.n, |s, h1, h2| out[s] = self.contains_hashes(h1, h2)),
+        }
+    }
+
     /// Whether `gram` (exactly n tokens) may be in the corpus: false means certainly not.
     pub fn contains(&self, gram: &[u32]) -> bool {
         debug_assert_eq!(gram.len(), self.params.n);
@@ -277,8 +464,21 @@ impl Bloom {
 
     /// For every n-gram of `seq`, whether the filter holds it (len − n + 1 answers).
     pub fn hits<T: Copy + Into<u32>>(&self, seq: &[T]) -> Vec<bool> {
-        let mut out = Vec::with_capacity(seq.len().saturating_sub(self.params.n - 1));
-        for_each_ngram(seq, self.params.n, |_, h1, h2| out.push(self.contains_hashes(h1, h2)));
+        let mut out = vec![false; (seq.len() + 1).saturating_sub(self.params.n)];
+        self.hits_into(seq, &mut out);
+        out
+    }
+
+    /// `hits` on all threads: the sequence cut into pieces of 64 Ki n-grams that overlap
+    /// by n − 1 tokens.
+    pub fn hits_par<T: Copy + Into<u32> + Sync>(&self, seq: &[T]) -> Vec<bool> {
+        let n = self.params.n;
+        let mut out = vec![false; (seq.len() + 1).saturating_sub(n)];
+        let piece = 1usize << 16;
+        out.par_chunks_mut(piece).enumerate().for_each(|(i, chunk)| {
+            let start = i * piece;
+            self.hits_into(&seq[start..start + chunk.len() + n - 1], chunk);
+        });
         out
     }
 

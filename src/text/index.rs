@@ -1,7 +1,7 @@
 //! Building, writing and opening either kind of index, and the one question both
 //! answer: which n-grams of a token sequence are in the corpus.
 
-use super::bloom::{Bloom, BloomBuilder, BloomParams, BloomWords, Layout};
+use super::bloom::{build_from_corpus, Bloom, BloomParams, BloomWords, Layout};
 use super::corpus::Corpus;
 use super::exact::{self, Exact};
 use super::index_file::{self, CorpusRef, Header, Opened};
@@ -172,9 +172,7 @@ pub fn build_bloom(corpus: &Corpus, n: usize, fp: f64, layout: Layout, capacity:
     check_n(corpus, n)?;
     let inserted = corpus.ngram_positions(n);
     let params = BloomParams::for_rate(layout, n, capacity.unwrap_or(inserted), fp)?;
-    let builder = BloomBuilder::new(params);
-    builder.insert_corpus(corpus, progress);
-    Ok((builder.finish(), inserted))
+    Ok((build_from_corpus(params, corpus, progress), inserted))
 }
 
 /// Refuses an n no document is long enough for.

@@ -354,6 +354,26 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// n-gram membership over a text corpus: Bloom filter build and queries against
+    /// rbloom and a Python set of the same n-grams, and the suffix-array build.
+    Text {
+        /// A corpus directory (`rote text import`).
+        corpus: PathBuf,
+        #[arg(short, default_value_t = 50)]
+        n: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        fp: f64,
+        /// n-grams per probe sequence (members and random).
+        #[arg(long, default_value_t = 1_000_000)]
+        probes: usize,
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Python with rbloom (PYTHONPATH=.tools/py); "none" skips the baselines.
+        #[arg(long, default_value = "python3")]
+        python: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// The frame's kernels: Philox fills and streamed row norms.
     Frame {
         /// Multiplies the workload sizes.
@@ -767,6 +787,10 @@ fn bench_one(c: BenchCommand) -> Result<()> {
         }
         BenchCommand::Lssvm { data, n, sigma, gamma, python, json } => {
             let rows = rote::bench::lssvm(&data, n.max(2), sigma, gamma, baseline_python(&python))?;
+            print_rows(&rows, json)
+        }
+        BenchCommand::Text { corpus, n, fp, probes, repeats, python, json } => {
+            let rows = rote::bench::text(&corpus, n, fp, probes.max(1), repeats.max(1), baseline_python(&python))?;
             print_rows(&rows, json)
         }
         BenchCommand::Frame { scale, repeats, device, json } => {
