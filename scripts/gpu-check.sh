@@ -71,6 +71,23 @@ timeout 60 .gpu/rote memratio --generated "${OUT:-/tmp}/digits-samples/samples.n
 echo "== denoiser training (cuda) and EMM on digits" | tee -a "$log"
 timeout 120 .gpu/rote bench denoise-train --python none --device cuda --steps 500 2>&1 | tee -a "$log" || status=1
 timeout 180 .gpu/rote emm --data digits --sizes 20,200 --steps 2000 --samples 500 --device cuda --out "${OUT:-/tmp}/emm" 2>&1 | tee -a "$log" || status=1
+echo "== text: Bloom filters of a 1e9-token corpus (random u16 ids, documents of ~2000) on the GPU" | tee -a "$log"
+big=${OUT:-/tmp}/../text-big
+rm -rf "$big" && mkdir -p "$big"
+python3 -c '
+import numpy as np, sys
+rng = np.random.default_rng(7)
+t = rng.integers(0, 50000, size=1_000_000_000, dtype=np.uint16)
+t[rng.integers(0, t.size, size=t.size // 2000)] = 65535
+t.tofile(sys.argv[1])
+' "$big/tokens.u16" 2>&1 | tee -a "$log"
+timeout 120 .gpu/rote text import --raw "$big/tokens.u16" --dtype u16 --separator 65535 --out "$big/c" 2>&1 | tee -a "$log" || status=1
+/usr/bin/time -f "index wall %e s" timeout 180 .gpu/rote text index "$big/c" -n 13 --device cuda 2>&1 | tee -a "$log" || status=1
+echo "== bench text (1e8 tokens, CPU and GPU)" | tee -a "$log"
+head -c 200000000 "$big/tokens.u16" > "$big/small.u16"
+timeout 60 .gpu/rote text import --raw "$big/small.u16" --dtype u16 --separator 65535 --out "$big/s" 2>&1 | tee -a "$log" || status=1
+timeout 240 .gpu/rote bench text "$big/s" -n 13 --python none --device cuda --repeats 3 2>&1 | tee -a "$log" || status=1
+rm -rf "$big"
 
 echo
 echo "================ GPU CHECK SUMMARY ================"
@@ -78,6 +95,6 @@ nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | sed '
 grep -E '^GPU-CHECK' "$log" | sed 's/^GPU-CHECK //' | column -t 2>/dev/null || grep -E '^GPU-CHECK' "$log"
 grep -E '^test result|FAILED|panicked' "$log"
 echo "bench:"
-sed -n '/== bench frame/,$p' "$log" | grep -E 'cpu|cuda|workload|numpy|cublas|faiss|memorization ratio|samples from|EMM|^ +[0-9]+ +[0-9.]+$'
+sed -n '/== bench frame/,$p' "$log" | grep -E 'cpu|cuda|workload|numpy|cublas|faiss|memorization ratio|samples from|EMM|Bloom|index wall|^ +[0-9]+ +[0-9.]+$'
 [[ $status -eq 0 ]] && echo "RESULT: PASS" || echo "RESULT: FAIL"
 exit $status

@@ -687,7 +687,7 @@ pub fn lssvm(data: &str, n: usize, sigma: f64, gamma: f64, python: Option<&str>)
 /// n-gram of two probe sequences of `probes` n-grams each (a run of corpus tokens, and
 /// random tokens for the false-positive rate), against rbloom and a Python set of the
 /// same n-grams (scripts/baselines/text_rbloom.py).
-pub fn text(corpus_dir: &std::path::Path, n: usize, fp: f64, probes: usize, repeats: usize, python: Option<&str>) -> Result<Vec<BenchRow>> {
+pub fn text(corpus_dir: &std::path::Path, n: usize, fp: f64, probes: usize, repeats: usize, python: Option<&str>, gpu: Option<&crate::device::cuda::CudaBackend>) -> Result<Vec<BenchRow>> {
     use crate::text::bloom::{build_from_corpus, BloomParams, Layout};
     use crate::text::corpus::Corpus;
     use rayon::prelude::*;
@@ -784,6 +784,30 @@ pub fn text(corpus_dir: &std::path::Path, n: usize, fp: f64, probes: usize, repe
         })?;
         let half = random.len() as f64 + 1.0 - n as f64;
         query_rows.push(BenchRow::timed(&query_work, &name, qt, repeats, query_base, queries, None, Some(format!("measured false-positive rate {:.2e} (predicted {:.2e} at the {:.0} distinct n-grams its fill implies)", random_hits as f64 / half, params.predicted_rate(bloom.estimated_items() as u64), bloom.estimated_items()))));
+    }
+    if let Some(g) = gpu {
+        // The whole build on the GPU: the corpus uploaded, the filter built and brought
+        // back (what `rote text index --device cuda` does before writing).
+        let params = BloomParams::for_rate(Layout::Blocked, n, positions, fp)?;
+        let cpu_words = build_from_corpus(params, &corpus, &|_| {});
+        let mut built = None;
+        let timing = time_runs(repeats, || {
+            built = Some(crate::text::cuda::build_bloom(g, params, &corpus, &|_| {})?);
+            Ok(())
+        })?;
+        let same = built.as_ref().is_some_and(|b| b.words() == cpu_words.words());
+        let name = format!("cuda:{} {}", g.ordinal(), g.info().name);
+        build_rows.push(BenchRow::timed(&build_work, &name, timing, repeats, build_base, positions as f64, None, Some(format!("upload + build + download; bit-identical to the CPU's: {same}"))));
+        let on_gpu = crate::text::cuda::GpuBloom::upload(g, &cpu_words)?;
+        let mut random_hits = 0;
+        let qt = time_runs(repeats, || {
+            let h = on_gpu.hits_many(&[&members, &random])?;
+            anyhow::ensure!(h[0].iter().all(|&x| x), "a member n-gram was reported absent on the GPU");
+            random_hits = h[1].iter().filter(|&&x| x).count();
+            Ok(())
+        })?;
+        let half = random.len() as f64 + 1.0 - n as f64;
+        query_rows.push(BenchRow::timed(&query_work, &name, qt, repeats, query_base, queries, None, Some(format!("with the probes' upload; measured false-positive rate {:.2e}", random_hits as f64 / half))));
     }
     let exact_work = format!("suffix array + LCP: {} tokens of {}", corpus.meta.n_tokens, corpus.dir.display());
     let st = time_runs(repeats.min(3), || {

@@ -428,3 +428,48 @@ fn denoiser_training_on_gpu_agrees_with_the_cpu() {
         summary(&format!("denoiser training 40 steps + sampling, labels {labels}"), rel.max(worst), secs);
     }
 }
+
+#[test]
+fn bloom_filters_are_bit_identical_on_gpu() {
+    use rote::text::bloom::{build_from_corpus, BloomParams, Layout};
+    use rote::text::corpus::{write_corpus, Corpus, Dtype, Tokenizer};
+    let Some(g) = gpu("bloom_filters_are_bit_identical_on_gpu") else { return };
+    let rng = Philox::new(2026, 12);
+    let mut word = 0u64;
+    let mut next = |below: u64| {
+        word += 1;
+        rng.word(word) as u64 % below
+    };
+    for (dtype, vocab) in [(Dtype::U8, 256u64), (Dtype::U16, 50_000), (Dtype::U32, 1 << 20)] {
+        let dir = tempfile::tempdir().unwrap();
+        // Many short documents (some shorter than n), and long ones cut into pieces.
+        let mut lens: Vec<usize> = (0..2000).map(|_| next(300) as usize).collect();
+        lens.extend([1 << 20, 3 << 19]);
+        let mut tokens = Vec::new();
+        let mut starts = Vec::new();
+        for l in lens {
+            starts.push(tokens.len() as u64);
+            tokens.extend((0..l).map(|_| next(vocab) as u32));
+        }
+        write_corpus(dir.path(), &tokens, dtype, &starts, Tokenizer::External, None).unwrap();
+        let corpus = Corpus::open(dir.path()).unwrap();
+        for n in [1usize, 13, 50] {
+            let params = BloomParams::for_rate(Layout::Blocked, n, corpus.ngram_positions(n), 1e-3).unwrap();
+            let cpu = build_from_corpus(params, &corpus, &|_| {});
+            let t0 = std::time::Instant::now();
+            let gpu_filter = rote::text::cuda::build_bloom_chunked(&g, params, &corpus, 1 << 18, &|_| {}).unwrap();
+            let secs = t0.elapsed().as_secs_f64();
+            let differ = cpu.words().iter().zip(gpu_filter.words()).filter(|(a, b)| a != b).count();
+            assert_eq!(differ, 0, "{dtype:?} n={n}: {differ} words differ");
+            // Queries on the GPU: corpus runs and random ids, several sequences at once.
+            let probes: Vec<Vec<u32>> = (0..5).map(|i| if i % 2 == 0 { tokens[i * 1000..i * 1000 + 5000].to_vec() } else { (0..4000).map(|_| next(vocab) as u32).collect() }).collect();
+            let on_gpu = rote::text::cuda::GpuBloom::upload(&g, &cpu).unwrap();
+            let refs: Vec<&[u32]> = probes.iter().map(|p| p.as_slice()).collect();
+            let got = on_gpu.hits_many(&refs).unwrap();
+            for (p, h) in probes.iter().zip(&got) {
+                assert_eq!(h, &cpu.hits(p), "{dtype:?} n={n}: GPU queries differ");
+            }
+            summary(&format!("bloom_insert_{dtype:?} n={n}").to_lowercase(), differ as f64, secs);
+        }
+    }
+}

@@ -596,3 +596,39 @@ fn on_real_text_planted_passages_are_found_and_the_false_positive_rate_is_as_pre
         assert!(row(style)["normalized_hit_fraction"].as_f64().unwrap() > 0.99, "{style}");
     }
 }
+
+#[test]
+fn the_cuda_kernel_run_on_the_host_builds_the_cpu_filter() {
+    use rote::text::bloom::{build_from_corpus, BloomParams};
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text/kernel_on_host.cpp");
+    let dir = tempdir();
+    let exe = dir.path().join("kernel_on_host");
+    let compiled = std::process::Command::new("c++").args(["-O2", "-std=c++17", "-w", "-o"]).arg(&exe).arg(&src).output();
+    match compiled {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!("kernels/text.cu does not compile as host C++:\n{}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            eprintln!("SKIPPED the_cuda_kernel_run_on_the_host_builds_the_cpu_filter: no c++ compiler ({e})");
+            return;
+        }
+    }
+    let mut rng = Rng(77);
+    let lens: Vec<usize> = (0..200).map(|_| rng.below(3000) as usize).collect();
+    let docs = random_docs(&mut rng, &lens, 256);
+    let corpus = write_docs(&dir.path().join("c"), &docs, Dtype::U8);
+    for n in [1usize, 7, 50] {
+        let params = BloomParams::for_rate(Layout::Blocked, n, corpus.ngram_positions(n), 1e-3).unwrap();
+        let out = dir.path().join(format!("words-{n}"));
+        let run = std::process::Command::new(&exe)
+            .arg(corpus.dir.join("tokens.bin"))
+            .arg(corpus.dir.join("offsets.bin"))
+            .args([n.to_string(), params.m.to_string(), params.k.to_string()])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let kernel: Vec<u64> = std::fs::read(&out).unwrap().chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+        let cpu = build_from_corpus(params, &corpus, &|_| {});
+        assert!(kernel == cpu.words(), "n={n}: the kernel's filter differs from the CPU's");
+    }
+}

@@ -317,7 +317,7 @@ const ROUND_NGRAMS: usize = 1 << 23;
 /// The corpus's documents cut into tasks of about TASK_TOKENS tokens: runs of short
 /// documents together, long ones in pieces that overlap by n − 1 tokens, so that every
 /// n-gram lies in exactly one segment.
-fn corpus_tasks(corpus: &Corpus, n: usize) -> Vec<Vec<(usize, usize)>> {
+pub(crate) fn corpus_tasks(corpus: &Corpus, n: usize) -> Vec<Vec<(usize, usize)>> {
     let mut tasks = Vec::new();
     let mut current: Vec<(usize, usize)> = Vec::new();
     let mut size = 0usize;

@@ -5,6 +5,7 @@ use super::bloom::{build_from_corpus, Bloom, BloomParams, BloomWords, Layout};
 use super::corpus::Corpus;
 use super::exact::{self, Exact};
 use super::index_file::{self, CorpusRef, Header, Opened};
+use crate::device::cuda::CudaBackend;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -96,6 +97,11 @@ pub fn index_targets(corpus_dir: &Path, spec: &IndexSpec, out: Option<&Path>, no
 /// Builds the index `spec` of `corpus` into `path` (written whole or not at all; a
 /// corpus file is never overwritten), with `progress` called with tokens done.
 pub fn build(corpus: &Corpus, path: &Path, spec: &IndexSpec, progress: &(dyn Fn(u64) + Sync)) -> Result<BuildReport> {
+    build_on(corpus, path, spec, None, progress)
+}
+
+/// `build`, with a Bloom filter built on `gpu` when given (bit-identical to the CPU's).
+pub fn build_on(corpus: &Corpus, path: &Path, spec: &IndexSpec, gpu: Option<&CudaBackend>, progress: &(dyn Fn(u64) + Sync)) -> Result<BuildReport> {
     if corpus.owns(path) {
         bail!("{}: that is one of the corpus's own files; write the index elsewhere", path.display());
     }
@@ -119,7 +125,10 @@ pub fn build(corpus: &Corpus, path: &Path, spec: &IndexSpec, progress: &(dyn Fn(
     };
     match *spec {
         IndexSpec::Bloom { n, fp, layout, capacity } => {
-            let (bloom, inserted) = build_bloom(corpus, n, fp, layout, capacity, progress)?;
+            let (bloom, inserted) = build_bloom_on(corpus, n, fp, layout, capacity, gpu, progress)?;
+            if let Some(g) = gpu {
+                report.device = format!("cuda:{}", g.ordinal());
+            }
             let fields = write_bloom(path, corpus, &bloom, inserted, fp)?;
             report.kind = BLOOM_KIND.into();
             report.n = Some(n);
@@ -169,10 +178,19 @@ pub fn describe(index: &Index, n: Option<usize>) -> serde_json::Value {
 /// Fills a Bloom filter with every n-gram of `corpus` on the CPU threads. `capacity`
 /// (distinct n-grams to size for) defaults to the n-gram positions, an upper bound.
 pub fn build_bloom(corpus: &Corpus, n: usize, fp: f64, layout: Layout, capacity: Option<u64>, progress: &(dyn Fn(u64) + Sync)) -> Result<(Bloom, u64)> {
+    build_bloom_on(corpus, n, fp, layout, capacity, None, progress)
+}
+
+/// `build_bloom` on `gpu` when given.
+pub fn build_bloom_on(corpus: &Corpus, n: usize, fp: f64, layout: Layout, capacity: Option<u64>, gpu: Option<&CudaBackend>, progress: &(dyn Fn(u64) + Sync)) -> Result<(Bloom, u64)> {
     check_n(corpus, n)?;
     let inserted = corpus.ngram_positions(n);
     let params = BloomParams::for_rate(layout, n, capacity.unwrap_or(inserted), fp)?;
-    Ok((build_from_corpus(params, corpus, progress), inserted))
+    let bloom = match gpu {
+        Some(g) => super::cuda::build_bloom(g, params, corpus, progress)?,
+        None => build_from_corpus(params, corpus, progress),
+    };
+    Ok((bloom, inserted))
 }
 
 /// Refuses an n no document is long enough for.

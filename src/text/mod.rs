@@ -6,6 +6,7 @@
 
 pub mod bloom;
 pub mod corpus;
+pub mod cuda;
 pub mod exact;
 pub mod hash;
 pub mod index;

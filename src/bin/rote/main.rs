@@ -371,6 +371,9 @@ enum BenchCommand {
         /// Python with rbloom (PYTHONPATH=.tools/py); "none" skips the baselines.
         #[arg(long, default_value = "python3")]
         python: String,
+        /// Also on the GPU (auto: when one is usable).
+        #[arg(long, default_value = "auto")]
+        device: DeviceRequest,
         #[arg(long)]
         json: bool,
     },
@@ -789,8 +792,13 @@ fn bench_one(c: BenchCommand) -> Result<()> {
             let rows = rote::bench::lssvm(&data, n.max(2), sigma, gamma, baseline_python(&python))?;
             print_rows(&rows, json)
         }
-        BenchCommand::Text { corpus, n, fp, probes, repeats, python, json } => {
-            let rows = rote::bench::text(&corpus, n, fp, probes.max(1), repeats.max(1), baseline_python(&python))?;
+        BenchCommand::Text { corpus, n, fp, probes, repeats, python, device, json } => {
+            let backends = bench_backends(device)?;
+            let gpu = backends.iter().find_map(|b| match b {
+                Backend::Cuda(c) => Some(c.clone()),
+                _ => None,
+            });
+            let rows = rote::bench::text(&corpus, n, fp, probes.max(1), repeats.max(1), baseline_python(&python), gpu.as_deref())?;
             print_rows(&rows, json)
         }
         BenchCommand::Frame { scale, repeats, device, json } => {

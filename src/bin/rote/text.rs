@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use rote::text::corpus::{describe_raw, Boundaries, Corpus, Dtype};
-use rote::text::index::{build, describe, index_targets, Index, IndexSpec};
+use rote::text::index::{build_on, describe, index_targets, Index, IndexSpec};
 use rote::text::normalize::Encoder;
 use rote::text::scan::{memfree_choose, read_generations, scan, write_scan, ScanOptions};
 use std::path::{Path, PathBuf};
@@ -85,6 +85,9 @@ pub struct IndexArgs {
     /// Also index the corpus's normalized view (into CORPUS/normalized/).
     #[arg(long)]
     normalized: bool,
+    /// Where Bloom filters are built: auto (the GPU when one is usable), cpu, cuda[:N].
+    #[arg(long, default_value = "auto")]
+    device: rote::device::DeviceRequest,
     /// Index file (default: CORPUS/bloom-n{N}.idx or CORPUS/exact.idx).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -211,11 +214,17 @@ pub fn text_cmd(cmd: TextCommand) -> Result<()> {
         }
         TextCommand::Index(a) => {
             let spec = IndexSpec::parse(&a.kind, a.n, a.fp, &a.layout, a.capacity)?;
+            // The GPU builds blocked Bloom filters; everything else is the CPU's.
+            let gpu = match (&spec, a.device.resolve()?) {
+                (IndexSpec::Bloom { layout: rote::text::bloom::Layout::Blocked, .. }, rote::device::Device::Cuda(i)) => Some(rote::device::cuda::CudaBackend::new(i)?),
+                (IndexSpec::Bloom { .. }, rote::device::Device::Cuda(_)) if a.device != rote::device::DeviceRequest::Auto => bail!("--device: the GPU builds blocked filters only (--layout blocked)"),
+                _ => None,
+            };
             let mut reports = Vec::new();
             for (dir, path) in index_targets(&a.corpus, &spec, a.out.as_deref(), a.normalized)? {
                 let corpus = Corpus::open(&dir)?;
                 let bar = rote::sched::progress(corpus.meta.n_tokens, &format!("indexing {}", dir.display()), !a.json);
-                let report = build(&corpus, &path, &spec, &|k| bar.inc(k));
+                let report = build_on(&corpus, &path, &spec, gpu.as_ref(), &|k| bar.inc(k));
                 bar.finish_and_clear();
                 reports.push(report?);
             }
@@ -224,7 +233,7 @@ pub fn text_cmd(cmd: TextCommand) -> Result<()> {
                     println!("{}", serde_json::to_string(r)?);
                 } else if r.kind == "bloom" {
                     println!(
-                        "{}: Bloom filter of {} {}-gram positions, {} bits ({:.1} per n-gram), {} hashes, fill {:.3}, predicted false-positive rate {:.2e} (target {:.0e}); {:.2} s",
+                        "{}: Bloom filter of {} {}-gram positions, {} bits ({:.1} per n-gram), {} hashes, fill {:.3}, predicted false-positive rate {:.2e} (target {:.0e}); {:.2} s on {}",
                         r.path,
                         r.ngrams_inserted.unwrap_or(0),
                         r.n.unwrap_or(0),
@@ -234,7 +243,8 @@ pub fn text_cmd(cmd: TextCommand) -> Result<()> {
                         r.fill.unwrap_or(0.0),
                         r.predicted_rate.unwrap_or(0.0),
                         r.target_rate.unwrap_or(0.0),
-                        r.seconds
+                        r.seconds,
+                        r.device
                     );
                 } else {
                     println!("{}: suffix array + LCP of {} suffixes, {} bytes ({:.1} per token); {:.2} s", r.path, r.suffixes.unwrap_or(0), r.bytes, r.bytes_per_token, r.seconds);
