@@ -24,3 +24,7 @@ export ROTE_REQUIRE_NVCC=1
 export ROTE_CACHE="${ROTE_CACHE:-$PWD/target/rote-cache}"
 cargo build --release
 cargo test --release -- --nocapture
+
+# 5. The Python package: the wheel built into .tools/pyvenv, its tests against the CLI.
+scripts/build-python.sh
+ROTE_BIN="$PWD/target/release/rote" ROTE_DISABLE_CUDA=1 .tools/pyvenv/bin/python -m pytest -q python/tests

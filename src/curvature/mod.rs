@@ -522,27 +522,82 @@ pub fn score_checkpoint(
     cfg: &ScoreConfig,
     progress: &dyn Fn(u64),
 ) -> Result<Scores> {
-    use crate::nn::network::Network;
-    let folded = match net {
-        Network::Graph(g) => Some(g.folded()?),
-        Network::Mlp(_) => None,
-    };
+    let folded = fold(net)?;
     let plane = crate::nn::network::image_shape(sample_shape).map(|[_, h, w]| h * w).unwrap_or(x.row_len());
     let mut out = Scores { score: Vec::with_capacity(range.len()), trace: Vec::with_capacity(range.len()), gauss_newton: None };
     for chunk in crate::sched::chunks(range, batch.max(1)) {
         let inputs = crate::nn::train::inputs(train_cfg, x, &sources[chunk.clone()], plane);
-        let s = match (net, &folded) {
-            (Network::Mlp(m), _) => scores_on(backend, m, &inputs, &labels[chunk.clone()], chunk.start as u64, cfg)?,
-            (_, Some(g)) => cnn::scores(g, &inputs, &labels[chunk.clone()], chunk.start as u64, cfg)?,
-            _ => unreachable!("a graph network is folded above"),
-        };
-        out.score.extend(s.score);
-        out.trace.extend(s.trace);
-        if let Some(g) = s.gauss_newton {
-            out.gauss_newton.get_or_insert_with(Vec::new).extend(g);
-        }
+        out.append(score_batch(backend, net, folded.as_ref(), &inputs, &labels[chunk.clone()], chunk.start as u64, cfg)?);
         progress(chunk.len() as u64);
     }
+    check_finite(net, out)
+}
+
+/// Scores rows of prepared inputs (scaled and normalized as the network saw them in
+/// training; `sample_shape` each) with their labels, in batches of `batch`: what
+/// `score_checkpoint` does for a run, for inputs and weights from elsewhere (Python).
+/// Row i is sample `first_index + i` for the probes' random streams.
+#[allow(clippy::too_many_arguments)]
+pub fn score_inputs(
+    backend: &crate::device::Backend,
+    net: &crate::nn::network::Network,
+    inputs: &[f32],
+    labels: &[i64],
+    first_index: u64,
+    batch: usize,
+    cfg: &ScoreConfig,
+    progress: &dyn Fn(u64),
+) -> Result<Scores> {
+    let rows = labels.len();
+    if rows == 0 || inputs.len() % rows != 0 {
+        bail!("{} input values for {rows} labels: give one row of inputs per label", inputs.len());
+    }
+    let row = inputs.len() / rows;
+    let folded = fold(net)?;
+    let mut out = Scores { score: Vec::with_capacity(rows), trace: Vec::with_capacity(rows), gauss_newton: None };
+    for chunk in crate::sched::chunks(0..rows, batch.max(1)) {
+        let x = &inputs[chunk.start * row..chunk.end * row];
+        out.append(score_batch(backend, net, folded.as_ref(), x, &labels[chunk.clone()], first_index + chunk.start as u64, cfg)?);
+        progress(chunk.len() as u64);
+    }
+    check_finite(net, out)
+}
+
+fn fold(net: &crate::nn::network::Network) -> Result<Option<crate::nn::graph::Graph>> {
+    Ok(match net {
+        crate::nn::network::Network::Graph(g) => Some(g.folded()?),
+        crate::nn::network::Network::Mlp(_) => None,
+    })
+}
+
+fn score_batch(
+    backend: &crate::device::Backend,
+    net: &crate::nn::network::Network,
+    folded: Option<&crate::nn::graph::Graph>,
+    inputs: &[f32],
+    labels: &[i64],
+    first: u64,
+    cfg: &ScoreConfig,
+) -> Result<Scores> {
+    use crate::nn::network::Network;
+    match (net, folded) {
+        (Network::Mlp(m), _) => scores_on(backend, m, inputs, labels, first, cfg),
+        (_, Some(g)) => cnn::scores(g, inputs, labels, first, cfg),
+        _ => unreachable!("a graph network is folded first"),
+    }
+}
+
+impl Scores {
+    fn append(&mut self, s: Scores) {
+        self.score.extend(s.score);
+        self.trace.extend(s.trace);
+        if let Some(g) = s.gauss_newton {
+            self.gauss_newton.get_or_insert_with(Vec::new).extend(g);
+        }
+    }
+}
+
+fn check_finite(net: &crate::nn::network::Network, out: Scores) -> Result<Scores> {
     let not_finite = out.score.iter().chain(&out.trace).chain(out.gauss_newton.iter().flatten()).filter(|v| !v.is_finite()).count();
     if not_finite > 0 {
         let largest = net.clone().parameters_mut().iter().flat_map(|p| p.iter()).fold(0f32, |a, &w| a.max(w.abs()));

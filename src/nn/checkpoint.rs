@@ -26,7 +26,11 @@ pub fn save(m: &Mlp, path: &Path) -> Result<()> {
 /// the spec's shape (float32, or float16/bfloat16, converted) and finite, and the file
 /// must hold no other tensors.
 pub fn load(path: &Path, sizes: &[usize], activation: Activation) -> Result<Mlp> {
-    let file = Loaded::read(path)?;
+    load_from(&Loaded::read(path)?, sizes, activation)
+}
+
+/// `load` from a file already read (or a state dict in memory).
+pub fn load_from(file: &Loaded, sizes: &[usize], activation: Activation) -> Result<Mlp> {
     let st = file.view()?;
     let mut weights = vec![];
     let mut biases = vec![];

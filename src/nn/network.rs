@@ -170,13 +170,17 @@ impl Network {
     /// (DataParallel) is stripped and `num_batches_tracked` ignored; any other tensor
     /// is an error naming it.
     pub fn load_weights(&mut self, path: &Path) -> Result<()> {
+        self.load_state(&Loaded::read(path)?)
+    }
+
+    /// `load_weights` from a state dict already in memory (safetensors bytes).
+    pub fn load_state(&mut self, file: &Loaded) -> Result<()> {
         match self {
             Self::Mlp(m) => {
-                *m = super::checkpoint::load(path, &m.sizes.clone(), m.activation)?;
+                *m = super::checkpoint::load_from(file, &m.sizes.clone(), m.activation)?;
                 Ok(())
             }
             Self::Graph(g) => {
-                let file = Loaded::read(path)?;
                 let view = file.view()?;
                 let names = view.names();
                 let prefixed = !names.is_empty() && names.iter().all(|n| n.starts_with("module."));

@@ -91,6 +91,12 @@ impl Loaded {
         Ok(Self { path: path.to_path_buf(), bytes })
     }
 
+    /// A safetensors file already in memory (a state dict handed over from Python);
+    /// `label` names it in errors.
+    pub fn from_bytes(label: impl Into<PathBuf>, bytes: Vec<u8>) -> Self {
+        Self { path: label.into(), bytes }
+    }
+
     /// Parses the header and checks every tensor's extent.
     pub fn view(&self) -> Result<View<'_>> {
         let path = &self.path;

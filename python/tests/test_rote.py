@@ -1,0 +1,198 @@
+"""The Python package against the CLI on the same inputs (byte-identical arrays where
+the CLI is deterministic), errors as exceptions, the GIL released during compute.
+
+Run by scripts/test.sh (which builds the wheel into .tools/pyvenv) with ROTE_BIN set to
+the release CLI; `python -m pytest python/tests` by hand the same way.
+"""
+
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rote
+
+ROOT = Path(__file__).resolve().parents[2]
+ROTE_BIN = os.environ.get("ROTE_BIN", str(ROOT / "target" / "release" / "rote"))
+ENV = dict(os.environ, ROTE_DISABLE_CUDA="1")
+
+
+def cli(*args):
+    out = subprocess.run([ROTE_BIN, *map(str, args)], env=ENV, capture_output=True, text=True)
+    assert out.returncode == 0, f"rote {args} failed:\n{out.stderr}"
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("digits")
+    cli("data", "gen", "digits", "--out", d / "data")
+    cli("train", "--data", "digits", "--model", "mlp:64-32-10,act=gelu", "--epochs", "2", "--batch", "32", "--out", d / "run")
+    cli("curvature", "--run", d / "run", "--estimator", "hutchinson", "--out", d / "scores")
+    return d
+
+
+def test_curvature_scores_equal_the_cli_byte_for_byte(digits_run):
+    d = digits_run
+    cfg = json.loads((d / "run" / "run.json").read_text())
+    x = np.load(d / "data" / "x.npy").astype(np.float32) * np.float32(cfg["input_scale"])
+    labels = np.load(d / "run" / "labels.npy").astype(np.int64)
+    sources = np.load(d / "run" / "sources.npy")
+    x = np.ascontiguousarray(x[sources])
+    for epoch in ["epoch-001", "epoch-002"]:
+        weights = rote.load_state_dict(d / "run" / "checkpoints" / f"{epoch}.safetensors")
+        assert set(weights) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+        seen = []
+        got = rote.curvature_scores(cfg["model"], weights, x, labels, estimator="hutchinson", device="cpu", progress=lambda done, total: seen.append((done, total)))
+        want = np.load(d / "scores" / f"score-{epoch}.npy")
+        assert got["score"].dtype == np.float32 and got["score"].shape == want.shape
+        assert got["score"].tobytes() == want.tobytes()
+        assert got["trace"].tobytes() == np.load(d / "scores" / f"trace-{epoch}.npy").tobytes()
+        assert seen[-1] == (len(labels), len(labels))
+        assert got["device"] == "cpu"
+
+
+def test_bad_weights_and_inputs_raise_rote_errors(digits_run):
+    d = digits_run
+    weights = rote.load_state_dict(d / "run" / "checkpoints" / "epoch-001.safetensors")
+    x = np.zeros((4, 8, 8), np.float32)
+    y = np.zeros(4, np.int64)
+    wrong = dict(weights)
+    wrong["0.weight"] = wrong["0.weight"][:, :10]
+    with pytest.raises(rote.RoteError, match="0.weight"):
+        rote.curvature_scores("mlp:64-32-10,act=gelu", wrong, x, y)
+    extra = dict(weights, stray=np.zeros(3, np.float32))
+    with pytest.raises(rote.RoteError, match="stray"):
+        rote.curvature_scores("mlp:64-32-10,act=gelu", extra, x, y)
+    with pytest.raises(rote.RoteError, match="labels"):
+        rote.curvature_scores("mlp:64-32-10,act=gelu", weights, x, y[:3])
+    with pytest.raises(rote.RoteError, match="estimator"):
+        rote.curvature_scores("mlp:64-32-10,act=gelu", weights, x, y, estimator="magic")
+    with pytest.raises(rote.RoteError, match="device"):
+        rote.curvature_scores("mlp:64-32-10,act=gelu", weights, x, y, device="tpu")
+
+
+def test_knn_equals_the_cli(tmp_path):
+    rng = np.random.default_rng(3)
+    train = rng.uniform(-1, 1, size=(500, 16)).astype(np.float32)
+    queries = rng.uniform(-1, 1, size=(40, 16)).astype(np.float32)
+    (tmp_path / "data").mkdir()
+    np.save(tmp_path / "data" / "x.npy", train)
+    np.save(tmp_path / "data" / "y.npy", np.zeros(len(train), np.int64))
+    np.save(tmp_path / "q.npy", queries)
+    idx, dist = rote.knn(train, queries, 5, device="cpu")
+    cli("knn", "--data", tmp_path / "data", "--queries", tmp_path / "q.npy", "--k", "5", "--device", "cpu", "--out", tmp_path / "out")
+    assert idx.tobytes() == np.load(tmp_path / "out" / "indices.npy").tobytes()
+    assert dist.tobytes() == np.load(tmp_path / "out" / "distances.npy").tobytes()
+    # Against float64 brute force.
+    d64 = ((queries[:, None, :].astype(np.float64) - train[None, :, :]) ** 2).sum(-1)
+    assert (np.argsort(d64, axis=1, kind="stable")[:, :5] == idx).all()
+    with pytest.raises(rote.RoteError):
+        rote.knn(train, queries[:, :8], 1)
+
+
+def test_text_index_scan_and_memfree_equal_the_cli(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet".split()
+    rng = np.random.default_rng(1)
+    texts = [" ".join(rng.choice(words, 300)) for _ in range(8)]
+    for i, t in enumerate(texts):
+        (src / f"d{i}.txt").write_text(t)
+    rep = rote.text.import_files([src], tmp_path / "c")
+    assert rep["documents"] == 8
+    built = rote.text.build_index(tmp_path / "c", kind="exact", normalized=True)
+    assert [b["kind"] for b in built] == ["suffix-array", "suffix-array"]
+    rote.text.build_index(tmp_path / "c", kind="bloom", n=20, device="cpu")
+    exact = rote.text.Index(tmp_path / "c" / "exact.idx")
+    bloom = rote.text.Index(tmp_path / "c" / "bloom-n20.idx")
+    assert (exact.kind, exact.n, bloom.kind, bloom.n) == ("suffix-array", None, "bloom", 20)
+
+    planted = texts[3][100:400]
+    tokens = np.frombuffer(planted.encode(), dtype=np.uint8).astype(np.int64)
+    assert exact.hits(tokens, 20).all() and bloom.hits(tokens).all()
+    m = exact.longest_match(tokens)
+    assert (m["len"], m["doc"], m["offset"]) == (300, 3, 100)
+    assert exact.count(list(planted[:30].encode())) >= 1
+    assert exact.memfree_choose(list(planted[:19].encode()), [ord(planted[19]), ord("z")], n=20) == 1
+
+    gens = [{"text": planted}, {"text": "zulu " * 30}, {"text": planted.upper()}]
+    (tmp_path / "g.jsonl").write_text("\n".join(json.dumps(g) for g in gens))
+    reports, summary = exact.scan(gens, n=20, normalized_index=rote.text.Index(tmp_path / "c" / "normalized" / "exact.idx"))
+    cli("text", "scan", tmp_path / "c" / "exact.idx", "-n", "20", "--generations", tmp_path / "g.jsonl", "--out", tmp_path / "scan")
+    assert summary == json.loads((tmp_path / "scan" / "summary.json").read_text())
+    want = [json.loads(line) for line in (tmp_path / "scan" / "scan.jsonl").read_text().splitlines()]
+    assert reports == want
+    assert rote.text.normalize("Hello,  WORLD!") == "hello world"
+    with pytest.raises(rote.RoteError, match="holds 20-grams"):
+        bloom.hits(tokens, 21)
+    with pytest.raises(rote.RoteError, match="exact index"):
+        bloom.count([1, 2])
+
+
+def test_the_gil_is_released_during_compute(tmp_path):
+    rng = np.random.default_rng(0)
+    train = rng.uniform(-1, 1, size=(20000, 256)).astype(np.float32)
+    queries = rng.uniform(-1, 1, size=(2000, 256)).astype(np.float32)
+    ticks = []
+    done = threading.Event()
+
+    def work():
+        rote.knn(train, queries, 4, device="cpu")
+        done.set()
+
+    t0 = time.perf_counter()
+    th = threading.Thread(target=work)
+    th.start()
+    while not done.is_set():
+        ticks.append(time.perf_counter())
+        time.sleep(0.001)
+    th.join()
+    elapsed = time.perf_counter() - t0
+    # The main thread kept running while rote computed: ticks spread over the call.
+    assert elapsed > 0.05, "the call was too short to tell"
+    assert len(ticks) > 10 and ticks[-1] - ticks[0] > 0.5 * elapsed
+
+
+def test_the_tracker_keeps_the_cli_mean_over_epochs(digits_run):
+    d = digits_run
+    cfg = json.loads((d / "run" / "run.json").read_text())
+    sources = np.load(d / "run" / "sources.npy")
+    x = np.load(d / "data" / "x.npy").astype(np.float32)[sources] * np.float32(cfg["input_scale"])
+    labels = np.load(d / "run" / "labels.npy")
+    tracker = rote.torch.CurvatureTracker(x, labels, every=1, model=cfg["model"], estimator="hutchinson", device="cpu")
+    for epoch in (1, 2):
+        weights = rote.load_state_dict(d / "run" / "checkpoints" / f"epoch-{epoch:03d}.safetensors")
+        s = tracker.step(epoch, weights)
+        assert s["score"].tobytes() == np.load(d / "scores" / f"score-epoch-{epoch:03d}.npy").tobytes()
+    assert tracker.epochs == [1, 2]
+    # The CLI accumulates v/n per checkpoint in float64, the tracker the sum and then /n.
+    np.testing.assert_allclose(tracker.mean, np.load(d / "scores" / "score.npy"), rtol=1e-6)
+    every2 = rote.torch.CurvatureTracker(x, labels, every=2, model=cfg["model"], estimator="hutchinson")
+    assert every2.step(1, weights) is None and every2.epochs == []
+
+
+def test_spec_of_reads_a_sequential_without_torch():
+    # Stand-ins with PyTorch's class names and attributes: spec_of reads only those.
+    class Linear:
+        def __init__(self, i, o):
+            self.in_features, self.out_features = i, o
+
+    class GELU:
+        pass
+
+    class Sequential:
+        def __init__(self, *layers):
+            self.layers = layers
+
+        def children(self):
+            return iter(self.layers)
+
+    assert rote.torch.spec_of(Sequential(Linear(64, 32), GELU(), Linear(32, 10))) == "mlp:64-32-10,act=gelu"
+    with pytest.raises(ValueError, match="takes 16 features"):
+        rote.torch.spec_of(Sequential(Linear(64, 32), GELU(), Linear(16, 10)))
