@@ -5,7 +5,8 @@ use anyhow::{bail, Result};
 use std::ops::Range;
 
 /// Part `index` of `count` equal, contiguous parts of the samples (0-based, so a Slurm
-/// job array `--array=0-7` passes `--shard $SLURM_ARRAY_TASK_ID/8`).
+/// job array `--array=0-7` passes `--shard $SLURM_ARRAY_TASK_ID/8`, or `--shard auto`,
+/// which reads the job array's variables).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Shard {
     pub index: usize,
@@ -21,6 +22,9 @@ impl Default for Shard {
 impl std::str::FromStr for Shard {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Shard::from_slurm(&|k| std::env::var(k).ok());
+        }
         let (i, n) = s.split_once('/').ok_or_else(|| format!("'{s}': expected I/N, e.g. 0/4"))?;
         let index: usize = i.trim().parse().map_err(|_| format!("'{s}': shard index '{i}' is not a number"))?;
         let count: usize = n.trim().parse().map_err(|_| format!("'{s}': shard count '{n}' is not a number"))?;
@@ -38,6 +42,26 @@ impl std::fmt::Display for Shard {
 }
 
 impl Shard {
+    /// The shard of this task of a Slurm job array: index SLURM_ARRAY_TASK_ID −
+    /// SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT (an array `--array=0-7` or `1-8`
+    /// makes shards 0/8 … 7/8); with a step (`0-15:2`, SLURM_ARRAY_TASK_STEP) the index
+    /// is (ID − MIN) / STEP.
+    pub fn from_slurm(var: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let get = |k: &str| -> Result<usize, String> {
+            let v = var(k).ok_or_else(|| format!("--shard auto: {k} is not set (not a task of a Slurm job array); give --shard I/N"))?;
+            v.trim().parse().map_err(|_| format!("--shard auto: {k}={v:?} is not a number"))
+        };
+        let (id, count, min) = (get("SLURM_ARRAY_TASK_ID")?, get("SLURM_ARRAY_TASK_COUNT")?, get("SLURM_ARRAY_TASK_MIN")?);
+        let step = match var("SLURM_ARRAY_TASK_STEP") {
+            Some(_) => get("SLURM_ARRAY_TASK_STEP")?.max(1),
+            None => 1,
+        };
+        if id < min || (id - min) % step != 0 || (id - min) / step >= count {
+            return Err(format!("--shard auto: task {id} is not one of the array's {count} tasks from {min} in steps of {step}"));
+        }
+        Ok(Self { index: (id - min) / step, count })
+    }
+
     /// The samples of `0..n` this shard owns: ⌊n·i/N⌋ .. ⌊n·(i+1)/N⌋.
     pub fn range(&self, n: usize) -> Range<usize> {
         let at = |i: usize| ((n as u128 * i as u128) / self.count as u128) as usize;

@@ -348,6 +348,11 @@ fn group_scores(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, seed: u64, p: 
 /// index of its first sample), compiled for the CPU's vector extensions; a few groups
 /// per thread-pool task, each task with the buffers `work` makes (allocating and
 /// faulting them in costs more than a group). Results in sample order.
+///
+/// A short last group is padded to GROUP rows (its last sample repeated) and the
+/// padding's results dropped: the products then always have GROUP rows, so a sample's
+/// scores do not depend on how many samples share its group — a shard, a batch size or
+/// a run from Python gives every sample the bits the single run gives it.
 fn in_groups<R: Send>(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, work: impl Fn() -> Work + Sync + Send, task: impl Fn(&[f32], &[i64], u64, &mut Work) -> Vec<R> + Sync + Send) -> Vec<R> {
     let (d, rows) = (m.input_dim(), y.len());
     let groups = rows.div_ceil(GROUP);
@@ -357,10 +362,24 @@ fn in_groups<R: Send>(m: &Mlp, x: &[f32], y: &[i64], first_global: u64, work: im
         .with_min_len(per_task)
         .map_init(work, |w, group| {
             let (s0, s1) = (group * GROUP, ((group + 1) * GROUP).min(rows));
-            crate::simd::dispatch(
+            if s1 - s0 == GROUP {
+                return crate::simd::dispatch(
+                    #[inline(always)]
+                    || task(&x[s0 * d..s1 * d], &y[s0..s1], first_global + s0 as u64, w),
+                );
+            }
+            let mut xp = x[s0 * d..s1 * d].to_vec();
+            let mut yp = y[s0..s1].to_vec();
+            for _ in s1 - s0..GROUP {
+                xp.extend_from_slice(&x[(s1 - 1) * d..s1 * d]);
+                yp.push(y[s1 - 1]);
+            }
+            let mut out = crate::simd::dispatch(
                 #[inline(always)]
-                || task(&x[s0 * d..s1 * d], &y[s0..s1], first_global + s0 as u64, w),
-            )
+                || task(&xp, &yp, first_global + s0 as u64, w),
+            );
+            out.truncate(s1 - s0);
+            out
         })
         .collect();
     per_group.into_iter().flatten().collect()

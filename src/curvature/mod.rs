@@ -178,7 +178,8 @@ fn low_rank_cpu(m: &Mlp, x: &[f32], rows: usize, probes: Option<(u64, u64, usize
         bits: Vec<u64>,
         ones: Vec<f32>,
     }
-    let f = m.forward(x, rows);
+    // Forward in fixed blocks: a sample's scores must not depend on its batch.
+    let f = m.forward_blocked(x, rows, 64);
     let (c, d, layers) = (m.classes(), m.input_dim(), m.layers());
     let widest = *m.sizes.iter().max().unwrap();
     let p = probes.map_or(0, |t| t.2);

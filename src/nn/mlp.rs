@@ -177,6 +177,39 @@ impl Mlp {
         Forward { rows, z, a, probs }
     }
 
+    /// `forward` in blocks of `block` rows, a short last block padded (its last row
+    /// repeated) and the padding dropped: every row's values are then computed by
+    /// products of the same shape, whatever the number of rows, so a sample's results
+    /// do not depend on the batch it came in (shards, batch sizes, Python callers).
+    pub fn forward_blocked(&self, x: &[f32], rows: usize, block: usize) -> Forward {
+        let d = self.input_dim();
+        let mut out = Forward { rows, z: vec![Vec::new(); self.layers()], a: vec![Vec::new(); self.layers() - 1], probs: Vec::new() };
+        for s0 in (0..rows).step_by(block.max(1)) {
+            let s1 = (s0 + block).min(rows);
+            let f = if s1 - s0 == block {
+                self.forward(&x[s0 * d..s1 * d], block)
+            } else {
+                let mut xp = x[s0 * d..s1 * d].to_vec();
+                for _ in s1 - s0..block {
+                    xp.extend_from_slice(&x[(s1 - 1) * d..s1 * d]);
+                }
+                self.forward(&xp, block)
+            };
+            let keep = s1 - s0;
+            for (l, zl) in f.z.iter().enumerate() {
+                let w = zl.len() / block;
+                out.z[l].extend_from_slice(&zl[..keep * w]);
+            }
+            for (l, al) in f.a.iter().enumerate() {
+                let w = al.len() / block;
+                out.a[l].extend_from_slice(&al[..keep * w]);
+            }
+            let c = self.classes();
+            out.probs.extend_from_slice(&f.probs[..keep * c]);
+        }
+        out
+    }
+
     /// Per-sample cross-entropy losses.
     pub fn losses(&self, f: &Forward, y: &[i64]) -> Vec<f32> {
         let c = self.classes();
