@@ -214,6 +214,93 @@ fn knn<'py>(py: Python<'py>, train: PyReadonlyArrayDyn<'py, f32>, queries: PyRea
     Ok((idx.into_pyarray(py).reshape([rows, k])?, nn.values.into_pyarray(py).reshape([rows, k])?))
 }
 
+/// The optimal denoiser of the training rows (ALGORITHMS.md §3), D*(x; σ) = Σ_i w_i y_i
+/// with w = softmax(−‖x − y_i‖² / 2σ²), for each query row (model space): exact, on the
+/// CPU. Returns the denoised rows as float32 (Q, …).
+#[pyfunction]
+fn optimal_denoise<'py>(py: Python<'py>, train: PyReadonlyArrayDyn<'py, f32>, queries: PyReadonlyArrayDyn<'py, f32>, sigma: f64) -> PyResult<Bound<'py, numpy::PyArrayDyn<f32>>> {
+    let ts = train.shape().to_vec();
+    let qs = queries.shape().to_vec();
+    let tx = train.as_slice().map_err(|_| bad("train must be C-contiguous"))?;
+    let q = queries.as_slice().map_err(|_| bad("queries must be C-contiguous"))?;
+    let out = py
+        .allow_threads(|| -> anyhow::Result<Vec<f32>> {
+            let array = rote::data::Array::from_f32(ts.clone(), tx, "train");
+            let set = rote::diffusion::TrainingSet::new(&array, rote::diffusion::PixelRange::MODEL)?;
+            Ok(rote::diffusion::optimal::denoise(&set, q, sigma)?.0)
+        })
+        .map_err(err)?;
+    Ok(out.into_pyarray(py).reshape(qs)?)
+}
+
+/// The memorization ratio of generated samples against the training rows (both in
+/// model space): a sample is memorized when ‖x − NN1‖ / ‖x − NN2‖ < `threshold`.
+/// Returns {memorization_ratio, memorized, samples, threshold, ratios, neighbours}.
+#[pyfunction]
+#[pyo3(signature = (train, generated, *, threshold=1.0 / 3.0, device="auto"))]
+fn memorization_ratio<'py>(py: Python<'py>, train: PyReadonlyArrayDyn<'py, f32>, generated: PyReadonlyArrayDyn<'py, f32>, threshold: f64, device: &str) -> PyResult<Bound<'py, PyDict>> {
+    let ts = train.shape().to_vec();
+    let tx = train.as_slice().map_err(|_| bad("train must be C-contiguous"))?;
+    let g = generated.as_slice().map_err(|_| bad("generated must be C-contiguous"))?;
+    let backend = open_backend(device)?;
+    let m = py
+        .allow_threads(|| -> anyhow::Result<_> {
+            let array = rote::data::Array::from_f32(ts.clone(), tx, "train");
+            let set = rote::diffusion::TrainingSet::new(&array, rote::diffusion::PixelRange::MODEL)?;
+            let nn = rote::diffusion::knn_on(&backend, &set, g, 2, rote::diffusion::knn::Metric::L2)?;
+            rote::diffusion::knn::memorization_ratio(nn, threshold)
+        })
+        .map_err(err)?;
+    let out = PyDict::new(py);
+    out.set_item("memorization_ratio", m.memorization_ratio)?;
+    out.set_item("memorized", m.memorized)?;
+    out.set_item("samples", m.samples)?;
+    out.set_item("threshold", m.threshold)?;
+    let rows = m.ratios.len();
+    out.set_item("ratios", m.ratios.into_pyarray(py))?;
+    let idx: Vec<i64> = m.neighbours.indices.iter().map(|&i| i as i64).collect();
+    out.set_item("neighbours", idx.into_pyarray(py).reshape([rows, 2])?)?;
+    Ok(out)
+}
+
+/// A least-squares SVM (ALGORITHMS.md §7), fitted as `rote lssvm fit` fits it.
+#[pyclass(module = "rote._rote", name = "Lssvm", frozen)]
+struct PyLssvm {
+    model: rote::memory::lssvm::Lssvm,
+    dim: usize,
+}
+
+#[pymethods]
+impl PyLssvm {
+    /// Fits on rows `x` (N, …; float64) with labels `y`: `kernel` "rbf:sigma=S",
+    /// "linear" or "poly:degree=D", regularization `gamma`.
+    #[new]
+    #[pyo3(signature = (x, y, *, kernel="rbf:sigma=1", gamma=10.0))]
+    fn new(py: Python<'_>, x: PyReadonlyArrayDyn<'_, f64>, y: PyReadonlyArray1<'_, i64>, kernel: &str, gamma: f64) -> PyResult<Self> {
+        let shape = x.shape().to_vec();
+        if shape.len() < 2 {
+            return Err(bad("x is a (samples, features…) array"));
+        }
+        let dim: usize = shape[1..].iter().product();
+        let k: rote::memory::lssvm::Kernel = kernel.parse().map_err(|e: String| bad(e))?;
+        let xs = x.as_slice().map_err(|_| bad("x must be C-contiguous"))?;
+        let ys = y.as_slice().map_err(|_| bad("y must be contiguous"))?;
+        let model = py.allow_threads(|| rote::memory::lssvm::Lssvm::fit(xs, dim, ys, k, gamma, None)).map_err(err)?;
+        Ok(PyLssvm { model, dim })
+    }
+
+    /// Predicted labels of the rows of `x`.
+    fn predict<'py>(&self, py: Python<'py>, x: PyReadonlyArrayDyn<'py, f64>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let shape = x.shape().to_vec();
+        let dim: usize = shape.get(1..).map_or(0, |s| s.iter().product());
+        if shape.len() < 2 || dim != self.dim {
+            return Err(bad(format!("x has shape {shape:?}; the machine was fitted on {} features", self.dim)));
+        }
+        let xs = x.as_slice().map_err(|_| bad("x must be C-contiguous"))?;
+        Ok(py.allow_threads(|| self.model.predict(xs)).into_pyarray(py))
+    }
+}
+
 // ---- text -----------------------------------------------------------------------------
 
 /// Token ids from a list of ints or an integer array.
@@ -398,5 +485,8 @@ fn _rote(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(text_build_index, m)?)?;
     m.add_function(wrap_pyfunction!(text_normalize, m)?)?;
     m.add_class::<PyIndex>()?;
+    m.add_class::<PyLssvm>()?;
+    m.add_function(wrap_pyfunction!(optimal_denoise, m)?)?;
+    m.add_function(wrap_pyfunction!(memorization_ratio, m)?)?;
     Ok(())
 }

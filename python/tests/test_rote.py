@@ -196,3 +196,40 @@ def test_spec_of_reads_a_sequential_without_torch():
     assert rote.torch.spec_of(Sequential(Linear(64, 32), GELU(), Linear(32, 10))) == "mlp:64-32-10,act=gelu"
     with pytest.raises(ValueError, match="takes 16 features"):
         rote.torch.spec_of(Sequential(Linear(64, 32), GELU(), Linear(16, 10)))
+
+
+def test_optimal_denoiser_and_memorization_ratio_against_float64_numpy():
+    rng = np.random.default_rng(5)
+    train = rng.uniform(-1, 1, size=(300, 12)).astype(np.float32)
+    queries = rng.uniform(-1, 1, size=(25, 12)).astype(np.float32)
+    for sigma in (0.05, 0.5, 5.0):
+        got = rote.optimal_denoise(train, queries, sigma)
+        d2 = ((queries[:, None, :].astype(np.float64) - train[None].astype(np.float64)) ** 2).sum(-1)
+        logits = -d2 / (2 * sigma * sigma)
+        w = np.exp(logits - logits.max(1, keepdims=True))
+        w /= w.sum(1, keepdims=True)
+        want = w @ train.astype(np.float64)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    # Generated samples: near-copies of training rows and fresh points.
+    copies = train[:10] + np.float32(1e-3) * rng.normal(size=(10, 12)).astype(np.float32)
+    gen = np.concatenate([copies, queries]).astype(np.float32)
+    m = rote.memorization_ratio(train, gen, device="cpu")
+    d = np.sqrt(((gen[:, None, :].astype(np.float64) - train[None]) ** 2).sum(-1))
+    two = np.sort(d, axis=1)[:, :2]
+    np.testing.assert_allclose(m["ratios"], two[:, 0] / two[:, 1], rtol=1e-6)
+    assert m["memorized"] == int((two[:, 0] / two[:, 1] < 1 / 3).sum()) and m["memorized"] >= 10
+    assert (m["neighbours"][:10, 0] == np.arange(10)).all()
+
+
+def test_lssvm_equals_the_cli(tmp_path):
+    d = tmp_path
+    cli("lssvm", "fit", "--data", "digits", "--kernel", "rbf:sigma=2", "--gamma", "10", "--out", d / "m")
+    cli("lssvm", "predict", "--model", d / "m", "--data", "digits", "--split", "train", "--out", d / "pred.npy")
+    cli("data", "gen", "digits", "--out", d / "data")
+    x = np.load(d / "data" / "x.npy").astype(np.float64)
+    x = x.reshape(len(x), -1) / x.max()
+    y = np.load(d / "data" / "y.npy").astype(np.int64)
+    model = rote.Lssvm(x, y, kernel="rbf:sigma=2", gamma=10.0)
+    assert (model.predict(x) == np.load(d / "pred.npy")).all()
+    with pytest.raises(rote.RoteError, match="sigma"):
+        rote.Lssvm(x, y, kernel="rbf:sigma=-1")
