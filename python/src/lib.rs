@@ -301,6 +301,14 @@ impl PyLssvm {
     }
 }
 
+/// The address at which rote reads a float32 array's data, as every entry point taking
+/// float32 inputs extracts them: equal to `x.ctypes.data` when the array is read in
+/// place (C-contiguous, memory-mapped or not). For the zero-copy tests.
+#[pyfunction]
+fn _input_address(x: PyReadonlyArrayDyn<'_, f32>) -> PyResult<usize> {
+    Ok(x.as_slice().map_err(|_| bad("x must be C-contiguous"))?.as_ptr() as usize)
+}
+
 // ---- text -----------------------------------------------------------------------------
 
 /// Token ids from a list of ints or an integer array.
@@ -486,6 +494,7 @@ fn _rote(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(text_normalize, m)?)?;
     m.add_class::<PyIndex>()?;
     m.add_class::<PyLssvm>()?;
+    m.add_function(wrap_pyfunction!(_input_address, m)?)?;
     m.add_function(wrap_pyfunction!(optimal_denoise, m)?)?;
     m.add_function(wrap_pyfunction!(memorization_ratio, m)?)?;
     Ok(())

@@ -233,3 +233,16 @@ def test_lssvm_equals_the_cli(tmp_path):
     assert (model.predict(x) == np.load(d / "pred.npy")).all()
     with pytest.raises(rote.RoteError, match="sigma"):
         rote.Lssvm(x, y, kernel="rbf:sigma=-1")
+
+
+def test_contiguous_and_memory_mapped_inputs_are_read_in_place(tmp_path):
+    from rote import _rote
+
+    x = np.arange(4000, dtype=np.float32).reshape(100, 40)
+    assert _rote._input_address(x) == x.ctypes.data
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
+    assert _rote._input_address(mapped) == mapped.ctypes.data
+    with pytest.raises(rote.RoteError, match="C-contiguous"):
+        _rote._input_address(x[:, ::2])
