@@ -58,7 +58,7 @@ fn detect() -> bool {
 
 /// B (k × n, signed 8-bit, row-major) in the layout the kernel loads: for each strip of
 /// 16 columns, for each group of four k, the 16 columns' four values side by side —
-/// [n/16][k/4][16][4], so that one tile (16 groups of k) is 1 KiB of consecutive bytes.
+/// \[n/16\]\[k/4\]\[16\]\[4\], so that one tile (16 groups of k) is 1 KiB of consecutive bytes.
 /// `k` must be a multiple of 4 and `n` of 16.
 pub fn pack_b(b: &[i8], k: usize, n: usize) -> Vec<i8> {
     assert!(k.is_multiple_of(4) && n.is_multiple_of(TILE) && b.len() == k * n);

@@ -64,7 +64,7 @@ impl Philox {
         )
     }
 
-    /// Blocks first..first + L as four arrays of words (words[j][l] is word j of block
+    /// Blocks first..first + L as four arrays of words (words\[j\]\[l\] is word j of block
     /// first + l, as `block` gives it), computed lane by lane so that the rounds
     /// vectorize across the L blocks.
     #[inline(always)]

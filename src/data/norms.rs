@@ -4,7 +4,7 @@
 use super::{array::convert_to_f32, Array, DType};
 use rayon::prelude::*;
 
-/// Σ_c v[c]², with eight independent accumulators so the loop vectorizes.
+/// Σ_c v\[c\]², with eight independent accumulators so the loop vectorizes.
 #[inline]
 pub fn sum_of_squares(v: &[f32]) -> f32 {
     let mut acc = [0f32; 8];

@@ -4,8 +4,8 @@
 //! and equal to the float64 values of the general path and the GPU.
 //!
 //! Layout: the training set is packed a panel of PANEL points at a time, 16 points per
-//! group, as [group][k-pair][16 points × 2 pixels] (one 512-bit register per k-pair);
-//! queries as [query][k-pair] 32-bit pixel pairs, broadcast. The microkernel computes
+//! group, as \[group\]\[k-pair\]\[16 points × 2 pixels\] (one 512-bit register per k-pair);
+//! queries as \[query\]\[k-pair\] 32-bit pixel pairs, broadcast. The microkernel computes
 //! 8 queries × 32 points.
 //!
 //! On CPUs with AMX the same integers come from the tiles instead (`knn_tiles`): points

@@ -1,7 +1,7 @@
 //! Least-squares SVM (Suykens; ALGORITHMS.md §7), binary and one-vs-rest, solved
 //! directly. With M = K + I/γ (K the kernel matrix), the system
-//!     [ 0   yᵀ        ] [b]   [0]
-//!     [ y   Ω + I/γ   ] [α] = [1],   Ω = D K D,  D = diag(y),
+//!     \[ 0   yᵀ        \] \[b\]   \[0\]
+//!     \[ y   Ω + I/γ   \] \[α\] = \[1\],   Ω = D K D,  D = diag(y),
 //! has Ω + I/γ = D M D, so with u = M⁻¹1 and v = M⁻¹y:
 //!     b = 1ᵀv / 1ᵀu,   α_i y_i = v_i − b·u_i,   f(x) = Σ_i (v_i − b u_i) K(x_i, x) + b.
 //! One Cholesky factorization of M serves every class of a one-vs-rest fit (only the
@@ -254,8 +254,8 @@ pub struct Lssvm {
     pub gamma: f64,
     /// The memory influence function and its weight μ (None: plain LSSVM).
     pub memory: Option<(MemoryFn, f64)>,
-    /// The labels, sorted; machine c separates classes[c] (+1) from the rest (−1); for
-    /// two classes the one machine has classes[1] as +1.
+    /// The labels, sorted; machine c separates classes\[c\] (+1) from the rest (−1); for
+    /// two classes the one machine has classes\[1\] as +1.
     pub classes: Vec<i64>,
     pub dim: usize,
     /// Per machine, the coefficients α_i y_i (machines × n) and the bias.

@@ -57,7 +57,7 @@ enum Record {
 /// Everything a forward pass leaves for backward and tangent.
 pub struct Forward {
     pub mode: Mode,
-    /// values[0] the input, values[i + 1] node i's output.
+    /// values\[0\] the input, values\[i + 1\] node i's output.
     pub values: Vec<Tensor>,
     records: Vec<Record>,
 }

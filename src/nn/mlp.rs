@@ -59,7 +59,7 @@ pub struct Mlp {
     /// Layer sizes, input first: [d, h1, …, C].
     pub sizes: Vec<usize>,
     pub activation: Activation,
-    /// weights[l]: (sizes[l+1], sizes[l]).
+    /// weights\[l\]: (sizes\[l+1\], sizes\[l\]).
     pub weights: Vec<Vec<f32>>,
     pub biases: Vec<Vec<f32>>,
 }

@@ -2,7 +2,7 @@
 //!
 //! `cnn:TOKEN-TOKEN-…` — a PyTorch nn.Sequential, one module per token, state-dict
 //!   names by module index (`0.weight`, `1.running_mean`, …):
-//!     cN[kK][sS][pP]  nn.Conv2d(·, N, K, stride S, padding P); K = 3, S = 1, P = K/2 by
+//!     cN\[kK\]\[sS\]\[pP\]  nn.Conv2d(·, N, K, stride S, padding P); K = 3, S = 1, P = K/2 by
 //!                     default; with bias unless a `bn` follows
 //!     bn              nn.BatchNorm2d
 //!     relu | gelu | tanh | softplus

@@ -1,8 +1,8 @@
 //! The exact index: a suffix array of every document's suffixes, with its LCP array,
 //! built by libsais (ALGORITHMS.md §6). It answers n-gram counts (the width of the
 //! range of suffixes that start with the n-gram, two binary searches) and the matching
-//! statistic ms[i] — the length of the longest prefix of gen[i..] that occurs in the
-//! corpus — so the longest verbatim match of a generation is max_i ms[i], with where it
+//! statistic ms\[i\] — the length of the longest prefix of gen\[i..\] that occurs in the
+//! corpus — so the longest verbatim match of a generation is max_i ms\[i\], with where it
 //! occurs. No match runs across a document boundary.
 //!
 //! libsais sorts one text, so the documents are laid end to end as i32 ids t + 1, each
@@ -30,8 +30,8 @@ pub struct ExactFields {
     pub suffixes: u64,
 }
 
-/// The suffix array (corpus positions, sorted) and LCP (lcp[j] = longest common prefix
-/// of suffixes j − 1 and j within their documents; lcp[0] = 0).
+/// The suffix array (corpus positions, sorted) and LCP (lcp\[j\] = longest common prefix
+/// of suffixes j − 1 and j within their documents; lcp\[0\] = 0).
 pub struct SuffixArrays {
     pub sa: Vec<u32>,
     pub lcp: Vec<u32>,
@@ -226,7 +226,7 @@ impl Exact {
 
     /// The matching statistics of `gen`: for each i, the length of the longest prefix of
     /// gen[i..] that occurs in the corpus and a suffix-array index where it does. Uses
-    /// ms[i + 1] ≥ ms[i] − 1: the known part is found by one range search, the rest
+    /// ms\[i + 1\] ≥ ms\[i\] − 1: the known part is found by one range search, the rest
     /// token by token.
     pub fn matching_statistics(&self, gen: &[u32]) -> Vec<(usize, usize)> {
         let mut out = Vec::with_capacity(gen.len());
@@ -262,7 +262,7 @@ impl Exact {
     }
 
     /// For every n-gram of `gen`, whether it occurs in the corpus, from the matching
-    /// statistics (ms[i] ≥ n).
+    /// statistics (ms\[i\] ≥ n).
     pub fn hits(&self, gen: &[u32], n: usize) -> Vec<bool> {
         if gen.len() < n {
             return Vec::new();

@@ -1,7 +1,7 @@
 //! conv2d, NCHW, weight (C_out, C_in, k, k) as PyTorch's nn.Conv2d, stride s, zero
 //! padding p, optional bias:
 //!
-//!   z[n,o,i,j] = b[o] + Σ_{c,u,v} W[o,c,u,v] · x[n, c, s·i + u − p, s·j + v − p]
+//!   z\[n,o,i,j\] = b\[o\] + Σ_{c,u,v} W\[o,c,u,v\] · x\[n, c, s·i + u − p, s·j + v − p\]
 //!
 //! im2col lays the receptive fields of a group of G samples side by side as a
 //! (C_in·k², G·H_out·W_out) matrix X̃, so z = W·X̃ is one GEMM (W as a (C_out, C_in·k²)

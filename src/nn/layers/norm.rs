@@ -168,8 +168,8 @@ impl BatchNorm2d {
         Ok(self.centred(stats, x_dot)?.0)
     }
 
-    /// Folds the evaluation map into the convolution before it: W'[o] = scale[o]·W[o],
-    /// b'[o] = scale[o]·b[o] + shift[o].
+    /// Folds the evaluation map into the convolution before it: W'\[o\] = scale\[o\]·W\[o\],
+    /// b'\[o\] = scale\[o\]·b\[o\] + shift\[o\].
     pub fn fold_into(&self, conv: &super::conv::Conv2d) -> Result<super::conv::Conv2d> {
         if conv.c_out != self.channels {
             bail!("internal error: folding a BatchNorm2d of {} channels into a convolution with {} outputs", self.channels, conv.c_out);
