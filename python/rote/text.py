@@ -3,7 +3,8 @@
 - `import_files(paths, out, tokenizer="bytes")`: a corpus from text files.
 - `build_index(corpus, kind="bloom"|"exact", n=50, fp=1e-3, …)`: an n-gram index file.
 - `Index(path)`: open one; `.hits(tokens, n)`, `.contains(gram)`, `.count(pattern)`,
-  `.longest_match(tokens)`, `.memfree_choose(context, candidates)`, `.scan(generations)`.
+  `.longest_match(tokens)`, `.memfree_choose(context, candidates)`, `.scan(generations)`,
+  `.demo(passages, length)` (the style demonstration).
 - `normalize(text)`: the normal form the near-verbatim metrics compare.
 """
 

@@ -417,6 +417,25 @@ impl PyIndex {
         Ok(rote::text::scan::memfree_choose(&self.index, n, &token_ids(context)?, &token_ids(candidates)?))
     }
 
+    /// The style demonstration, as `rote text demo`: `passages` passages of `length`
+    /// tokens from the corpus, restyled (verbatim, upper, spacing, substitute) and
+    /// scanned against this index (and `normalized_index`): one dict per style.
+    #[pyo3(signature = (passages=200, length=300, n=None, normalized_index=None, normalized_n=None, seed=0))]
+    fn demo(&self, py: Python<'_>, passages: usize, length: usize, n: Option<usize>, normalized_index: Option<&PyIndex>, normalized_n: Option<usize>, seed: u64) -> PyResult<PyObject> {
+        let n = self.index.query_n(n, 50).map_err(err)?;
+        let normalized = match normalized_index {
+            Some(i) => Some((&i.index, i.index.query_n(normalized_n, n).map_err(err)?)),
+            None => None,
+        };
+        let rows = py
+            .allow_threads(|| -> anyhow::Result<_> {
+                let texts = rote::text::style::sample_passages(self.index.corpus(), passages, length, seed)?;
+                rote::text::style::demonstrate(&self.index, normalized, n, &texts, seed)
+            })
+            .map_err(err)?;
+        to_py(py, &to_json(&rows)?)
+    }
+
     /// Scans generations (dicts with "text" or "tokens", optionally "prompt" or
     /// "prompt_tokens"), as `rote text scan` does: returns (reports, summary).
     #[pyo3(signature = (generations, n=None, normalized_index=None, normalized_n=None))]

@@ -129,6 +129,12 @@ def test_text_index_scan_and_memfree_equal_the_cli(tmp_path):
     want = [json.loads(line) for line in (tmp_path / "scan" / "scan.jsonl").read_text().splitlines()]
     assert reports == want
     assert rote.text.normalize("Hello,  WORLD!") == "hello world"
+    nidx = rote.text.Index(tmp_path / "c" / "normalized" / "exact.idx")
+    rows = exact.demo(passages=10, length=120, n=20, normalized_index=nidx)
+    cli_rows = json.loads(cli("text", "demo", tmp_path / "c" / "exact.idx", "-n", "20", "--passages", "10", "--length", "120", "--json"))
+    assert rows == cli_rows
+    by = {r["style"]: r for r in rows}
+    assert by["verbatim"]["verbatim_hit_fraction"] == 1.0 and by["upper"]["normalized_hit_fraction"] == 1.0
     with pytest.raises(rote.RoteError, match="holds 20-grams"):
         bloom.hits(tokens, 21)
     with pytest.raises(rote.RoteError, match="exact index"):
