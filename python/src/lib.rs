@@ -429,8 +429,7 @@ impl PyIndex {
         };
         let rows = py
             .allow_threads(|| -> anyhow::Result<_> {
-                let texts = rote::text::style::sample_passages(self.index.corpus(), passages, length, seed)?;
-                rote::text::style::demonstrate(&self.index, normalized, n, &texts, seed)
+                Ok(rote::text::style::demo(&self.index, normalized, n, passages, length, seed)?.1)
             })
             .map_err(err)?;
         to_py(py, &to_json(&rows)?)
@@ -475,16 +474,14 @@ fn text_import(py: Python<'_>, paths: Vec<PathBuf>, out: PathBuf, tokenizer: &st
 fn text_build_index(py: Python<'_>, corpus: PathBuf, kind: &str, n: usize, fp: f64, layout: &str, capacity: Option<u64>, out: Option<PathBuf>, normalized: bool, device: &str) -> PyResult<PyObject> {
     use rote::text::index::{build_on, index_targets, IndexSpec};
     let spec = IndexSpec::parse(kind, n, fp, layout, capacity).map_err(err)?;
-    let gpu = match (&spec, open_backend(device)?) {
-        (IndexSpec::Bloom { layout: rote::text::bloom::Layout::Blocked, .. }, Backend::Cuda(c)) => Some(c),
-        _ => None,
-    };
+    let req: DeviceRequest = device.parse().map_err(|e: String| bad(format!("device={device:?}: {e}")))?;
+    let gpu = rote::text::index::gpu_for(&spec, req).map_err(err)?;
     let reports = py
         .allow_threads(|| -> anyhow::Result<Vec<rote::text::index::BuildReport>> {
             let mut reports = Vec::new();
             for (dir, path) in index_targets(&corpus, &spec, out.as_deref(), normalized)? {
                 let c = rote::text::corpus::Corpus::open(&dir)?;
-                reports.push(build_on(&c, &path, &spec, gpu.as_deref(), &|_| {})?);
+                reports.push(build_on(&c, &path, &spec, gpu.as_ref(), &|_| {})?);
             }
             Ok(reports)
         })

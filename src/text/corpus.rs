@@ -222,6 +222,11 @@ impl Corpus {
         self.meta.n_tokens as usize
     }
 
+    /// What `rote text info` says of a corpus.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({"corpus": self.meta, "documents": self.docs.len(), "longest_document": self.longest_doc(), "normalized": self.normalized_dir()})
+    }
+
     /// Whether `path` is one of this corpus's own files (its description, tokens,
     /// offsets or sources), which nothing may overwrite.
     pub fn owns(&self, path: &Path) -> bool {

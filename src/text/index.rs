@@ -76,6 +76,25 @@ impl IndexSpec {
     }
 }
 
+/// The GPU that builds `spec` for `device`: blocked Bloom filters go to a usable GPU;
+/// anything else stays on the CPU, and asking explicitly for the GPU with a classic
+/// filter is an error.
+pub fn gpu_for(spec: &IndexSpec, device: crate::device::DeviceRequest) -> Result<Option<CudaBackend>> {
+    use crate::device::{Device, DeviceRequest};
+    Ok(match (spec, device.resolve()?) {
+        (IndexSpec::Bloom { layout: Layout::Blocked, .. }, Device::Cuda(i)) => Some(CudaBackend::new(i)?),
+        (IndexSpec::Bloom { .. }, Device::Cuda(_)) if device != DeviceRequest::Auto => bail!("--device: the GPU builds blocked filters only (--layout blocked)"),
+        _ => None,
+    })
+}
+
+/// The index of the same name in the normalized view of `index`'s corpus, when there
+/// is one (what scans and the demonstration pair with a verbatim index by default).
+pub fn normalized_twin(index_path: &Path, corpus: &Corpus) -> Option<PathBuf> {
+    let p = corpus.normalized_dir()?.join(index_path.file_name()?);
+    p.is_file().then_some(p)
+}
+
 /// Where to write the index of `corpus_dir` and, with `normalized`, of its normalized
 /// view: `out` (or the default name inside the corpus) first, then the same file name
 /// inside CORPUS/normalized/.

@@ -44,6 +44,20 @@ pub fn read_generations(path: &Path) -> Result<Vec<Generation>> {
     Ok(out)
 }
 
+/// Gives each generation the prompt on the same line of `prompts_path` (JSON lines as
+/// `read_generations` reads them); the counts must agree.
+pub fn attach_prompts(generations: &mut [Generation], prompts_path: &Path) -> Result<()> {
+    let prompts = read_generations(prompts_path)?;
+    if prompts.len() != generations.len() {
+        bail!("{} has {} prompts for {} generations", prompts_path.display(), prompts.len(), generations.len());
+    }
+    for (g, p) in generations.iter_mut().zip(prompts) {
+        g.prompt = p.text;
+        g.prompt_tokens = p.tokens;
+    }
+    Ok(())
+}
+
 /// A longest verbatim match, as reported.
 #[derive(Clone, Debug, Serialize)]
 pub struct MatchReport {

@@ -117,6 +117,14 @@ pub fn sample_passages(corpus: &Corpus, count: usize, chars: usize, seed: u64) -
     Ok(out)
 }
 
+/// The whole demonstration: `count` passages of `length` tokens from `index`'s corpus
+/// (`sample_passages`), each style scanned (`demonstrate`). Returns the passages taken
+/// (fewer when the corpus has few long documents) and one row per style.
+pub fn demo(index: &Index, normalized: Option<(&Index, usize)>, n: usize, count: usize, length: usize, seed: u64) -> Result<(usize, Vec<StyleRow>)> {
+    let passages = sample_passages(index.corpus(), count, length, seed)?;
+    Ok((passages.len(), demonstrate(index, normalized, n, &passages, seed)?))
+}
+
 /// Scans the passages in every style against `index` (and the normalized index).
 pub fn demonstrate(index: &Index, normalized: Option<(&Index, usize)>, n: usize, passages: &[String], seed: u64) -> Result<Vec<StyleRow>> {
     let mut rows = Vec::new();

@@ -1,13 +1,13 @@
 //! `rote text`: corpora, n-gram indexes, scans, MemFree and the style demonstration.
 //! Parsing and printing only; the work is in rote::text.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use rote::text::corpus::{describe_raw, Boundaries, Corpus, Dtype};
-use rote::text::index::{build_on, describe, index_targets, Index, IndexSpec};
+use rote::text::index::{build_on, describe, gpu_for, index_targets, normalized_twin, Index, IndexSpec};
 use rote::text::normalize::Encoder;
-use rote::text::scan::{memfree_choose, read_generations, scan, write_scan, ScanOptions};
-use std::path::{Path, PathBuf};
+use rote::text::scan::{attach_prompts, memfree_choose, read_generations, scan, write_scan, ScanOptions};
+use std::path::PathBuf;
 
 #[derive(Subcommand)]
 pub enum TextCommand {
@@ -170,12 +170,6 @@ fn ids(list: &str) -> Result<Vec<u32>> {
     list.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse::<u32>().map_err(|_| anyhow::anyhow!("{s:?} is not a token id"))).collect()
 }
 
-fn default_normalized_index(index: &Path, corpus: &Corpus) -> Option<PathBuf> {
-    let dir = corpus.normalized_dir()?;
-    let p = dir.join(index.file_name()?);
-    p.is_file().then_some(p)
-}
-
 pub fn text_cmd(cmd: TextCommand) -> Result<()> {
     match cmd {
         TextCommand::Import(a) => {
@@ -214,12 +208,7 @@ pub fn text_cmd(cmd: TextCommand) -> Result<()> {
         }
         TextCommand::Index(a) => {
             let spec = IndexSpec::parse(&a.kind, a.n, a.fp, &a.layout, a.capacity)?;
-            // The GPU builds blocked Bloom filters; everything else is the CPU's.
-            let gpu = match (&spec, a.device.resolve()?) {
-                (IndexSpec::Bloom { layout: rote::text::bloom::Layout::Blocked, .. }, rote::device::Device::Cuda(i)) => Some(rote::device::cuda::CudaBackend::new(i)?),
-                (IndexSpec::Bloom { .. }, rote::device::Device::Cuda(_)) if a.device != rote::device::DeviceRequest::Auto => bail!("--device: the GPU builds blocked filters only (--layout blocked)"),
-                _ => None,
-            };
+            let gpu = gpu_for(&spec, a.device)?;
             let mut reports = Vec::new();
             for (dir, path) in index_targets(&a.corpus, &spec, a.out.as_deref(), a.normalized)? {
                 let corpus = Corpus::open(&dir)?;
@@ -257,16 +246,9 @@ pub fn text_cmd(cmd: TextCommand) -> Result<()> {
             let n = index.query_n(a.n, 50)?;
             let mut gens = read_generations(&a.generations)?;
             if let Some(p) = &a.prompts {
-                let prompts = read_generations(p)?;
-                if prompts.len() != gens.len() {
-                    bail!("{} has {} prompts for {} generations in {}", p.display(), prompts.len(), gens.len(), a.generations.display());
-                }
-                for (g, p) in gens.iter_mut().zip(prompts) {
-                    g.prompt = p.text;
-                    g.prompt_tokens = p.tokens;
-                }
+                attach_prompts(&mut gens, p).with_context(|| format!("the prompts of {}", a.generations.display()))?;
             }
-            let nidx_path = a.normalized_index.clone().or_else(|| default_normalized_index(&a.index, index.corpus()));
+            let nidx_path = a.normalized_index.clone().or_else(|| normalized_twin(&a.index, index.corpus()));
             let nidx = nidx_path.as_deref().map(|p| Index::open(p, None)).transpose()?;
             let nn = match &nidx {
                 Some(i) => Some(i.query_n(a.normalized_n, n)?),
@@ -330,7 +312,7 @@ pub fn text_cmd(cmd: TextCommand) -> Result<()> {
         TextCommand::Demo(a) => {
             let index = Index::open(&a.index, None)?;
             let n = index.query_n(a.n, 50)?;
-            let nidx_path = a.normalized_index.clone().or_else(|| default_normalized_index(&a.index, index.corpus()));
+            let nidx_path = a.normalized_index.clone().or_else(|| normalized_twin(&a.index, index.corpus()));
             if nidx_path.is_none() && !a.json {
                 eprintln!("no normalized index (build one with `rote text index {} --normalized`, same kind and n): verbatim columns only", index.corpus().dir.display());
             }
@@ -339,12 +321,11 @@ pub fn text_cmd(cmd: TextCommand) -> Result<()> {
                 Some(i) => i.query_n(a.normalized_n, n)?,
                 None => n,
             };
-            let passages = rote::text::style::sample_passages(index.corpus(), a.passages, a.length, a.seed)?;
-            let rows = rote::text::style::demonstrate(&index, nidx.as_ref().map(|i| (i, nn)), n, &passages, a.seed)?;
+            let (taken, rows) = rote::text::style::demo(&index, nidx.as_ref().map(|i| (i, nn)), n, a.passages, a.length, a.seed)?;
             if a.json {
                 println!("{}", serde_json::to_string(&rows)?);
             } else {
-                println!("{} passages of {} tokens, {n}-grams verbatim, {nn}-character n-grams normalized:", passages.len(), a.length);
+                println!("{taken} passages of {} tokens, {n}-grams verbatim, {nn}-character n-grams normalized:", a.length);
                 println!("{:<11} {:>10} {:>10} {:>9} {:>10} {:>10}", "style", "verb.hits", "verb.long", "MemFree", "norm.hits", "norm.long");
                 for r in &rows {
                     let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.1}"));
@@ -363,8 +344,7 @@ pub fn text_cmd(cmd: TextCommand) -> Result<()> {
         }
         TextCommand::Info { path, n, json } => {
             let v = if path.is_dir() {
-                let c = Corpus::open(&path)?;
-                serde_json::json!({"corpus": c.meta, "documents": c.docs.len(), "longest_document": c.longest_doc(), "normalized": c.normalized_dir()})
+                Corpus::open(&path)?.describe()
             } else {
                 describe(&Index::open(&path, None)?, n)
             };
