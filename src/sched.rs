@@ -183,3 +183,60 @@ mod tests {
         assert!(merge_shards(n, parts[1..].to_vec(), 1).is_err());
     }
 }
+
+/// What a shard output carries beside it (`NAME.npy.shard.json`) so [`merge_shard_files`]
+/// can check and join it.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct ShardRecord {
+    pub shard: String,
+    pub total_rows: usize,
+    pub row_len: usize,
+    /// The source of the values, so parts of different runs are not joined.
+    pub data: String,
+}
+
+/// The record beside a shard's .npy output.
+pub fn shard_record_path(npy: &std::path::Path) -> std::path::PathBuf {
+    let mut s = npy.as_os_str().to_owned();
+    s.push(".shard.json");
+    std::path::PathBuf::from(s)
+}
+
+/// Writes one value per row of `shard` as .npy, with the record [`merge_shard_files`]
+/// needs beside it when the shard is not the whole (`data` names the source).
+pub fn write_shard_npy(path: &std::path::Path, values: &[f32], shard: Shard, total_rows: usize, data: &str) -> Result<()> {
+    crate::report::write_npy(path, &[values.len()], values)?;
+    if !shard.is_whole() {
+        let record = ShardRecord { shard: shard.to_string(), total_rows, row_len: 1, data: data.to_string() };
+        crate::report::write_json(&shard_record_path(path), &record)?;
+    }
+    Ok(())
+}
+
+/// Joins the .npy outputs of `--shard I/N` runs (each with its record beside it) into
+/// the values of a single run, written to `out`; returns the number of rows. Parts of
+/// different runs, missing parts and overlapping parts are refused, naming the file.
+pub fn merge_shard_files(parts: &[std::path::PathBuf], out: &std::path::Path) -> Result<usize> {
+    use anyhow::Context;
+    let mut pieces = Vec::new();
+    let mut total: Option<(usize, String)> = None;
+    for p in parts {
+        let rec_path = shard_record_path(p);
+        let text = std::fs::read_to_string(&rec_path)
+            .with_context(|| format!("{} has no shard record ({}); was it written with --shard?", p.display(), rec_path.display()))?;
+        let rec: ShardRecord = serde_json::from_str(&text).with_context(|| format!("{} is not a shard record", rec_path.display()))?;
+        if let Some((t, data)) = &total {
+            if *t != rec.total_rows || *data != rec.data {
+                bail!("{} comes from a different run ({} rows of '{}') than the first part ({t} rows of '{data}')", p.display(), rec.total_rows, rec.data);
+            }
+        }
+        total = Some((rec.total_rows, rec.data.clone()));
+        let shard: Shard = rec.shard.parse().map_err(|e: String| anyhow::anyhow!("{}: {e}", rec_path.display()))?;
+        let arr = crate::data::Array::open_npy(p)?;
+        pieces.push((shard, arr.to_f32()));
+    }
+    let Some((n, _)) = total else { bail!("nothing to merge: give the shard outputs") };
+    let merged = merge_shards(n, pieces, 1)?;
+    crate::report::write_npy(out, &[merged.len()], &merged)?;
+    Ok(merged.len())
+}

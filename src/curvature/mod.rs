@@ -10,6 +10,7 @@ use anyhow::{bail, Result};
 
 pub mod cnn;
 pub mod gallery;
+pub mod run;
 mod hutchinson;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]

@@ -1,7 +1,8 @@
 //! `rote pool …`, `rote mem`, `rote mia`, `rote choi`: pools of models on random subsets
 //! and the memorization and membership scores computed from them.
 
-use super::{print_json, RecipeArgs};
+use super::classifier::RecipeArgs;
+use super::print_json;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use rote::data;
