@@ -5,8 +5,21 @@ library functions): NumPy arrays in and out, contiguous inputs read without copi
 the GIL released while rote computes, and rote's errors raised as `RoteError` with
 the messages the CLI prints. `device="auto"` uses the GPU when one is usable.
 
+- `dataset(spec)`, `save_dataset(out, x, y, …)`: datasets as arrays, and arrays as a
+  dataset directory every `data=` argument (and the CLI's `--data`) can name.
+- `construct(data, width, max_bias, …)` → (`ThresholdNetwork`, report): the
+  interpolating threshold networks; `ThresholdNetwork.load/save/predict/accuracy`.
+- `train(data, model, out, …)`: a training run directory, byte for byte `rote train`'s.
+- `curvature(run, …)`: per-sample input curvature of a run's checkpoints (or of
+  `weights=` trained elsewhere), averaged as `rote curvature` does; `shard="I/N"` or
+  `"auto"` (Slurm) for a part of the samples.
 - `curvature_scores(model, state_dict, x, y, …)`: per-sample input curvature
-  (the curvature paper's memorization score), for MLPs and CNNs (rote's model specs).
+  (the curvature paper's memorization score), for MLPs and CNNs (rote's model specs),
+  from weights in memory.
+- `sample(data=… | run=…, …)`, `quantize(x)`: EDM sampling from the optimal or a
+  trained denoiser; `emm(data, sizes, out, …)`: effective model memorization.
+- `pool_train(data, model, out, …)`, `memorization(pool)`, `mia(pool, attack=…)`:
+  shadow-model pools, Feldman–Zhang memorization, LiRA/RMIA membership inference.
 - `knn(train, queries, k, metric=…)`: exact nearest neighbours.
 - `optimal_denoise(train, queries, sigma)`, `memorization_ratio(train, generated)`:
   the diffusion study's exact denoiser and copy detection.
@@ -18,14 +31,26 @@ the messages the CLI prints. `device="auto"` uses the GPU when one is usable.
 
 from ._rote import (  # noqa: F401
     RoteError,
+    ThresholdNetwork,
     __version__,
+    construct,
+    curvature,
     curvature_scores,
+    dataset,
     default_device,
+    emm,
     Lssvm,
     knn,
     load_state_dict,
+    memorization,
     memorization_ratio,
+    mia,
     optimal_denoise,
+    pool_train,
+    quantize,
+    sample,
+    save_dataset,
+    train,
 )
 from . import text  # noqa: F401
 from . import torch  # noqa: F401  (torch itself is imported only when a module is given)
@@ -33,13 +58,25 @@ from . import torch  # noqa: F401  (torch itself is imported only when a module 
 __all__ = [
     "Lssvm",
     "RoteError",
+    "ThresholdNetwork",
     "__version__",
+    "construct",
+    "curvature",
     "curvature_scores",
+    "dataset",
     "default_device",
+    "emm",
     "knn",
     "load_state_dict",
+    "memorization",
     "memorization_ratio",
+    "mia",
     "optimal_denoise",
+    "pool_train",
+    "quantize",
+    "sample",
+    "save_dataset",
+    "train",
     "text",
     "torch",
 ]

@@ -78,3 +78,147 @@ def memorization_ratio(
 class Lssvm:
     def __init__(self, x: npt.NDArray[np.float64], y: npt.NDArray[np.int64], *, kernel: str = "rbf:sigma=1", gamma: float = 10.0) -> None: ...
     def predict(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]: ...
+
+Progress = Optional[Callable[[int, int], Any]]
+
+def dataset(spec: str) -> dict[str, Any]: ...
+def save_dataset(
+    out: Path, x: npt.ArrayLike, y: npt.NDArray[np.int64], *, x_test: Optional[npt.ArrayLike] = None, y_test: Optional[npt.NDArray[np.int64]] = None, name: Optional[str] = None
+) -> str: ...
+
+class ThresholdNetwork:
+    @staticmethod
+    def load(path: Path) -> "ThresholdNetwork": ...
+    def save(self, path: Path) -> None: ...
+    def predict(self, x: npt.ArrayLike, *, device: str = "auto") -> npt.NDArray[np.int64]: ...
+    def accuracy(self, data: str, *, device: str = "auto") -> dict[str, Any]: ...
+    @property
+    def first_width(self) -> int: ...
+    @property
+    def second_widths(self) -> dict[int, int]: ...
+    @property
+    def parameters(self) -> int: ...
+
+def construct(
+    data: str,
+    width: int,
+    max_bias: float,
+    *,
+    activation: str = "threshold",
+    positive_class: Optional[int] = None,
+    one_vs_rest: bool = False,
+    seed: int = 0,
+    scale: bool = True,
+    device: str = "auto",
+) -> tuple[ThresholdNetwork, dict[str, Any]]: ...
+def train(
+    data: Optional[str],
+    model: Optional[str],
+    out: Path,
+    *,
+    epochs: int = 20,
+    batch: int = 128,
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    schedule: str = "step",
+    label_noise: float = 0.0,
+    duplicate_conflicts: int = 0,
+    seed: int = 0,
+    augment: str = "",
+    normalize: str = "auto",
+    resume: bool = False,
+    device: str = "auto",
+    progress: Progress = None,
+) -> dict[str, Any]: ...
+def curvature(
+    run: Optional[Path] = None,
+    *,
+    weights: Optional[str] = None,
+    model: Optional[str] = None,
+    normalize: Optional[str] = None,
+    data: Optional[str] = None,
+    checkpoints: Optional[str] = None,
+    every: int = 1,
+    estimator: Optional[str] = None,
+    statistic: str = "paper",
+    probes: int = 10,
+    h: float = 1e-3,
+    seed: int = 0,
+    batch: int = 256,
+    shard: str = "0/1",
+    allow_incomplete: bool = False,
+    out: Optional[Path] = None,
+    device: str = "auto",
+    progress: Progress = None,
+) -> dict[str, Any]: ...
+def sample(
+    *,
+    data: Optional[str] = None,
+    run: Optional[Path] = None,
+    samples: int = 1000,
+    steps: int = 18,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    seed: int = 0,
+    subset: Optional[int] = None,
+    range: str = "auto",
+    device: str = "auto",
+    progress: Progress = None,
+) -> npt.NDArray[np.float32]: ...
+def quantize(x: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]: ...
+def pool_train(
+    data: str,
+    model: str,
+    out: Path,
+    *,
+    models: int = 16,
+    keep: float = 0.5,
+    mirror: bool = True,
+    shard: str = "0/1",
+    save_models: bool = False,
+    epochs: int = 20,
+    batch: int = 128,
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    schedule: str = "step",
+    label_noise: float = 0.0,
+    duplicate_conflicts: int = 0,
+    seed: int = 0,
+    augment: str = "",
+    normalize: str = "auto",
+    progress: Progress = None,
+) -> dict[str, Any]: ...
+def memorization(pool: Path) -> dict[str, Any]: ...
+def mia(
+    pool: Path,
+    *,
+    attack: str = "lira-online",
+    targets: str = "leave-one-out",
+    shadows: Optional[int] = None,
+    fixed_variance: bool = False,
+    centre: str = "median",
+    gamma: float = 2.0,
+    offline_a: Optional[float] = None,
+    population: int = 0,
+) -> dict[str, Any]: ...
+def emm(
+    data: str,
+    sizes: Sequence[int],
+    out: Path,
+    *,
+    threshold: float = 0.9,
+    refine: int = 0,
+    labels: str = "none",
+    model: str = "resmlp:width=256,blocks=3",
+    steps: int = 4000,
+    batch: int = 128,
+    lr: float = 1e-3,
+    ema: float = 0.99,
+    seed: int = 0,
+    samples: int = 1000,
+    ratio_threshold: float = 1 / 3,
+    device: str = "auto",
+) -> dict[str, Any]: ...

@@ -14,36 +14,48 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 create_exception!(_rote, RoteError, PyException, "An error from rote, with the message the CLI prints.");
 
-fn err(e: anyhow::Error) -> PyErr {
+pub(crate) fn err(e: anyhow::Error) -> PyErr {
     RoteError::new_err(format!("{e:#}"))
 }
 
-fn bad(msg: impl Into<String>) -> PyErr {
+pub(crate) fn bad(msg: impl Into<String>) -> PyErr {
     RoteError::new_err(msg.into())
 }
 
-fn open_backend(device: &str) -> PyResult<Backend> {
+pub(crate) fn open_backend(device: &str) -> PyResult<Backend> {
     let req: DeviceRequest = device.parse().map_err(|e: String| bad(format!("device={device:?}: {e}")))?;
     Backend::open(req.resolve().map_err(err)?).map_err(err)
 }
 
 /// A progress callback `f(done, total)` called (with the GIL) as work completes.
-struct Progress {
+pub(crate) struct Progress {
     callback: Option<PyObject>,
-    total: u64,
+    total: AtomicU64,
     done: AtomicU64,
 }
 
 impl Progress {
-    fn new(callback: Option<PyObject>, total: u64) -> Self {
-        Progress { callback, total, done: AtomicU64::new(0) }
+    pub(crate) fn new(callback: Option<PyObject>, total: u64) -> Self {
+        Progress { callback, total: AtomicU64::new(total), done: AtomicU64::new(0) }
     }
 
-    fn step(&self, k: u64) {
+    /// `k` more units done.
+    pub(crate) fn step(&self, k: u64) {
         let done = self.done.fetch_add(k, Ordering::Relaxed) + k;
+        self.report(done);
+    }
+
+    /// `done` of `total` units done (for work whose total is known only once it starts).
+    pub(crate) fn set(&self, done: u64, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+        self.done.store(done, Ordering::Relaxed);
+        self.report(done);
+    }
+
+    fn report(&self, done: u64) {
         if let Some(cb) = &self.callback {
             Python::with_gil(|py| {
-                if let Err(e) = cb.call1(py, (done, self.total)) {
+                if let Err(e) = cb.call1(py, (done, self.total.load(Ordering::Relaxed))) {
                     e.print(py);
                 }
             });
@@ -52,12 +64,12 @@ impl Progress {
 }
 
 /// A JSON value as the Python object `json.loads` makes of it.
-fn to_py(py: Python<'_>, v: &serde_json::Value) -> PyResult<PyObject> {
+pub(crate) fn to_py(py: Python<'_>, v: &serde_json::Value) -> PyResult<PyObject> {
     let json = py.import("json")?;
     Ok(json.call_method1("loads", (v.to_string(),))?.unbind())
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> PyResult<serde_json::Value> {
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> PyResult<serde_json::Value> {
     serde_json::to_value(v).map_err(|e| bad(e.to_string()))
 }
 
@@ -497,8 +509,11 @@ fn text_normalize(text: &str) -> String {
 }
 
 
+mod workflows;
+
 #[pymodule]
 fn _rote(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    workflows::register(m)?;
     m.add("RoteError", m.py().get_type::<RoteError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(default_device, m)?)?;

@@ -333,6 +333,59 @@ impl sampler::Denoiser for OptimalDenoiser<'_> {
     }
 }
 
+/// The training split of `spec`, optionally a class-balanced subset of `subset` samples
+/// (the diffusion study's training sets).
+pub fn training_data(spec: &str, subset: Option<usize>) -> Result<crate::data::Dataset> {
+    let mut ds = crate::data::open(spec)?;
+    if let Some(n) = subset {
+        ds.train = crate::data::transform::balanced_subset(&ds.train, n)?;
+    }
+    Ok(ds)
+}
+
+/// Where samples come from: the optimal denoiser of a training set, or a trained
+/// denoiser's run directory (`rote denoise train`).
+pub enum SampleSource<'a> {
+    Optimal { data: &'a str, subset: Option<usize>, range: RangeRule },
+    Trained { run: &'a std::path::Path },
+}
+
+/// Samples in data space and what made them.
+pub struct Samples {
+    /// (count × dim) values in the data's space, as `write_samples` stores them.
+    pub x: Vec<f32>,
+    pub sample_shape: Vec<usize>,
+    pub training_samples: usize,
+    /// "optimal" or "trained (RUN)".
+    pub denoiser: String,
+    pub pixel_range: PixelRange,
+}
+
+/// `count` samples with EDM's Heun sampler from the initial noise of `seed`:
+/// `rote denoise sample`'s computation. `step(k)` is called after each sampler step.
+pub fn sample(source: &SampleSource, count: usize, schedule: &sampler::Schedule, seed: u64, backend: &crate::device::Backend, step: &mut dyn FnMut(usize)) -> Result<Samples> {
+    schedule.validate()?;
+    if count == 0 {
+        bail!("--samples must be at least 1");
+    }
+    match source {
+        SampleSource::Trained { run } => {
+            let (cfg, layout, weights) = train::open_run(run)?;
+            let x = train::sample_trained(&cfg, layout, weights, count, schedule, seed, backend)?;
+            Ok(Samples { x, sample_shape: cfg.sample_shape.clone(), training_samples: cfg.training_samples, denoiser: format!("trained ({})", run.display()), pixel_range: cfg.pixel_range })
+        }
+        SampleSource::Optimal { data, subset, range } => {
+            let ds = training_data(data, *subset)?;
+            let pixel_range = PixelRange::resolve(&ds.train.x, *range)?;
+            let train = TrainingSet::new(&ds.train.x, pixel_range)?;
+            let x0 = sampler::initial_noise(seed, 0, count, train.dim(), schedule.sigma_max);
+            let mut den = OptimalDenoiser::new(backend, train)?;
+            let x = den.sample(x0, schedule, step)?;
+            Ok(Samples { x, sample_shape: ds.sample_shape().to_vec(), training_samples: ds.train.len(), denoiser: "optimal".into(), pixel_range })
+        }
+    }
+}
+
 /// Exact k nearest neighbours on `backend`.
 pub fn knn_on(backend: &crate::device::Backend, train: &TrainingSet, queries: &[f32], k: usize, metric: knn::Metric) -> Result<knn::Neighbours> {
     match backend {

@@ -82,6 +82,39 @@ impl TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// This recipe made ready to train on the data it names: validated, the data opened,
+    /// the input scale read from it (1/max pixel for uint8 data) and the per-channel
+    /// normalization resolved from `normalize` (auto, data, none, cifar10, cifar100,
+    /// imagenet or MEAN,…/STD,…; see [`normalization_for`]). `rote train`, `rote pool
+    /// train` and Python's `rote.train` all start here.
+    pub fn for_data(mut self, normalize: &str) -> Result<(TrainConfig, Dataset)> {
+        self.validate()?;
+        let ds = crate::data::open(&self.data)?;
+        self.input_scale = input_scale_for(&ds);
+        self.normalization = normalization_for(&self.model, normalize, &ds, self.input_scale)?;
+        Ok((self, ds))
+    }
+}
+
+/// The last row of a run's metrics.csv: how the final epoch scored.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct FinalMetrics {
+    pub train_loss: Option<f64>,
+    pub train_accuracy: Option<f64>,
+    pub test_loss: Option<f64>,
+    pub test_accuracy: Option<f64>,
+}
+
+/// The final epoch's metrics of the run in `run`.
+pub fn final_metrics(run: &Path) -> Result<FinalMetrics> {
+    let path = run.join("metrics.csv");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let last: Vec<&str> = text.lines().skip(1).last().unwrap_or("").split(',').collect();
+    let field = |i: usize| last.get(i).and_then(|v| v.parse::<f64>().ok());
+    Ok(FinalMetrics { train_loss: field(1), train_accuracy: field(2), test_loss: field(3), test_accuracy: field(4) })
+}
+
 /// Training-batch augmentation, as torchvision's RandomCrop(padding = P) and
 /// RandomHorizontalFlip on the scaled image before normalization: each sample of each
 /// epoch is shifted by (dy, dx) ∈ [−P, P]² (zeros shifted in) and mirrored with

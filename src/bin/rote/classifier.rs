@@ -147,8 +147,7 @@ impl RecipeArgs {
     /// The recipe as a training configuration, with the data it names opened (its input
     /// scale and normalization read from it).
     pub fn config(&self) -> Result<(rote::nn::train::TrainConfig, data::Dataset)> {
-        use rote::nn::train;
-        let mut cfg = train::TrainConfig {
+        rote::nn::train::TrainConfig {
             data: self.data.as_ref().map(|d| d.text().map(String::from)).transpose()?.unwrap_or_default(),
             model: self.model.clone().unwrap_or_default(),
             epochs: self.epochs,
@@ -163,12 +162,8 @@ impl RecipeArgs {
             input_scale: 1.0,
             normalization: Default::default(),
             augment: self.augment.clone(),
-        };
-        cfg.validate()?;
-        let ds = data::open(&cfg.data)?;
-        cfg.input_scale = train::input_scale_for(&ds);
-        cfg.normalization = train::normalization_for(&cfg.model, &self.normalize, &ds, cfg.input_scale)?;
-        Ok((cfg, ds))
+        }
+        .for_data(&self.normalize)
     }
 }
 
@@ -193,13 +188,10 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
         bar.set_position(done);
     })?;
     bar.finish_and_clear();
-    let metrics = std::fs::read_to_string(a.out.join("metrics.csv"))?;
-    let last: Vec<String> = metrics.lines().last().unwrap_or("").split(',').map(|s| s.to_string()).collect();
+    let last = train::final_metrics(&a.out)?;
     let value = serde_json::json!({
         "run": a.out, "epochs": cfg.epochs, "resumed": a.resume, "seconds": t0.elapsed().as_secs_f64(),
-        "train_loss": last.get(1).and_then(|v| v.parse::<f64>().ok()),
-        "train_accuracy": last.get(2).and_then(|v| v.parse::<f64>().ok()),
-        "test_accuracy": last.get(4).and_then(|v| v.parse::<f64>().ok()),
+        "train_loss": last.train_loss, "train_accuracy": last.train_accuracy, "test_accuracy": last.test_accuracy,
         "device": backend.device(),
     });
     if a.json {
@@ -210,8 +202,8 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
             cfg.model,
             cfg.epochs,
             t0.elapsed().as_secs_f64(),
-            last.get(2).cloned().unwrap_or_default(),
-            last.get(4).cloned().filter(|s| !s.is_empty()).unwrap_or_else(|| "n/a".into()),
+            last.train_accuracy.map(|v| v.to_string()).unwrap_or_default(),
+            last.test_accuracy.map(|v| v.to_string()).unwrap_or_else(|| "n/a".into()),
             a.out.display()
         );
     }

@@ -6,8 +6,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use rote::data::{self, Array, DType, DataSpec};
 use rote::diffusion::knn::{memorization_ratio, Metric};
-use rote::diffusion::sampler::{initial_noise, Schedule};
-use rote::diffusion::{knn_on, OptimalDenoiser, PixelRange, RangeRule, TrainingSet};
+use rote::diffusion::sampler::Schedule;
+use rote::diffusion::{knn_on, OptimalDenoiser, PixelRange, RangeRule, SampleSource, TrainingSet};
 use rote::report;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -199,11 +199,7 @@ pub struct MemratioArgs {
 
 /// The training split of `spec`, optionally a class-balanced subset of it.
 pub fn training_data(spec: &DataSpec, subset: Option<usize>) -> Result<data::Dataset> {
-    let mut ds = spec.open()?;
-    if let Some(n) = subset {
-        ds.train = data::transform::balanced_subset(&ds.train, n)?;
-    }
-    Ok(ds)
+    rote::diffusion::training_data(spec.text()?, subset)
 }
 
 /// Rows of a .npy whose samples must have `d` numbers each: (rows, numbers as f32).
@@ -224,31 +220,20 @@ fn read_rows(path: &Path, d: usize, what: &str) -> Result<(Array, usize)> {
 
 pub fn sample_cmd(a: SampleArgs) -> Result<()> {
     let schedule = Schedule { steps: a.steps, sigma_min: a.sigma_min, sigma_max: a.sigma_max, rho: a.rho };
-    schedule.validate()?;
-    if a.samples == 0 {
-        bail!("--samples must be at least 1");
+    if a.run.is_some() && a.subset.is_some() {
+        bail!("--subset applies to --data; a run was trained on its own subset");
     }
     let backend = open_device(a.device.device)?;
     let t0 = Instant::now();
-    let (x, sample_shape, training_samples, denoiser, range) = if let Some(run) = &a.run {
-        if a.subset.is_some() {
-            bail!("--subset applies to --data; a run was trained on its own subset");
-        }
-        let (cfg, layout, weights) = rote::diffusion::train::open_run(run)?;
-        let x = rote::diffusion::train::sample_trained(&cfg, layout, weights, a.samples, &schedule, a.seed, &backend)?;
-        (x, cfg.sample_shape.clone(), cfg.training_samples, format!("trained ({})", run.display()), cfg.pixel_range)
-    } else {
-        let ds = training_data(a.data.as_ref().unwrap(), a.subset)?;
-        let range = PixelRange::resolve(&ds.train.x, a.range)?;
-        let train = TrainingSet::new(&ds.train.x, range)?;
-        let d = train.dim();
-        let mut den = OptimalDenoiser::new(&backend, train)?;
-        let x0 = initial_noise(a.seed, 0, a.samples, d, schedule.sigma_max);
-        let bar = rote::sched::progress(schedule.steps as u64, "sampling", true);
-        let x = den.sample(x0, &schedule, &mut |_| bar.inc(1))?;
-        bar.finish_and_clear();
-        (x, ds.sample_shape().to_vec(), ds.train.len(), "optimal".to_string(), range)
+    let source = match (&a.run, &a.data) {
+        (Some(run), _) => SampleSource::Trained { run },
+        (None, Some(data)) => SampleSource::Optimal { data: data.text()?, subset: a.subset, range: a.range },
+        (None, None) => unreachable!("clap requires --data or --run"),
     };
+    let bar = rote::sched::progress(schedule.steps as u64, "sampling", !a.json);
+    let s = rote::diffusion::sample(&source, a.samples, &schedule, a.seed, &backend, &mut |_| bar.inc(1))?;
+    bar.finish_and_clear();
+    let (x, sample_shape, training_samples, denoiser, range) = (s.x, s.sample_shape, s.training_samples, s.denoiser, s.pixel_range);
     let seconds = t0.elapsed().as_secs_f64();
     let (samples_path, grid) = rote::diffusion::write_samples(&a.out, &x, &sample_shape, a.grid.clone())?;
     if grid.is_none() {
