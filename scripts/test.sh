@@ -25,6 +25,10 @@ export ROTE_CACHE="${ROTE_CACHE:-$PWD/target/rote-cache}"
 cargo build --release
 cargo test --release -- --nocapture
 
-# 5. The Python package: the wheel built into .tools/pyvenv, its tests against the CLI.
+# 5. The Python package: the wheel built into .tools/pyvenv, its tests against the CLI,
+#    with Ray (from PyPI, into the same venv) for rote.ray's local-cluster test.
 scripts/build-python.sh
-ROTE_BIN="$PWD/target/release/rote" ROTE_DISABLE_CUDA=1 .tools/pyvenv/bin/python -m pytest -q python/tests
+if ! .tools/pyvenv/bin/python -c "import ray" 2>/dev/null; then
+  .tools/pyvenv/bin/python -m pip install --quiet --disable-pip-version-check ray
+fi
+ROTE_BIN="$PWD/target/release/rote" ROTE_DISABLE_CUDA=1 ROTE_REQUIRE_RAY=1 .tools/pyvenv/bin/python -m pytest -q python/tests

@@ -164,6 +164,7 @@ def sample(
     seed: int = 0,
     subset: Optional[int] = None,
     range: str = "auto",
+    shard: str = "0/1",
     device: str = "auto",
     progress: Progress = None,
 ) -> npt.NDArray[np.float32]: ...

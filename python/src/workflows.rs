@@ -358,9 +358,11 @@ pub fn curvature<'py>(
 /// `rote denoise sample`: `samples` samples with EDM's Heun sampler, from the optimal
 /// denoiser of `data` (optionally a class-balanced `subset`) or from a trained
 /// denoiser's `run`. Returns float32 samples (samples, …) in model space [−1, 1]: the
-/// numbers `rote denoise sample` quantizes into samples.npy (see `quantize`).
+/// numbers `rote denoise sample` quantizes into samples.npy (see `quantize`). With
+/// `shard` "I/N" (or "auto" under Slurm), only that part of the samples: the shards
+/// concatenated are the whole job's samples.
 #[pyfunction]
-#[pyo3(signature = (*, data=None, run=None, samples=1000, steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0, seed=0, subset=None, range="auto", device="auto", progress=None))]
+#[pyo3(signature = (*, data=None, run=None, samples=1000, steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0, seed=0, subset=None, range="auto", shard="0/1", device="auto", progress=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn sample<'py>(
     py: Python<'py>,
@@ -374,6 +376,7 @@ pub fn sample<'py>(
     seed: u64,
     subset: Option<usize>,
     range: &str,
+    shard: &str,
     device: &str,
     progress: Option<PyObject>,
 ) -> PyResult<Bound<'py, PyAny>> {
@@ -392,8 +395,9 @@ pub fn sample<'py>(
     let schedule = Schedule { steps, sigma_min, sigma_max, rho };
     let backend = open_backend(device)?;
     let bar = Progress::new(progress, steps as u64);
-    let s = py.allow_threads(|| rote::diffusion::sample(&source, samples, &schedule, seed, &backend, &mut |_| bar.step(1))).map_err(err)?;
-    let mut shape = vec![samples];
+    let shard: rote::sched::Shard = parsed("shard", shard)?;
+    let s = py.allow_threads(|| rote::diffusion::sample(&source, samples, shard, &schedule, seed, &backend, &mut |_| bar.step(1))).map_err(err)?;
+    let mut shape = vec![shard.range(samples).len()];
     shape.extend(&s.sample_shape);
     Ok(s.x.into_pyarray(py).reshape(shape)?.into_any())
 }

@@ -362,25 +362,27 @@ pub struct Samples {
 }
 
 /// `count` samples with EDM's Heun sampler from the initial noise of `seed`:
-/// `rote denoise sample`'s computation. `step(k)` is called after each sampler step.
-pub fn sample(source: &SampleSource, count: usize, schedule: &sampler::Schedule, seed: u64, backend: &crate::device::Backend, step: &mut dyn FnMut(usize)) -> Result<Samples> {
+/// `rote denoise sample`'s computation. Only `shard`'s rows of them are drawn (each
+/// sample's noise depends on its index alone, so the shards of a job join into the
+/// samples of one run). `step(k)` is called after each sampler step.
+pub fn sample(source: &SampleSource, count: usize, shard: crate::sched::Shard, schedule: &sampler::Schedule, seed: u64, backend: &crate::device::Backend, step: &mut dyn FnMut(usize)) -> Result<Samples> {
     schedule.validate()?;
     if count == 0 {
         bail!("--samples must be at least 1");
     }
+    let rows = shard.range(count);
     match source {
         SampleSource::Trained { run } => {
             let (cfg, layout, weights) = train::open_run(run)?;
-            let x = train::sample_trained(&cfg, layout, weights, count, schedule, seed, backend)?;
+            let x = if rows.is_empty() { vec![] } else { train::sample_trained_rows(&cfg, layout, weights, rows, schedule, seed, backend, step)? };
             Ok(Samples { x, sample_shape: cfg.sample_shape.clone(), training_samples: cfg.training_samples, denoiser: format!("trained ({})", run.display()), pixel_range: cfg.pixel_range })
         }
         SampleSource::Optimal { data, subset, range } => {
             let ds = training_data(data, *subset)?;
             let pixel_range = PixelRange::resolve(&ds.train.x, *range)?;
             let train = TrainingSet::new(&ds.train.x, pixel_range)?;
-            let x0 = sampler::initial_noise(seed, 0, count, train.dim(), schedule.sigma_max);
-            let mut den = OptimalDenoiser::new(backend, train)?;
-            let x = den.sample(x0, schedule, step)?;
+            let x0 = sampler::initial_noise(seed, rows.start, rows.len(), train.dim(), schedule.sigma_max);
+            let x = if rows.is_empty() { vec![] } else { OptimalDenoiser::new(backend, train)?.sample(x0, schedule, step)? };
             Ok(Samples { x, sample_shape: ds.sample_shape().to_vec(), training_samples: ds.train.len(), denoiser: "optimal".into(), pixel_range })
         }
     }

@@ -419,19 +419,36 @@ pub fn sample_trained(
     seed: u64,
     backend: &crate::device::Backend,
 ) -> Result<Vec<f32>> {
+    sample_trained_rows(cfg, layout, weights, 0..count, schedule, seed, backend, &mut |_| {})
+}
+
+/// Samples `rows` of the sequence `sample_trained` draws (the same noise and labels per
+/// sample index, so shards of a sampling job join into one run's samples); `step(i)`
+/// after each sampler step.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_trained_rows(
+    cfg: &DenoiserConfig,
+    layout: Layout,
+    weights: Vec<f32>,
+    rows: std::ops::Range<usize>,
+    schedule: &super::sampler::Schedule,
+    seed: u64,
+    backend: &crate::device::Backend,
+    step: &mut dyn FnMut(usize),
+) -> Result<Vec<f32>> {
     let d = layout.dim;
-    let labels = (cfg.classes > 0).then(|| sample_labels(cfg.classes, seed, count));
-    let x0 = super::sampler::initial_noise(seed, 0, count, d, schedule.sigma_max);
+    let labels = (cfg.classes > 0).then(|| sample_labels(cfg.classes, seed, rows.end)[rows.clone()].to_vec());
+    let x0 = super::sampler::initial_noise(seed, rows.start, rows.len(), d, schedule.sigma_max);
     match backend {
         crate::device::Backend::Cuda(g) => {
             let net = crate::device::cuda_denoiser::GpuDenoiserNet::new(g.clone(), layout, &weights)?;
             let mut den = GpuTrained { net, labels, dim: d };
-            super::sampler::heun(&mut den, x0, schedule, &mut |_| {})
+            super::sampler::heun(&mut den, x0, schedule, step)
         }
         crate::device::Backend::Cpu => {
             let transposed = net::transposed_weights(&layout, &weights);
             let mut den = TrainedDenoiser { layout, weights, transposed, labels };
-            super::sampler::heun(&mut den, x0, schedule, &mut |_| {})
+            super::sampler::heun(&mut den, x0, schedule, step)
         }
     }
 }

@@ -231,7 +231,7 @@ pub fn sample_cmd(a: SampleArgs) -> Result<()> {
         (None, None) => unreachable!("clap requires --data or --run"),
     };
     let bar = rote::sched::progress(schedule.steps as u64, "sampling", !a.json);
-    let s = rote::diffusion::sample(&source, a.samples, &schedule, a.seed, &backend, &mut |_| bar.inc(1))?;
+    let s = rote::diffusion::sample(&source, a.samples, Default::default(), &schedule, a.seed, &backend, &mut |_| bar.inc(1))?;
     bar.finish_and_clear();
     let (x, sample_shape, training_samples, denoiser, range) = (s.x, s.sample_shape, s.training_samples, s.denoiser, s.pixel_range);
     let seconds = t0.elapsed().as_secs_f64();
