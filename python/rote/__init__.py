@@ -27,6 +27,8 @@ the messages the CLI prints. `device="auto"` uses the GPU when one is usable.
 - `load_state_dict(path)`: a safetensors checkpoint as a dict of arrays.
 - `rote.text`: corpora, n-gram Bloom filters and suffix arrays, scans, MemFree.
 - `rote.torch`: specs and state dicts from PyTorch modules, and an in-loop tracker.
+- `rote.ray` (imported on its own: `import rote.ray`): curvature, sampling and kNN split
+  over a Ray cluster and merged, equal to one process's result.
 """
 
 from ._rote import (  # noqa: F401
