@@ -11,7 +11,7 @@ use rote::diffusion::{knn_on, PixelRange, RangeRule, SampleSource, TrainingSet};
 fn main() -> anyhow::Result<()> {
     let backend = Backend::Cpu;
     let source = SampleSource::Optimal { data: "digits", subset: Some(50), range: RangeRule::Auto };
-    let samples = rote::diffusion::sample(&source, 32, Default::default(), &Schedule::default(), 0, &backend, &mut |_| {})?;
+    let samples = rote::diffusion::sample(&source, 32, Default::default(), &Schedule::default(), 0, std::slice::from_ref(&backend), &mut |_| {})?;
     let ds = rote::diffusion::training_data("digits", Some(50))?;
     let train = TrainingSet::new(&ds.train.x, PixelRange::resolve(&ds.train.x, RangeRule::Auto)?)?;
     let neighbours = knn_on(&backend, &train, &samples.x, 2, Metric::L2)?;

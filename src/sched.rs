@@ -240,3 +240,24 @@ pub fn merge_shard_files(parts: &[std::path::PathBuf], out: &std::path::Path) ->
     crate::report::write_npy(out, &[merged.len()], &merged)?;
     Ok(merged.len())
 }
+
+/// Runs `work` on contiguous parts of `range`, one part per backend (as `Shard` splits
+/// rows), each on its own thread, and returns the parts' results in row order. One
+/// backend: a plain call on this thread. The computations rote splits this way key
+/// their randomness by global row, so the joined parts equal a single run's result.
+pub fn split_over<R: Send>(backends: &[crate::device::Backend], range: Range<usize>, work: &(dyn Fn(&crate::device::Backend, Range<usize>) -> Result<R> + Sync)) -> Result<Vec<R>> {
+    if backends.is_empty() {
+        anyhow::bail!("no device to run on");
+    }
+    let part = |i: usize| {
+        let sub = Shard { index: i, count: backends.len() }.range(range.len());
+        range.start + sub.start..range.start + sub.end
+    };
+    if backends.len() == 1 {
+        return Ok(vec![work(&backends[0], range)?]);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = backends.iter().enumerate().map(|(i, b)| scope.spawn(move || work(b, part(i)))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a device's worker thread panicked")))).collect()
+    })
+}

@@ -141,3 +141,68 @@ fn sharded_curvature_merges_to_the_single_run_bit_for_bit() {
         assert!(std::fs::read(whole.join("score.npy")).unwrap() == std::fs::read(&merged).unwrap(), "{estimator}: the merged shards differ from the single run");
     }
 }
+
+/// `--device cuda:all` splits a job's rows over the devices with `sched::split_over`;
+/// here CPU backends stand in for the GPUs (the split, the threads and the merge are
+/// the same code), and every multi-device result equals the one-device run exactly.
+#[test]
+fn work_split_over_several_devices_equals_one_device() {
+    use rote::curvature::run::{CurvatureJob, Selection, Source};
+    use rote::curvature::{Estimator, ScoreConfig, Statistic};
+    let dir = tempdir();
+    let run = dir.path().join("run");
+    rote_ok(&["train", "--data", "digits", "--model", "mlp:64-32-10,act=gelu", "--epochs", "2", "--batch", "64", "--label-noise", "0.1", "--device", "cpu", "--out", p(&run)]);
+    let cfg = ScoreConfig { estimator: Estimator::Hutchinson, statistic: Statistic::Paper, probes: 3, h: 1e-3, seed: 5 };
+    let selection = Selection { pattern: None, every: 1, allow_incomplete: false };
+    let mut job = CurvatureJob::open(&Source::Run(run), None, &selection, &cfg, &|_| {}).unwrap();
+    let shard: rote::sched::Shard = "1/2".parse().unwrap();
+    let one = job.score(&Backend::Cpu, shard, 100, &cfg, Some(&dir.path().join("one")), &|_| {}).unwrap();
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let three = job.score_on(&[Backend::Cpu, Backend::Cpu, Backend::Cpu], shard, 100, &cfg, Some(&dir.path().join("three")), &|k| {
+        done.fetch_add(k, std::sync::atomic::Ordering::Relaxed);
+    });
+    let three = three.unwrap();
+    assert_eq!(three.rows, one.rows);
+    assert_eq!(three.score, one.score);
+    assert_eq!(three.trace, one.trace);
+    assert_eq!(three.auroc, one.auroc);
+    assert_eq!(three.device, "cpu+cpu+cpu");
+    assert_eq!(done.into_inner() as usize, 2 * one.rows.len(), "progress over both checkpoints");
+    for f in ["score.npy", "trace.npy", "score-epoch-001.npy", "score-epoch-002.npy"] {
+        assert_eq!(std::fs::read(dir.path().join("three").join(f)).unwrap(), std::fs::read(dir.path().join("one").join(f)).unwrap(), "{f}");
+    }
+
+    use rote::diffusion::{sampler::Schedule, RangeRule, SampleSource};
+    let source = SampleSource::Optimal { data: "digits", subset: Some(30), range: RangeRule::Auto };
+    let schedule = Schedule { steps: 4, ..Default::default() };
+    let whole = rote::diffusion::sample(&source, 7, Default::default(), &schedule, 2, &[Backend::Cpu], &mut |_| {}).unwrap();
+    let mut steps = vec![];
+    let split = rote::diffusion::sample(&source, 7, Default::default(), &schedule, 2, &[Backend::Cpu, Backend::Cpu, Backend::Cpu], &mut |k| steps.push(k)).unwrap();
+    assert_eq!(split.x, whole.x);
+    assert_eq!(steps, vec![0, 1, 2, 3]);
+    // More devices than samples: the idle ones contribute nothing.
+    let few = rote::diffusion::sample(&source, 2, Default::default(), &schedule, 2, &[Backend::Cpu, Backend::Cpu, Backend::Cpu], &mut |_| {}).unwrap();
+    assert_eq!(few.x, whole.x[..2 * 64]);
+
+    let ds = data::open("blobs:n=2000,dim=24,centers=5,seed=1").unwrap();
+    let queries = data::open("blobs:n=77,dim=24,centers=5,seed=2").unwrap().train.x.to_f32();
+    let train = rote::diffusion::TrainingSet::new(&ds.train.x, rote::diffusion::PixelRange::MODEL).unwrap();
+    let metric = rote::diffusion::knn::Metric::L2;
+    let want = rote::diffusion::knn_on(&Backend::Cpu, &train, &queries, 3, metric).unwrap();
+    assert_eq!(rote::diffusion::knn_on_all(&[Backend::Cpu, Backend::Cpu, Backend::Cpu, Backend::Cpu], &train, &queries, 3, metric).unwrap(), want);
+}
+
+#[test]
+fn cuda_all_is_a_device_choice_and_says_why_when_there_is_no_gpu() {
+    use rote::device::DeviceRequest;
+    assert_eq!("cuda:all".parse::<DeviceRequest>(), Ok(DeviceRequest::AllCuda));
+    assert!("cuda:any".parse::<DeviceRequest>().unwrap_err().contains("cuda:all"));
+    if rote::device::cuda::probe().devices.is_empty() {
+        let dir = tempdir();
+        let e = rote_err(&["denoise", "sample", "--data", "digits", "--samples", "1", "--steps", "2", "--out", p(&dir.path().join("s")), "--device", "cuda:all"]);
+        assert!(e.contains("--device cuda:all: no usable CUDA device"), "{e}");
+        assert!(!dir.path().join("s").exists(), "nothing written");
+        let e = rote::device::Backend::open_all(DeviceRequest::AllCuda).err().expect("no GPU here").to_string();
+        assert!(e.contains("cuda:all: no usable CUDA device") || e.contains("no CUDA device"), "{e}");
+    }
+}

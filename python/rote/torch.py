@@ -1,7 +1,10 @@
 """rote inside a PyTorch training loop.
 
 - `spec_of(module)`: rote's model spec of an `nn.Sequential(Linear, act, Linear, …)`
-  (activations ReLU, GELU, Tanh or Softplus, one kind throughout).
+  (activations ReLU, GELU, Tanh or Softplus, one kind throughout), of torchvision's
+  `resnet18` ("resnet18:classes=C") and of the CIFAR ResNet-18 in kuangliu's layout
+  the curvature paper trains ("resnet18-cifar:classes=C,width=W"). Score ResNets in
+  evaluation mode (rote folds BatchNorm's running statistics).
 - `state_dict_of(module)`: its weights as NumPy arrays, under the names rote reads.
 - `scores(module, x, y, **kw)`: `rote.curvature_scores` of the live module.
 - `CurvatureTracker(x, y, every=K)`: call `.step(epoch, module)` after each epoch; every
@@ -21,9 +24,33 @@ from ._rote import curvature_scores
 _ACTIVATIONS = {"ReLU": "relu", "GELU": "gelu", "Tanh": "tanh", "Softplus": "softplus"}
 
 
+def _resnet_spec(module):
+    """The spec of a ResNet-18 in torchvision's or kuangliu's layout, or None."""
+    stages = [getattr(module, f"layer{i}", None) for i in range(1, 5)]
+    conv1 = getattr(module, "conv1", None)
+    if conv1 is None or any(s is None for s in stages) or getattr(module, "layer5", None) is not None:
+        return None
+    blocks = [list(s.children()) for s in stages]
+    if [len(b) for b in blocks] != [2, 2, 2, 2] or any(type(b).__name__ != "BasicBlock" for s in blocks for b in s):
+        raise ValueError("rote reads ResNet-18 (BasicBlocks [2, 2, 2, 2]); this ResNet has other stages")
+    width = conv1.out_channels
+    fc, linear = getattr(module, "fc", None), getattr(module, "linear", None)
+    if fc is not None and tuple(conv1.kernel_size) == (7, 7) and hasattr(module, "maxpool"):
+        if width != 64:
+            raise ValueError(f"torchvision's resnet18 has 64 stem channels, this one {width}")
+        return f"resnet18:classes={fc.out_features}"
+    if linear is not None and tuple(conv1.kernel_size) == (3, 3) and tuple(conv1.stride) == (1, 1):
+        return f"resnet18-cifar:classes={linear.out_features},width={width}"
+    raise ValueError("a ResNet-18 rote does not know: expected torchvision's (7×7/2 stem, maxpool, fc) or kuangliu's (3×3 stem, linear)")
+
+
 def spec_of(module):
     """rote's spec, e.g. "mlp:784-512-10,act=relu", of an nn.Sequential of Linear layers
-    with one kind of activation between them."""
+    with one kind of activation between them, or "resnet18-cifar:classes=10,width=64" /
+    "resnet18:classes=1000" of a ResNet-18 in kuangliu's or torchvision's layout."""
+    resnet = _resnet_spec(module)
+    if resnet is not None:
+        return resnet
     layers = list(module.children())
     sizes, acts = [], set()
     for i, layer in enumerate(layers):
@@ -47,8 +74,9 @@ def spec_of(module):
 
 
 def state_dict_of(module):
-    """The module's weights as float32 NumPy arrays under PyTorch's names."""
-    return {k: v.detach().cpu().float().numpy() for k, v in module.state_dict().items()}
+    """The module's weights and BatchNorm statistics as float32 NumPy arrays under
+    PyTorch's names (BatchNorm's integer step counters left out)."""
+    return {k: v.detach().cpu().float().numpy() for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
 
 
 def _as_numpy(a, dtype):

@@ -27,6 +27,13 @@ pub(crate) fn open_backend(device: &str) -> PyResult<Backend> {
     Backend::open(req.resolve().map_err(err)?).map_err(err)
 }
 
+/// The devices of `device` for the calls that split their work over several GPUs
+/// ("cuda:all"); any other choice is its one device.
+pub(crate) fn open_backends(device: &str) -> PyResult<Vec<Backend>> {
+    let req: DeviceRequest = device.parse().map_err(|e: String| bad(format!("device={device:?}: {e}")))?;
+    Backend::open_all(req).map_err(err)
+}
+
 /// A progress callback `f(done, total)` called (with the GIL) as work completes.
 pub(crate) struct Progress {
     callback: Option<PyObject>,
@@ -212,14 +219,14 @@ fn knn<'py>(py: Python<'py>, train: PyReadonlyArrayDyn<'py, f32>, queries: PyRea
     }
     let tx = train.as_slice().map_err(|_| bad("train must be C-contiguous"))?;
     let q = queries.as_slice().map_err(|_| bad("queries must be C-contiguous"))?;
-    let backend = open_backend(device)?;
+    let backends = open_backends(device)?;
     let rows = qs[0];
     let nn = py
         .allow_threads(|| -> anyhow::Result<_> {
             let array = rote::data::Array::from_f32(ts.clone(), tx, "train");
             let set = rote::diffusion::TrainingSet::new(&array, rote::diffusion::PixelRange::MODEL)?;
             rote::diffusion::knn::check_k(k, set.len())?;
-            rote::diffusion::knn_on(&backend, &set, q, k, metric)
+            rote::diffusion::knn_on_all(&backends, &set, q, k, metric)
         })
         .map_err(err)?;
     let idx: Vec<i64> = nn.indices.iter().map(|&i| i as i64).collect();

@@ -3,7 +3,7 @@
 //! function calls the library function the matching `rote` command calls, with the same
 //! defaults, and returns what that command's `--json` prints (arrays as NumPy arrays).
 
-use crate::{bad, err, open_backend, to_json, to_py, Progress};
+use crate::{bad, err, open_backend, open_backends, to_json, to_py, Progress};
 use clap::ValueEnum;
 use numpy::{IntoPyArray, PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -326,16 +326,16 @@ pub fn curvature<'py>(
     let shard: rote::sched::Shard = parsed("shard", shard)?;
     let score_cfg = ScoreConfig { estimator, statistic, probes, h, seed };
     let selection = Selection { pattern: checkpoints, every, allow_incomplete };
-    let requested = open_backend(device)?;
+    let requested = open_backends(device)?;
     let bar = Progress::new(progress, 0);
-    let (s, job, backend) = py
+    let (s, job) = py
         .allow_threads(|| -> anyhow::Result<_> {
             let mut job = CurvatureJob::open(&source, data.as_deref(), &selection, &score_cfg, &|_| {})?;
-            let (backend, _) = job.backend_for(requested, &score_cfg);
+            let (backends, _) = job.backends_for(requested, &score_cfg);
             let total = (job.samples.checkpoints.len() * shard.range(job.len()).len()) as u64;
             bar.set(0, total);
-            let s = job.score(&backend, shard, batch, &score_cfg, out.as_deref(), &|k| bar.step(k))?;
-            Ok((s, job, backend))
+            let s = job.score_on(&backends, shard, batch, &score_cfg, out.as_deref(), &|k| bar.step(k))?;
+            Ok((s, job))
         })
         .map_err(err)?;
     let d = PyDict::new(py);
@@ -351,7 +351,7 @@ pub fn curvature<'py>(
     d.set_item("precision_at_k", s.precision_at_k)?;
     d.set_item("corrupted", s.corrupted)?;
     d.set_item("seconds", s.seconds)?;
-    d.set_item("device", backend.device().to_string())?;
+    d.set_item("device", &s.device)?;
     Ok(d)
 }
 
@@ -393,10 +393,10 @@ pub fn sample<'py>(
         _ => return Err(bad("give data (the optimal denoiser) or run (a trained one), not both")),
     };
     let schedule = Schedule { steps, sigma_min, sigma_max, rho };
-    let backend = open_backend(device)?;
+    let backends = open_backends(device)?;
     let bar = Progress::new(progress, steps as u64);
     let shard: rote::sched::Shard = parsed("shard", shard)?;
-    let s = py.allow_threads(|| rote::diffusion::sample(&source, samples, shard, &schedule, seed, &backend, &mut |_| bar.step(1))).map_err(err)?;
+    let s = py.allow_threads(|| rote::diffusion::sample(&source, samples, shard, &schedule, seed, &backends, &mut |_| bar.step(1))).map_err(err)?;
     let mut shape = vec![shard.range(samples).len()];
     shape.extend(&s.sample_shape);
     Ok(s.x.into_pyarray(py).reshape(shape)?.into_any())

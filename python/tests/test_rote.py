@@ -204,6 +204,41 @@ def test_spec_of_reads_a_sequential_without_torch():
         rote.torch.spec_of(Sequential(Linear(64, 32), GELU(), Linear(16, 10)))
 
 
+def test_spec_of_reads_resnet18_layouts_without_torch():
+    class Conv2d:
+        def __init__(self, out_channels, kernel_size, stride):
+            self.out_channels, self.kernel_size, self.stride = out_channels, (kernel_size,) * 2, (stride,) * 2
+
+    class Linear:
+        def __init__(self, out_features):
+            self.out_features = out_features
+
+    class BasicBlock:
+        pass
+
+    class Sequential:
+        def __init__(self, *layers):
+            self.layers = layers
+
+        def children(self):
+            return iter(self.layers)
+
+    class ResNet:
+        def __init__(self, conv1, blocks=2, **heads):
+            self.conv1 = conv1
+            for i in range(1, 5):
+                setattr(self, f"layer{i}", Sequential(*[BasicBlock() for _ in range(blocks)]))
+            for k, v in heads.items():
+                setattr(self, k, v)
+
+    cifar = ResNet(Conv2d(16, 3, 1), linear=Linear(100))
+    assert rote.torch.spec_of(cifar) == "resnet18-cifar:classes=100,width=16"
+    tv = ResNet(Conv2d(64, 7, 2), fc=Linear(1000), maxpool=object())
+    assert rote.torch.spec_of(tv) == "resnet18:classes=1000"
+    with pytest.raises(ValueError, match="ResNet-18"):
+        rote.torch.spec_of(ResNet(Conv2d(64, 7, 2), blocks=3, fc=Linear(10), maxpool=object()))
+
+
 def test_optimal_denoiser_and_memorization_ratio_against_float64_numpy():
     rng = np.random.default_rng(5)
     train = rng.uniform(-1, 1, size=(300, 12)).astype(np.float32)

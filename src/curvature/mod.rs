@@ -47,6 +47,17 @@ pub struct Scores {
     pub gauss_newton: Option<Vec<f32>>,
 }
 
+impl Scores {
+    /// The scores of consecutive row ranges, as one.
+    pub fn join(parts: Vec<Scores>) -> Scores {
+        let mut out = Scores { score: vec![], trace: vec![], gauss_newton: None };
+        for p in parts {
+            out.append(p);
+        }
+        out
+    }
+}
+
 /// Probe j of sample `global` (its index in the training set): Rademacher signs keyed
 /// by (seed, sample, probe), so any shard or device draws the same.
 pub fn probe(seed: u64, global: u64, j: usize, d: usize, out: &mut [f32]) {

@@ -127,12 +127,29 @@ impl CurvatureJob {
         (backend, None)
     }
 
+    /// `backend_for` over several devices: all of them when the job runs on GPUs, else
+    /// the CPU alone with the reason.
+    pub fn backends_for(&self, backends: Vec<Backend>, score_cfg: &ScoreConfig) -> (Vec<Backend>, Option<&'static str>) {
+        let Some(first) = backends.first().cloned() else { return (vec![Backend::Cpu], None) };
+        match self.backend_for(first, score_cfg) {
+            (Backend::Cpu, note) => (vec![Backend::Cpu], note),
+            _ => (backends, None),
+        }
+    }
+
     /// Scores the rows of `shard` at every selected checkpoint, `batch` samples at a
     /// time, and averages them (in float64). With `out`, each checkpoint's scores go to
     /// out/score-STEM.npy and trace-STEM.npy and the averages to score.npy, trace.npy
     /// (and gauss_newton.npy), with shard records for `rote merge` when the shard is a
     /// part. `progress` receives samples done (× checkpoints).
-    pub fn score(&mut self, backend: &Backend, shard: Shard, batch: usize, score_cfg: &ScoreConfig, out: Option<&Path>, progress: &dyn Fn(u64)) -> Result<RunScores> {
+    pub fn score(&mut self, backend: &Backend, shard: Shard, batch: usize, score_cfg: &ScoreConfig, out: Option<&Path>, progress: &(dyn Fn(u64) + Sync)) -> Result<RunScores> {
+        self.score_on(std::slice::from_ref(backend), shard, batch, score_cfg, out, progress)
+    }
+
+    /// `score` with the shard's rows split over several devices (`--device cuda:all`),
+    /// each scoring its part of every checkpoint on its own thread; the result and the
+    /// files equal a single device's.
+    pub fn score_on(&mut self, backends: &[Backend], shard: Shard, batch: usize, score_cfg: &ScoreConfig, out: Option<&Path>, progress: &(dyn Fn(u64) + Sync)) -> Result<RunScores> {
         if batch == 0 {
             bail!("the batch must be at least 1 sample");
         }
@@ -148,19 +165,12 @@ impl CurvatureJob {
         let accumulate = |acc: &mut [f64], values: &[f32]| acc.iter_mut().zip(values).for_each(|(m, &v)| *m += v as f64 / count);
         for ck in &self.samples.checkpoints {
             self.network.load_weights(ck)?;
-            let s = super::score_checkpoint(
-                backend,
-                &self.network,
-                &self.config,
-                &self.data.train.x,
-                self.data.sample_shape(),
-                (&self.samples.sources, &self.samples.labels),
-                range.clone(),
-                batch,
-                score_cfg,
-                progress,
-            )
+            let job = &*self;
+            let parts = crate::sched::split_over(backends, range.clone(), &|backend, rows| {
+                super::score_checkpoint(backend, &job.network, &job.config, &job.data.train.x, job.data.sample_shape(), (&job.samples.sources, &job.samples.labels), rows, batch, score_cfg, progress)
+            })
             .with_context(|| ck.display().to_string())?;
+            let s = super::Scores::join(parts);
             if let Some(out) = out {
                 let stem = ck.file_stem().unwrap_or_default().to_string_lossy().to_string();
                 crate::report::write_npy(&out.join(format!("score-{stem}.npy")), &[s.score.len()], &s.score)?;
@@ -194,7 +204,7 @@ impl CurvatureJob {
             rows: range,
             corrupted,
             seconds: t0.elapsed().as_secs_f64(),
-            device: backend.device().to_string(),
+            device: Backend::describe(backends),
         })
     }
 

@@ -116,6 +116,9 @@ pub enum DeviceRequest {
     Auto,
     Cpu,
     Cuda(Option<usize>),
+    /// `cuda:all`: every visible GPU. Curvature, sampling and kNN split their work over
+    /// them (`Backend::open_all`); other commands take the first.
+    AllCuda,
 }
 
 impl std::str::FromStr for DeviceRequest {
@@ -125,9 +128,10 @@ impl std::str::FromStr for DeviceRequest {
             "auto" => Ok(Self::Auto),
             "cpu" => Ok(Self::Cpu),
             "cuda" | "gpu" => Ok(Self::Cuda(None)),
+            "cuda:all" => Ok(Self::AllCuda),
             _ => match s.strip_prefix("cuda:") {
-                Some(n) => n.parse().map(|i| Self::Cuda(Some(i))).map_err(|_| format!("'{s}': expected cuda:N with N a device number")),
-                None => Err(format!("'{s}': expected auto, cpu, cuda or cuda:N")),
+                Some(n) => n.parse().map(|i| Self::Cuda(Some(i))).map_err(|_| format!("'{s}': expected cuda:N with N a device number, or cuda:all")),
+                None => Err(format!("'{s}': expected auto, cpu, cuda, cuda:N or cuda:all")),
             },
         }
     }
@@ -143,6 +147,7 @@ impl DeviceRequest {
                 let probe = cuda::probe();
                 Ok(if probe.devices.is_empty() || !probe.kernels_loadable() { Device::Cpu } else { Device::Cuda(0) })
             }
+            DeviceRequest::AllCuda => Ok(self.resolve_all()?[0]),
             DeviceRequest::Cuda(ordinal) => {
                 let probe = cuda::probe();
                 let i = ordinal.unwrap_or(0);
@@ -161,6 +166,29 @@ impl DeviceRequest {
     }
 }
 
+impl DeviceRequest {
+    /// The devices a request names: every visible GPU for `cuda:all` (an error saying
+    /// why when there is none), else the one `resolve` picks.
+    pub fn resolve_all(self) -> Result<Vec<Device>> {
+        match self {
+            DeviceRequest::AllCuda => {
+                let probe = cuda::probe();
+                if let Some(reason) = &probe.unavailable {
+                    bail!("--device cuda:all: no usable CUDA device ({reason})");
+                }
+                if probe.devices.is_empty() {
+                    bail!("--device cuda:all: no CUDA device present");
+                }
+                if !probe.kernels_loadable() {
+                    bail!("--device cuda:all: {}", cuda::KERNELS_UNAVAILABLE);
+                }
+                Ok((0..probe.devices.len()).map(Device::Cuda).collect())
+            }
+            other => Ok(vec![other.resolve()?]),
+        }
+    }
+}
+
 /// An opened device: the handle compute code dispatches on.
 #[derive(Clone)]
 pub enum Backend {
@@ -174,6 +202,16 @@ impl Backend {
             Device::Cpu => Backend::Cpu,
             Device::Cuda(i) => Backend::Cuda(std::sync::Arc::new(cuda::CudaBackend::new(i)?)),
         })
+    }
+
+    /// Every device of `request` opened (see `DeviceRequest::resolve_all`).
+    pub fn open_all(request: DeviceRequest) -> Result<Vec<Self>> {
+        request.resolve_all()?.into_iter().map(Self::open).collect()
+    }
+
+    /// The devices of `backends` as one label: "cpu", "cuda:0" or "cuda:0+cuda:1".
+    pub fn describe(backends: &[Backend]) -> String {
+        backends.iter().map(|b| b.device().to_string()).collect::<Vec<_>>().join("+")
     }
 
     pub fn device(&self) -> Device {

@@ -364,28 +364,69 @@ pub struct Samples {
 /// `count` samples with EDM's Heun sampler from the initial noise of `seed`:
 /// `rote denoise sample`'s computation. Only `shard`'s rows of them are drawn (each
 /// sample's noise depends on its index alone, so the shards of a job join into the
-/// samples of one run). `step(k)` is called after each sampler step.
-pub fn sample(source: &SampleSource, count: usize, shard: crate::sched::Shard, schedule: &sampler::Schedule, seed: u64, backend: &crate::device::Backend, step: &mut dyn FnMut(usize)) -> Result<Samples> {
+/// samples of one run), split over `backends` (several GPUs: each samples its part on
+/// its own thread). `step(k)` is called after each sampler step (of the first part).
+pub fn sample(source: &SampleSource, count: usize, shard: crate::sched::Shard, schedule: &sampler::Schedule, seed: u64, backends: &[crate::device::Backend], step: &mut (dyn FnMut(usize) + Send)) -> Result<Samples> {
     schedule.validate()?;
     if count == 0 {
         bail!("--samples must be at least 1");
     }
     let rows = shard.range(count);
+    let step = std::sync::Mutex::new(step);
+    let first = rows.start;
+    let report = |rows: &std::ops::Range<usize>, k: usize| {
+        if rows.start == first {
+            if let Ok(mut s) = step.lock() {
+                s(k)
+            }
+        }
+    };
     match source {
         SampleSource::Trained { run } => {
             let (cfg, layout, weights) = train::open_run(run)?;
-            let x = if rows.is_empty() { vec![] } else { train::sample_trained_rows(&cfg, layout, weights, rows, schedule, seed, backend, step)? };
-            Ok(Samples { x, sample_shape: cfg.sample_shape.clone(), training_samples: cfg.training_samples, denoiser: format!("trained ({})", run.display()), pixel_range: cfg.pixel_range })
+            let parts = crate::sched::split_over(backends, rows, &|backend, rows| {
+                if rows.is_empty() {
+                    return Ok(vec![]);
+                }
+                train::sample_trained_rows(&cfg, layout.clone(), weights.clone(), rows.clone(), schedule, seed, backend, &mut |k| report(&rows, k))
+            })?;
+            Ok(Samples { x: parts.concat(), sample_shape: cfg.sample_shape.clone(), training_samples: cfg.training_samples, denoiser: format!("trained ({})", run.display()), pixel_range: cfg.pixel_range })
         }
         SampleSource::Optimal { data, subset, range } => {
             let ds = training_data(data, *subset)?;
             let pixel_range = PixelRange::resolve(&ds.train.x, *range)?;
-            let train = TrainingSet::new(&ds.train.x, pixel_range)?;
-            let x0 = sampler::initial_noise(seed, rows.start, rows.len(), train.dim(), schedule.sigma_max);
-            let x = if rows.is_empty() { vec![] } else { OptimalDenoiser::new(backend, train)?.sample(x0, schedule, step)? };
-            Ok(Samples { x, sample_shape: ds.sample_shape().to_vec(), training_samples: ds.train.len(), denoiser: "optimal".into(), pixel_range })
+            let parts = crate::sched::split_over(backends, rows, &|backend, rows| {
+                if rows.is_empty() {
+                    return Ok(vec![]);
+                }
+                let train = TrainingSet::new(&ds.train.x, pixel_range)?;
+                let x0 = sampler::initial_noise(seed, rows.start, rows.len(), train.dim(), schedule.sigma_max);
+                OptimalDenoiser::new(backend, train)?.sample(x0, schedule, &mut |k| report(&rows, k))
+            })?;
+            Ok(Samples { x: parts.concat(), sample_shape: ds.sample_shape().to_vec(), training_samples: ds.train.len(), denoiser: "optimal".into(), pixel_range })
         }
     }
+}
+
+/// `knn_on` with the queries split over `backends` (`--device cuda:all`), each part on
+/// its own thread: the neighbours one device finds.
+pub fn knn_on_all(backends: &[crate::device::Backend], train: &TrainingSet, queries: &[f32], k: usize, metric: knn::Metric) -> Result<knn::Neighbours> {
+    let d = train.dim();
+    if d == 0 || queries.len() % d != 0 {
+        bail!("kNN queries: {} numbers are not a whole number of samples of dimension {d}", queries.len());
+    }
+    let parts = crate::sched::split_over(backends, 0..queries.len() / d, &|backend, rows| {
+        if rows.is_empty() {
+            return Ok(knn::Neighbours { k, indices: vec![], values: vec![] });
+        }
+        knn_on(backend, train, &queries[rows.start * d..rows.end * d], k, metric)
+    })?;
+    let mut out = knn::Neighbours { k, indices: vec![], values: vec![] };
+    for p in parts {
+        out.indices.extend(p.indices);
+        out.values.extend(p.values);
+    }
+    Ok(out)
 }
 
 /// Exact k nearest neighbours on `backend`.

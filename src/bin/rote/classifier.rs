@@ -262,14 +262,14 @@ pub fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
     let data = a.data.as_ref().map(|d| d.text().map(String::from)).transpose()?;
     let selection = Selection { pattern: a.checkpoints.clone(), every: a.every, allow_incomplete: a.allow_incomplete };
     let mut job = CurvatureJob::open(&source, data.as_deref(), &selection, &score_cfg, &|w| eprintln!("warning: {w}"))?;
-    let (backend, note) = job.backend_for(open_device(a.device.device)?, &score_cfg);
+    let (backends, note) = job.backends_for(super::open_devices(a.device.device)?, &score_cfg);
     if let Some(note) = note {
         eprintln!("note: {note}");
     }
     eprintln!("estimator: {}", job.estimator);
     let range = a.shard.range(job.len());
     let bar = sched::progress((job.samples.checkpoints.len() * range.len()) as u64, "curvature", !a.json);
-    let s = job.score(&backend, a.shard, a.batch, &score_cfg, Some(&a.out), &|k| bar.inc(k))?;
+    let s = job.score_on(&backends, a.shard, a.batch, &score_cfg, Some(&a.out), &|k| bar.inc(k))?;
     bar.finish_and_clear();
     if let Some(g) = &a.gallery {
         let shape = job.data.sample_shape().to_vec();
@@ -279,13 +279,13 @@ pub fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
     let checkpoints = job.samples.checkpoints.len();
     let value = serde_json::json!({
         "samples": range.len(), "checkpoints": checkpoints, "probes": job.probes_used(&score_cfg),
-        "estimator": job.estimator, "statistic": a.statistic, "seconds": s.seconds, "device": backend.device(),
+        "estimator": job.estimator, "statistic": a.statistic, "seconds": s.seconds, "device": s.device,
         "auroc": s.auroc, "precision_at_k": s.precision_at_k, "corrupted": s.corrupted, "out": a.out,
     });
     if a.json {
         print_json(&value);
     } else {
-        println!("scored {} samples × {checkpoints} checkpoints in {:.2} s on {} ({}) → {}", range.len(), s.seconds, backend.device(), job.estimator, a.out.display());
+        println!("scored {} samples × {checkpoints} checkpoints in {:.2} s on {} ({}) → {}", range.len(), s.seconds, s.device, job.estimator, a.out.display());
         if let (Some(au), Some(p)) = (s.auroc, s.precision_at_k) {
             println!("corrupted samples: {}; AUROC of the averaged score {au:.4}; precision among the top {}: {p:.4}", s.corrupted, s.corrupted);
         }

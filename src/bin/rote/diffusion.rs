@@ -8,6 +8,7 @@ use rote::data::{self, Array, DType, DataSpec};
 use rote::diffusion::knn::{memorization_ratio, Metric};
 use rote::diffusion::sampler::Schedule;
 use rote::diffusion::{knn_on, OptimalDenoiser, PixelRange, RangeRule, SampleSource, TrainingSet};
+use rote::device::Backend;
 use rote::report;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -223,7 +224,7 @@ pub fn sample_cmd(a: SampleArgs) -> Result<()> {
     if a.run.is_some() && a.subset.is_some() {
         bail!("--subset applies to --data; a run was trained on its own subset");
     }
-    let backend = open_device(a.device.device)?;
+    let backends = super::open_devices(a.device.device)?;
     let t0 = Instant::now();
     let source = match (&a.run, &a.data) {
         (Some(run), _) => SampleSource::Trained { run },
@@ -231,7 +232,7 @@ pub fn sample_cmd(a: SampleArgs) -> Result<()> {
         (None, None) => unreachable!("clap requires --data or --run"),
     };
     let bar = rote::sched::progress(schedule.steps as u64, "sampling", !a.json);
-    let s = rote::diffusion::sample(&source, a.samples, Default::default(), &schedule, a.seed, &backend, &mut |_| bar.inc(1))?;
+    let s = rote::diffusion::sample(&source, a.samples, Default::default(), &schedule, a.seed, &backends, &mut |_| bar.inc(1))?;
     bar.finish_and_clear();
     let (x, sample_shape, training_samples, denoiser, range) = (s.x, s.sample_shape, s.training_samples, s.denoiser, s.pixel_range);
     let seconds = t0.elapsed().as_secs_f64();
@@ -252,7 +253,7 @@ pub fn sample_cmd(a: SampleArgs) -> Result<()> {
         "seed": a.seed,
         "range": a.range.to_string(),
         "pixel_range": range,
-        "device": backend.device().to_string(),
+        "device": Backend::describe(&backends),
         "seconds": seconds,
         "samples_npy": samples_path,
         "grid": grid,
@@ -261,7 +262,7 @@ pub fn sample_cmd(a: SampleArgs) -> Result<()> {
     if a.json {
         print_json(&summary);
     } else {
-        println!("{} samples from the {denoiser} denoiser of {training_samples} training samples in {seconds:.2} s on {} → {}", a.samples, backend.device(), samples_path.display());
+        println!("{} samples from the {denoiser} denoiser of {training_samples} training samples in {seconds:.2} s on {} → {}", a.samples, Backend::describe(&backends), samples_path.display());
     }
     Ok(())
 }
@@ -382,9 +383,9 @@ pub fn knn_cmd(a: KnnArgs) -> Result<()> {
     let train = TrainingSet::new(&ds.train.x, PixelRange::MODEL)?;
     let (q, rows) = read_rows(queries, train.dim(), "queries")?;
     rote::diffusion::knn::check_k(a.k, train.len())?;
-    let backend = open_device(a.device.device)?;
+    let backends = super::open_devices(a.device.device)?;
     let t0 = Instant::now();
-    let nn = knn_on(&backend, &train, &q.to_f32(), a.k, a.metric)?;
+    let nn = rote::diffusion::knn_on_all(&backends, &train, &q.to_f32(), a.k, a.metric)?;
     let seconds = t0.elapsed().as_secs_f64();
     report::create_out_dir(out)?;
     let idx: Vec<i64> = nn.indices.iter().map(|&i| i as i64).collect();
@@ -392,7 +393,7 @@ pub fn knn_cmd(a: KnnArgs) -> Result<()> {
     report::write_npy(&out.join("distances.npy"), &[rows, a.k], &nn.values)?;
     let summary = serde_json::json!({
         "queries": rows, "training_samples": train.len(), "k": a.k, "metric": a.metric,
-        "device": backend.device().to_string(), "seconds": seconds,
+        "device": Backend::describe(&backends), "seconds": seconds,
         "indices": out.join("indices.npy"), "distances": out.join("distances.npy"),
     });
     if a.json {

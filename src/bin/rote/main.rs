@@ -208,6 +208,17 @@ pub fn open_device(req: DeviceRequest) -> Result<Backend> {
     Ok(backend)
 }
 
+/// `open_device` for the commands that split their work over several GPUs
+/// (`--device cuda:all`); any other request opens its one device.
+pub fn open_devices(req: DeviceRequest) -> Result<Vec<Backend>> {
+    if req != DeviceRequest::AllCuda {
+        return Ok(vec![open_device(req)?]);
+    }
+    let backends = Backend::open_all(req)?;
+    eprintln!("devices: {}", Backend::describe(&backends));
+    Ok(backends)
+}
+
 fn device_cmd(json: bool) -> Result<()> {
     let probe = device::cuda::probe();
     let value = serde_json::json!({

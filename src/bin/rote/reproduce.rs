@@ -145,6 +145,7 @@ pub fn reproduce_cmd(a: ReproduceArgs) -> Result<()> {
         rote::device::DeviceRequest::Cpu => "cpu".to_string(),
         rote::device::DeviceRequest::Cuda(Some(i)) => format!("cuda:{i}"),
         rote::device::DeviceRequest::Cuda(None) => "cuda".to_string(),
+        rote::device::DeviceRequest::AllCuda => "cuda:all".to_string(),
     };
     let mut r = Reporter { exe: std::env::current_exe()?, out: out.clone(), device, steps: vec![], figures: vec![], findings: vec![], tables: vec![] };
     let device_info = r.run("setup", "devices", &["device", "--json"], false)?;
