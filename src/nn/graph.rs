@@ -193,6 +193,68 @@ impl Graph {
         Ok(Forward { mode, values, records })
     }
 
+    /// The evaluation-mode logits of `x`: `forward(x, Mode::Eval)`'s last value, without
+    /// the records and intermediates a forward pass keeps for backward and tangent. Each
+    /// activation is dropped after its last use, and BatchNorm, activations and residual
+    /// adds overwrite an input nothing reads later, so memory is reused layer to layer.
+    pub fn infer(&self, x: Tensor) -> Result<Tensor> {
+        let [c, h, w] = self.input;
+        if x.shape[1..] != [c, h, w] {
+            bail!("the network takes samples of shape {:?}, got {:?}", [c, h, w], &x.shape[1..]);
+        }
+        let mut last_use = vec![usize::MAX; self.nodes.len() + 1];
+        for (k, node) in self.nodes.iter().enumerate() {
+            for &i in &node.inputs {
+                last_use[i] = k;
+            }
+        }
+        let mut values: Vec<Option<Tensor>> = (0..=self.nodes.len()).map(|_| None).collect();
+        values[0] = Some(x);
+        for (k, node) in self.nodes.iter().enumerate() {
+            let first = node.inputs[0];
+            let owned = last_use[first] == k && node.inputs[1..].iter().all(|&i| i != first);
+            let take = |values: &mut Vec<Option<Tensor>>| values[first].take().expect("a value is read after its last use");
+            let y = match &node.op {
+                Op::BatchNorm(bn) if owned => {
+                    let mut t = take(&mut values);
+                    bn.forward_eval_in_place(&mut t)?;
+                    t
+                }
+                Op::Act(act) if owned => {
+                    let mut t = take(&mut values);
+                    dense::activation_in_place(*act, &mut t);
+                    t
+                }
+                Op::Add if owned => {
+                    let mut t = take(&mut values);
+                    dense::add_in_place(&mut t, values[node.inputs[1]].as_ref().expect("a value is read after its last use"));
+                    t
+                }
+                op => {
+                    let a = values[first].as_ref().expect("a value is read after its last use");
+                    match op {
+                        Op::Conv(conv) => conv.forward(a)?,
+                        Op::BatchNorm(bn) => bn.forward_eval(a)?,
+                        Op::Act(act) => dense::activation_forward(*act, a),
+                        Op::MaxPool(p) => p.forward(a)?.0,
+                        Op::AvgPool(p) => p.forward(a)?,
+                        Op::GlobalAvgPool => pool::global_avg_forward(a)?,
+                        Op::Flatten => Tensor::new(vec![a.batch(), a.per_sample()], a.data.clone()),
+                        Op::Linear(l) => l.forward(a),
+                        Op::Add => dense::add(a, values[node.inputs[1]].as_ref().expect("a value is read after its last use")),
+                    }
+                }
+            };
+            for &i in &node.inputs {
+                if last_use[i] == k {
+                    values[i] = None;
+                }
+            }
+            values[k + 1] = Some(y);
+        }
+        Ok(values.pop().flatten().expect("the network has an output"))
+    }
+
     /// Moves every BatchNorm's running averages toward the batch statistics of a
     /// training-mode forward pass.
     pub fn update_running_stats(&mut self, f: &Forward) {
@@ -417,6 +479,18 @@ mod tests {
             }
         }
         vec![(cnn, vec![3, 2, 12, 12]), (res, vec![6, 3, 16, 16])]
+    }
+
+    #[test]
+    fn inference_equals_the_evaluation_forward_pass_bit_for_bit() {
+        let mut nets = networks();
+        nets.push((build("resnet18-cifar:classes=4,width=2", [3, 16, 16], 3).unwrap(), vec![3, 3, 16, 16]));
+        nets.push((build("cnn:c4k3-bn-relu-p2-c6k3-bn-relu-gap-fc3", [1, 9, 9], 4).unwrap(), vec![5, 1, 9, 9]));
+        for (g, shape) in nets {
+            let x = Tensor::new(shape.clone(), random(shape.iter().product(), 7));
+            let want = g.forward(x.clone(), Mode::Eval).unwrap().logits().clone();
+            assert_eq!(g.infer(x).unwrap(), want);
+        }
     }
 
     #[test]

@@ -84,7 +84,7 @@ impl Network {
             Self::Mlp(m) => Ok(m.forward(x, rows).z.pop().unwrap()),
             Self::Graph(g) => {
                 let [c, h, w] = g.input;
-                Ok(g.forward(Tensor::new(vec![rows, c, h, w], x.to_vec()), Mode::Eval)?.values.pop().unwrap().data)
+                Ok(g.infer(Tensor::new(vec![rows, c, h, w], x.to_vec()))?.data)
             }
         }
     }

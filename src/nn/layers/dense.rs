@@ -86,7 +86,14 @@ impl Linear {
 }
 
 pub fn activation_forward(act: Activation, z: &Tensor) -> Tensor {
-    Tensor::new(z.shape.clone(), z.data.par_iter().with_min_len(4096).map(|&v| act.eval(v).0).collect())
+    let mut y = z.clone();
+    activation_in_place(act, &mut y);
+    y
+}
+
+/// `activation_forward` overwriting its input (inference, where z is not kept).
+pub fn activation_in_place(act: Activation, z: &mut Tensor) {
+    z.data.par_iter_mut().with_min_len(4096).for_each(|v| *v = act.eval(*v).0);
 }
 
 /// σ′(z)·g: the backward pass, and (with g = ż) the tangent.
@@ -95,8 +102,15 @@ pub fn activation_derivative_times(act: Activation, z: &Tensor, g: &Tensor) -> T
 }
 
 pub fn add(a: &Tensor, b: &Tensor) -> Tensor {
+    let mut y = a.clone();
+    add_in_place(&mut y, b);
+    y
+}
+
+/// a += b (the residual add overwriting its first input).
+pub fn add_in_place(a: &mut Tensor, b: &Tensor) {
     assert_eq!(a.shape, b.shape, "residual add of shapes {:?} and {:?}", a.shape, b.shape);
-    Tensor::new(a.shape.clone(), a.data.par_iter().with_min_len(4096).zip(&b.data).map(|(x, y)| x + y).collect())
+    a.data.par_iter_mut().with_min_len(4096).zip(&b.data).for_each(|(x, y)| *x += y);
 }
 
 /// Softmax probabilities and per-sample cross-entropy of logits (rows, C).

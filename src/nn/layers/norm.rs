@@ -76,20 +76,32 @@ impl BatchNorm2d {
     }
 
     fn per_channel_map(x: &Tensor, plane: usize, scale: &[f32], shift: Option<&[f32]>) -> Tensor {
-        let c = scale.len();
         let mut out = x.clone();
-        out.data.par_chunks_mut(plane).enumerate().for_each(|(p, v)| {
+        Self::per_channel_map_in_place(&mut out, plane, scale, shift);
+        out
+    }
+
+    fn per_channel_map_in_place(x: &mut Tensor, plane: usize, scale: &[f32], shift: Option<&[f32]>) {
+        let c = scale.len();
+        x.data.par_chunks_mut(plane).enumerate().for_each(|(p, v)| {
             let ch = p % c;
             let b = shift.map_or(0.0, |s| s[ch]);
             v.iter_mut().for_each(|x| *x = *x * scale[ch] + b);
         });
-        out
     }
 
     pub fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = x.clone();
+        self.forward_eval_in_place(&mut y)?;
+        Ok(y)
+    }
+
+    /// `forward_eval` overwriting its input (inference, where the input is not kept).
+    pub fn forward_eval_in_place(&self, x: &mut Tensor) -> Result<()> {
         let (_, plane) = self.check(x)?;
         let (scale, shift) = self.eval_affine();
-        Ok(Self::per_channel_map(x, plane, &scale, Some(&shift)))
+        Self::per_channel_map_in_place(x, plane, &scale, Some(&shift));
+        Ok(())
     }
 
     pub fn tangent_eval(&self, x_dot: &Tensor) -> Result<Tensor> {
