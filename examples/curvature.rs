@@ -10,22 +10,7 @@ use rote::device::Backend;
 use rote::nn::train::{self, Schedule, TrainConfig};
 
 fn main() -> anyhow::Result<()> {
-    let recipe = TrainConfig {
-        data: "digits".into(),
-        model: "mlp:64-256-10,act=gelu".into(),
-        epochs: 60,
-        batch: 64,
-        lr: 0.1,
-        momentum: 0.9,
-        weight_decay: 5e-4,
-        schedule: Schedule::Constant,
-        label_noise: 0.1,
-        duplicate_conflicts: 0,
-        seed: 0,
-        input_scale: 1.0,
-        normalization: Default::default(),
-        augment: String::new(),
-    };
+    let recipe = TrainConfig { epochs: 60, batch: 64, lr: 0.1, schedule: Schedule::Constant, label_noise: 0.1, ..TrainConfig::recipe("digits", "mlp:64-256-10,act=gelu") };
     let (cfg, ds) = recipe.for_data("auto")?;
     let dir = tempfile::tempdir()?;
     let run = dir.path().join("run");

@@ -10,22 +10,7 @@ use rote::membership::Centre;
 use rote::nn::train::{Schedule, TrainConfig};
 
 fn main() -> anyhow::Result<()> {
-    let recipe = TrainConfig {
-        data: "digits:subset=100".into(),
-        model: "mlp:64-256-10".into(),
-        epochs: 30,
-        batch: 32,
-        lr: 0.1,
-        momentum: 0.9,
-        weight_decay: 5e-4,
-        schedule: Schedule::Constant,
-        label_noise: 0.1,
-        duplicate_conflicts: 0,
-        seed: 0,
-        input_scale: 1.0,
-        normalization: Default::default(),
-        augment: String::new(),
-    };
+    let recipe = TrainConfig { epochs: 30, batch: 32, lr: 0.1, schedule: Schedule::Constant, label_noise: 0.1, ..TrainConfig::recipe("digits:subset=100", "mlp:64-256-10") };
     let (recipe, ds) = recipe.for_data("auto")?;
     let dir = tempfile::tempdir()?;
     let cfg = PoolConfig { recipe, models: 16, keep: 0.5, mirror: false };

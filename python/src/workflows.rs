@@ -194,6 +194,13 @@ pub fn construct(py: Python<'_>, data: &str, width: usize, max_bias: f32, activa
     Ok((PyThresholdNetwork { net }, to_py(py, &to_json(&report)?)?))
 }
 
+/// A training recipe from the keyword arguments `train` and `pool_train` share.
+#[allow(clippy::too_many_arguments)]
+fn recipe(data: &str, model: &str, epochs: usize, batch: usize, lr: f32, momentum: f32, weight_decay: f32, schedule: &str, label_noise: f64, duplicate_conflicts: usize, seed: u64, augment: &str) -> PyResult<rote::nn::train::TrainConfig> {
+    let schedule = choice("schedule", schedule)?;
+    Ok(rote::nn::train::TrainConfig { epochs, batch, lr, momentum, weight_decay, schedule, label_noise, duplicate_conflicts, seed, augment: augment.to_string(), ..rote::nn::train::TrainConfig::recipe(data, model) })
+}
+
 /// `rote train`: trains a classifier (MLP or CNN spec) on a data spec and writes the run
 /// directory `out` (run.json, checkpoints/epoch-NNN.safetensors, metrics.csv, …) with
 /// the bytes the CLI writes for the same settings. `resume=True` continues an unfinished
@@ -222,36 +229,24 @@ pub fn train(
     device: &str,
     progress: Option<PyObject>,
 ) -> PyResult<PyObject> {
-    use rote::nn::train::{self, TrainConfig};
-    let schedule: train::Schedule = choice("schedule", schedule)?;
+    use rote::nn::train;
+    let fresh = match (data, model) {
+        (Some(data), Some(model)) if !resume => Some(recipe(data, model, epochs, batch, lr, momentum, weight_decay, schedule, label_noise, duplicate_conflicts, seed, augment)?),
+        _ if resume => None,
+        _ => return Err(bad("give data and model (or resume=True with an unfinished run in out)")),
+    };
     let mut backend = open_backend(device)?;
     let bar = Progress::new(progress, 0);
     let t0 = std::time::Instant::now();
     let (cfg, last) = py
         .allow_threads(|| -> anyhow::Result<_> {
-            let (cfg, ds) = if resume {
-                let cfg = train::open_run(&out)?;
-                let ds = rote::data::open(&cfg.data)?;
-                (cfg, ds)
-            } else {
-                let (Some(data), Some(model)) = (data, model) else { anyhow::bail!("give data and model (or resume=True with an unfinished run in out)") };
-                TrainConfig {
-                    data: data.to_string(),
-                    model: model.to_string(),
-                    epochs,
-                    batch,
-                    lr,
-                    momentum,
-                    weight_decay,
-                    schedule,
-                    label_noise,
-                    duplicate_conflicts,
-                    seed,
-                    input_scale: 1.0,
-                    normalization: Default::default(),
-                    augment: augment.to_string(),
+            let (cfg, ds) = match fresh {
+                Some(recipe) => recipe.for_data(normalize)?,
+                None => {
+                    let cfg = train::open_run(&out)?;
+                    let ds = rote::data::open(&cfg.data)?;
+                    (cfg, ds)
                 }
-                .for_data(normalize)?
             };
             if matches!(backend, Backend::Cuda(_)) && !train::runs_on_gpu(&cfg) {
                 backend = Backend::Cpu;
@@ -441,29 +436,12 @@ pub fn pool_train(
     progress: Option<PyObject>,
 ) -> PyResult<PyObject> {
     use rote::membership::pool::{self, PoolConfig};
-    use rote::nn::train::TrainConfig;
-    let schedule = choice("schedule", schedule)?;
+    let recipe = recipe(data, model, epochs, batch, lr, momentum, weight_decay, schedule, label_noise, duplicate_conflicts, seed, augment)?;
     let shard: rote::sched::Shard = parsed("shard", shard)?;
     let bar = Progress::new(progress, 0);
     let summary = py
         .allow_threads(|| -> anyhow::Result<_> {
-            let (recipe, ds) = TrainConfig {
-                data: data.to_string(),
-                model: model.to_string(),
-                epochs,
-                batch,
-                lr,
-                momentum,
-                weight_decay,
-                schedule,
-                label_noise,
-                duplicate_conflicts,
-                seed,
-                input_scale: 1.0,
-                normalization: Default::default(),
-                augment: augment.to_string(),
-            }
-            .for_data(normalize)?;
+            let (recipe, ds) = recipe.for_data(normalize)?;
             let mirror = mirror && rote::nn::network::image_shape(ds.sample_shape()).is_ok();
             let cfg = PoolConfig { recipe, models, keep, mirror };
             pool::train_pool(&ds, &cfg, &out, shard, save_models, &|done, total| bar.set(done, total))

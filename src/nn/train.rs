@@ -83,6 +83,29 @@ impl TrainConfig {
 }
 
 impl TrainConfig {
+    /// The recipe `rote train` uses when given only data and a model: 20 epochs of
+    /// batches of 128, SGD with learning rate 0.05 (step schedule), momentum 0.9, weight
+    /// decay 5·10⁻⁴, clean labels, seed 0, no augmentation. Change fields with struct
+    /// update syntax, then call `for_data`.
+    pub fn recipe(data: &str, model: &str) -> Self {
+        TrainConfig {
+            data: data.to_string(),
+            model: model.to_string(),
+            epochs: 20,
+            batch: 128,
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            schedule: Schedule::Step,
+            label_noise: 0.0,
+            duplicate_conflicts: 0,
+            seed: 0,
+            input_scale: 1.0,
+            normalization: Default::default(),
+            augment: String::new(),
+        }
+    }
+
     /// This recipe made ready to train on the data it names: validated, the data opened,
     /// the input scale read from it (1/max pixel for uint8 data) and the per-channel
     /// normalization resolved from `normalize` (auto, data, none, cifar10, cifar100,
