@@ -23,7 +23,8 @@ the messages the CLI prints. `device="auto"` uses the GPU when one is usable.
 - `knn(train, queries, k, metric=…)`: exact nearest neighbours.
 - `optimal_denoise(train, queries, sigma)`, `memorization_ratio(train, generated)`:
   the diffusion study's exact denoiser and copy detection.
-- `Lssvm(x, y, kernel=…, gamma=…).predict(q)`: the least-squares SVM.
+- `Lssvm(x, y, kernel=…, gamma=…).predict(q)`: the least-squares SVM;
+  `knn_classify(keys, labels, queries, probs=…)`: retrieval-augmented prediction.
 - `load_state_dict(path)`: a safetensors checkpoint as a dict of arrays.
 - `rote.text`: corpora, n-gram Bloom filters and suffix arrays, scans, MemFree.
 - `rote.torch`: specs and state dicts from PyTorch modules, and an in-loop tracker.
@@ -43,6 +44,7 @@ from ._rote import (  # noqa: F401
     emm,
     Lssvm,
     knn,
+    knn_classify,
     load_state_dict,
     memorization,
     memorization_ratio,
@@ -69,6 +71,7 @@ __all__ = [
     "default_device",
     "emm",
     "knn",
+    "knn_classify",
     "load_state_dict",
     "memorization",
     "memorization_ratio",

@@ -223,3 +223,16 @@ def emm(
     ratio_threshold: float = 1 / 3,
     device: str = "auto",
 ) -> dict[str, Any]: ...
+def knn_classify(
+    keys: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.int64],
+    queries: npt.NDArray[np.float32],
+    *,
+    probs: Optional[npt.NDArray[np.float64]] = None,
+    k: int = 16,
+    lambda_: float = 0.2,
+    temperature: float = 1.0,
+    metric: str = "ip",
+    combine: str = "standard",
+    device: str = "auto",
+) -> dict[str, Any]: ...

@@ -570,7 +570,65 @@ pub fn emm(
     to_py(py, &serde_json::json!({ "emm": r.emm, "all_above_threshold": r.all_above, "threshold": r.threshold, "sizes": sizes }))
 }
 
+/// `rote knn classify`: retrieval-augmented prediction (kNN-LM, RetroPrompt;
+/// ALGORITHMS.md §7). p_knn from the `k` nearest stored `keys` (N, d) of each query
+/// (Q, d) with their `labels`, softmax(s/`temperature`) of the similarity s (inner
+/// product for `metric="ip"`, minus the squared distance for "l2"); with the model's
+/// probabilities `probs` (Q, C), combined with weight `lambda_` (`combine` "standard":
+/// (1 − λ)·p_model + λ·p_knn; "retroprompt": log((1 − λ)e^p_model + λe^p_knn)). Returns
+/// {p_knn, combined (float64, (Q, C)), predictions (int64)}.
+#[pyfunction]
+#[pyo3(signature = (keys, labels, queries, *, probs=None, k=16, lambda_=0.2, temperature=1.0, metric="ip", combine="standard", device="auto"))]
+#[allow(clippy::too_many_arguments)]
+pub fn knn_classify<'py>(
+    py: Python<'py>,
+    keys: PyReadonlyArrayDyn<'py, f32>,
+    labels: PyReadonlyArray1<'py, i64>,
+    queries: PyReadonlyArrayDyn<'py, f32>,
+    probs: Option<PyReadonlyArrayDyn<'py, f64>>,
+    k: usize,
+    lambda_: f64,
+    temperature: f64,
+    metric: &str,
+    combine: &str,
+    device: &str,
+) -> PyResult<Bound<'py, PyDict>> {
+    use rote::memory::retrieval::{self, Settings};
+    let (ks, qs) = (keys.shape().to_vec(), queries.shape().to_vec());
+    if ks.len() != 2 || qs.len() != 2 || ks[1] != qs[1] {
+        return Err(bad(format!("keys {ks:?} and queries {qs:?} must be (rows, d) arrays of the same d")));
+    }
+    let labels = labels.as_slice().map_err(|_| bad("labels must be a contiguous int64 array"))?;
+    if labels.len() != ks[0] {
+        return Err(bad(format!("{} labels for the {} keys", labels.len(), ks[0])));
+    }
+    let p_model: Option<Vec<f64>> = probs.as_ref().map(|p| p.as_array().iter().copied().collect());
+    let classes = match &probs {
+        Some(p) if p.shape().len() != 2 || p.shape()[0] != qs[0] => return Err(bad(format!("probs has shape {:?}; give (queries, classes) = ({}, C)", p.shape(), qs[0]))),
+        Some(p) => p.shape()[1],
+        None => labels.iter().copied().max().unwrap_or(0).max(0) as usize + 1,
+    };
+    let settings = Settings { k, metric: choice("metric", metric)?, temperature, lambda: lambda_, combine: choice("combine", combine)? };
+    let key_values = keys.as_slice().map_err(|_| bad("keys must be C-contiguous"))?;
+    let q = queries.as_slice().map_err(|_| bad("queries must be C-contiguous"))?;
+    let backend = open_backend(device)?;
+    let (p_knn, combined) = py
+        .allow_threads(|| -> anyhow::Result<_> {
+            let store = Array::from_f32(ks.clone(), key_values, "keys");
+            rote::diffusion::knn::check_k(k, ks[0])?;
+            retrieval::classify(&backend, &store, labels, q, p_model.as_deref(), classes, &settings)
+        })
+        .map_err(err)?;
+    let predicted: Vec<i64> = retrieval::predictions(&combined, classes).into_iter().map(|c| c as i64).collect();
+    let d = PyDict::new(py);
+    d.set_item("p_knn", p_knn.into_pyarray(py).reshape([qs[0], classes])?)?;
+    d.set_item("combined", combined.into_pyarray(py).reshape([qs[0], classes])?)?;
+    d.set_item("predictions", predicted.into_pyarray(py))?;
+    Ok(d)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(knn_classify, m)?)?;
     m.add_function(wrap_pyfunction!(dataset, m)?)?;
     m.add_function(wrap_pyfunction!(save_dataset, m)?)?;
     m.add_class::<PyThresholdNetwork>()?;

@@ -173,3 +173,26 @@ def test_emm_equals_the_cli(tmp_path):
     assert got["emm"] == 10 and got["sizes"][0]["memorization_ratio"] > 0.5 > got["sizes"][1]["memorization_ratio"]
     strip = lambda p: [line.rsplit(",", 1)[0] for line in p.read_text().splitlines()]  # training seconds
     assert strip(tmp_path / "py" / "emm.csv") == strip(tmp_path / "cli" / "emm.csv")
+
+
+def test_knn_classify_equals_the_cli(tmp_path):
+    rng = np.random.default_rng(11)
+    keys = rng.normal(size=(400, 16)).astype(np.float32)
+    labels = rng.integers(0, 5, size=400).astype(np.int64)
+    queries = rng.normal(size=(30, 16)).astype(np.float32)
+    probs = rng.dirichlet(np.ones(5), size=30)
+    for name, a in [("keys", keys), ("labels", labels), ("q", queries), ("p", probs)]:
+        np.save(tmp_path / f"{name}.npy", a)
+    for combine in ("standard", "retroprompt"):
+        out = tmp_path / combine
+        cli("knn", "classify", "--store", tmp_path / "keys.npy", "--labels", tmp_path / "labels.npy", "--queries", tmp_path / "q.npy", "--probs", tmp_path / "p.npy", "-k", "8", "--lambda", "0.3", "--combine", combine, "--device", "cpu", "--out", out)
+        got = rote.knn_classify(keys, labels, queries, probs=probs, k=8, lambda_=0.3, combine=combine, device="cpu")
+        assert got["p_knn"].tobytes() == np.load(out / "p_knn.npy").tobytes()
+        assert got["combined"].tobytes() == np.load(out / "combined.npy").tobytes()
+        assert (got["predictions"] == np.load(out / "predictions.npy")).all()
+    # λ = 0 is the model's distribution; without probabilities, retrieval alone.
+    assert np.array_equal(rote.knn_classify(keys, labels, queries, probs=probs, lambda_=0.0, device="cpu")["combined"], probs)
+    alone = rote.knn_classify(keys, labels, queries, device="cpu")
+    np.testing.assert_allclose(alone["p_knn"].sum(1), 1.0, rtol=1e-12)
+    with pytest.raises(rote.RoteError, match="labels"):
+        rote.knn_classify(keys, labels[:10], queries)

@@ -192,6 +192,15 @@ impl Array {
         self.rows_f32(0, self.rows())
     }
 
+    /// All elements as f64: float64 arrays exactly, the others through `to_f32` (which
+    /// every other type converts to exactly, up to its own precision).
+    pub fn to_f64(&self) -> Vec<f64> {
+        match self.dtype {
+            DType::F64 => self.bytes().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+            _ => self.to_f32().into_iter().map(f64::from).collect(),
+        }
+    }
+
     /// All elements as i64 (integer arrays only).
     pub fn to_i64(&self) -> Result<Vec<i64>> {
         let b = self.bytes();

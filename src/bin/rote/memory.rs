@@ -85,7 +85,8 @@ pub fn classify_cmd(a: ClassifyArgs) -> Result<()> {
     rote::diffusion::knn::check_k(a.k, n)?;
     let backend = open_device(a.device.device)?;
     let t0 = std::time::Instant::now();
-    let p_model: Option<Vec<f64>> = probs.as_ref().map(|(p, _, _)| p.to_f32().iter().map(|&v| v as f64).collect());
+    // float64 probabilities are used as they are (not rounded through float32).
+    let p_model: Option<Vec<f64>> = probs.as_ref().map(|(p, _, _)| p.to_f64());
     let settings = retrieval::Settings { k: a.k, metric: a.metric, temperature: a.temperature, lambda: a.lambda, combine: a.combine };
     let (p_knn, combined) = retrieval::classify(&backend, &keys, &labels, &queries.to_f32(), p_model.as_deref(), classes, &settings)?;
     let seconds = t0.elapsed().as_secs_f64();
