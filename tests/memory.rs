@@ -161,7 +161,8 @@ fn solve_dense(mut a: Vec<f64>, mut b: Vec<f64>, n: usize) -> Vec<f64> {
 #[test]
 fn blocked_cholesky_solves_like_gaussian_elimination() {
     use rote::memory::lssvm::{cholesky, cholesky_solve};
-    let n = 300; // more than two blocks, not a multiple of the block size
+    // Several blocks and row chunks, not a multiple of either; three right-hand sides.
+    let n = 600;
     let b = random(9, n * n);
     let mut a = vec![0f64; n * n];
     for i in 0..n {
@@ -169,15 +170,18 @@ fn blocked_cholesky_solves_like_gaussian_elimination() {
             a[i * n + j] = (0..n).map(|k| b[i * n + k] * b[j * n + k]).sum::<f64>() + if i == j { 1.0 } else { 0.0 };
         }
     }
-    let rhs = random(10, n);
-    let want = solve_dense(a.clone(), rhs.clone(), n);
+    let r = 3;
+    let rhs = random(10, n * r);
     let mut l = a.clone();
     cholesky(&mut l, n).unwrap();
     let mut x = rhs.clone();
-    cholesky_solve(&l, n, &mut x, 1);
-    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-    for i in 0..n {
-        assert!((x[i] - want[i]).abs() < 1e-8 * scale, "{i}: {} vs {}", x[i], want[i]);
+    cholesky_solve(&l, n, &mut x, r);
+    for c in 0..r {
+        let want = solve_dense(a.clone(), (0..n).map(|i| rhs[i * r + c]).collect(), n);
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        for i in 0..n {
+            assert!((x[i * r + c] - want[i]).abs() < 1e-8 * scale, "column {c}, row {i}: {} vs {}", x[i * r + c], want[i]);
+        }
     }
     let mut bad = vec![0f64; 4];
     bad[0] = 1.0;

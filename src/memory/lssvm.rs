@@ -170,6 +170,9 @@ fn machine_kernel(kernel: Kernel, memory: Option<(MemoryFn, f64)>, a: &[f64], x:
 }
 
 const BLOCK: usize = 128;
+/// Rows per task of the blocked updates: large enough that each GEMM amortizes packing
+/// its right-hand factor.
+const PANEL_ROWS: usize = 256;
 
 /// In-place Cholesky factorization A = L Lᵀ of a symmetric positive-definite (n, n)
 /// row-major matrix; L is left in the lower triangle (the upper is not read).
@@ -182,7 +185,7 @@ pub fn cholesky(a: &mut [f64], n: usize) -> Result<()> {
             // A[j0.., j0..j1] −= L[j0.., ..j0] · L[j0..j1, ..j0]ᵀ, rows split across threads.
             let minus_top: Vec<f64> = (j0..j1).flat_map(|r| a[r * n..r * n + j0].iter().map(|v| -v).collect::<Vec<_>>()).collect();
             let rows = &mut a[j0 * n..];
-            rows.par_chunks_mut(n * 32).for_each(|chunk| {
+            rows.par_chunks_mut(n * PANEL_ROWS).for_each(|chunk| {
                 let r = chunk.len() / n;
                 let p = chunk.as_mut_ptr();
                 // SAFETY: within this chunk, columns ..j0 are read and j0..j1 written: disjoint.
@@ -208,41 +211,87 @@ pub fn cholesky(a: &mut [f64], n: usize) -> Result<()> {
                 a[i * n + j] = s / l;
             }
         }
-        // The panel below: each row solves against the diagonal block's Lᵀ.
-        let (top, below) = a.split_at_mut(j1 * n);
-        let diag = &top[j0 * n..];
-        below.par_chunks_mut(n).for_each(|row| {
-            for j in j0..j1 {
-                let mut s = row[j];
-                for k in j0..j {
-                    s -= row[k] * diag[(j - j0) * n + k];
-                }
-                row[j] = s / diag[(j - j0) * n + j];
-            }
-        });
+        // The panel below solves X L_jjᵀ = A[j1.., j0..j1]: X = A · (L_jj⁻¹)ᵀ, one GEMM
+        // per chunk of rows (a triangular solve row by row would be O(n²·BLOCK) scalar
+        // work, more than the trailing updates' GEMMs cost).
+        if j1 < n {
+            let inverse = lower_inverse(&a[j0 * n..], n, j0, w);
+            let below = &mut a[j1 * n..];
+            below.par_chunks_mut(n * PANEL_ROWS).for_each(|chunk| {
+                let r = chunk.len() / n;
+                let panel: Vec<f64> = chunk.chunks(n).flat_map(|row| row[j0..j1].to_vec()).collect();
+                // SAFETY: `panel` is a copy, so the product writes columns j0..j1 of this
+                // chunk without reading them; B = (L_jj⁻¹)ᵀ through its strides.
+                unsafe { crate::nn::linalg::gemm_strided((r, w, w), panel.as_ptr(), (w as isize, 1), inverse.as_ptr(), (1, w as isize), false, chunk.as_mut_ptr().add(j0), (n as isize, 1)) };
+            });
+        }
     }
     Ok(())
 }
 
-/// Solves L Lᵀ x = b for each column of b (n, r) in place, L from `cholesky`.
-pub fn cholesky_solve(l: &[f64], n: usize, b: &mut [f64], r: usize) {
-    let mut cols: Vec<Vec<f64>> = (0..r).map(|c| (0..n).map(|i| b[i * r + c]).collect()).collect();
-    cols.par_iter_mut().for_each(|x| {
-        for i in 0..n {
-            let s: f64 = l[i * n..i * n + i].iter().zip(&x[..i]).map(|(a, b)| a * b).sum();
-            x[i] = (x[i] - s) / l[i * n + i];
-        }
-        for i in (0..n).rev() {
-            let mut s = x[i];
-            for k in i + 1..n {
-                s -= l[k * n + i] * x[k];
+/// The inverse of the lower-triangular (w, w) block of `l` at rows 0.., columns j0..
+/// (row stride n), by forward substitution on the identity: (w, w) row-major.
+fn lower_inverse(l: &[f64], n: usize, j0: usize, w: usize) -> Vec<f64> {
+    let at = |i: usize, k: usize| l[i * n + j0 + k];
+    let mut inv = vec![0f64; w * w];
+    for c in 0..w {
+        for i in c..w {
+            let mut s = if i == c { 1.0 } else { 0.0 };
+            for k in c..i {
+                s -= at(i, k) * inv[k * w + c];
             }
-            x[i] = s / l[i * n + i];
+            inv[i * w + c] = s / at(i, i);
         }
-    });
-    for (c, x) in cols.iter().enumerate() {
-        for i in 0..n {
-            b[i * r + c] = x[i];
+    }
+    inv
+}
+
+/// Solves L Lᵀ x = b for each column of b (n, r) in place, L from `cholesky`: forward
+/// then backward substitution by blocks of rows, each block's coupling to the solved
+/// rows one GEMM over all r columns (row-major L is read by rows in both directions).
+pub fn cholesky_solve(l: &[f64], n: usize, b: &mut [f64], r: usize) {
+    assert_eq!(b.len(), n * r);
+    let mut coupling = vec![0f64; BLOCK * r];
+    // L y = b.
+    for j0 in (0..n).step_by(BLOCK) {
+        let j1 = (j0 + BLOCK).min(n);
+        let w = j1 - j0;
+        if j0 > 0 {
+            // SAFETY: reads L[j0..j1, ..j0] and y[..j0], writes the separate `coupling`.
+            unsafe { crate::nn::linalg::gemm_strided((w, j0, r), l.as_ptr().add(j0 * n), (n as isize, 1), b.as_ptr(), (r as isize, 1), false, coupling.as_mut_ptr(), (r as isize, 1)) };
+            b[j0 * r..j1 * r].iter_mut().zip(&coupling).for_each(|(v, c)| *v -= c);
+        }
+        for i in j0..j1 {
+            for k in j0..i {
+                let lik = l[i * n + k];
+                for c in 0..r {
+                    b[i * r + c] -= lik * b[k * r + c];
+                }
+            }
+            let d = l[i * n + i];
+            b[i * r..(i + 1) * r].iter_mut().for_each(|v| *v /= d);
+        }
+    }
+    // Lᵀ x = y, from the last block up.
+    let starts: Vec<usize> = (0..n).step_by(BLOCK).collect();
+    for &j0 in starts.iter().rev() {
+        let j1 = (j0 + BLOCK).min(n);
+        let w = j1 - j0;
+        if j1 < n {
+            // coupling = L[j1.., j0..j1]ᵀ · x[j1..]: A's (i, k) = L[j1 + k, j0 + i].
+            // SAFETY: reads L and x[j1..], writes the separate `coupling`.
+            unsafe { crate::nn::linalg::gemm_strided((w, n - j1, r), l.as_ptr().add(j1 * n + j0), (1, n as isize), b.as_ptr().add(j1 * r), (r as isize, 1), false, coupling.as_mut_ptr(), (r as isize, 1)) };
+            b[j0 * r..j1 * r].iter_mut().zip(&coupling).for_each(|(v, c)| *v -= c);
+        }
+        for i in (j0..j1).rev() {
+            for k in i + 1..j1 {
+                let lki = l[k * n + i];
+                for c in 0..r {
+                    b[i * r + c] -= lki * b[k * r + c];
+                }
+            }
+            let d = l[i * n + i];
+            b[i * r..(i + 1) * r].iter_mut().for_each(|v| *v /= d);
         }
     }
 }
