@@ -67,11 +67,13 @@ impl std::str::FromStr for Kernel {
     }
 }
 
-/// a·bᵀ for rows of a (n, d) and b (m, d): (n, m), on the tuned GEMM in float64.
+/// a·bᵀ for rows of a (n, d) and b (m, d): (n, m), on the tuned GEMM in float64, 256
+/// rows of a per task (each task packs all of b once, so fewer rows repack it often).
 fn gram(a: &[f64], b: &[f64], d: usize) -> Vec<f64> {
+    const ROWS: usize = 256;
     let m = b.len() / d.max(1);
     let mut g = vec![0f64; (a.len() / d.max(1)) * m];
-    g.par_chunks_mut(m.max(1) * 64).zip(a.par_chunks(d * 64)).for_each(|(c, rows)| {
+    g.par_chunks_mut(m.max(1) * ROWS).zip(a.par_chunks(d * ROWS)).for_each(|(c, rows)| {
         // SAFETY: the strides describe the slices exactly.
         unsafe { crate::nn::linalg::gemm_strided((rows.len() / d, d, m), rows.as_ptr(), (d as isize, 1), b.as_ptr(), (1, d as isize), false, c.as_mut_ptr(), (m as isize, 1)) };
     });
@@ -183,7 +185,10 @@ pub fn cholesky(a: &mut [f64], n: usize) -> Result<()> {
         let w = j1 - j0;
         if j0 > 0 {
             // A[j0.., j0..j1] −= L[j0.., ..j0] · L[j0..j1, ..j0]ᵀ, rows split across threads.
-            let minus_top: Vec<f64> = (j0..j1).flat_map(|r| a[r * n..r * n + j0].iter().map(|v| -v).collect::<Vec<_>>()).collect();
+            let mut minus_top = Vec::with_capacity(w * j0);
+            for r in j0..j1 {
+                minus_top.extend(a[r * n..r * n + j0].iter().map(|v| -v));
+            }
             let rows = &mut a[j0 * n..];
             rows.par_chunks_mut(n * PANEL_ROWS).for_each(|chunk| {
                 let r = chunk.len() / n;
@@ -219,7 +224,10 @@ pub fn cholesky(a: &mut [f64], n: usize) -> Result<()> {
             let below = &mut a[j1 * n..];
             below.par_chunks_mut(n * PANEL_ROWS).for_each(|chunk| {
                 let r = chunk.len() / n;
-                let panel: Vec<f64> = chunk.chunks(n).flat_map(|row| row[j0..j1].to_vec()).collect();
+                let mut panel = Vec::with_capacity(r * w);
+                for row in chunk.chunks(n) {
+                    panel.extend_from_slice(&row[j0..j1]);
+                }
                 // SAFETY: `panel` is a copy, so the product writes columns j0..j1 of this
                 // chunk without reading them; B = (L_jj⁻¹)ᵀ through its strides.
                 unsafe { crate::nn::linalg::gemm_strided((r, w, w), panel.as_ptr(), (w as isize, 1), inverse.as_ptr(), (1, w as isize), false, chunk.as_mut_ptr().add(j0), (n as isize, 1)) };
@@ -340,7 +348,7 @@ impl Lssvm {
             }
         }
         let m = machine_kernel(kernel, memory, x, x, dim);
-        let (coef, bias) = solve(&m, n, y, &classes, gamma)?;
+        let (coef, bias) = solve(m, n, y, &classes, gamma)?;
         Ok(Self { kernel, gamma, memory, classes, dim, coef, bias, x: x.to_vec() })
     }
 
@@ -363,10 +371,10 @@ impl Lssvm {
 }
 
 /// Coefficients α_i y_i (machines × n) and biases from the machine's kernel matrix
-/// (n × n, not modified: a cross-validation reuses it across γ).
-fn solve(kernel_matrix: &[f64], n: usize, y: &[i64], classes: &[i64], gamma: f64) -> Result<(Vec<f64>, Vec<f64>)> {
+/// (n × n, factorized in place: a cross-validation passes a copy, to reuse it across γ).
+fn solve(kernel_matrix: Vec<f64>, n: usize, y: &[i64], classes: &[i64], gamma: f64) -> Result<(Vec<f64>, Vec<f64>)> {
     let machines = if classes.len() == 2 { 1 } else { classes.len() };
-    let mut m = kernel_matrix.to_vec();
+    let mut m = kernel_matrix;
     for i in 0..n {
         m[i * n + i] += 1.0 / gamma;
     }
@@ -483,7 +491,7 @@ pub fn cross_validate(x: &[f64], dim: usize, y: &[i64], kernels: &[Kernel], gamm
         for (ki, &kernel) in kernels.iter().enumerate() {
             let (kff, kvf) = (machine_kernel(kernel, memory, &xf, &xf, dim), machine_kernel(kernel, memory, &xv, &xf, dim));
             for (gi, &gamma) in gammas.iter().enumerate() {
-                let (coef, bias) = solve(&kff, fit.len(), &yf, &classes, gamma)?;
+                let (coef, bias) = solve(kff.clone(), fit.len(), &yf, &classes, gamma)?;
                 let predicted = labels_of(&decide(&kvf, &coef, &bias), &classes);
                 hits[ki * gammas.len() + gi] += predicted.iter().zip(&val).filter(|(p, &i)| **p == y[i]).count();
             }
