@@ -17,7 +17,8 @@ the messages the CLI prints. `device="auto"` uses the GPU when one is usable.
   (the curvature paper's memorization score), for MLPs and CNNs (rote's model specs),
   from weights in memory.
 - `sample(data=… | run=…, …)`, `quantize(x)`: EDM sampling from the optimal or a
-  trained denoiser; `emm(data, sizes, out, …)`: effective model memorization.
+  trained denoiser (`train_denoiser(data, out, …)`); `emm(data, sizes, out, …)`:
+  effective model memorization.
 - `pool_train(data, model, out, …)`, `memorization(pool)`, `mia(pool, attack=…)`:
   shadow-model pools, Feldman–Zhang memorization, LiRA/RMIA membership inference.
 - `knn(train, queries, k, metric=…)`: exact nearest neighbours.
@@ -55,6 +56,7 @@ from ._rote import (  # noqa: F401
     sample,
     save_dataset,
     train,
+    train_denoiser,
 )
 from . import text  # noqa: F401
 from . import torch  # noqa: F401  (torch itself is imported only when a module is given)
@@ -82,6 +84,7 @@ __all__ = [
     "sample",
     "save_dataset",
     "train",
+    "train_denoiser",
     "text",
     "torch",
 ]

@@ -76,7 +76,9 @@ def memorization_ratio(
 ) -> dict[str, Any]: ...
 
 class Lssvm:
-    def __init__(self, x: npt.NDArray[np.float64], y: npt.NDArray[np.int64], *, kernel: str = "rbf:sigma=1", gamma: float = 10.0) -> None: ...
+    def __init__(
+        self, x: npt.NDArray[np.float64], y: npt.NDArray[np.int64], *, kernel: str = "rbf:sigma=1", gamma: float = 10.0, memory: Optional[str] = None, memory_weight: float = 1.0
+    ) -> None: ...
     def predict(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]: ...
 
 Progress = Optional[Callable[[int, int], Any]]
@@ -235,4 +237,21 @@ def knn_classify(
     metric: str = "ip",
     combine: str = "standard",
     device: str = "auto",
+) -> dict[str, Any]: ...
+def train_denoiser(
+    data: str,
+    out: Path,
+    *,
+    subset: Optional[int] = None,
+    labels: str = "none",
+    model: str = "resmlp:width=256,blocks=3",
+    steps: int = 4000,
+    batch: int = 128,
+    lr: float = 2e-4,
+    ema: float = 0.999,
+    seed: int = 0,
+    checkpoint_every: int = 0,
+    range: str = "auto",
+    device: str = "auto",
+    progress: Progress = None,
 ) -> dict[str, Any]: ...

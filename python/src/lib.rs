@@ -292,19 +292,22 @@ struct PyLssvm {
 #[pymethods]
 impl PyLssvm {
     /// Fits on rows `x` (N, …; float64) with labels `y`: `kernel` "rbf:sigma=S",
-    /// "linear" or "poly:degree=D", regularization `gamma`.
+    /// "linear" or "poly:degree=D", regularization `gamma`; with `memory`
+    /// ("identity", "gauss:sigma=S" or "radius:r=R") rote's least-squares
+    /// generalization–memorization machine with weight `memory_weight` (README).
     #[new]
-    #[pyo3(signature = (x, y, *, kernel="rbf:sigma=1", gamma=10.0))]
-    fn new(py: Python<'_>, x: PyReadonlyArrayDyn<'_, f64>, y: PyReadonlyArray1<'_, i64>, kernel: &str, gamma: f64) -> PyResult<Self> {
+    #[pyo3(signature = (x, y, *, kernel="rbf:sigma=1", gamma=10.0, memory=None, memory_weight=1.0))]
+    fn new(py: Python<'_>, x: PyReadonlyArrayDyn<'_, f64>, y: PyReadonlyArray1<'_, i64>, kernel: &str, gamma: f64, memory: Option<&str>, memory_weight: f64) -> PyResult<Self> {
         let shape = x.shape().to_vec();
         if shape.len() < 2 {
             return Err(bad("x is a (samples, features…) array"));
         }
         let dim: usize = shape[1..].iter().product();
         let k: rote::memory::lssvm::Kernel = kernel.parse().map_err(|e: String| bad(e))?;
+        let memory = memory.map(|m| m.parse::<rote::memory::lssvm::MemoryFn>().map_err(|e: String| bad(e)).map(|f| (f, memory_weight))).transpose()?;
         let xs = x.as_slice().map_err(|_| bad("x must be C-contiguous"))?;
         let ys = y.as_slice().map_err(|_| bad("y must be contiguous"))?;
-        let model = py.allow_threads(|| rote::memory::lssvm::Lssvm::fit(xs, dim, ys, k, gamma, None)).map_err(err)?;
+        let model = py.allow_threads(|| rote::memory::lssvm::Lssvm::fit(xs, dim, ys, k, gamma, memory)).map_err(err)?;
         Ok(PyLssvm { model, dim })
     }
 

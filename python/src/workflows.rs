@@ -521,6 +521,50 @@ pub fn mia<'py>(py: Python<'py>, pool: PathBuf, attack: &str, targets: &str, sha
     Ok(d)
 }
 
+/// `rote denoise train`: a score-matching denoiser (EDM preconditioning and loss, Adam,
+/// EMA; ALGORITHMS.md §3) on `data` (optionally a class-balanced `subset`), written to
+/// the run directory `out` as the CLI writes it (`sample(run=out)` samples from it).
+/// `labels`: "none", "true" or "random:C"; `range` as `sample`'s. `progress(step,
+/// steps)`. Returns {run, training_samples, steps, batch, final_loss, device}.
+#[pyfunction]
+#[pyo3(signature = (data, out, *, subset=None, labels="none", model="resmlp:width=256,blocks=3", steps=4000, batch=128, lr=2e-4, ema=0.999, seed=0, checkpoint_every=0, range="auto", device="auto", progress=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn train_denoiser(
+    py: Python<'_>,
+    data: &str,
+    out: PathBuf,
+    subset: Option<usize>,
+    labels: &str,
+    model: &str,
+    steps: usize,
+    batch: usize,
+    lr: f64,
+    ema: f64,
+    seed: u64,
+    checkpoint_every: usize,
+    range: &str,
+    device: &str,
+    progress: Option<PyObject>,
+) -> PyResult<PyObject> {
+    use rote::diffusion::train::{self, DenoiserConfig, Labels, Recipe};
+    let labels = Labels::parse(labels).map_err(err)?;
+    let range: rote::diffusion::RangeRule = parsed("range", range)?;
+    let backend = open_backend(device)?;
+    let bar = Progress::new(progress, steps as u64);
+    let (training_samples, final_loss) = py
+        .allow_threads(|| -> anyhow::Result<_> {
+            let ds = rote::diffusion::training_data(data, subset)?;
+            let pixel_range = rote::diffusion::PixelRange::resolve(&ds.train.x, range)?;
+            let recipe = Recipe { model: model.to_string(), steps, batch, lr, ema, seed };
+            let cfg = DenoiserConfig::new(data, subset, labels, recipe, &ds.train, ds.sample_shape(), pixel_range, checkpoint_every)?;
+            train::train(&backend, &ds.train, &cfg, &out, &|s| bar.set(s as u64, steps as u64))?;
+            Ok((ds.train.len(), train::final_loss(&out)?))
+        })
+        .map_err(err)?;
+    let v = serde_json::json!({ "run": out, "training_samples": training_samples, "steps": steps, "batch": batch, "final_loss": final_loss, "device": backend.device().to_string() });
+    to_py(py, &v)
+}
+
 /// `rote emm`: the effective model memorization of a denoiser recipe (ALGORITHMS.md
 /// §3): a denoiser trained on each of `sizes` class-balanced subsets, sampled and
 /// scored by the memorization ratio; EMM is the largest size memorized at `threshold`.
@@ -641,5 +685,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(memorization, m)?)?;
     m.add_function(wrap_pyfunction!(mia, m)?)?;
     m.add_function(wrap_pyfunction!(emm, m)?)?;
+    m.add_function(wrap_pyfunction!(train_denoiser, m)?)?;
     Ok(())
 }

@@ -274,6 +274,10 @@ def test_lssvm_equals_the_cli(tmp_path):
     assert (model.predict(x) == np.load(d / "pred.npy")).all()
     with pytest.raises(rote.RoteError, match="sigma"):
         rote.Lssvm(x, y, kernel="rbf:sigma=-1")
+    cli("lssvm", "fit", "--data", "digits", "--kernel", "rbf:sigma=2", "--gamma", "10", "--memory", "gauss:sigma=0.5", "--memory-weight", "2", "--out", d / "mm")
+    cli("lssvm", "predict", "--model", d / "mm", "--data", "digits", "--split", "train", "--out", d / "mm.npy")
+    memory = rote.Lssvm(x, y, kernel="rbf:sigma=2", gamma=10.0, memory="gauss:sigma=0.5", memory_weight=2.0)
+    assert (memory.predict(x) == np.load(d / "mm.npy")).all() and (memory.predict(x) == y).all()
 
 
 def test_contiguous_and_memory_mapped_inputs_are_read_in_place(tmp_path):

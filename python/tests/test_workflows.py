@@ -139,6 +139,21 @@ def test_sampling_equals_the_cli(tmp_path):
         rote.sample(data="digits", samples=0)
 
 
+def test_a_trained_denoiser_and_its_samples_equal_the_cli(tmp_path):
+    settings = dict(subset=20, steps=60, batch=16, model="resmlp:width=32,blocks=1", seed=4)
+    cli("denoise", "train", "--data", "digits", "--subset", "20", "--steps", "60", "--batch", "16", "--model", "resmlp:width=32,blocks=1", "--seed", "4", "--device", "cpu", "--out", tmp_path / "cli")
+    seen = []
+    summary = rote.train_denoiser("digits", tmp_path / "py", device="cpu", progress=lambda done, total: seen.append(done), **settings)
+    assert summary["steps"] == 60 and summary["training_samples"] == 20 and np.isfinite(summary["final_loss"])
+    assert seen[-1] == 60
+    for f in files_of(tmp_path / "cli"):
+        if f.suffix == ".safetensors":
+            assert (tmp_path / "py" / f).read_bytes() == (tmp_path / "cli" / f).read_bytes(), f
+    cli("denoise", "sample", "--run", tmp_path / "cli", "--samples", "5", "--steps", "4", "--device", "cpu", "--out", tmp_path / "s")
+    x = rote.sample(run=tmp_path / "py", samples=5, steps=4, device="cpu")
+    assert rote.quantize(x).tobytes() == np.load(tmp_path / "s" / "samples.npy").tobytes()
+
+
 def test_pool_memorization_and_membership_inference_equal_the_cli(tmp_path):
     recipe = ["--data", "digits:subset=20", "--model", "mlp:64-32-10", "--models", "6", "--epochs", "3", "--batch", "16"]
     cli("pool", "train", *recipe, "--out", tmp_path / "cli")

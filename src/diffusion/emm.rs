@@ -86,11 +86,7 @@ pub fn measure(ds: &Dataset, settings: &EmmSettings, size: usize, out: &Path, ba
     let run = dir.join("run");
     let weights = train::train(backend, &subset, &cfg, &run, &|_| {})?;
     let train_seconds = t0.elapsed().as_secs_f64();
-    let final_loss = std::fs::read_to_string(run.join("metrics.csv"))?
-        .lines()
-        .last()
-        .and_then(|l| l.split(',').nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(f64::NAN);
+    let final_loss = train::final_loss(&run)?;
     let schedule = super::sampler::Schedule::default();
     let x = train::sample_trained(&cfg, cfg.layout()?, weights, settings.samples, &schedule, settings.recipe.seed, backend)?;
     // Memorization in the data's units against the training subset.

@@ -280,8 +280,7 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
     train::train(&backend, &ds.train, &cfg, &a.out, &|s| bar.set_position(s as u64))?;
     bar.finish_and_clear();
     let seconds = t0.elapsed().as_secs_f64();
-    let last = std::fs::read_to_string(a.out.join("metrics.csv"))?.lines().last().unwrap_or("").to_string();
-    let loss: f64 = last.split(',').nth(1).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+    let loss = train::final_loss(&a.out)?;
     let summary = serde_json::json!({
         "run": a.out, "training_samples": ds.train.len(), "steps": a.steps, "batch": a.batch,
         "final_loss": loss, "seconds": seconds, "samples_per_second": (a.steps * a.batch) as f64 / seconds,
