@@ -92,6 +92,38 @@ fn to_sq_distances(g: &mut [f64], a: &[f64], b: &[f64], d: usize) {
     });
 }
 
+/// The lower triangle (with the diagonal) of K(x_i, x_j) for the rows of x (n, d), by
+/// blocks of 256 rows: each block's product covers the columns up to its last row, so
+/// the symmetric matrix costs half the products and kernel evaluations of `matrix`.
+/// Entries right of a block's columns are 0; those right of the diagonal inside a block
+/// are filled too. (The Cholesky factorization reads the lower triangle only.)
+fn lower_matrix(kernel: Kernel, x: &[f64], d: usize) -> Vec<f64> {
+    const ROWS: usize = 256;
+    let n = x.len() / d.max(1);
+    let norms: Vec<f64> = x.chunks(d.max(1)).map(|r| r.iter().map(|v| v * v).sum()).collect();
+    let mut out = vec![0f64; n * n];
+    out.par_chunks_mut(n.max(1) * ROWS).enumerate().for_each(|(blk, c)| {
+        let (r0, rows) = (blk * ROWS, c.len() / n.max(1));
+        let cols = (r0 + rows).min(n);
+        // SAFETY: rows r0.. of x (rows × d) times the first `cols` rows of x transposed,
+        // into the first `cols` columns of this block's rows (row stride n).
+        unsafe { crate::nn::linalg::gemm_strided((rows, d, cols), x.as_ptr().add(r0 * d), (d as isize, 1), x.as_ptr(), (1, d as isize), false, c.as_mut_ptr(), (n as isize, 1)) };
+        for (i, row) in c.chunks_mut(n).enumerate() {
+            let row = &mut row[..cols];
+            match kernel {
+                Kernel::Linear => {}
+                Kernel::Poly { degree } => row.iter_mut().for_each(|v| *v = (*v + 1.0).powi(degree as i32)),
+                Kernel::Rbf { sigma } => {
+                    let s2 = sigma * sigma;
+                    let ni = norms[r0 + i];
+                    row.iter_mut().zip(&norms).for_each(|(v, nj)| *v = (-((ni + nj - 2.0 * *v).max(0.0)) / s2).exp());
+                }
+            }
+        }
+    });
+    out
+}
+
 impl Kernel {
     /// K(a_i, b_j) for rows of a (n, d) and b (m, d): (n, m), from one product a·bᵀ.
     pub fn matrix(&self, a: &[f64], b: &[f64], d: usize) -> Vec<f64> {
@@ -347,7 +379,8 @@ impl Lssvm {
                 bail!("--memory-weight must be a positive number, got {mu}");
             }
         }
-        let m = machine_kernel(kernel, memory, x, x, dim);
+        // Without a memory the factorization needs only K's lower triangle.
+        let m = if memory.is_none() { lower_matrix(kernel, x, dim) } else { machine_kernel(kernel, memory, x, x, dim) };
         let (coef, bias) = solve(m, n, y, &classes, gamma)?;
         Ok(Self { kernel, gamma, memory, classes, dim, coef, bias, x: x.to_vec() })
     }
@@ -552,4 +585,25 @@ impl Lssvm {
 /// Accuracy of predicted against true labels.
 pub fn accuracy(predicted: &[i64], truth: &[i64]) -> f64 {
     predicted.iter().zip(truth).filter(|(a, b)| a == b).count() as f64 / truth.len().max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lower_triangle_is_the_full_kernel_matrix_below_the_diagonal() {
+        // More rows than one block, not a multiple of it.
+        let (n, d) = (600, 5);
+        let x = crate::nn::layers::uniform_values(3, 1, n * d, -1.0, 1.0).into_iter().map(f64::from).collect::<Vec<f64>>();
+        for kernel in [Kernel::Rbf { sigma: 1.5 }, Kernel::Linear, Kernel::Poly { degree: 3 }] {
+            let (full, lower) = (kernel.matrix(&x, &x, d), lower_matrix(kernel, &x, d));
+            for i in 0..n {
+                for j in 0..=i {
+                    let (a, b) = (full[i * n + j], lower[i * n + j]);
+                    assert!((a - b).abs() <= 1e-12 * (1.0 + a.abs()), "{kernel:?} ({i}, {j}): {a} vs {b}");
+                }
+            }
+        }
+    }
 }
