@@ -19,8 +19,9 @@ the messages the CLI prints. `device="auto"` uses the GPU when one is usable.
 - `sample(data=… | run=…, …)`, `quantize(x)`: EDM sampling from the optimal or a
   trained denoiser (`train_denoiser(data, out, …)`); `emm(data, sizes, out, …)`:
   effective model memorization.
-- `pool_train(data, model, out, …)`, `memorization(pool)`, `mia(pool, attack=…)`:
-  shadow-model pools, Feldman–Zhang memorization, LiRA/RMIA membership inference.
+- `pool_train(data, model, out, …)`, `memorization(pool)`, `mia(pool, attack=…)`,
+  `choi(pool, select=…)`: shadow-model pools, Feldman–Zhang memorization, LiRA/RMIA
+  membership inference, Choi et al.'s targeting of memorized samples.
 - `knn(train, queries, k, metric=…)`: exact nearest neighbours.
 - `optimal_denoise(train, queries, sigma)`, `memorization_ratio(train, generated)`:
   the diffusion study's exact denoiser and copy detection.
@@ -36,6 +37,7 @@ the messages the CLI prints. `device="auto"` uses the GPU when one is usable.
 from ._rote import (  # noqa: F401
     RoteError,
     ThresholdNetwork,
+    choi,
     __version__,
     construct,
     curvature,
@@ -66,6 +68,7 @@ __all__ = [
     "RoteError",
     "ThresholdNetwork",
     "__version__",
+    "choi",
     "construct",
     "curvature",
     "curvature_scores",

@@ -255,3 +255,16 @@ def train_denoiser(
     device: str = "auto",
     progress: Progress = None,
 ) -> dict[str, Any]: ...
+def choi(
+    pool: Path,
+    *,
+    select: str = "top:10%",
+    shadows: Optional[Sequence[int]] = None,
+    targets: str = "leave-one-out",
+    attack: str = "lira-online",
+    fixed_variance: bool = False,
+    centre: str = "median",
+    gamma: float = 2.0,
+    offline_a: Optional[float] = None,
+    population: int = 0,
+) -> dict[str, Any]: ...

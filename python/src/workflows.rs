@@ -565,6 +565,28 @@ pub fn train_denoiser(
     to_py(py, &v)
 }
 
+/// Choi et al.'s targeting of memorized samples (`rote choi`, without files): the
+/// examples `select` picks ("top:Q%" most memorized, or "mem>T") attacked with `attack`
+/// for each count of `shadows` (default 2, 4, 8, …, K − 1). Returns {selected, points:
+/// [{shadows, all, selected, scored}]} with each point's metrics (auc, tpr_at_fpr,
+/// balanced_accuracy) over all examples and over the selected ones.
+#[pyfunction]
+#[pyo3(signature = (pool, *, select="top:10%", shadows=None, targets="leave-one-out", attack="lira-online", fixed_variance=false, centre="median", gamma=2.0, offline_a=None, population=0))]
+#[allow(clippy::too_many_arguments)]
+pub fn choi(py: Python<'_>, pool: PathBuf, select: &str, shadows: Option<Vec<usize>>, targets: &str, attack: &str, fixed_variance: bool, centre: &str, gamma: f64, offline_a: Option<f64>, population: usize) -> PyResult<PyObject> {
+    use rote::membership::attack::{self as atk, AttackSpec, Selection, Targets};
+    let spec = AttackSpec { kind: choice("attack", attack)?, centre: choice("centre", centre)?, fixed_variance, gamma, offline_a, population };
+    let select: Selection = parsed("select", select)?;
+    let targets: Targets = parsed("targets", targets)?;
+    let (points, chosen) = py
+        .allow_threads(|| -> anyhow::Result<_> {
+            let p = rote::membership::pool::Pool::open(&pool)?;
+            atk::choi(&p, &spec, &select, shadows.as_deref(), targets, &|_| {})
+        })
+        .map_err(err)?;
+    to_py(py, &serde_json::json!({ "selected": chosen, "points": to_json(&points)? }))
+}
+
 /// `rote emm`: the effective model memorization of a denoiser recipe (ALGORITHMS.md
 /// §3): a denoiser trained on each of `sizes` class-balanced subsets, sampled and
 /// scored by the memorization ratio; EMM is the largest size memorized at `threshold`.
@@ -685,6 +707,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(memorization, m)?)?;
     m.add_function(wrap_pyfunction!(mia, m)?)?;
     m.add_function(wrap_pyfunction!(emm, m)?)?;
+    m.add_function(wrap_pyfunction!(choi, m)?)?;
     m.add_function(wrap_pyfunction!(train_denoiser, m)?)?;
     Ok(())
 }

@@ -171,6 +171,16 @@ def test_pool_memorization_and_membership_inference_equal_the_cli(tmp_path):
     assert got["scores"].astype(np.float32).tobytes() == np.load(tmp_path / "mia" / "scores.npy").tobytes()
     assert (got["members"] == np.load(tmp_path / "mia" / "members.npy").astype(bool)).all()
     assert got["auc"] == want["metrics"]["auc"] and got["tpr_at_fpr"][0.001] == want["metrics"]["tpr_at_0.1%_fpr"]
+    want = json.loads(cli("choi", "--pool", tmp_path / "cli", "--select", "top:20%", "--shadows", "2,5", "--out", tmp_path / "choi", "--json"))
+    got = rote.choi(tmp_path / "py", select="top:20%", shadows=[2, 5])
+    assert got["selected"] == want["selected"] > 0
+    assert [p["shadows"] for p in got["points"]] == [2, 5]
+    auc = lambda m: None if m is None else m["auc"]
+    for g, w in zip(got["points"], want["points"]):
+        assert (auc(g["selected"]), auc(g["all"]), g["scored"]) == (auc(w["selected"]), auc(w["all"]), w["scored"])
+    assert got["points"][-1]["all"] is not None, "five shadows score the pool"
+    with pytest.raises(rote.RoteError, match="shadow models is not possible"):
+        rote.choi(tmp_path / "py", shadows=[6])
     with pytest.raises(rote.RoteError, match="attack"):
         rote.mia(tmp_path / "py", attack="guess")
     with pytest.raises(rote.RoteError, match="shadows"):

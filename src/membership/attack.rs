@@ -395,6 +395,23 @@ pub fn choi_curve(pool: &Pool, ev: &Evidence, spec: &AttackSpec, targets: &[usiz
 
 /// choi.csv and choi.png (TPR at 0.1% FPR of the selected and of all examples against
 /// the shadow count) in `out`.
+/// Choi et al.'s targeting of memorized samples on a pool (`rote choi`): the examples
+/// `select` picks by their Feldman–Zhang memorization, then the attack `spec` against
+/// `targets` with each of `shadows` shadow-model counts (default `shadow_counts`).
+/// Returns the curve and how many examples were selected.
+pub fn choi(pool: &Pool, spec: &AttackSpec, select: &Selection, shadows: Option<&[usize]>, targets: Targets, progress: &dyn Fn(usize)) -> Result<(Vec<ChoiPoint>, usize)> {
+    let (m, _) = memorization(pool)?;
+    let selected = select.select(&m.mem);
+    let ev = Evidence::load(pool, spec.kind)?;
+    let k = pool.models();
+    let counts = shadows.map_or_else(|| shadow_counts(k), |c| c.to_vec());
+    if let Some(&c) = counts.iter().find(|&&c| c == 0 || c >= k) {
+        bail!("--shadows: {c} shadow models is not possible in a pool of {k} (each target has at most {})", k - 1);
+    }
+    let points = choi_curve(pool, &ev, spec, &targets.models(k), &selected, &counts, progress)?;
+    Ok((points, selected.iter().filter(|&&s| s).count()))
+}
+
 pub fn write_choi(out: &std::path::Path, points: &[ChoiPoint], label: &str) -> Result<()> {
     let mut csv = String::from("shadows,tpr_at_0.1%_all,tpr_at_0.1%_selected,tpr_at_1%_all,tpr_at_1%_selected,auc_all,auc_selected,scored\n");
     let at = |m: &Option<Metrics>, f: &dyn Fn(&Metrics) -> f64| m.as_ref().map(|m| f(m).to_string()).unwrap_or_default();

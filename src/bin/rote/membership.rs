@@ -330,25 +330,18 @@ pub struct ChoiArgs {
 
 pub fn choi_cmd(a: ChoiArgs) -> Result<()> {
     let p = Pool::open(&a.attack.pool)?;
-    let (m, _) = attack::memorization(&p)?;
-    let selected = a.select.select(&m.mem);
-    let ev = attack::Evidence::load(&p, a.attack.attack)?;
-    let k = p.models();
-    let counts: Vec<usize> = match &a.shadows {
-        None => attack::shadow_counts(k),
-        Some(text) => text.split(',').map(|c| c.trim().parse::<usize>().map_err(|_| anyhow::anyhow!("--shadows {text}: '{c}' is not a number"))).collect::<Result<_>>()?,
-    };
-    if let Some(&c) = counts.iter().find(|&&c| c == 0 || c >= k) {
-        bail!("--shadows: {c} shadow models is not possible in a pool of {k} (each target has at most {})", k - 1);
-    }
-    let targets = a.targets.models(k);
-    let bar = sched::progress(counts.len() as u64, "attacking", !a.json);
-    let points = attack::choi_curve(&p, &ev, &a.attack.spec(), &targets, &selected, &counts, &|d| bar.set_position(d as u64))?;
+    let counts: Option<Vec<usize>> = a
+        .shadows
+        .as_ref()
+        .map(|text| text.split(',').map(|c| c.trim().parse::<usize>().map_err(|_| anyhow::anyhow!("--shadows {text}: '{c}' is not a number"))).collect::<Result<_>>())
+        .transpose()?;
+    let targets = a.targets.models(p.models());
+    let bar = sched::progress(counts.as_ref().map_or(attack::shadow_counts(p.models()).len(), |c| c.len()) as u64, "attacking", !a.json);
+    let (points, chosen) = attack::choi(&p, &a.attack.spec(), &a.select, counts.as_deref(), a.targets, &|d| bar.set_position(d as u64))?;
     bar.finish_and_clear();
     let out = a.out.clone().unwrap_or_else(|| a.attack.pool.join("choi"));
     report::create_out_dir(&out)?;
     attack::write_choi(&out, &points, &a.attack.label())?;
-    let chosen = selected.iter().filter(|&&s| s).count();
     let value = serde_json::json!({
         "pool": a.attack.pool, "attack": a.attack.label(), "selection": a.select, "selected": chosen, "examples": p.info.examples,
         "targets": targets.len(), "points": points.iter().map(|q| serde_json::json!({ "shadows": q.shadows, "all": q.all.as_ref().map(metrics_json), "selected": q.selected.as_ref().map(metrics_json), "scored": q.scored })).collect::<Vec<_>>(),
