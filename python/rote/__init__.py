@@ -9,7 +9,8 @@ the messages the CLI prints. `device="auto"` uses the GPU when one is usable.
   dataset directory every `data=` argument (and the CLI's `--data`) can name.
 - `construct(data, width, max_bias, …)` → (`ThresholdNetwork`, report): the
   interpolating threshold networks; `ThresholdNetwork.load/save/predict/accuracy`.
-- `train(data, model, out, …)`: a training run directory, byte for byte `rote train`'s.
+- `train(data, model, out, …)`: a training run directory, byte for byte `rote train`'s;
+  `evaluate(model, weights, data)`: each checkpoint's loss and accuracy (`rote eval`).
 - `curvature(run, …)`: per-sample input curvature of a run's checkpoints (or of
   `weights=` trained elsewhere), averaged as `rote curvature` does; `shard="I/N"` or
   `"auto"` (Slurm) for a part of the samples.
@@ -45,6 +46,7 @@ from ._rote import (  # noqa: F401
     dataset,
     default_device,
     emm,
+    evaluate,
     Lssvm,
     knn,
     knn_classify,
@@ -75,6 +77,7 @@ __all__ = [
     "dataset",
     "default_device",
     "emm",
+    "evaluate",
     "knn",
     "knn_classify",
     "load_state_dict",

@@ -263,6 +263,18 @@ pub fn train(
     to_py(py, &v)
 }
 
+/// `rote eval`: the mean loss and accuracy of each checkpoint of `weights` (a path or
+/// 'dir/*.safetensors') for `model` on the splits of `data`, with the normalization the
+/// weights were trained with (`normalize`; uint8 inputs / max first unless `scale` is
+/// False). Returns {normalization, input_scale, checkpoints: [{checkpoint, train_loss,
+/// train_accuracy, test_loss, test_accuracy}]}.
+#[pyfunction]
+#[pyo3(signature = (model, weights, data, *, normalize="none", scale=true))]
+pub fn evaluate(py: Python<'_>, model: &str, weights: &str, data: &str, normalize: &str, scale: bool) -> PyResult<PyObject> {
+    let (rows, normalization, input_scale) = py.allow_threads(|| rote::nn::train::evaluate_checkpoints(model, weights, data, normalize, !scale, &|_| {})).map_err(err)?;
+    to_py(py, &serde_json::json!({ "normalization": to_json(&normalization)?, "input_scale": input_scale, "checkpoints": to_json(&rows)? }))
+}
+
 /// `rote curvature`: per-sample input curvature of a training run (`run`), or of a
 /// series of checkpoints trained elsewhere (`weights` pattern with `model`, `data` and
 /// `normalize`), averaged over the selected checkpoints. With `out`, writes the files
@@ -708,6 +720,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(mia, m)?)?;
     m.add_function(wrap_pyfunction!(emm, m)?)?;
     m.add_function(wrap_pyfunction!(choi, m)?)?;
+    m.add_function(wrap_pyfunction!(evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(train_denoiser, m)?)?;
     Ok(())
 }

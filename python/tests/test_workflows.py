@@ -93,6 +93,17 @@ def test_train_writes_the_run_the_cli_writes(runs):
         rote.train("digits", "mlp:64-10", d / "other", schedule="sometimes")
 
 
+def test_evaluate_equals_the_cli(runs):
+    d, summary, _ = runs
+    pattern = str(d / "py" / "checkpoints" / "*.safetensors")
+    want = json.loads(cli("eval", "--model", "mlp:64-32-10,act=gelu", "--weights", pattern, "--data", "digits", "--json"))
+    got = rote.evaluate("mlp:64-32-10,act=gelu", pattern, "digits")
+    assert got["checkpoints"] == want["checkpoints"] and got["input_scale"] == want["input_scale"]
+    assert [Path(c["checkpoint"]).name for c in got["checkpoints"]] == ["epoch-001.safetensors", "epoch-002.safetensors"]
+    with pytest.raises(rote.RoteError):
+        rote.evaluate("mlp:64-16-10", pattern, "digits")
+
+
 def test_curvature_of_a_run_and_its_shards_equal_the_cli(runs, tmp_path):
     d, _, _ = runs
     cli("curvature", "--run", d / "cli", "--estimator", "hutchinson", "--probes", "4", "--device", "cpu", "--out", tmp_path / "cli")

@@ -120,6 +120,39 @@ impl TrainConfig {
     }
 }
 
+/// How one checkpoint scores on a dataset (`rote eval`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CheckpointEval {
+    pub checkpoint: PathBuf,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub test_loss: Option<f64>,
+    pub test_accuracy: Option<f64>,
+}
+
+/// `rote eval`: mean loss and accuracy of each checkpoint of `weights` (a path or a
+/// pattern with '*' in the file name) for `model` on the splits of the data spec `data`,
+/// inputs scaled (unless `no_scale`: uint8 / max) and normalized by `normalize` as in
+/// training. Returns the checkpoints' results with the normalization and scale used;
+/// `progress(done)` after each checkpoint.
+pub fn evaluate_checkpoints(model: &str, weights: &str, data: &str, normalize: &str, no_scale: bool, progress: &dyn Fn(usize)) -> Result<(Vec<CheckpointEval>, network::Normalization, f32)> {
+    let ds = crate::data::open(data)?;
+    let files = crate::nn::runs::checkpoint_files(weights)?;
+    let mut net = Network::build(model, ds.sample_shape(), 0).with_context(|| format!("model '{model}' on '{data}'"))?;
+    net.check_labels(model, ds.train.y.iter().chain(ds.test.iter().flat_map(|t| &t.y)))?;
+    let input_scale = if no_scale { 1.0 } else { input_scale_for(&ds) };
+    let normalization = normalization_for(model, normalize, &ds, input_scale)?;
+    let mut rows = Vec::with_capacity(files.len());
+    for (i, f) in files.iter().enumerate() {
+        net.load_weights(f)?;
+        let (train_loss, train_accuracy) = evaluate_split(&net, &ds.train, input_scale, &normalization, ds.sample_shape())?;
+        let test = ds.test.as_ref().map(|t| evaluate_split(&net, t, input_scale, &normalization, ds.sample_shape())).transpose()?;
+        rows.push(CheckpointEval { checkpoint: f.clone(), train_loss, train_accuracy, test_loss: test.map(|t| t.0), test_accuracy: test.map(|t| t.1) });
+        progress(i + 1);
+    }
+    Ok((rows, normalization, input_scale))
+}
+
 /// The last row of a run's metrics.csv: how the final epoch scored.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct FinalMetrics {

@@ -1,7 +1,7 @@
 //! `rote train`, `rote eval` and `rote curvature`: classifiers and their input curvature.
 
 use super::{open_device, print_json, DeviceArg};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use rote::data::{self, DataSpec};
 use rote::device::Backend;
@@ -211,32 +211,16 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
 }
 
 pub fn eval_cmd(a: EvalArgs) -> Result<()> {
-    use rote::nn::{network, train};
-    let ds = a.data.open()?;
-    let files = rote::nn::runs::checkpoint_files(&a.weights)?;
-    let mut net = network::Network::build(&a.model, ds.sample_shape(), 0).with_context(|| format!("model '{}' on '{}'", a.model, a.data))?;
-    net.check_labels(&a.model, ds.train.y.iter().chain(ds.test.iter().flat_map(|t| &t.y)))?;
-    let input_scale = if a.no_scale { 1.0 } else { train::input_scale_for(&ds) };
-    let normalization = train::normalization_for(&a.model, &a.normalize, &ds, input_scale)?;
-    let bar = sched::progress(files.len() as u64, "evaluating", !a.json);
-    let mut rows = vec![];
-    for f in &files {
-        net.load_weights(f)?;
-        let (train_loss, train_acc) = train::evaluate_split(&net, &ds.train, input_scale, &normalization, ds.sample_shape())?;
-        let test = ds.test.as_ref().map(|t| train::evaluate_split(&net, t, input_scale, &normalization, ds.sample_shape())).transpose()?;
-        rows.push(serde_json::json!({
-            "checkpoint": f, "train_loss": train_loss, "train_accuracy": train_acc,
-            "test_loss": test.map(|t| t.0), "test_accuracy": test.map(|t| t.1),
-        }));
-        bar.inc(1);
-    }
+    let total = rote::nn::runs::checkpoint_files(&a.weights)?.len();
+    let bar = sched::progress(total as u64, "evaluating", !a.json);
+    let (rows, normalization, input_scale) = rote::nn::train::evaluate_checkpoints(&a.model, &a.weights, a.data.text()?, &a.normalize, a.no_scale, &|d| bar.set_position(d as u64))?;
     bar.finish_and_clear();
     if a.json {
         print_json(&serde_json::json!({ "model": a.model, "data": a.data, "normalization": normalization, "input_scale": input_scale, "checkpoints": rows }));
     } else {
+        let pct = |v: Option<f64>| v.map(|x| format!("{:.2}%", 100.0 * x)).unwrap_or_else(|| "n/a".into());
         for r in &rows {
-            let pct = |v: &serde_json::Value| v.as_f64().map(|x| format!("{:.2}%", 100.0 * x)).unwrap_or_else(|| "n/a".into());
-            println!("{}: train accuracy {} (loss {:.4}), test accuracy {}", r["checkpoint"].as_str().unwrap_or(""), pct(&r["train_accuracy"]), r["train_loss"].as_f64().unwrap_or(f64::NAN), pct(&r["test_accuracy"]));
+            println!("{}: train accuracy {} (loss {:.4}), test accuracy {}", r.checkpoint.display(), pct(Some(r.train_accuracy)), r.train_loss, pct(r.test_accuracy));
         }
     }
     Ok(())
