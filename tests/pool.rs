@@ -9,26 +9,11 @@ use common::*;
 use rote::data::{self, Array, Dataset, Split};
 use rote::membership::pool::{self, PoolConfig};
 use rote::nn::network::Network;
-use rote::nn::train::{self, Schedule, TrainConfig};
+use rote::nn::train::{self, TrainConfig};
 use std::path::Path;
 
 fn recipe(data: &str, model: &str, epochs: usize, ds: &Dataset) -> TrainConfig {
-    TrainConfig {
-        data: data.into(),
-        model: model.into(),
-        epochs,
-        batch: 16,
-        lr: 0.05,
-        momentum: 0.9,
-        weight_decay: 5e-4,
-        schedule: Schedule::Step,
-        label_noise: 0.0,
-        duplicate_conflicts: 0,
-        seed: 11,
-        input_scale: train::input_scale_for(ds),
-        normalization: Default::default(),
-        augment: String::new(),
-    }
+    TrainConfig { epochs, batch: 16, seed: 11, input_scale: train::input_scale_for(ds), ..TrainConfig::recipe(data, model) }
 }
 
 fn f32s(path: &Path) -> (Vec<usize>, Vec<f32>) {
