@@ -436,15 +436,19 @@ fn solve(kernel_matrix: Vec<f64>, n: usize, y: &[i64], classes: &[i64], gamma: f
     Ok((coef, bias))
 }
 
-/// Decision values (q, machines) from kernel rows (q, n) against the training points.
+/// Decision values (q, machines) from kernel rows (q, n) against the training points:
+/// K · coefᵀ + b, one GEMM per block of rows.
 fn decide(k: &[f64], coef: &[f64], bias: &[f64]) -> Vec<f64> {
+    const ROWS: usize = 256;
     let machines = bias.len();
-    let n = coef.len() / machines;
+    let n = coef.len() / machines.max(1);
     let mut out = vec![0f64; (k.len() / n.max(1)) * machines];
-    out.par_chunks_mut(machines).zip(k.par_chunks(n.max(1))).for_each(|(o, kr)| {
-        for c in 0..machines {
-            o[c] = kr.iter().zip(&coef[c * n..(c + 1) * n]).map(|(a, b)| a * b).sum::<f64>() + bias[c];
+    out.par_chunks_mut(machines * ROWS).zip(k.par_chunks(n.max(1) * ROWS)).for_each(|(o, kr)| {
+        for row in o.chunks_mut(machines) {
+            row.copy_from_slice(bias);
         }
+        // SAFETY: kr is (rows, n), coef (machines, n) read transposed, o (rows, machines).
+        unsafe { crate::nn::linalg::gemm_strided((o.len() / machines.max(1), n, machines), kr.as_ptr(), (n as isize, 1), coef.as_ptr(), (1, n as isize), true, o.as_mut_ptr(), (machines as isize, 1)) };
     });
     out
 }
