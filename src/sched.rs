@@ -247,7 +247,7 @@ pub fn merge_shard_files(parts: &[std::path::PathBuf], out: &std::path::Path) ->
 /// their randomness by global row, so the joined parts equal a single run's result.
 pub fn split_over<R: Send>(backends: &[crate::device::Backend], range: Range<usize>, work: &(dyn Fn(&crate::device::Backend, Range<usize>) -> Result<R> + Sync)) -> Result<Vec<R>> {
     if backends.is_empty() {
-        anyhow::bail!("no device to run on");
+        bail!("no device to run on");
     }
     let part = |i: usize| {
         let sub = Shard { index: i, count: backends.len() }.range(range.len());

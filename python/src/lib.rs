@@ -22,16 +22,19 @@ pub(crate) fn bad(msg: impl Into<String>) -> PyErr {
     RoteError::new_err(msg.into())
 }
 
+/// A `device=` argument: "auto", "cpu", "cuda", "cuda:N" or "cuda:all".
+fn device_request(device: &str) -> PyResult<DeviceRequest> {
+    device.parse().map_err(|e: String| bad(format!("device={device:?}: {e}")))
+}
+
 pub(crate) fn open_backend(device: &str) -> PyResult<Backend> {
-    let req: DeviceRequest = device.parse().map_err(|e: String| bad(format!("device={device:?}: {e}")))?;
-    Backend::open(req.resolve().map_err(err)?).map_err(err)
+    Backend::open(device_request(device)?.resolve().map_err(err)?).map_err(err)
 }
 
 /// The devices of `device` for the calls that split their work over several GPUs
 /// ("cuda:all"); any other choice is its one device.
 pub(crate) fn open_backends(device: &str) -> PyResult<Vec<Backend>> {
-    let req: DeviceRequest = device.parse().map_err(|e: String| bad(format!("device={device:?}: {e}")))?;
-    Backend::open_all(req).map_err(err)
+    Backend::open_all(device_request(device)?).map_err(err)
 }
 
 /// A progress callback `f(done, total)` called (with the GIL) as work completes.
@@ -496,8 +499,7 @@ fn text_import(py: Python<'_>, paths: Vec<PathBuf>, out: PathBuf, tokenizer: &st
 fn text_build_index(py: Python<'_>, corpus: PathBuf, kind: &str, n: usize, fp: f64, layout: &str, capacity: Option<u64>, out: Option<PathBuf>, normalized: bool, device: &str) -> PyResult<PyObject> {
     use rote::text::index::{build_on, index_targets, IndexSpec};
     let spec = IndexSpec::parse(kind, n, fp, layout, capacity).map_err(err)?;
-    let req: DeviceRequest = device.parse().map_err(|e: String| bad(format!("device={device:?}: {e}")))?;
-    let gpu = rote::text::index::gpu_for(&spec, req).map_err(err)?;
+    let gpu = rote::text::index::gpu_for(&spec, device_request(device)?).map_err(err)?;
     let reports = py
         .allow_threads(|| -> anyhow::Result<Vec<rote::text::index::BuildReport>> {
             let mut reports = Vec::new();

@@ -9,7 +9,6 @@ use numpy::{IntoPyArray, PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyA
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use rote::data::{Array, DType, Dataset, Split};
-use rote::device::Backend;
 use std::path::PathBuf;
 
 /// One of a clap value enum's names, or a RoteError listing them.
@@ -179,13 +178,7 @@ pub fn construct(py: Python<'_>, data: &str, width: usize, max_bias: f32, activa
     let (net, report) = py
         .allow_threads(|| -> anyhow::Result<_> {
             let ds = rote::data::open(data)?;
-            let target = if one_vs_rest {
-                Target::OneVsRest
-            } else if positive_class.is_some() || ds.classes() == 2 {
-                Target::Binary { positive: positive_class }
-            } else {
-                Target::OneVsRest
-            };
+            let target = Target::choose(one_vs_rest, positive_class, ds.classes());
             let cfg = FitConfig { width, max_bias, activation, seed, target, scale_to_unit_norm: scale };
             construct::validate_config(&cfg)?;
             construct::fit(&ds, &cfg, &backend)
@@ -235,24 +228,18 @@ pub fn train(
         _ if resume => None,
         _ => return Err(bad("give data and model (or resume=True with an unfinished run in out)")),
     };
-    let mut backend = open_backend(device)?;
+    let requested = open_backend(device)?;
     let bar = Progress::new(progress, 0);
     let t0 = std::time::Instant::now();
-    let (cfg, last) = py
+    let (cfg, last, backend) = py
         .allow_threads(|| -> anyhow::Result<_> {
             let (cfg, ds) = match fresh {
                 Some(recipe) => recipe.for_data(normalize)?,
-                None => {
-                    let cfg = train::open_run(&out)?;
-                    let ds = rote::data::open(&cfg.data)?;
-                    (cfg, ds)
-                }
+                None => train::open_run_and_data(&out)?,
             };
-            if matches!(backend, Backend::Cuda(_)) && !train::runs_on_gpu(&cfg) {
-                backend = Backend::Cpu;
-            }
+            let (backend, _) = train::backend_for(&cfg, requested);
             train::train(&ds, &cfg, &out, &backend, resume, &|done, total| bar.set(done, total))?;
-            Ok((cfg, train::final_metrics(&out)?))
+            Ok((cfg, train::final_metrics(&out)?, backend))
         })
         .map_err(err)?;
     let v = serde_json::json!({
@@ -327,8 +314,7 @@ pub fn curvature<'py>(
     let statistic: Statistic = choice("statistic", statistic)?;
     let estimator: Estimator = match estimator {
         Some(e) => choice("estimator", e)?,
-        None if statistic == Statistic::ReleasedCode => Estimator::Fd,
-        None => Estimator::Exact,
+        None => Estimator::default_for(statistic),
     };
     let shard: rote::sched::Shard = parsed("shard", shard)?;
     let score_cfg = ScoreConfig { estimator, statistic, probes, h, seed };
@@ -628,19 +614,12 @@ pub fn emm(
     use rote::diffusion::emm::{self, EmmSettings};
     use rote::diffusion::train::{Labels, Recipe};
     let labels = Labels::parse(labels).map_err(err)?;
-    if !(threshold > 0.0 && threshold <= 1.0) {
-        return Err(bad(format!("threshold must be in (0, 1] (got {threshold})")));
-    }
-    if samples < 1 {
-        return Err(bad("samples must be at least 1"));
-    }
-    rote::diffusion::net::NetSpec::parse(model).map_err(err)?;
-    let backend = open_backend(device)?;
     let settings = EmmSettings { data: data.to_string(), labels, recipe: Recipe { model: model.to_string(), steps, batch, lr, ema, seed }, samples, ratio_threshold };
+    settings.validate(threshold).map_err(err)?;
+    let backend = open_backend(device)?;
     let r = py
         .allow_threads(|| -> anyhow::Result<_> {
             let ds = rote::data::open(data)?;
-            emm::check_sizes(&sizes, ds.train.len())?;
             emm::sweep(&ds, &settings, &sizes, threshold, refine, &out, &backend, &|_| {})
         })
         .map_err(err)?;

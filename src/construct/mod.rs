@@ -47,6 +47,18 @@ pub enum Target {
     OneVsRest,
 }
 
+impl Target {
+    /// What `rote construct` builds: one-vs-rest when asked, or for more than two classes
+    /// without a `positive` class; a binary network otherwise.
+    pub fn choose(one_vs_rest: bool, positive: Option<i64>, classes: usize) -> Self {
+        if !one_vs_rest && (positive.is_some() || classes == 2) {
+            Target::Binary { positive }
+        } else {
+            Target::OneVsRest
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct FitConfig {
     pub width: usize,

@@ -36,6 +36,18 @@ pub enum Statistic {
     ReleasedCode,
 }
 
+impl Estimator {
+    /// The estimator when none is asked for: finite differences for the released code's
+    /// statistic (it is defined on them), exact otherwise.
+    pub fn default_for(statistic: Statistic) -> Self {
+        if statistic == Statistic::ReleasedCode {
+            Estimator::Fd
+        } else {
+            Estimator::Exact
+        }
+    }
+}
+
 /// Scores of a batch of samples.
 #[derive(Clone, Debug, Default)]
 pub struct Scores {

@@ -21,6 +21,20 @@ pub struct EmmSettings {
     pub ratio_threshold: f64,
 }
 
+impl EmmSettings {
+    /// Rejects settings a sweep at `threshold` cannot use, before any data is read.
+    pub fn validate(&self, threshold: f64) -> Result<()> {
+        if !(threshold > 0.0 && threshold <= 1.0) {
+            bail!("--threshold must be in (0, 1] (got {threshold})");
+        }
+        if self.samples < 1 {
+            bail!("--samples must be at least 1");
+        }
+        super::net::NetSpec::parse(&self.recipe.model)?;
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct SizeResult {
     pub size: usize,

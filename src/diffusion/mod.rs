@@ -350,9 +350,9 @@ pub enum SampleSource<'a> {
     Trained { run: &'a std::path::Path },
 }
 
-/// Samples in data space and what made them.
+/// Samples in model space and what made them.
 pub struct Samples {
-    /// (count × dim) values in the data's space, as `write_samples` stores them.
+    /// (count × dim) values in model space [−1, 1], as `write_samples` takes them.
     pub x: Vec<f32>,
     pub sample_shape: Vec<usize>,
     pub training_samples: usize,
@@ -411,11 +411,8 @@ pub fn sample(source: &SampleSource, count: usize, shard: crate::sched::Shard, s
 /// `knn_on` with the queries split over `backends` (`--device cuda:all`), each part on
 /// its own thread: the neighbours one device finds.
 pub fn knn_on_all(backends: &[crate::device::Backend], train: &TrainingSet, queries: &[f32], k: usize, metric: knn::Metric) -> Result<knn::Neighbours> {
-    let d = train.dim();
-    if d == 0 || queries.len() % d != 0 {
-        bail!("kNN queries: {} numbers are not a whole number of samples of dimension {d}", queries.len());
-    }
-    let parts = crate::sched::split_over(backends, 0..queries.len() / d, &|backend, rows| {
+    let (d, rows) = (train.dim(), train.check_queries(queries.len(), "kNN queries")?);
+    let parts = crate::sched::split_over(backends, 0..rows, &|backend, rows| {
         if rows.is_empty() {
             return Ok(knn::Neighbours { k, indices: vec![], values: vec![] });
         }

@@ -285,9 +285,6 @@ pub fn open_run(run: &Path) -> Result<(DenoiserConfig, Layout, Vec<f32>)> {
     Ok((cfg, layout, weights))
 }
 
-/// Trains on `train` (rows in data units, converted with the config's pixel range) and
-/// writes the run directory; the steps run on `backend` (on a GPU: cuBLAS products and
-/// kernels/denoiser.cu), on the same batches either way. `progress(step)` after each step.
 /// The mean loss of the last row of a denoiser run's metrics.csv (NaN when it has none).
 pub fn final_loss(run: &Path) -> Result<f64> {
     let path = run.join("metrics.csv");
@@ -295,6 +292,9 @@ pub fn final_loss(run: &Path) -> Result<f64> {
     Ok(text.lines().skip(1).last().and_then(|l| l.split(',').nth(1)).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN))
 }
 
+/// Trains on `train` (rows in data units, converted with the config's pixel range) and
+/// writes the run directory; the steps run on `backend` (on a GPU: cuBLAS products and
+/// kernels/denoiser.cu), on the same batches either way. `progress(step)` after each step.
 pub fn train(backend: &crate::device::Backend, train: &Split, cfg: &DenoiserConfig, run: &Path, progress: &dyn Fn(usize)) -> Result<Vec<f32>> {
     let recipe = &cfg.recipe;
     if recipe.steps == 0 || recipe.batch == 0 {

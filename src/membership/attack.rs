@@ -393,8 +393,6 @@ pub fn choi_curve(pool: &Pool, ev: &Evidence, spec: &AttackSpec, targets: &[usiz
         .collect()
 }
 
-/// choi.csv and choi.png (TPR at 0.1% FPR of the selected and of all examples against
-/// the shadow count) in `out`.
 /// Choi et al.'s targeting of memorized samples on a pool (`rote choi`): the examples
 /// `select` picks by their Feldman–Zhang memorization, then the attack `spec` against
 /// `targets` with each of `shadows` shadow-model counts (default `shadow_counts`).
@@ -412,6 +410,8 @@ pub fn choi(pool: &Pool, spec: &AttackSpec, select: &Selection, shadows: Option<
     Ok((points, selected.iter().filter(|&&s| s).count()))
 }
 
+/// choi.csv and choi.png (TPR at 0.1% FPR of the selected and of all examples against
+/// the shadow count) in `out`.
 pub fn write_choi(out: &std::path::Path, points: &[ChoiPoint], label: &str) -> Result<()> {
     let mut csv = String::from("shadows,tpr_at_0.1%_all,tpr_at_0.1%_selected,tpr_at_1%_all,tpr_at_1%_selected,auc_all,auc_selected,scored\n");
     let at = |m: &Option<Metrics>, f: &dyn Fn(&Metrics) -> f64| m.as_ref().map(|m| f(m).to_string()).unwrap_or_default();

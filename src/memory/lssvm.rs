@@ -80,14 +80,23 @@ fn gram(a: &[f64], b: &[f64], d: usize) -> Vec<f64> {
     g
 }
 
-/// ‖a_i − b_j‖² from the Gram matrix g = a·bᵀ, in place (clamped at 0).
+/// Squared norms of the rows of x (·, d), summed in index order.
+fn sq_norms(x: &[f64], d: usize) -> Vec<f64> {
+    x.chunks(d.max(1)).map(|r| r.iter().map(|v| v * v).sum::<f64>()).collect()
+}
+
+/// ‖a − b‖² from a·b and the squared norms (clamped at 0).
+fn sq_distance(dot: f64, na: f64, nb: f64) -> f64 {
+    (na + nb - 2.0 * dot).max(0.0)
+}
+
+/// ‖a_i − b_j‖² from the Gram matrix g = a·bᵀ, in place.
 fn to_sq_distances(g: &mut [f64], a: &[f64], b: &[f64], d: usize) {
-    let norms = |x: &[f64]| x.chunks(d).map(|r| r.iter().map(|v| v * v).sum::<f64>()).collect::<Vec<f64>>();
-    let (na, nb) = (norms(a), norms(b));
+    let (na, nb) = (sq_norms(a, d), sq_norms(b, d));
     let m = nb.len();
     g.par_chunks_mut(m.max(1)).enumerate().for_each(|(i, row)| {
-        for (j, v) in row.iter_mut().enumerate() {
-            *v = (na[i] + nb[j] - 2.0 * *v).max(0.0);
+        for (v, &nj) in row.iter_mut().zip(&nb) {
+            *v = sq_distance(*v, na[i], nj);
         }
     });
 }
@@ -100,7 +109,7 @@ fn to_sq_distances(g: &mut [f64], a: &[f64], b: &[f64], d: usize) {
 fn lower_matrix(kernel: Kernel, x: &[f64], d: usize) -> Vec<f64> {
     const ROWS: usize = 256;
     let n = x.len() / d.max(1);
-    let norms: Vec<f64> = x.chunks(d.max(1)).map(|r| r.iter().map(|v| v * v).sum()).collect();
+    let norms = sq_norms(x, d);
     let mut out = vec![0f64; n * n];
     out.par_chunks_mut(n.max(1) * ROWS).enumerate().for_each(|(blk, c)| {
         let (r0, rows) = (blk * ROWS, c.len() / n.max(1));
@@ -109,15 +118,8 @@ fn lower_matrix(kernel: Kernel, x: &[f64], d: usize) -> Vec<f64> {
         // into the first `cols` columns of this block's rows (row stride n).
         unsafe { crate::nn::linalg::gemm_strided((rows, d, cols), x.as_ptr().add(r0 * d), (d as isize, 1), x.as_ptr(), (1, d as isize), false, c.as_mut_ptr(), (n as isize, 1)) };
         for (i, row) in c.chunks_mut(n).enumerate() {
-            let row = &mut row[..cols];
-            match kernel {
-                Kernel::Linear => {}
-                Kernel::Poly { degree } => row.iter_mut().for_each(|v| *v = (*v + 1.0).powi(degree as i32)),
-                Kernel::Rbf { sigma } => {
-                    let s2 = sigma * sigma;
-                    let ni = norms[r0 + i];
-                    row.iter_mut().zip(&norms).for_each(|(v, nj)| *v = (-((ni + nj - 2.0 * *v).max(0.0)) / s2).exp());
-                }
+            for (v, &nj) in row[..cols].iter_mut().zip(&norms) {
+                *v = kernel.of_product(*v, norms[r0 + i], nj);
             }
         }
     });
@@ -125,19 +127,26 @@ fn lower_matrix(kernel: Kernel, x: &[f64], d: usize) -> Vec<f64> {
 }
 
 impl Kernel {
+    /// K(a, b) from the product a·b and the squared norms ‖a‖², ‖b‖² (read by RBF).
+    fn of_product(&self, dot: f64, na: f64, nb: f64) -> f64 {
+        match *self {
+            Self::Linear => dot,
+            Self::Poly { degree } => (dot + 1.0).powi(degree as i32),
+            Self::Rbf { sigma } => (-sq_distance(dot, na, nb) / (sigma * sigma)).exp(),
+        }
+    }
+
     /// K(a_i, b_j) for rows of a (n, d) and b (m, d): (n, m), from one product a·bᵀ.
     pub fn matrix(&self, a: &[f64], b: &[f64], d: usize) -> Vec<f64> {
         let mut g = gram(a, b, d);
-        match *self {
-            Self::Linear => g,
-            Self::Poly { degree } => g.into_iter().map(|v| (v + 1.0).powi(degree as i32)).collect(),
-            Self::Rbf { sigma } => {
-                to_sq_distances(&mut g, a, b, d);
-                let s2 = sigma * sigma;
-                g.par_iter_mut().for_each(|v| *v = (-*v / s2).exp());
-                g
+        let (na, nb) = (sq_norms(a, d), sq_norms(b, d));
+        let m = nb.len();
+        g.par_chunks_mut(m.max(1)).enumerate().for_each(|(i, row)| {
+            for (v, &nj) in row.iter_mut().zip(&nb) {
+                *v = self.of_product(*v, na[i], nj);
             }
-        }
+        });
+        g
     }
 }
 

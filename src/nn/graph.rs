@@ -14,7 +14,7 @@ use super::layers::norm::{BatchNorm2d, BatchStats};
 use super::layers::pool::{self, AvgPool2d, MaxPool2d};
 use super::layers::Tensor;
 use super::mlp::Activation;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -52,6 +52,23 @@ enum Record {
     None,
     MaxArg(Vec<u32>),
     Stats(BatchStats),
+}
+
+/// One node's evaluation-mode output from its input `a` (and `b`, the residual add's
+/// second input): the pass `forward` and `infer` share for every node that keeps no
+/// record (max-pool's argmax and training-mode BatchNorm's statistics are `forward`'s).
+fn eval_op(op: &Op, a: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    Ok(match op {
+        Op::Conv(conv) => conv.forward(a)?,
+        Op::BatchNorm(bn) => bn.forward_eval(a)?,
+        Op::Act(act) => dense::activation_forward(*act, a),
+        Op::MaxPool(p) => p.forward(a)?.0,
+        Op::AvgPool(p) => p.forward(a)?,
+        Op::GlobalAvgPool => pool::global_avg_forward(a)?,
+        Op::Flatten => Tensor::new(vec![a.batch(), a.per_sample()], a.data.clone()),
+        Op::Linear(l) => l.forward(a),
+        Op::Add => dense::add(a, b.context("internal error: a residual add without its second input")?),
+    })
 }
 
 /// Everything a forward pass leaves for backward and tangent.
@@ -167,25 +184,16 @@ impl Graph {
         let mut records = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
             let a = &values[node.inputs[0]];
-            let (y, record) = match &node.op {
-                Op::Conv(conv) => (conv.forward(a)?, Record::None),
-                Op::BatchNorm(bn) => match mode {
-                    Mode::Eval => (bn.forward_eval(a)?, Record::None),
-                    Mode::Train => {
-                        let (y, stats) = bn.forward_train(a)?;
-                        (y, Record::Stats(stats))
-                    }
-                },
-                Op::Act(act) => (dense::activation_forward(*act, a), Record::None),
-                Op::MaxPool(p) => {
+            let (y, record) = match (&node.op, mode) {
+                (Op::BatchNorm(bn), Mode::Train) => {
+                    let (y, stats) = bn.forward_train(a)?;
+                    (y, Record::Stats(stats))
+                }
+                (Op::MaxPool(p), _) => {
                     let (y, arg) = p.forward(a)?;
                     (y, Record::MaxArg(arg))
                 }
-                Op::AvgPool(p) => (p.forward(a)?, Record::None),
-                Op::GlobalAvgPool => (pool::global_avg_forward(a)?, Record::None),
-                Op::Flatten => (Tensor::new(vec![a.batch(), a.per_sample()], a.data.clone()), Record::None),
-                Op::Linear(l) => (l.forward(a), Record::None),
-                Op::Add => (dense::add(a, &values[node.inputs[1]]), Record::None),
+                (op, _) => (eval_op(op, a, node.inputs.get(1).map(|&i| &values[i]))?, Record::None),
             };
             records.push(record);
             values.push(y);
@@ -231,18 +239,8 @@ impl Graph {
                     t
                 }
                 op => {
-                    let a = values[first].as_ref().expect("a value is read after its last use");
-                    match op {
-                        Op::Conv(conv) => conv.forward(a)?,
-                        Op::BatchNorm(bn) => bn.forward_eval(a)?,
-                        Op::Act(act) => dense::activation_forward(*act, a),
-                        Op::MaxPool(p) => p.forward(a)?.0,
-                        Op::AvgPool(p) => p.forward(a)?,
-                        Op::GlobalAvgPool => pool::global_avg_forward(a)?,
-                        Op::Flatten => Tensor::new(vec![a.batch(), a.per_sample()], a.data.clone()),
-                        Op::Linear(l) => l.forward(a),
-                        Op::Add => dense::add(a, values[node.inputs[1]].as_ref().expect("a value is read after its last use")),
-                    }
+                    let read = |i: usize| values[i].as_ref().expect("a value is read after its last use");
+                    eval_op(op, read(first), node.inputs.get(1).map(|&i| read(i)))?
                 }
             };
             for &i in &node.inputs {

@@ -80,9 +80,7 @@ impl TrainConfig {
         Augment::parse(&self.augment)?;
         Ok(())
     }
-}
 
-impl TrainConfig {
     /// The recipe `rote train` uses when given only data and a model: 20 epochs of
     /// batches of 128, SGD with learning rate 0.05 (step schedule), momentum 0.9, weight
     /// decay 5·10⁻⁴, clean labels, seed 0, no augmentation. Change fields with struct
@@ -247,6 +245,13 @@ pub fn open_run(run: &Path) -> Result<TrainConfig> {
     serde_json::from_str(&text).with_context(|| format!("{} is not a rote run description", run_json.display()))
 }
 
+/// An unfinished run's configuration with the data it names opened, to resume it.
+pub fn open_run_and_data(run: &Path) -> Result<(TrainConfig, Dataset)> {
+    let cfg = open_run(run)?;
+    let ds = crate::data::open(&cfg.data)?;
+    Ok((cfg, ds))
+}
+
 /// Ok when the run finished; otherwise an error saying how far it got.
 pub fn check_complete(run: &Path, cfg: &TrainConfig) -> Result<()> {
     if run.join(COMPLETE_FILE).is_file() {
@@ -369,6 +374,14 @@ pub fn gather_into(x: &crate::data::Array, rows: &[u32], scale: f32, out: &mut [
 /// other runs train on the CPU.
 pub fn runs_on_gpu(cfg: &TrainConfig) -> bool {
     !super::models::is_graph_spec(&cfg.model) && Augment::parse(&cfg.augment).is_ok_and(|a| a.is_none())
+}
+
+/// `backend` if `cfg` trains there, else the CPU with the reason (see `runs_on_gpu`).
+pub fn backend_for(cfg: &TrainConfig, backend: crate::device::Backend) -> (crate::device::Backend, Option<&'static str>) {
+    if matches!(backend, crate::device::Backend::Cuda(_)) && !runs_on_gpu(cfg) {
+        return (crate::device::Backend::Cpu, Some("convolutional models and augmented batches train on the CPU in this version"));
+    }
+    (backend, None)
 }
 
 /// `inputs` into a buffer.

@@ -4,7 +4,6 @@ use super::{open_device, print_json, DeviceArg};
 use anyhow::Result;
 use clap::Args;
 use rote::data::{self, DataSpec};
-use rote::device::Backend;
 use rote::sched::{self, Shard};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -169,17 +168,10 @@ impl RecipeArgs {
 
 pub fn train_cmd(a: TrainArgs) -> Result<()> {
     use rote::nn::train;
-    let (cfg, ds) = if a.resume {
-        let cfg = train::open_run(&a.out)?;
-        let ds = data::open(&cfg.data)?;
-        (cfg, ds)
-    } else {
-        a.recipe.config()?
-    };
-    let mut backend = open_device(a.device.device)?;
-    if matches!(backend, Backend::Cuda(_)) && !train::runs_on_gpu(&cfg) {
-        eprintln!("note: convolutional models and augmented batches train on the CPU in this version");
-        backend = Backend::Cpu;
+    let (cfg, ds) = if a.resume { train::open_run_and_data(&a.out)? } else { a.recipe.config()? };
+    let (backend, note) = train::backend_for(&cfg, open_device(a.device.device)?);
+    if let Some(note) = note {
+        eprintln!("note: {note}");
     }
     let bar = sched::progress(0, "training", !a.json);
     let t0 = Instant::now();
@@ -228,7 +220,7 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
 
 pub fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
     use rote::curvature::run::{CurvatureJob, Selection, Source};
-    use rote::curvature::{Estimator, ScoreConfig, Statistic};
+    use rote::curvature::{Estimator, ScoreConfig};
     let source = match (&a.run, &a.weights) {
         (Some(run), _) => Source::Run(run.clone()),
         (None, Some(weights)) => Source::Series {
@@ -238,7 +230,7 @@ pub fn curvature_cmd(a: CurvatureArgs) -> Result<()> {
         },
         _ => unreachable!("clap requires --run or --weights"),
     };
-    let estimator = a.estimator.unwrap_or(if a.statistic == Statistic::ReleasedCode { Estimator::Fd } else { Estimator::Exact });
+    let estimator = a.estimator.unwrap_or_else(|| Estimator::default_for(a.statistic));
     let score_cfg = ScoreConfig { estimator, statistic: a.statistic, probes: a.probes, h: a.h, seed: a.seed };
     if a.batch == 0 {
         anyhow::bail!("--batch must be at least 1");

@@ -87,13 +87,7 @@ pub struct ConstructArgs {
 pub fn construct_cmd(args: ConstructArgs) -> Result<()> {
     use rote::construct::{self, FitConfig, Target};
     let ds = args.data.open()?;
-    let target = if args.one_vs_rest {
-        Target::OneVsRest
-    } else if args.positive_class.is_some() || ds.classes() == 2 {
-        Target::Binary { positive: args.positive_class }
-    } else {
-        Target::OneVsRest
-    };
+    let target = Target::choose(args.one_vs_rest, args.positive_class, ds.classes());
     let cfg = FitConfig {
         width: args.width,
         max_bias: args.max_bias,

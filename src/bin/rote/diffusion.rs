@@ -505,16 +505,6 @@ pub fn emm_cmd(a: EmmArgs) -> Result<()> {
     use rote::diffusion::emm::{self, EmmSettings};
     use rote::diffusion::train::Labels;
     let labels = Labels::parse(&a.labels)?;
-    if !(a.threshold > 0.0 && a.threshold <= 1.0) {
-        bail!("--threshold must be in (0, 1] (got {})", a.threshold);
-    }
-    if a.samples < 1 {
-        bail!("--samples must be at least 1");
-    }
-    rote::diffusion::net::NetSpec::parse(&a.model)?;
-    let ds = a.data.open()?;
-    emm::check_sizes(&a.sizes, ds.train.len())?;
-    let backend = open_device(a.device.device)?;
     let settings = EmmSettings {
         data: a.data.text()?.to_string(),
         labels,
@@ -522,6 +512,10 @@ pub fn emm_cmd(a: EmmArgs) -> Result<()> {
         samples: a.samples,
         ratio_threshold: a.ratio_threshold,
     };
+    settings.validate(a.threshold)?;
+    let ds = a.data.open()?;
+    emm::check_sizes(&a.sizes, ds.train.len())?;
+    let backend = open_device(a.device.device)?;
     let t0 = Instant::now();
     let r = emm::sweep(&ds, &settings, &a.sizes, a.threshold, a.refine, &a.out, &backend, &|m| eprintln!("{m}"))?;
     let seconds = t0.elapsed().as_secs_f64();

@@ -330,14 +330,13 @@ pub struct ChoiArgs {
 
 pub fn choi_cmd(a: ChoiArgs) -> Result<()> {
     let p = Pool::open(&a.attack.pool)?;
-    let counts: Option<Vec<usize>> = a
-        .shadows
-        .as_ref()
-        .map(|text| text.split(',').map(|c| c.trim().parse::<usize>().map_err(|_| anyhow::anyhow!("--shadows {text}: '{c}' is not a number"))).collect::<Result<_>>())
-        .transpose()?;
+    let counts: Vec<usize> = match &a.shadows {
+        None => attack::shadow_counts(p.models()),
+        Some(text) => text.split(',').map(|c| c.trim().parse::<usize>().map_err(|_| anyhow::anyhow!("--shadows {text}: '{c}' is not a number"))).collect::<Result<_>>()?,
+    };
     let targets = a.targets.models(p.models());
-    let bar = sched::progress(counts.as_ref().map_or(attack::shadow_counts(p.models()).len(), |c| c.len()) as u64, "attacking", !a.json);
-    let (points, chosen) = attack::choi(&p, &a.attack.spec(), &a.select, counts.as_deref(), a.targets, &|d| bar.set_position(d as u64))?;
+    let bar = sched::progress(counts.len() as u64, "attacking", !a.json);
+    let (points, chosen) = attack::choi(&p, &a.attack.spec(), &a.select, Some(&counts), a.targets, &|d| bar.set_position(d as u64))?;
     bar.finish_and_clear();
     let out = a.out.clone().unwrap_or_else(|| a.attack.pool.join("choi"));
     report::create_out_dir(&out)?;
