@@ -490,15 +490,7 @@ pub fn mia<'py>(py: Python<'py>, pool: PathBuf, attack: &str, targets: &str, sha
     let (result, metrics, scored, n) = py
         .allow_threads(|| -> anyhow::Result<_> {
             let p = Pool::open(&pool)?;
-            let ev = atk::Evidence::load(&p, spec.kind)?;
-            let k = p.models();
-            let targets = targets.models(k);
-            let shadows = shadows.unwrap_or(k.saturating_sub(1));
-            if shadows == 0 || shadows >= k {
-                anyhow::bail!("shadows={shadows}: each target of a pool of {k} models has 1 to {} shadow models", k.saturating_sub(1));
-            }
-            let result = atk::attack(&p, &ev, &spec, &targets, &atk::first_others(k, shadows), shadows < k - 1)?;
-            let scored = result.scores.iter().filter(|v| !v.is_nan()).count() as f64 / result.scores.len() as f64;
+            let (result, _, scored) = atk::attack_pool(&p, &spec, targets, shadows)?;
             let metrics = result.roc(None)?.metrics(None)?;
             Ok((result, metrics, scored, p.info.examples))
         })

@@ -306,6 +306,22 @@ pub fn attack(pool: &Pool, ev: &Evidence, spec: &AttackSpec, targets: &[usize], 
     Ok(AttackResult { targets: targets.to_vec(), scores: rows.concat(), members })
 }
 
+/// `rote mia`'s attack: every model of `targets` against the first `shadows` of the
+/// others (default all of them). Examples no shadow set covers IN and OUT are left out
+/// (NaN) when fewer shadows than the pool has are used. Returns the result, the shadows
+/// per target and the fraction of (target, example) pairs scored.
+pub fn attack_pool(pool: &Pool, spec: &AttackSpec, targets: Targets, shadows: Option<usize>) -> Result<(AttackResult, usize, f64)> {
+    let ev = Evidence::load(pool, spec.kind)?;
+    let k = pool.models();
+    let shadows = shadows.unwrap_or(k.saturating_sub(1));
+    if shadows == 0 || shadows >= k {
+        bail!("--shadows {shadows}: each target of a pool of {k} models has 1 to {} shadow models", k.saturating_sub(1));
+    }
+    let result = attack(pool, &ev, spec, &targets.models(k), &first_others(k, shadows), shadows < k - 1)?;
+    let scored = result.scores.iter().filter(|v| !v.is_nan()).count() as f64 / result.scores.len() as f64;
+    Ok((result, shadows, scored))
+}
+
 /// The first `count` members other than the target, as its shadows.
 pub fn first_others(k: usize, count: usize) -> impl Fn(usize) -> Vec<usize> + Sync {
     move |t| (0..k).filter(|&j| j != t).take(count).collect()

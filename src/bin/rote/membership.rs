@@ -3,7 +3,7 @@
 
 use super::classifier::RecipeArgs;
 use super::print_json;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use rote::data;
 use rote::membership::attack::{self, AttackKind, AttackSpec, Selection, Targets};
@@ -254,17 +254,8 @@ fn metrics_json(m: &Metrics) -> serde_json::Value {
 pub fn mia_cmd(a: MiaArgs) -> Result<()> {
     let p = Pool::open(&a.attack.pool)?;
     let t0 = std::time::Instant::now();
-    let ev = attack::Evidence::load(&p, a.attack.attack)?;
-    let k = p.models();
-    let targets = a.targets.models(k);
-    let shadows = a.shadows.unwrap_or(k - 1);
-    if shadows == 0 || shadows >= k {
-        bail!("--shadows {shadows}: each target of a pool of {k} models has 1 to {} shadow models", k - 1);
-    }
-    // With fewer shadows than the pool has, examples none of them covers IN and OUT are
-    // left out (as `scored` says) instead of failing the attack.
-    let result = attack::attack(&p, &ev, &a.attack.spec(), &targets, &attack::first_others(k, shadows), shadows < k - 1)?;
-    let scored = result.scores.iter().filter(|v| !v.is_nan()).count() as f64 / result.scores.len() as f64;
+    let (result, shadows, scored) = attack::attack_pool(&p, &a.attack.spec(), a.targets, a.shadows)?;
+    let targets = &result.targets;
     let roc = result.roc(None)?;
     let metrics = roc.metrics(None)?;
     let ci = (a.bootstrap > 0).then(|| roc.bootstrap(a.bootstrap, a.seed)).transpose()?;
