@@ -157,7 +157,7 @@ extern "C" __global__ void gram_and_projections(const float* j, float* gram, flo
 }
 
 // ---- any activation: forward-over-reverse HVPs (ALGORITHMS.md §2) ------------------
-// act: 0 relu, 1 gelu (erf), 2 tanh, 3 softplus. σ, σ', σ'' as in src/nn/mlp.rs.
+// act: 0 relu, 1 gelu (erf), 2 tanh, 3 softplus, 4 silu. σ, σ', σ'' as in src/nn/mlp.rs.
 __device__ __forceinline__ void activation(int act, float z, float* s, float* d1, float* d2) {
     if (act == 0) { *s = z > 0.0f ? z : 0.0f; *d1 = z > 0.0f ? 1.0f : 0.0f; *d2 = 0.0f; }
     else if (act == 1) {
@@ -165,7 +165,8 @@ __device__ __forceinline__ void activation(int act, float z, float* s, float* d1
         float pdf = 0.3989422804014327f * expf(-0.5f * z * z);
         *s = z * cdf; *d1 = cdf + z * pdf; *d2 = pdf * (2.0f - z * z);
     } else if (act == 2) { float t = tanhf(z); *s = t; *d1 = 1.0f - t * t; *d2 = -2.0f * t * (1.0f - t * t); }
-    else { float sg = 1.0f / (1.0f + expf(-z)); *s = fmaxf(z, 0.0f) + log1pf(expf(-fabsf(z))); *d1 = sg; *d2 = sg * (1.0f - sg); }
+    else if (act == 3) { float sg = 1.0f / (1.0f + expf(-z)); *s = fmaxf(z, 0.0f) + log1pf(expf(-fabsf(z))); *d1 = sg; *d2 = sg * (1.0f - sg); }
+    else { float sg = 1.0f / (1.0f + expf(-z)); *s = z * sg; *d1 = sg * (1.0f + z * (1.0f - sg)); *d2 = sg * (1.0f - sg) * (2.0f + z * (1.0f - 2.0f * sg)); }
 }
 
 // z ← z + b; a = σ(z), d1 = σ'(z), d2 = σ''(z) (hidden layers).

@@ -19,6 +19,7 @@ fn activation_code(a: crate::nn::mlp::Activation) -> i32 {
         Gelu => 1,
         Tanh => 2,
         Softplus => 3,
+        Silu => 4,
     }
 }
 

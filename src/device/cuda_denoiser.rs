@@ -42,6 +42,9 @@ pub struct GpuDenoiserNet {
 
 impl GpuDenoiserNet {
     pub fn new(gpu: Arc<CudaBackend>, layout: Layout, params: &[f32]) -> Result<Self> {
+        if layout.unet.is_some() {
+            anyhow::bail!("U-Net denoisers run on the CPU so far (no CUDA kernels for GroupNorm and attention yet): use --device cpu");
+        }
         let s = gpu.stream().clone();
         let n = layout.total;
         Ok(Self {

@@ -30,7 +30,11 @@ impl EmmSettings {
         if self.samples < 1 {
             bail!("--samples must be at least 1");
         }
-        super::net::NetSpec::parse(&self.recipe.model)?;
+        if super::unet::is_unet(&self.recipe.model) {
+            super::unet::UNetSpec::parse(&self.recipe.model)?;
+        } else {
+            super::net::NetSpec::parse(&self.recipe.model)?;
+        }
         Ok(())
     }
 }

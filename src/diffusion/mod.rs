@@ -10,6 +10,7 @@ pub mod net;
 pub mod optimal;
 pub mod sampler;
 pub mod train;
+pub mod unet;
 
 use crate::data::{Array, DType};
 use rayon::prelude::*;

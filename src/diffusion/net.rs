@@ -11,6 +11,9 @@
 //!
 //! All parameters live in one flat vector (so Adam, the EMA and checkpoints treat them
 //! alike); `Layout` names the slices. Rows are samples, matrices row-major.
+//!
+//! A `Layout` may instead hold a U-Net (`unet:…`, diffusion/unet.rs): `Layout::for_model`
+//! builds either, and `init`, `denoise` and the trainer's step dispatch on it.
 
 // Training splits the batch across threads, one slice each, so the products stay serial.
 use crate::nn::linalg::{gemm_serial as gemm, gemm_strided};
@@ -66,9 +69,27 @@ pub struct Layout {
     pub classes: usize,
     pub tensors: Vec<(String, Vec<usize>, usize)>,
     pub total: usize,
+    /// The U-Net this layout describes (None: the residual MLP).
+    pub unet: Option<Box<super::unet::UNet>>,
 }
 
 impl Layout {
+    /// The network `--model` names (resmlp:… or unet:…) for samples of `shape`.
+    pub fn for_model(model: &str, shape: &[usize], classes: usize, seed: u64) -> Result<Self> {
+        let dim = shape.iter().product();
+        if !super::unet::is_unet(model) {
+            return Ok(Self::new(dim, NetSpec::parse(model)?, classes));
+        }
+        let spec = super::unet::UNetSpec::parse(model)?;
+        let chw: [usize; 3] = match *shape {
+            [c, h, w] => [c, h, w],
+            [h, w] => [1, h, w],
+            _ => bail!("model '{model}': a U-Net needs image samples (C, H, W), but these have shape {shape:?}"),
+        };
+        let u = super::unet::UNet::new(&spec, chw, classes, seed)?;
+        Ok(Self { dim, width: spec.channels, blocks: spec.blocks, classes, tensors: u.tensors.clone(), total: u.total, unet: Some(Box::new(u)) })
+    }
+
     pub fn new(dim: usize, spec: NetSpec, classes: usize) -> Self {
         let h = spec.width;
         let mut tensors = Vec::new();
@@ -95,7 +116,7 @@ impl Layout {
         }
         add("output.weight".into(), vec![dim, h]);
         add("output.bias".into(), vec![dim]);
-        Self { dim, width: h, blocks: spec.blocks, classes, tensors, total: at }
+        Self { dim, width: h, blocks: spec.blocks, classes, tensors, total: at, unet: None }
     }
 
     pub fn range(&self, name: &str) -> std::ops::Range<usize> {
@@ -106,6 +127,10 @@ impl Layout {
     /// Parameters drawn as PyTorch's Linear does (uniform ±1/√fan_in), except the
     /// output layer, which starts at zero so that D(x; σ) = c_skip·x at first.
     pub fn init(&self, seed: u64) -> Vec<f32> {
+        if let Some(u) = &self.unet {
+            // The U-Net was built (and initialized) from the run's seed.
+            return u.init();
+        }
         let mut p = vec![0f32; self.total];
         let rng = Philox::new(seed, 0x1A17);
         for (name, shape, at) in &self.tensors {
@@ -131,6 +156,9 @@ impl Layout {
 
     /// Multiply-adds per sample of one forward pass.
     pub fn macs_per_sample(&self) -> usize {
+        if let Some(u) = &self.unet {
+            return u.macs_per_sample();
+        }
         let h = self.width;
         h * EMBED + h * self.classes.min(1) + h * h + h * self.dim + self.blocks * 2 * h * h + self.dim * h
     }
@@ -230,6 +258,11 @@ pub fn transposed_weights(l: &Layout, p: &[f32]) -> Vec<f32> {
 /// are rewritten).
 pub fn transposed_weights_into(l: &Layout, p: &[f32], t: &mut Vec<f32>) {
     use rayon::prelude::*;
+    if l.unet.is_some() {
+        // The U-Net's convolutions read their weights as they are.
+        t.clear();
+        return;
+    }
     t.resize(p.len(), 0.0);
     let mut jobs = Vec::new();
     let (mut rest, mut pos): (&mut [f32], usize) = (t, 0);
@@ -373,12 +406,16 @@ pub fn loss_weight(sigma: f64) -> f64 {
 /// D(x; σ) = c_skip·x + c_out·F(c_in·x, c_noise) for rows at one σ, with the
 /// parameters `p` and their `transposed_weights` `pt` (made once for all the calls of a
 /// sampler or a sweep over σ).
-pub fn denoise(l: &Layout, p: &[f32], pt: &[f32], x: &[f32], sigma: f64, labels: Option<&[i64]>) -> Vec<f32> {
+pub fn denoise(l: &Layout, p: &[f32], pt: &[f32], x: &[f32], sigma: f64, labels: Option<&[i64]>) -> Result<Vec<f32>> {
     let rows = x.len() / l.dim;
     let (c_skip, c_out, c_in, c_noise) = precondition(sigma);
     let x_in: Vec<f32> = x.iter().map(|&v| (v as f64 * c_in) as f32).collect();
-    let act = forward_with(l, p, pt, &x_in, &vec![c_noise as f32; rows], labels);
-    x.iter().zip(&act.out).map(|(&xv, &f)| (c_skip * xv as f64 + c_out * f as f64) as f32).collect()
+    let c_noise = vec![c_noise as f32; rows];
+    let out = match &l.unet {
+        Some(u) => u.forward(p, &x_in, &c_noise, labels)?,
+        None => forward_with(l, p, pt, &x_in, &c_noise, labels).out,
+    };
+    Ok(x.iter().zip(&out).map(|(&xv, &f)| (c_skip * xv as f64 + c_out * f as f64) as f32).collect())
 }
 
 #[cfg(test)]

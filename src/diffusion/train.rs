@@ -9,7 +9,7 @@
 //!   checkpoints/step-NNNNNNN.safetensors   EMA weights every --checkpoint-every steps
 //!   ema.safetensors     the final EMA weights (what sampling uses)
 
-use super::net::{self, Layout, NetSpec};
+use super::net::{self, Layout};
 use super::PixelRange;
 use crate::data::Split;
 use crate::rng::Philox;
@@ -103,7 +103,7 @@ impl DenoiserConfig {
     }
 
     pub fn layout(&self) -> Result<Layout> {
-        Ok(Layout::new(self.sample_shape.iter().product(), NetSpec::parse(&self.recipe.model)?, self.classes))
+        Layout::for_model(&self.recipe.model, &self.sample_shape, self.classes, self.recipe.seed)
     }
 }
 
@@ -111,6 +111,7 @@ const STREAM_BATCH: u64 = 0xBA7C;
 const STREAM_SIGMA: u64 = 0x516A;
 const STREAM_NOISE: u64 = 0x2015E;
 const STREAM_LABELS: u64 = 0x1ABE1;
+const STREAM_DROPOUT: u64 = 0xD0D0;
 
 /// The conditioning labels of the training samples.
 pub fn conditioning_labels(train: &Split, labels: Labels, seed: u64) -> (usize, Vec<i64>) {
@@ -140,8 +141,15 @@ pub struct StepBuffers {
 /// vectors left in `buffers.partials`: the batch is split into one slice per thread,
 /// each running forward and backward serially into its own vector (Adam adds them up
 /// as it reads them, so no serial reduction runs here).
-pub fn loss_and_gradient(l: &Layout, p: &[f32], x_in: &[f32], c_noise: &[f32], labels: Option<&[i64]>, target: &[f32], buffers: &mut StepBuffers) -> f64 {
+/// A U-Net runs its whole batch at once (its layers are parallel over samples) into the
+/// first partial, drawing dropout from `dropout_seed`.
+#[allow(clippy::too_many_arguments)]
+pub fn loss_and_gradient(l: &Layout, p: &[f32], x_in: &[f32], c_noise: &[f32], labels: Option<&[i64]>, target: &[f32], dropout_seed: u64, buffers: &mut StepBuffers) -> Result<f64> {
     use rayon::prelude::*;
+    if let Some(u) = &l.unet {
+        buffers.partials.resize_with(1, Vec::new);
+        return u.loss_and_gradient(p, x_in, c_noise, labels, target, dropout_seed, &mut buffers.partials[0]);
+    }
     let (b, d) = (c_noise.len(), l.dim);
     let scale = 2.0 / (b * d) as f32;
     let per = b.div_ceil(rayon::current_num_threads().max(1)).max(1);
@@ -170,7 +178,7 @@ pub fn loss_and_gradient(l: &Layout, p: &[f32], x_in: &[f32], c_noise: &[f32], l
             loss
         })
         .collect();
-    losses.iter().sum::<f64>() / (b * d) as f64
+    Ok(losses.iter().sum::<f64>() / (b * d) as f64)
 }
 
 /// Adam (β = 0.9, 0.999, ε = 1e-8) with bias correction.
@@ -355,7 +363,7 @@ pub fn train(backend: &crate::device::Backend, train: &Split, cfg: &DenoiserConf
         let labels: Option<Vec<i64>> = (cfg.classes > 0).then(|| idx.iter().map(|&i| cond[i]).collect());
         let loss = match device_net.as_mut() {
             Some(net) => net.step(&x_in, &c_noise, labels.as_deref(), &target, recipe.lr, recipe.ema as f32)?,
-            None => loss_and_gradient(&layout, &p, &x_in, &c_noise, labels.as_deref(), &target, &mut buffers),
+            None => loss_and_gradient(&layout, &p, &x_in, &c_noise, labels.as_deref(), &target, Philox::new(recipe.seed, STREAM_DROPOUT).key64(step as u64), &mut buffers)?,
         };
         if !loss.is_finite() {
             bail!("step {}: the loss became {loss}; the run diverged — try a smaller --lr than {}", step + 1, recipe.lr);
@@ -404,7 +412,7 @@ impl super::sampler::Denoiser for TrainedDenoiser {
 
     fn denoise(&mut self, x: &[f32], sigma: f64) -> Result<Vec<f32>> {
         super::optimal::check_sigma(sigma)?;
-        Ok(net::denoise(&self.layout, &self.weights, &self.transposed, x, sigma, self.labels.as_deref()))
+        net::denoise(&self.layout, &self.weights, &self.transposed, x, sigma, self.labels.as_deref())
     }
 }
 
@@ -506,7 +514,7 @@ pub fn gap(cfg: &DenoiserConfig, layout: Layout, weights: Vec<f32>, train_split:
         let mut z = vec![0f32; queries * d];
         Philox::new(seed, 0x6A9 + 1 + s as u64).fill_normal(0, &mut z);
         let x: Vec<f32> = (0..queries * d).map(|k| y[rows[k / d] * d + k % d] + (sigma * z[k] as f64) as f32).collect();
-        let trained = net::denoise(&layout, &weights, &transposed, &x, sigma, labels.as_deref());
+        let trained = net::denoise(&layout, &weights, &transposed, &x, sigma, labels.as_deref())?;
         let best = super::sampler::Denoiser::denoise(&mut optimal, &x, sigma)?;
         let gap = trained.iter().zip(&best).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / (queries * d) as f64;
         let clean = (0..queries * d).map(|k| ((best[k] - y[rows[k / d] * d + k % d]) as f64).powi(2)).sum::<f64>() / (queries * d) as f64;

@@ -4,14 +4,20 @@
 //! layers (nn/layers): forward (training or evaluation mode), backward to the input and
 //! the parameters, and the tangent (JVP) for Hessian-vector products.
 //!
+//! Besides the image, a network may read auxiliary per-sample inputs (`Op::Input`: a
+//! U-Net's noise-level embedding and one-hot labels) that nothing differentiates
+//! through, and it may end in an image of the input's shape instead of logits
+//! (`classes` = 0: a denoiser).
+//!
 //! Parameters and buffers carry PyTorch's state-dict names (the node's module path:
 //! `conv1.weight`, `layer2.0.shortcut.1.running_var`, `3.bias`, …), so checkpoints load
 //! into the matching PyTorch module with `load_state_dict`.
 
+use super::layers::attention::{Attention, AttentionWeights};
 use super::layers::conv::Conv2d;
 use super::layers::dense::{self, Linear};
-use super::layers::norm::{BatchNorm2d, BatchStats};
-use super::layers::pool::{self, AvgPool2d, MaxPool2d};
+use super::layers::norm::{BatchNorm2d, BatchStats, GroupNorm, GroupStats};
+use super::layers::pool::{self, AvgPool2d, MaxPool2d, Upsample};
 use super::layers::Tensor;
 use super::mlp::Activation;
 use anyhow::{bail, Context, Result};
@@ -26,8 +32,21 @@ pub enum Op {
     GlobalAvgPool,
     Flatten,
     Linear(Linear),
-    /// The sum of its two inputs (a residual join).
+    /// The sum of its two inputs (a residual join); an (N, C) second input is added to
+    /// every pixel of its channel.
     Add,
+    GroupNorm(GroupNorm),
+    /// Self-attention of a (N, 3C, H, W) qkv map (nn/layers/attention.rs).
+    Attention(Attention),
+    Upsample(Upsample),
+    /// Its two inputs' channels, the first's first.
+    Concat,
+    Scale(f32),
+    /// Dropout with this probability in training passes that are given a seed.
+    Dropout(f32),
+    /// The network's auxiliary input k (it reads no value; `inputs` is [0] by
+    /// convention).
+    Input(usize),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -52,12 +71,22 @@ enum Record {
     None,
     MaxArg(Vec<u32>),
     Stats(BatchStats),
+    Group(GroupStats),
+    Weights(AttentionWeights),
+    Mask(Vec<f32>),
 }
 
-/// One node's evaluation-mode output from its input `a` (and `b`, the residual add's
-/// second input): the pass `forward` and `infer` share for every node that keeps no
-/// record (max-pool's argmax and training-mode BatchNorm's statistics are `forward`'s).
-fn eval_op(op: &Op, a: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+/// The auxiliary input k of a batch.
+fn aux_input(aux: &[Tensor], k: usize) -> Result<Tensor> {
+    aux.get(k).cloned().with_context(|| format!("the network reads auxiliary input {k} but was given {}", aux.len()))
+}
+
+/// One node's evaluation-mode output from its input `a` (and `b`, the second input of
+/// an add or concat): the pass `forward` and `infer` share for every node that keeps no
+/// record (max-pool's argmax, normalization statistics, attention weights and dropout
+/// masks are `forward`'s).
+fn eval_op(op: &Op, a: &Tensor, b: Option<&Tensor>, aux: &[Tensor]) -> Result<Tensor> {
+    let second = || b.context("internal error: a two-input node without its second input");
     Ok(match op {
         Op::Conv(conv) => conv.forward(a)?,
         Op::BatchNorm(bn) => bn.forward_eval(a)?,
@@ -67,8 +96,20 @@ fn eval_op(op: &Op, a: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         Op::GlobalAvgPool => pool::global_avg_forward(a)?,
         Op::Flatten => Tensor::new(vec![a.batch(), a.per_sample()], a.data.clone()),
         Op::Linear(l) => l.forward(a),
-        Op::Add => dense::add(a, b.context("internal error: a residual add without its second input")?),
+        Op::Add => add(a, second()?),
+        Op::GroupNorm(gn) => gn.forward(a)?.0,
+        Op::Attention(att) => att.forward(a)?.0,
+        Op::Upsample(u) => u.forward(a)?,
+        Op::Concat => dense::concat_channels(a, second()?),
+        Op::Scale(s) => dense::scale(a, *s),
+        Op::Dropout(_) => a.clone(),
+        Op::Input(k) => aux_input(aux, *k)?,
     })
+}
+
+/// a + b, broadcasting an (N, C) b over a's planes.
+fn add(a: &Tensor, b: &Tensor) -> Tensor {
+    if b.shape.len() == 2 && a.shape.len() == 4 { dense::add_per_channel(a, b) } else { dense::add(a, b) }
 }
 
 /// Everything a forward pass leaves for backward and tangent.
@@ -90,7 +131,10 @@ pub struct Graph {
     pub nodes: Vec<Node>,
     /// (C, H, W) of one input sample.
     pub input: [usize; 3],
+    /// Logits per sample; 0 when the output is an image of the input's shape.
     pub classes: usize,
+    /// Features per sample of each auxiliary input (`Op::Input`).
+    pub aux_inputs: Vec<usize>,
 }
 
 /// A named parameter or buffer of the state dict.
@@ -160,26 +204,79 @@ impl Graph {
                 }
                 Op::Add => {
                     let t = &shapes[node.inputs[1]];
-                    if s != t {
+                    let per_channel = t.len() == 2 && s.len() == 4 && t[1] == s[1];
+                    if s != t && !per_channel {
                         bail!("{}: a residual join of shapes {s:?} and {t:?}", at());
                     }
                     s.clone()
                 }
+                Op::GroupNorm(gn) => {
+                    let (ci, _, _) = four(s)?;
+                    if ci != gn.channels || gn.groups == 0 || ci % gn.groups != 0 {
+                        bail!("{} normalizes {} channels in {} groups but gets {ci}", at(), gn.channels, gn.groups);
+                    }
+                    s.clone()
+                }
+                Op::Attention(att) => {
+                    let (ci, _, _) = four(s)?;
+                    if ci % 3 != 0 || att.heads == 0 || (ci / 3) % att.heads != 0 {
+                        bail!("{}: attention with {} heads cannot read {ci} qkv channels", at(), att.heads);
+                    }
+                    att.out_shape(s)
+                }
+                Op::Upsample(u) => {
+                    let (ci, h, w) = four(s)?;
+                    vec![n, ci, h * u.factor, w * u.factor]
+                }
+                Op::Concat => {
+                    let t = &shapes[node.inputs[1]];
+                    let (c1, h, w) = four(s)?;
+                    let (c2, h2, w2) = four(t)?;
+                    if (h, w) != (h2, w2) {
+                        bail!("{}: concatenating maps of {h}×{w} and {h2}×{w2}", at());
+                    }
+                    vec![n, c1 + c2, h, w]
+                }
+                Op::Scale(_) | Op::Dropout(_) => s.clone(),
+                Op::Input(k) => vec![n, *self.aux_inputs.get(*k).with_context(|| format!("{} reads auxiliary input {k}, which the network does not have", at()))?],
             };
             shapes.push(out);
         }
         let last = shapes.last().unwrap();
-        if last.len() != 2 || last[1] != self.classes {
+        if self.classes == 0 {
+            if last[1..] != self.input {
+                bail!("the network ends in shape {:?}, not an image of its input's shape {:?}", &last[1..], self.input);
+            }
+        } else if last.len() != 2 || last[1] != self.classes {
             bail!("the network ends in shape {:?}, not (N, {}) logits", &last[1..], self.classes);
         }
         Ok(shapes)
     }
 
-    pub fn forward(&self, x: Tensor, mode: Mode) -> Result<Forward> {
+    fn check_inputs(&self, x: &Tensor, aux: &[Tensor]) -> Result<()> {
         let [c, h, w] = self.input;
         if x.shape[1..] != [c, h, w] {
             bail!("the network takes samples of shape {:?}, got {:?}", [c, h, w], &x.shape[1..]);
         }
+        for (k, (a, &f)) in aux.iter().zip(&self.aux_inputs).enumerate() {
+            if a.shape != [x.batch(), f] {
+                bail!("auxiliary input {k} must be ({}, {f}), got {:?}", x.batch(), a.shape);
+            }
+        }
+        if aux.len() != self.aux_inputs.len() {
+            bail!("the network takes {} auxiliary inputs, got {}", self.aux_inputs.len(), aux.len());
+        }
+        Ok(())
+    }
+
+    pub fn forward(&self, x: Tensor, mode: Mode) -> Result<Forward> {
+        self.forward_with(x, &[], mode, None)
+    }
+
+    /// `forward` with the auxiliary inputs, and dropout (training mode only) drawn from
+    /// Philox `dropout_seed`, one stream per node, when it is given.
+    pub fn forward_with(&self, x: Tensor, aux: &[Tensor], mode: Mode, dropout_seed: Option<u64>) -> Result<Forward> {
+        self.check_inputs(&x, aux)?;
         let mut values = vec![x];
         let mut records = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
@@ -193,7 +290,19 @@ impl Graph {
                     let (y, arg) = p.forward(a)?;
                     (y, Record::MaxArg(arg))
                 }
-                (op, _) => (eval_op(op, a, node.inputs.get(1).map(|&i| &values[i]))?, Record::None),
+                (Op::GroupNorm(gn), _) => {
+                    let (y, stats) = gn.forward(a)?;
+                    (y, Record::Group(stats))
+                }
+                (Op::Attention(att), _) => {
+                    let (y, w) = att.forward(a)?;
+                    (y, Record::Weights(w))
+                }
+                (Op::Dropout(p), Mode::Train) if *p > 0.0 && dropout_seed.is_some() => {
+                    let mask = dense::dropout_mask(*p, dropout_seed.unwrap(), records.len() as u64, a.data.len());
+                    (dense::times_mask(a, &mask), Record::Mask(mask))
+                }
+                (op, _) => (eval_op(op, a, node.inputs.get(1).map(|&i| &values[i]), aux)?, Record::None),
             };
             records.push(record);
             values.push(y);
@@ -206,10 +315,12 @@ impl Graph {
     /// activation is dropped after its last use, and BatchNorm, activations and residual
     /// adds overwrite an input nothing reads later, so memory is reused layer to layer.
     pub fn infer(&self, x: Tensor) -> Result<Tensor> {
-        let [c, h, w] = self.input;
-        if x.shape[1..] != [c, h, w] {
-            bail!("the network takes samples of shape {:?}, got {:?}", [c, h, w], &x.shape[1..]);
-        }
+        self.infer_with(x, &[])
+    }
+
+    /// `infer` with the auxiliary inputs.
+    pub fn infer_with(&self, x: Tensor, aux: &[Tensor]) -> Result<Tensor> {
+        self.check_inputs(&x, aux)?;
         let mut last_use = vec![usize::MAX; self.nodes.len() + 1];
         for (k, node) in self.nodes.iter().enumerate() {
             for &i in &node.inputs {
@@ -235,12 +346,13 @@ impl Graph {
                 }
                 Op::Add if owned => {
                     let mut t = take(&mut values);
-                    dense::add_in_place(&mut t, values[node.inputs[1]].as_ref().expect("a value is read after its last use"));
+                    let b = values[node.inputs[1]].as_ref().expect("a value is read after its last use");
+                    if b.shape.len() == 2 && t.shape.len() == 4 { dense::add_per_channel_in_place(&mut t, b) } else { dense::add_in_place(&mut t, b) }
                     t
                 }
                 op => {
                     let read = |i: usize| values[i].as_ref().expect("a value is read after its last use");
-                    eval_op(op, read(first), node.inputs.get(1).map(|&i| read(i)))?
+                    eval_op(op, read(first), node.inputs.get(1).map(|&i| read(i)), aux)?
                 }
             };
             for &i in &node.inputs {
@@ -310,9 +422,36 @@ impl Graph {
                     gx
                 }
                 Op::Add => {
-                    add_to(&mut grads[node.inputs[1]], g.clone());
+                    let second = &f.values[node.inputs[1]];
+                    let g2 = if second.shape.len() == 2 && g.shape.len() == 4 { dense::plane_sums(&g) } else { g.clone() };
+                    add_to(&mut grads[node.inputs[1]], g2);
                     Some(g)
                 }
+                Op::GroupNorm(gn) => match &f.records[i] {
+                    Record::Group(stats) => {
+                        let (gx, pg) = gn.backward(stats, &g)?;
+                        params[i] = vec![pg.weight, pg.bias];
+                        Some(gx)
+                    }
+                    _ => unreachable!(),
+                },
+                Op::Attention(att) => match &f.records[i] {
+                    Record::Weights(w) => Some(att.backward(x, w, &g)?),
+                    _ => unreachable!(),
+                },
+                Op::Upsample(u) => Some(u.backward(&x.shape, &g)),
+                Op::Concat => {
+                    let (ga, gb) = dense::split_channels(&g, x.shape[1]);
+                    add_to(&mut grads[node.inputs[1]], gb);
+                    Some(ga)
+                }
+                Op::Scale(s) => Some(dense::scale(&g, *s)),
+                Op::Dropout(_) => match &f.records[i] {
+                    Record::Mask(m) => Some(dense::times_mask(&g, m)),
+                    _ => Some(g),
+                },
+                // Auxiliary inputs are not differentiated through.
+                Op::Input(_) => None,
             };
             if let Some(gx) = gx {
                 add_to(&mut grads[node.inputs[0]], gx);
@@ -327,7 +466,13 @@ impl Graph {
         let mut dots: Vec<Option<Tensor>> = vec![None; self.nodes.len() + 1];
         dots[0] = Some(x_dot);
         for (i, node) in self.nodes.iter().enumerate() {
+            if let Op::Input(_) = node.op {
+                // The auxiliary inputs do not move with the image.
+                dots[i + 1] = Some(Tensor::zeros(f.values[i + 1].shape.clone()));
+                continue;
+            }
             let a = dots[node.inputs[0]].as_ref().unwrap();
+            let second = || dots[node.inputs[1]].as_ref().unwrap();
             let y = match &node.op {
                 Op::Conv(conv) => conv.tangent(a)?,
                 Op::BatchNorm(bn) => match (&f.records[i], f.mode) {
@@ -343,7 +488,23 @@ impl Graph {
                 Op::GlobalAvgPool => pool::global_avg_forward(a)?,
                 Op::Flatten => Tensor::new(vec![a.batch(), a.per_sample()], a.data.clone()),
                 Op::Linear(l) => l.tangent(a),
-                Op::Add => dense::add(a, dots[node.inputs[1]].as_ref().unwrap()),
+                Op::Add => add(a, second()),
+                Op::GroupNorm(gn) => match &f.records[i] {
+                    Record::Group(stats) => gn.tangent(stats, a)?,
+                    _ => unreachable!(),
+                },
+                Op::Attention(att) => match &f.records[i] {
+                    Record::Weights(w) => att.tangent(&f.values[node.inputs[0]], w, a)?,
+                    _ => unreachable!(),
+                },
+                Op::Upsample(u) => u.forward(a)?,
+                Op::Concat => dense::concat_channels(a, second()),
+                Op::Scale(s) => dense::scale(a, *s),
+                Op::Dropout(_) => match &f.records[i] {
+                    Record::Mask(m) => dense::times_mask(a, m),
+                    _ => a.clone(),
+                },
+                Op::Input(_) => unreachable!(),
             };
             dots[i + 1] = Some(y);
         }
@@ -381,6 +542,10 @@ impl Graph {
                     out.push((i, entry("weight", vec![l.out, l.fan_in], &l.weight, false)));
                     out.push((i, entry("bias", vec![l.out], &l.bias, false)));
                 }
+                Op::GroupNorm(gn) => {
+                    out.push((i, entry("weight", vec![gn.channels], &gn.weight, false)));
+                    out.push((i, entry("bias", vec![gn.channels], &gn.bias, false)));
+                }
                 _ => {}
             }
         }
@@ -407,6 +572,10 @@ impl Graph {
                 Op::Linear(l) => {
                     out.push(&mut l.weight);
                     out.push(&mut l.bias);
+                }
+                Op::GroupNorm(gn) => {
+                    out.push(&mut gn.weight);
+                    out.push(&mut gn.bias);
                 }
                 _ => {}
             }
@@ -448,7 +617,7 @@ impl Graph {
             nodes.push(Node { op: node.op.clone(), inputs, name: node.name.clone() });
             remap.push(nodes.len());
         }
-        Ok(Graph { nodes, input: self.input, classes: self.classes })
+        Ok(Graph { nodes, input: self.input, classes: self.classes, aux_inputs: self.aux_inputs.clone() })
     }
 }
 

@@ -18,6 +18,8 @@ pub enum Activation {
     Gelu,
     Tanh,
     Softplus,
+    /// z·sigmoid(z) (PyTorch's SiLU, the U-Net's activation).
+    Silu,
 }
 
 impl Activation {
@@ -41,6 +43,11 @@ impl Activation {
             Activation::Softplus => {
                 let s = 1.0 / (1.0 + (-z).exp());
                 (z.max(0.0) + (-z.abs()).exp().ln_1p(), s, s * (1.0 - s))
+            }
+            Activation::Silu => {
+                let s = 1.0 / (1.0 + (-z).exp());
+                let d = s * (1.0 + z * (1.0 - s));
+                (z * s, d, s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s)))
             }
             Activation::Gelu => {
                 // Exact (erf) GELU, as PyTorch's default: σ = zΦ(z).
@@ -86,10 +93,11 @@ pub fn parse_spec(spec: &str) -> Result<(Vec<usize>, Activation)> {
                     "gelu" => Activation::Gelu,
                     "tanh" => Activation::Tanh,
                     "softplus" => Activation::Softplus,
-                    _ => bail!("model spec '{spec}': activation '{a}' is not relu, gelu, tanh or softplus"),
+                    "silu" => Activation::Silu,
+                    _ => bail!("model spec '{spec}': activation '{a}' is not relu, gelu, tanh, softplus or silu"),
                 }
             }
-            _ => bail!("model spec '{spec}': unknown option '{opt}' (act=relu|gelu|tanh|softplus)"),
+            _ => bail!("model spec '{spec}': unknown option '{opt}' (act=relu|gelu|tanh|softplus|silu)"),
         }
     }
     Ok((sizes, activation))

@@ -5,7 +5,7 @@
 //!     cN\[kK\]\[sS\]\[pP\]  nn.Conv2d(·, N, K, stride S, padding P); K = 3, S = 1, P = K/2 by
 //!                     default; with bias unless a `bn` follows
 //!     bn              nn.BatchNorm2d
-//!     relu | gelu | tanh | softplus
+//!     relu | gelu | tanh | softplus | silu
 //!     pK | apK        nn.MaxPool2d(K) | nn.AvgPool2d(K)
 //!     gap             nn.AdaptiveAvgPool2d(1) and nn.Flatten() (two modules)
 //!     fcN             nn.Linear(·, N); an nn.Flatten() module is implied before it when
@@ -16,7 +16,7 @@
 //!   of W, 2W, 4W, 8W channels (W = 64), 1×1 + BN shortcuts, then the average pool and
 //!   `linear`. Its avg_pool2d(4) is a global average pool here: the same on the 4×4 maps
 //!   of 32×32 and 28×28 inputs, and it adapts to any other size (8×8 digits: 1×1).
-//!   `act` (relu by default; gelu, tanh, softplus) replaces every relu.
+//!   `act` (relu by default; gelu, tanh, softplus, silu) replaces every relu.
 //! `resnet18[:classes=C]` — torchvision's layout (7×7/2 stem, 3×3/2 max-pool,
 //!   `downsample`, adaptive average pool, `fc`) for ImageNet-style checkpoints.
 //!
@@ -111,7 +111,7 @@ fn construct(spec: &str, input: [usize; 3], seed: u64, dry: bool) -> Result<(Gra
     } else {
         bail!("model spec '{spec}': use mlp:…, cnn:…, resnet18-cifar[:classes=C,width=W] or resnet18[:classes=C]");
     };
-    Ok((Graph { nodes: b.nodes, input, classes }, b.parameters))
+    Ok((Graph { nodes: b.nodes, input, classes, aux_inputs: vec![] }, b.parameters))
 }
 
 fn resnet_options(spec: &str, rest: &str, width_allowed: bool) -> Result<(usize, usize, Activation)> {
@@ -123,7 +123,7 @@ fn resnet_options(spec: &str, rest: &str, width_allowed: bool) -> Result<(usize,
     for opt in opts.split(',').filter(|o| !o.is_empty()) {
         let (k, v) = opt.split_once('=').with_context(|| format!("model spec '{spec}': '{opt}' is not key=value"))?;
         if k == "act" {
-            act = activation(v).with_context(|| format!("model spec '{spec}': act={v} is not relu, gelu, tanh or softplus"))?;
+            act = activation(v).with_context(|| format!("model spec '{spec}': act={v} is not relu, gelu, tanh, softplus or silu"))?;
             continue;
         }
         let n: usize = v.parse().ok().filter(|&n| n > 0).with_context(|| format!("model spec '{spec}': {k}={v} is not a positive integer"))?;
@@ -142,6 +142,7 @@ fn activation(token: &str) -> Option<Activation> {
         "gelu" => Some(Activation::Gelu),
         "tanh" => Some(Activation::Tanh),
         "softplus" => Some(Activation::Softplus),
+        "silu" => Some(Activation::Silu),
         _ => None,
     }
 }

@@ -5,7 +5,13 @@
 //!   through these same functions.
 //! activation σ (relu, gelu, tanh, softplus; `Activation::eval` gives σ, σ′, σ″):
 //!   backward σ′(z)·g, tangent σ′(z)·ż.
-//! add: y = a + b; backward passes g to both; tangent ȧ + ḃ.
+//! add: y = a + b; backward passes g to both; tangent ȧ + ḃ. An (N, C) second input
+//!   adds to every pixel of its channel (a U-Net block's embedding); its gradient is g
+//!   summed over each plane.
+//! concat: (N, C1, H, W) and (N, C2, H, W) → (N, C1 + C2, H, W) (the U-Net's skips);
+//!   backward splits g.
+//! scale: y = s·x. dropout: y = m ⊙ x with m 0 (probability p) or 1/(1 − p), drawn
+//!   from Philox per training step; backward and tangent multiply by the same m.
 //! softmax cross-entropy per sample: CE = −log softmax(z)_y; ∂CE/∂z = p − e_y.
 
 use super::Tensor;
@@ -113,6 +119,68 @@ pub fn add_in_place(a: &mut Tensor, b: &Tensor) {
     a.data.par_iter_mut().with_min_len(4096).zip(&b.data).for_each(|(x, y)| *x += y);
 }
 
+/// a (N, C, H, W) + e (N, C) broadcast over each plane.
+pub fn add_per_channel(a: &Tensor, e: &Tensor) -> Tensor {
+    let mut y = a.clone();
+    add_per_channel_in_place(&mut y, e);
+    y
+}
+
+pub fn add_per_channel_in_place(a: &mut Tensor, e: &Tensor) {
+    let plane = a.shape[2] * a.shape[3];
+    assert_eq!(e.data.len() * plane, a.data.len(), "adding (N, C) {:?} to planes of {:?}", e.shape, a.shape);
+    a.data.par_chunks_mut(plane).zip(&e.data).for_each(|(p, &v)| p.iter_mut().for_each(|x| *x += v));
+}
+
+/// (N, C, H, W) → (N, C): each plane's sum (the adjoint of the broadcast add).
+pub fn plane_sums(g: &Tensor) -> Tensor {
+    let plane = g.shape[2] * g.shape[3];
+    Tensor::new(g.shape[..2].to_vec(), g.data.par_chunks(plane).map(|p| p.iter().map(|&v| v as f64).sum::<f64>() as f32).collect())
+}
+
+/// Channel concatenation of two image batches of the same N, H, W.
+pub fn concat_channels(a: &Tensor, b: &Tensor) -> Tensor {
+    let (n, per_a, per_b) = (a.batch(), a.per_sample(), b.per_sample());
+    let mut data = Vec::with_capacity(a.data.len() + b.data.len());
+    for s in 0..n {
+        data.extend_from_slice(&a.data[s * per_a..(s + 1) * per_a]);
+        data.extend_from_slice(&b.data[s * per_b..(s + 1) * per_b]);
+    }
+    Tensor::new(vec![n, a.shape[1] + b.shape[1], a.shape[2], a.shape[3]], data)
+}
+
+/// The adjoint of `concat_channels`: g split after the first input's `channels`.
+pub fn split_channels(g: &Tensor, channels: usize) -> (Tensor, Tensor) {
+    let (n, plane) = (g.batch(), g.shape[2] * g.shape[3]);
+    let (per_a, per) = (channels * plane, g.per_sample());
+    let (mut a, mut b) = (Vec::with_capacity(n * per_a), Vec::with_capacity(n * (per - per_a)));
+    for row in g.data.chunks(per) {
+        a.extend_from_slice(&row[..per_a]);
+        b.extend_from_slice(&row[per_a..]);
+    }
+    (Tensor::new(vec![n, channels, g.shape[2], g.shape[3]], a), Tensor::new(vec![n, g.shape[1] - channels, g.shape[2], g.shape[3]], b))
+}
+
+/// y = s·x.
+pub fn scale(x: &Tensor, s: f32) -> Tensor {
+    Tensor::new(x.shape.clone(), x.data.par_iter().with_min_len(4096).map(|&v| v * s).collect())
+}
+
+/// A dropout mask of `len` values: 0 with probability p, else 1/(1 − p), from Philox
+/// stream (seed, stream).
+pub fn dropout_mask(p: f32, seed: u64, stream: u64, len: usize) -> Vec<f32> {
+    let mut u = vec![0f32; len];
+    crate::rng::Philox::new(seed, stream).fill_uniform(0, &mut u);
+    let keep = 1.0 / (1.0 - p);
+    u.iter_mut().for_each(|v| *v = if *v < p { 0.0 } else { keep });
+    u
+}
+
+/// x ⊙ m.
+pub fn times_mask(x: &Tensor, mask: &[f32]) -> Tensor {
+    Tensor::new(x.shape.clone(), x.data.par_iter().with_min_len(4096).zip(mask).map(|(&v, &m)| v * m).collect())
+}
+
 /// Softmax probabilities and per-sample cross-entropy of logits (rows, C).
 pub fn softmax_cross_entropy(logits: &Tensor, y: &[i64]) -> (Vec<f32>, Vec<f32>) {
     let c = logits.per_sample();
@@ -188,7 +256,7 @@ mod tests {
         let z = random(300, 4).iter().map(|v| v * 4.0).collect::<Vec<_>>();
         let zt = Tensor::new(vec![3, 100], z.clone());
         let ones = Tensor::new(vec![3, 100], vec![1.0; 300]);
-        for act in [Activation::Relu, Activation::Gelu, Activation::Tanh, Activation::Softplus] {
+        for act in [Activation::Relu, Activation::Gelu, Activation::Tanh, Activation::Softplus, Activation::Silu] {
             let d = activation_derivative_times(act, &zt, &ones);
             for (i, &v) in z.iter().enumerate() {
                 if act == Activation::Relu && v.abs() < 1e-3 {
@@ -200,11 +268,18 @@ mod tests {
                         Activation::Relu => x.max(0.0),
                         Activation::Tanh => x.tanh(),
                         Activation::Softplus => (1.0 + x.exp()).ln(),
+                        Activation::Silu => x / (1.0 + (-x).exp()),
                         Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
                     }
                 };
                 let fd = (f(v as f64 + h) - f(v as f64 - h)) / (2.0 * h);
                 assert!((d.data[i] as f64 - fd).abs() < 1e-4, "{act:?} at {v}: {} vs {fd}", d.data[i]);
+                if act != Activation::Relu {
+                    // σ'' against central differences of σ' (float32, so a wider step).
+                    let h = 1e-2f32;
+                    let fd2 = (act.eval(v + h).1 - act.eval(v - h).1) as f64 / (2.0 * h as f64);
+                    assert!((act.eval(v).2 as f64 - fd2).abs() < 2e-3, "{act:?}'' at {v}: {} vs {fd2}", act.eval(v).2);
+                }
             }
         }
     }
@@ -224,5 +299,31 @@ mod tests {
                 assert!((g[r * 3 + k] as f64 - want).abs() < 1e-6);
             }
         }
+    }
+
+    #[test]
+    fn broadcast_add_concat_and_dropout_have_their_adjoints() {
+        let a = Tensor::new(vec![2, 3, 2, 2], random(24, 50));
+        let e = Tensor::new(vec![2, 3], random(6, 51));
+        let y = add_per_channel(&a, &e);
+        for i in 0..24 {
+            assert_eq!(y.data[i], a.data[i] + e.data[i / 4]);
+        }
+        let g = Tensor::new(vec![2, 3, 2, 2], random(24, 52));
+        let sums = plane_sums(&g);
+        for k in 0..6 {
+            assert!((sums.data[k] - g.data[k * 4..k * 4 + 4].iter().sum::<f32>()).abs() < 1e-6);
+        }
+        let b = Tensor::new(vec![2, 1, 2, 2], random(8, 53));
+        let cat = concat_channels(&a, &b);
+        assert_eq!(cat.shape, vec![2, 4, 2, 2]);
+        assert_eq!(&cat.data[12..16], &b.data[..4]);
+        assert_eq!(&cat.data[16..28], &a.data[12..24]);
+        let (ga, gb) = split_channels(&cat, 3);
+        assert_eq!((ga, gb), (a.clone(), b));
+        let mask = dropout_mask(0.25, 9, 0, 40_000);
+        let dropped = mask.iter().filter(|&&m| m == 0.0).count() as f64 / 40_000.0;
+        assert!((dropped - 0.25).abs() < 0.01, "dropped {dropped}");
+        assert!(mask.iter().all(|&m| m == 0.0 || (m - 4.0 / 3.0).abs() < 1e-6));
     }
 }

@@ -12,10 +12,15 @@
 //! tests (direct loops, central differences).
 //!
 //! conv.rs     conv2d (any k, stride, padding, optional bias) by im2col + GEMM
-//! norm.rs     BatchNorm2d, training (batch statistics) and evaluation (running ones)
-//! pool.rs     max-pool (ties to the first), average pool, global average pool
-//! dense.rs    linear, activations, residual add, flatten, softmax cross-entropy
+//! norm.rs     BatchNorm2d, training (batch statistics) and evaluation (running ones);
+//!             GroupNorm
+//! pool.rs     max-pool (ties to the first), average pool, global average pool, nearest
+//!             up-sampling
+//! attention.rs  self-attention over pixels (EDM's U-Net attention, qkv layout)
+//! dense.rs    linear, activations, residual and broadcast add, channel concatenation,
+//!             scale, dropout, flatten, softmax cross-entropy
 
+pub mod attention;
 pub mod conv;
 pub mod dense;
 pub mod norm;

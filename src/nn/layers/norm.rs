@@ -12,6 +12,13 @@
 //! `centred`.
 //! Tangent (training): ẏ = γ/√(σ² + ε) · (ẋ − mean ẋ − x̂·mean(ẋ·x̂)); in evaluation
 //! mode ẏ = γ/√(σ²_run + ε)·ẋ.
+//!
+//! GroupNorm (PyTorch's nn.GroupNorm, the U-Net's normalization): per sample and group
+//! of C/G channels, μ and the biased σ² over the group's (C/G, H, W) values — one
+//! contiguous run of NCHW memory — then y = γ_c·x̂ + β_c. It has no running statistics,
+//! so training and evaluation are the same function. With g' = γ_c·∂L/∂y,
+//!   ∂L/∂x = (g' − mean g' − x̂·mean(g'·x̂))/√(σ² + ε)   (means over the group)
+//! and the tangent is γ_c·(ẋ − mean ẋ − x̂·mean(ẋ·x̂))/√(σ² + ε): the same centring.
 
 use super::Tensor;
 use anyhow::{bail, Result};
@@ -197,6 +204,109 @@ impl BatchNorm2d {
     }
 }
 
+/// nn.GroupNorm(groups, channels, eps) with its affine γ (weight) and β (bias).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupNorm {
+    pub groups: usize,
+    pub channels: usize,
+    pub eps: f32,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// What a GroupNorm forward pass keeps: 1/√(σ² + ε) per (sample, group), and x̂.
+#[derive(Clone, Debug)]
+pub struct GroupStats {
+    pub inv_std: Vec<f32>,
+    pub normalized: Tensor,
+}
+
+impl GroupNorm {
+    /// γ = 1, β = 0 as PyTorch initializes it.
+    pub fn new(groups: usize, channels: usize, eps: f32) -> Self {
+        Self { groups, channels, eps, weight: vec![1.0; channels], bias: vec![0.0; channels] }
+    }
+
+    /// EDM's group count for `channels`: min(32, channels/4), at least 1.
+    pub fn edm_groups(channels: usize) -> usize {
+        (channels / 4).clamp(1, 32)
+    }
+
+    /// (values per group, values per channel plane).
+    fn check(&self, x: &Tensor) -> Result<(usize, usize)> {
+        if x.shape.len() != 4 || x.shape[1] != self.channels {
+            bail!("a GroupNorm over {} channels got a batch of shape {:?}", self.channels, x.shape);
+        }
+        if self.groups == 0 || self.channels % self.groups != 0 {
+            bail!("a GroupNorm of {} groups cannot split {} channels evenly", self.groups, self.channels);
+        }
+        let plane = x.shape[2] * x.shape[3];
+        Ok((self.channels / self.groups * plane, plane))
+    }
+
+    /// Sums in float64 within each group.
+    pub fn forward(&self, x: &Tensor) -> Result<(Tensor, GroupStats)> {
+        let (m, plane) = self.check(x)?;
+        let per_group = self.channels / self.groups;
+        let mut normalized = x.clone();
+        let mut y = x.clone();
+        let inv_std: Vec<f32> = normalized
+            .data
+            .par_chunks_mut(m)
+            .zip(y.data.par_chunks_mut(m))
+            .enumerate()
+            .map(|(k, (xh, out))| {
+                let mean = xh.iter().map(|&v| v as f64).sum::<f64>() / m as f64;
+                let var = xh.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / m as f64;
+                let inv = (1.0 / (var + self.eps as f64).sqrt()) as f32;
+                let (mean, c0) = (mean as f32, (k % self.groups) * per_group);
+                for (j, (a, o)) in xh.iter_mut().zip(out.iter_mut()).enumerate() {
+                    let c = c0 + j / plane;
+                    *a = (*a - mean) * inv;
+                    *o = self.weight[c] * *a + self.bias[c];
+                }
+                inv
+            })
+            .collect();
+        Ok((y, GroupStats { inv_std, normalized }))
+    }
+
+    /// (v − mean v − x̂·mean(v·x̂))·inv_std per group, for v = γ·g (backward) or ẋ.
+    fn centred(&self, stats: &GroupStats, v: &mut Tensor) {
+        let m = v.data.len() / stats.inv_std.len();
+        v.data.par_chunks_mut(m).zip(stats.normalized.data.par_chunks(m)).zip(&stats.inv_std).for_each(|((vs, xh), &inv)| {
+            let a = (vs.iter().map(|&u| u as f64).sum::<f64>() / m as f64) as f32;
+            let b = (vs.iter().zip(xh).map(|(&u, &x)| u as f64 * x as f64).sum::<f64>() / m as f64) as f32;
+            vs.iter_mut().zip(xh).for_each(|(u, &x)| *u = (*u - a - x * b) * inv);
+        });
+    }
+
+    /// v ← v·γ_c per channel plane.
+    fn times_weight(&self, v: &mut Tensor, plane: usize) {
+        let c = self.channels;
+        v.data.par_chunks_mut(plane).enumerate().for_each(|(p, vs)| vs.iter_mut().for_each(|u| *u *= self.weight[p % c]));
+    }
+
+    pub fn backward(&self, stats: &GroupStats, gy: &Tensor) -> Result<(Tensor, NormGrads)> {
+        let (_, plane) = self.check(gy)?;
+        let (n, c) = (gy.batch(), self.channels);
+        let bias = per_channel(n, c, plane, |i, _| gy.data[i] as f64);
+        let weight = per_channel(n, c, plane, |i, _| gy.data[i] as f64 * stats.normalized.data[i] as f64);
+        let mut gx = gy.clone();
+        self.times_weight(&mut gx, plane);
+        self.centred(stats, &mut gx);
+        Ok((gx, NormGrads { weight: weight.iter().map(|&v| v as f32).collect(), bias: bias.iter().map(|&v| v as f32).collect() }))
+    }
+
+    pub fn tangent(&self, stats: &GroupStats, x_dot: &Tensor) -> Result<Tensor> {
+        let (_, plane) = self.check(x_dot)?;
+        let mut t = x_dot.clone();
+        self.centred(stats, &mut t);
+        self.times_weight(&mut t, plane);
+        Ok(t)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,5 +426,69 @@ mod tests {
                 assert!((a - b).abs() < 1e-5 * (1.0 + a.abs()), "{a} vs {b}");
             }
         }
+    }
+
+    /// GroupNorm in float64 from the definition.
+    fn reference_group(gn: &GroupNorm, x: &[f64], [n, c, h, w]: [usize; 4]) -> Vec<f64> {
+        let (plane, per) = (h * w, c / gn.groups);
+        let mut y = vec![0f64; x.len()];
+        for s in 0..n {
+            for g in 0..gn.groups {
+                let idx: Vec<usize> = (g * per..(g + 1) * per).flat_map(|ch| (0..plane).map(move |i| (s * c + ch) * plane + i)).collect();
+                let mean = idx.iter().map(|&i| x[i]).sum::<f64>() / idx.len() as f64;
+                let var = idx.iter().map(|&i| (x[i] - mean).powi(2)).sum::<f64>() / idx.len() as f64;
+                for &i in &idx {
+                    let ch = (i / plane) % c;
+                    y[i] = gn.weight[ch] as f64 * (x[i] - mean) / (var + gn.eps as f64).sqrt() + gn.bias[ch] as f64;
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn group_norm_matches_the_definition_and_central_differences() {
+        let shape = [3, 6, 4, 5];
+        let mut gn = GroupNorm::new(3, 6, 1e-6);
+        gn.weight = random(6, 30, 0.5, 1.5);
+        gn.bias = random(6, 31, -0.5, 0.5);
+        let x = random(shape.iter().product(), 32, -2.0, 3.0);
+        let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let (y, stats) = gn.forward(&Tensor::new(shape.to_vec(), x.clone())).unwrap();
+        for (g, w) in y.data.iter().zip(reference_group(&gn, &x64, shape)) {
+            assert!((*g as f64 - w).abs() < 1e-5 * (1.0 + w.abs()), "{g} vs {w}");
+        }
+        let r = random(x.len(), 33, -1.0, 1.0);
+        let (gx, grads) = gn.backward(&stats, &Tensor::new(shape.to_vec(), r.clone())).unwrap();
+        let loss = |gn: &GroupNorm, x: &[f64]| -> f64 { reference_group(gn, x, shape).iter().zip(&r).map(|(a, &b)| a * b as f64).sum() };
+        let h = 1e-4;
+        for i in (0..x.len()).step_by(7) {
+            let (mut a, mut b) = (x64.clone(), x64.clone());
+            a[i] += h;
+            b[i] -= h;
+            let fd = (loss(&gn, &a) - loss(&gn, &b)) / (2.0 * h);
+            assert!((gx.data[i] as f64 - fd).abs() < 1e-3 * (1.0 + fd.abs()), "dx[{i}]: {} vs {fd}", gx.data[i]);
+        }
+        for c in 0..6 {
+            for (which, analytic) in [(0, grads.weight[c]), (1, grads.bias[c])] {
+                let shifted = |d: f32| {
+                    let mut p = gn.clone();
+                    if which == 0 { p.weight[c] += d } else { p.bias[c] += d }
+                    loss(&p, &x64)
+                };
+                let fd = (shifted(1e-2) - shifted(-1e-2)) / 2e-2;
+                assert!((analytic as f64 - fd).abs() < 1e-3 * (1.0 + fd.abs()), "parameter {which} of channel {c}: {analytic} vs {fd}");
+            }
+        }
+        let xd = random(x.len(), 34, -1.0, 1.0);
+        let t = gn.tangent(&stats, &Tensor::new(shape.to_vec(), xd.clone())).unwrap();
+        let at = |s: f64| reference_group(&gn, &x64.iter().zip(&xd).map(|(&a, &b)| a + s * h * b as f64).collect::<Vec<_>>(), shape);
+        let (plus, minus) = (at(1.0), at(-1.0));
+        for i in 0..x.len() {
+            let fd = (plus[i] - minus[i]) / (2.0 * h);
+            assert!((t.data[i] as f64 - fd).abs() < 1e-3 * (1.0 + fd.abs()), "tangent {i}: {} vs {fd}", t.data[i]);
+        }
+        assert!(gn.forward(&Tensor::zeros(vec![1, 4, 2, 2])).is_err(), "a batch of the wrong channel count is refused");
+        assert_eq!((GroupNorm::edm_groups(3), GroupNorm::edm_groups(64), GroupNorm::edm_groups(256)), (1, 16, 32));
     }
 }

@@ -6,6 +6,9 @@
 //! average pool k×k, stride s (no padding): the mean of the window — linear, so the
 //!   tangent is the same map and backward spreads g/k² over the window.
 //! global average pool: the mean of the plane, (N, C, H, W) → (N, C).
+//! nearest up-sampling by f: y[i, j] = x[⌊i/f⌋, ⌊j/f⌋] — linear, its own tangent;
+//!   backward sums g over each f×f block. (The U-Net's down-sampling is the 2×2
+//!   average pool: EDM's [1, 1] resampling filters are exactly these two maps.)
 
 use super::Tensor;
 use anyhow::{bail, Result};
@@ -163,6 +166,43 @@ pub fn global_avg_backward(x_shape: &[usize], gy: &Tensor) -> Tensor {
     gx
 }
 
+/// Nearest-neighbour up-sampling by an integer factor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Upsample {
+    pub factor: usize,
+}
+
+impl Upsample {
+    /// Also its own tangent (it is linear).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, h, w) = planes(x)?;
+        let f = self.factor;
+        let (ho, wo) = (h * f, w * f);
+        let mut out = Tensor::zeros(vec![x.shape[0], x.shape[1], ho, wo]);
+        out.data.par_chunks_mut(ho * wo).zip(x.data.par_chunks(h * w)).for_each(|(o, plane)| {
+            for (i, row) in o.chunks_mut(wo).enumerate() {
+                let src = &plane[(i / f) * w..][..w];
+                row.iter_mut().enumerate().for_each(|(j, v)| *v = src[j / f]);
+            }
+        });
+        Ok(out)
+    }
+
+    pub fn backward(&self, x_shape: &[usize], gy: &Tensor) -> Tensor {
+        let (h, w) = (x_shape[2], x_shape[3]);
+        let f = self.factor;
+        let wo = w * f;
+        let mut gx = Tensor::zeros(x_shape.to_vec());
+        gx.data.par_chunks_mut(h * w).zip(gy.data.par_chunks(h * w * f * f)).for_each(|(g, gs)| {
+            for (i, row) in gs.chunks(wo).enumerate() {
+                let dst = &mut g[(i / f) * w..][..w];
+                row.iter().enumerate().for_each(|(j, &v)| dst[j / f] += v);
+            }
+        });
+        gx
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +301,26 @@ mod tests {
         let rhs: f64 = r.iter().zip(&fe.data).map(|(a, b)| *a as f64 * *b as f64).sum();
         assert!((lhs - rhs).abs() < 1e-5 * (1.0 + lhs.abs()));
         assert!(AvgPool2d { k: 4, stride: 4 }.forward(&Tensor::zeros(vec![1, 1, 3, 3])).unwrap_err().to_string().contains("does not fit a 3×3"));
+    }
+
+    #[test]
+    fn nearest_upsampling_copies_each_pixel_and_its_adjoint_sums_them() {
+        let x = Tensor::new(vec![2, 3, 2, 3], random(36, 40));
+        let up = Upsample { factor: 2 };
+        let y = up.forward(&x).unwrap();
+        assert_eq!(y.shape, vec![2, 3, 4, 6]);
+        for p in 0..6 {
+            for i in 0..4 {
+                for j in 0..6 {
+                    assert_eq!(y.data[p * 24 + i * 6 + j], x.data[p * 6 + (i / 2) * 3 + j / 2]);
+                }
+            }
+        }
+        // ⟨up(x), g⟩ = ⟨x, upᵀ(g)⟩.
+        let g = Tensor::new(y.shape.clone(), random(y.data.len(), 41));
+        let gx = up.backward(&x.shape, &g);
+        let lhs: f64 = y.data.iter().zip(&g.data).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let rhs: f64 = x.data.iter().zip(&gx.data).map(|(a, b)| *a as f64 * *b as f64).sum();
+        assert!((lhs - rhs).abs() < 1e-5 * (1.0 + lhs.abs()), "{lhs} vs {rhs}");
     }
 }
