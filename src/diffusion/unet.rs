@@ -367,6 +367,15 @@ impl UNet {
         Ok(g.infer_with(self.image(x_in), &self.aux(p, c_noise, labels)?)?.data)
     }
 
+    /// ∂⟨dout, F⟩/∂x_in: the gradient with respect to the network's image input
+    /// (evaluation mode).
+    pub fn input_gradient(&self, p: &[f32], x_in: &[f32], c_noise: &[f32], labels: Option<&[i64]>, dout: &[f32]) -> Result<Vec<f32>> {
+        let g = self.with_parameters(p);
+        let f = g.forward_with(self.image(x_in), &self.aux(p, c_noise, labels)?, Mode::Eval, None)?;
+        let (gx, _) = g.backward(&f, self.image(dout), true)?;
+        Ok(gx.context("internal error: no input gradient")?.data)
+    }
+
     /// The mean of (F − target)² over the batch, and its gradient with respect to `p`
     /// in `grad`; dropout (when the spec has it) drawn from `dropout_seed`.
     #[allow(clippy::too_many_arguments)]
