@@ -466,15 +466,17 @@ pub fn knn(spec: &str, queries: usize, k: usize, repeats: usize, python: Option<
     Ok(rows)
 }
 
-/// Training the EDM denoiser network (src/diffusion/net.rs) against the same network,
-/// loss, Adam and EMA in JAX (scripts/baselines/denoise_train_jax.py), on the same data:
-/// samples per second over `steps` steps (JAX's after compiling and 20 warm-up steps).
+/// Training the EDM denoiser network (src/diffusion/net.rs, or the U-Net of
+/// src/diffusion/unet.rs) against the same network, loss, Adam and EMA in JAX
+/// (scripts/baselines/denoise_train_jax.py; for a U-Net, PyTorch:
+/// scripts/baselines/unet_torch.py), on the same data: samples per second over `steps`
+/// steps (the baseline's after compiling and its warm-up steps).
 pub fn denoise_train(spec: &str, model: &str, batch: usize, steps: usize, python: Option<&str>, backends: &[Backend]) -> Result<Vec<BenchRow>> {
     use crate::diffusion::train::{self, DenoiserConfig, Labels, Recipe};
     use crate::diffusion::PixelRange;
     let ds = crate::data::open(spec)?;
     let range = PixelRange::of(&ds.train.x)?;
-    let net = crate::diffusion::net::NetSpec::parse(model)?;
+    let unet = crate::diffusion::unet::is_unet(model);
     let (n, d) = (ds.train.len(), ds.train.features());
     let workload = format!("denoiser training {model} (B={batch}, N={n}, D={d})");
     let mut rows = Vec::new();
@@ -483,20 +485,31 @@ pub fn denoise_train(spec: &str, model: &str, batch: usize, steps: usize, python
         let mut y = vec![0f32; n * d];
         ds.train.x.rows_f32_into(0, n, &mut y);
         range.to_model(&mut y);
-        crate::report::write_npy(&dir.path().join("y.npy"), &[n, d], &y)?;
-        let path = format!("{}/scripts/baselines/denoise_train_jax.py", env!("CARGO_MANIFEST_DIR"));
-        let out = std::process::Command::new(py)
-            .arg(&path)
-            .args(["--dir", &dir.path().display().to_string(), "--width", &net.width.to_string(), "--blocks", &net.blocks.to_string()])
-            .args(["--batch", &batch.to_string(), "--steps", &steps.to_string()])
-            .output()?;
+        let root = env!("CARGO_MANIFEST_DIR");
+        let mut cmd = std::process::Command::new(py);
+        let (name, label) = if unet {
+            let mut shape = vec![n];
+            shape.extend(match ds.sample_shape() {
+                [h, w] => vec![1, *h, *w],
+                s => s.to_vec(),
+            });
+            crate::report::write_npy(&dir.path().join("y.npy"), &shape, &y)?;
+            cmd.arg(format!("{root}/scripts/baselines/unet_torch.py")).args(["--model", model]);
+            ("PyTorch", "torch-cpu")
+        } else {
+            crate::report::write_npy(&dir.path().join("y.npy"), &[n, d], &y)?;
+            let net = crate::diffusion::net::NetSpec::parse(model)?;
+            cmd.arg(format!("{root}/scripts/baselines/denoise_train_jax.py")).args(["--width", &net.width.to_string(), "--blocks", &net.blocks.to_string()]);
+            ("JAX", "jax-cpu")
+        };
+        let out = cmd.args(["--dir", &dir.path().display().to_string(), "--batch", &batch.to_string(), "--steps", &steps.to_string()]).output()?;
         if !out.status.success() {
-            anyhow::bail!("the JAX baseline failed (set --python, or PYTHONPATH for jax):\n{}", String::from_utf8_lossy(&out.stderr));
+            anyhow::bail!("the {name} baseline failed (set --python, or PYTHONPATH for it):\n{}", String::from_utf8_lossy(&out.stderr));
         }
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         let secs = v["seconds"].as_f64().unwrap_or(f64::NAN);
         let note = format!("loss of the last 100 steps {:.4}", v["loss_last_100"].as_f64().unwrap_or(f64::NAN));
-        rows.push(BenchRow::timed(&workload, "jax-cpu", (secs, secs), 1, None, (steps * batch) as f64, None, Some(note)));
+        rows.push(BenchRow::timed(&workload, label, (secs, secs), 1, None, (steps * batch) as f64, None, Some(note)));
     }
     let recipe = Recipe { model: model.into(), steps, batch, lr: 1e-3, ema: 0.99, seed: 0 };
     let cfg = DenoiserConfig::new(spec, None, Labels::None, recipe, &ds.train, ds.sample_shape(), range, 0)?;

@@ -131,6 +131,15 @@ impl Conv2d {
                             continue;
                         }
                         let line = &mut plane[y as usize * w..(y as usize + 1) * w];
+                        if s == 1 {
+                            // The contiguous run im2col copied, added back.
+                            let first = (p - v as isize).max(0) as usize;
+                            let last = ((w as isize + p - v as isize).min(wo as isize)).max(first as isize) as usize;
+                            let src = (first as isize + v as isize - p) as usize;
+                            let dst = &mut line[src..src + (last - first)];
+                            dst.iter_mut().zip(&row[i * wo + first..i * wo + last]).for_each(|(a, &g)| *a += g);
+                            continue;
+                        }
                         for (j, &g) in row[i * wo..(i + 1) * wo].iter().enumerate() {
                             let xx = (s * j + v) as isize - p;
                             if xx >= 0 && xx < w as isize {
@@ -151,6 +160,11 @@ impl Conv2d {
         Ok(((h, w), self.out_size(h, w)?))
     }
 
+    /// A 1×1, stride-1, unpadded convolution reads its input as its own im2col matrix.
+    fn pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+
     fn convolve(&self, x: &Tensor, bias: Option<&[f32]>) -> Result<Tensor> {
         let ((h, w), (ho, wo)) = self.check_input(x)?;
         let (n, positions, patch) = (x.batch(), ho * wo, self.patch());
@@ -160,11 +174,31 @@ impl Conv2d {
         }
         let (per_in, per_out) = (self.c_in * h * w, self.c_out * positions);
         let g = self.group(n, positions);
+        let add_bias = |os: &mut [f32]| {
+            if let Some(b) = bias {
+                os.chunks_mut(positions).zip(b).for_each(|(plane, &bc)| plane.iter_mut().for_each(|v| *v += bc));
+            }
+        };
         out.data.par_chunks_mut(g * per_out).zip(x.data.par_chunks(g * per_in)).for_each_init(
-            || (vec![0f32; patch * g * positions], vec![0f32; per_out * g]),
-            |(cols, product), (o, xs)| {
+            || (Vec::new(), Vec::new()),
+            |(cols, product): &mut (Vec<f32>, Vec<f32>), (o, xs)| {
                 let samples = xs.len() / per_in;
                 let columns = samples * positions;
+                if samples == 1 {
+                    // One sample: the product is the output plane by plane, as it is.
+                    let src: &[f32] = if self.pointwise() {
+                        xs
+                    } else {
+                        cols.resize(patch * columns, 0.0);
+                        self.im2col(xs, (h, w), (ho, wo), cols, columns, 0);
+                        cols
+                    };
+                    gemm_serial(&self.weight, self.c_out, patch, src, columns, false, false, o);
+                    add_bias(o);
+                    return;
+                }
+                cols.resize(patch * g * positions, 0.0);
+                product.resize(per_out * g, 0.0);
                 for (s, sample) in xs.chunks(per_in).enumerate() {
                     self.im2col(sample, (h, w), (ho, wo), cols, columns, s * positions);
                 }
@@ -173,10 +207,8 @@ impl Conv2d {
                 for (s, os) in o.chunks_mut(per_out).enumerate() {
                     for (ch, plane) in os.chunks_mut(positions).enumerate() {
                         plane.copy_from_slice(&product[ch * columns + s * positions..][..positions]);
-                        if let Some(b) = bias {
-                            plane.iter_mut().for_each(|v| *v += b[ch]);
-                        }
                     }
+                    add_bias(os);
                 }
             },
         );
@@ -207,35 +239,51 @@ impl Conv2d {
         let g = self.group(n, positions);
         let groups = n.div_ceil(g);
         let mut gx_groups: Vec<&mut [f32]> = if want_input { gx.chunks_mut(g * per_in).collect() } else { (0..groups).map(|_| &mut [][..]).collect() };
-        // Per group: X̃ and g as (K, G·P) and (C_out, G·P); dW += g·X̃ᵀ, X̃' = Wᵀ·g.
+        // Per group: X̃ and g as (K, G·P) and (C_out, G·P); dW += g·X̃ᵀ, X̃' = Wᵀ·g. A group
+        // of one sample reads g (and a pointwise convolution's X̃) where they lie.
         let partials: Vec<(Vec<f32>, Vec<f32>)> = gx_groups
             .par_iter_mut()
             .zip(x.data.par_chunks(g * per_in))
             .zip(gy.data.par_chunks(g * per_out))
-            .map(|((gxg, xg), gg)| {
-                let samples = xg.len() / per_in;
-                let columns = samples * positions;
-                let mut cols = vec![0f32; patch * columns];
-                for (s, sample) in xg.chunks(per_in).enumerate() {
-                    self.im2col(sample, (h, w), (ho, wo), &mut cols, columns, s * positions);
-                }
-                let mut grad = vec![0f32; self.c_out * columns];
-                for (s, gs) in gg.chunks(per_out).enumerate() {
-                    for (ch, plane) in gs.chunks(positions).enumerate() {
-                        grad[ch * columns + s * positions..][..positions].copy_from_slice(plane);
+            .map_init(
+                || (Vec::new(), Vec::new()),
+                |(cols, grad): &mut (Vec<f32>, Vec<f32>), ((gxg, xg), gg)| {
+                    let samples = xg.len() / per_in;
+                    let columns = samples * positions;
+                    let direct = samples == 1 && self.pointwise();
+                    if !direct {
+                        cols.resize(patch * columns, 0.0);
+                        for (s, sample) in xg.chunks(per_in).enumerate() {
+                            self.im2col(sample, (h, w), (ho, wo), cols, columns, s * positions);
+                        }
                     }
-                }
-                let mut dw = vec![0f32; self.c_out * patch];
-                gemm_serial(&grad, self.c_out, columns, &cols, patch, true, false, &mut dw);
-                let db: Vec<f32> = grad.chunks(columns).map(|r| r.iter().sum()).collect();
-                if want_input {
-                    gemm_serial(&weight_t, patch, self.c_out, &grad, columns, false, false, &mut cols);
-                    for (s, gxs) in gxg.chunks_mut(per_in).enumerate() {
-                        self.col2im(&cols, (h, w), (ho, wo), gxs, columns, s * positions);
+                    let grad: &[f32] = if samples == 1 {
+                        gg
+                    } else {
+                        grad.resize(self.c_out * columns, 0.0);
+                        for (s, gs) in gg.chunks(per_out).enumerate() {
+                            for (ch, plane) in gs.chunks(positions).enumerate() {
+                                grad[ch * columns + s * positions..][..positions].copy_from_slice(plane);
+                            }
+                        }
+                        grad
+                    };
+                    let mut dw = vec![0f32; self.c_out * patch];
+                    gemm_serial(grad, self.c_out, columns, if direct { xg } else { &cols[..patch * columns] }, patch, true, false, &mut dw);
+                    let db: Vec<f32> = grad.chunks(columns).map(|r| r.iter().sum()).collect();
+                    if want_input {
+                        if direct {
+                            gemm_serial(&weight_t, patch, self.c_out, grad, columns, false, false, gxg);
+                        } else {
+                            gemm_serial(&weight_t, patch, self.c_out, grad, columns, false, false, &mut cols[..patch * columns]);
+                            for (s, gxs) in gxg.chunks_mut(per_in).enumerate() {
+                                self.col2im(cols, (h, w), (ho, wo), gxs, columns, s * positions);
+                            }
+                        }
                     }
-                }
-                (dw, db)
-            })
+                    (dw, db)
+                },
+            )
             .collect();
         let (mut dw, mut db) = (vec![0f32; self.c_out * patch], vec![0f32; self.c_out]);
         for (pw, pb) in &partials {
