@@ -79,4 +79,10 @@ fn quick_reproduction_writes_a_consistent_report() {
     // The EMM shown is the sweep's.
     let emm: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("diffusion/emm/emm.json")).unwrap()).unwrap();
     assert!(html.contains(&format!("EMM = {}", emm["emm"])), "EMM {} not in the report", emm["emm"]);
+    // The U-Net's sweep is in the report beside the MLP's, and it memorizes its smallest set.
+    assert!(html.contains("diffusion/unet-vs-mlp.png"));
+    let unet: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("diffusion/emm-unet-0/emm.json")).unwrap()).unwrap();
+    let first = unet["sizes"][0]["memorization_ratio"].as_f64().unwrap();
+    assert!(html.contains(&format!("{}: {:.0}%", unet["sizes"][0]["size"], first * 100.0)), "the U-Net's ratio {first} is not in the report");
+    assert!(first >= 0.9, "the U-Net memorized {first} of its smallest training set");
 }

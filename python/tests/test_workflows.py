@@ -150,9 +150,10 @@ def test_sampling_equals_the_cli(tmp_path):
         rote.sample(data="digits", samples=0)
 
 
-def test_a_trained_denoiser_and_its_samples_equal_the_cli(tmp_path):
-    settings = dict(subset=20, steps=60, batch=16, model="resmlp:width=32,blocks=1", seed=4)
-    cli("denoise", "train", "--data", "digits", "--subset", "20", "--steps", "60", "--batch", "16", "--model", "resmlp:width=32,blocks=1", "--seed", "4", "--device", "cpu", "--out", tmp_path / "cli")
+@pytest.mark.parametrize("model", ["resmlp:width=32,blocks=1", "unet:channels=8,mult=1-2"])
+def test_a_trained_denoiser_and_its_samples_equal_the_cli(tmp_path, model):
+    settings = dict(subset=20, steps=60, batch=16, model=model, seed=4)
+    cli("denoise", "train", "--data", "digits", "--subset", "20", "--steps", "60", "--batch", "16", "--model", model, "--seed", "4", "--device", "cpu", "--out", tmp_path / "cli")
     seen = []
     summary = rote.train_denoiser("digits", tmp_path / "py", device="cpu", progress=lambda done, total: seen.append(done), **settings)
     assert summary["steps"] == 60 and summary["training_samples"] == 20 and np.isfinite(summary["final_loss"])
