@@ -172,12 +172,19 @@ pub fn silu(z: f32) -> f32 {
 pub fn embedding(c_noise: &[f32]) -> Vec<f32> {
     let half = EMBED / 2;
     let freqs: Vec<f64> = (0..half).map(|j| 10000f64.powf(-(j as f64) / half as f64)).collect();
-    let mut t = vec![0f32; c_noise.len() * EMBED];
-    for (row, &c) in t.chunks_exact_mut(EMBED).zip(c_noise) {
+    sinusoids(c_noise, &freqs, false)
+}
+
+/// Per row c: [cos(c·f_j)…, sin(c·f_j)…] (or sines first), 2·|freqs| numbers.
+pub fn sinusoids(c_noise: &[f32], freqs: &[f64], sin_first: bool) -> Vec<f32> {
+    let half = freqs.len();
+    let mut t = vec![0f32; c_noise.len() * 2 * half];
+    for (row, &c) in t.chunks_exact_mut(2 * half).zip(c_noise) {
         for (j, &f) in freqs.iter().enumerate() {
-            let a = c as f64 * f;
-            row[j] = a.cos() as f32;
-            row[half + j] = a.sin() as f32;
+            let (s, co) = (c as f64 * f).sin_cos();
+            let (first, second) = if sin_first { (s, co) } else { (co, s) };
+            row[j] = first as f32;
+            row[half + j] = second as f32;
         }
     }
     t

@@ -332,14 +332,7 @@ impl UNet {
             None => (0..half).map(|j| (1.0f64 / 10000.0).powf(j as f64 / (half as f64 - 1.0).max(1.0))).collect(),
             Some(at) => p[at..at + half].iter().map(|&f| 2.0 * std::f64::consts::PI * f as f64).collect(),
         };
-        let mut e = vec![0f32; c_noise.len() * ch];
-        for (row, &c) in e.chunks_exact_mut(ch).zip(c_noise) {
-            for (j, &f) in freqs.iter().enumerate() {
-                let a = c as f64 * f;
-                row[j] = a.sin() as f32;
-                row[half + j] = a.cos() as f32;
-            }
-        }
+        let e = super::net::sinusoids(c_noise, &freqs, true);
         let mut aux = vec![Tensor::new(vec![c_noise.len(), ch], e)];
         if self.classes > 0 {
             let labels = labels.context("a class-conditional U-Net needs labels")?;
