@@ -30,6 +30,10 @@ impl Reference {
             Activation::Relu => if z > 0.0 { (z, 1.0) } else { (0.0, 0.0) },
             Activation::Tanh => (z.tanh(), 1.0 - z.tanh().powi(2)),
             Activation::Softplus => ((1.0 + z.exp()).ln(), 1.0 / (1.0 + (-z).exp())),
+            Activation::Silu => {
+                let s = 1.0 / (1.0 + (-z).exp());
+                (z * s, s * (1.0 + z * (1.0 - s)))
+            }
             Activation::Gelu => {
                 let cdf = 0.5 * (1.0 + libm::erf(z / 2f64.sqrt()));
                 let pdf = (-0.5 * z * z).exp() / (2.0 * std::f64::consts::PI).sqrt();
@@ -139,7 +143,7 @@ fn rel_err(a: &[f32], b: &[f64]) -> f64 {
     num / den.max(1e-12)
 }
 
-const ACTS: [Activation; 4] = [Activation::Relu, Activation::Tanh, Activation::Softplus, Activation::Gelu];
+const ACTS: [Activation; 5] = [Activation::Relu, Activation::Tanh, Activation::Softplus, Activation::Gelu, Activation::Silu];
 
 #[test]
 fn input_gradient_matches_float64_central_differences() {

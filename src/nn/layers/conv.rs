@@ -6,14 +6,17 @@
 //! im2col lays the receptive fields of a group of G samples side by side as a
 //! (C_in·k², G·H_out·W_out) matrix X̃, so z = W·X̃ is one GEMM (W as a (C_out, C_in·k²)
 //! matrix) — G is chosen so each GEMM has a few hundred columns, which keeps the weights
-//! in cache across samples where the maps are small (ResNet's last stages: 4×4). Backward
-//! to the input is the transposed convolution: X̃' = Wᵀ·g, scattered back (col2im); to
-//! the weights the correlation g·X̃ᵀ, summed group by group in order (the same bits for
-//! any thread count). The tangent is the same convolution of ẋ without the bias (z is
+//! in cache across samples where the maps are small (ResNet's last stages: 4×4); each
+//! sample's product runs as its transpose X̃ᵀ·Wᵀ, positions along the GEMM's long side,
+//! straight into the output planes. Backward to the input is the transposed
+//! convolution: for stride 1 a forward convolution of g with the flipped, transposed
+//! kernel (padding k − 1 − p); for larger strides X̃' = Wᵀ·g, scattered back (col2im).
+//! To the weights: the correlation g·X̃ᵀ, summed group by group in order (the same bits
+//! for any thread count). The tangent is the same convolution of ẋ without the bias (z is
 //! affine in x).
 
 use super::Tensor;
-use crate::nn::linalg::{gemm_serial, transpose};
+use crate::nn::linalg::{gemm_serial, gemm_strided, transpose};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
@@ -165,6 +168,29 @@ impl Conv2d {
         self.k == 1 && self.stride == 1 && self.pad == 0
     }
 
+    /// Each sample's output, (C_out, P) = W · X̃_s, computed as its transpose
+    /// (P, C_out) = X̃_sᵀ · Wᵀ: the positions are the long side the GEMM's tiles run
+    /// along, X̃_s is read in place from the group's columns (column `offset`, row
+    /// length `columns`) and the result lands in the output planes directly.
+    fn product_into(&self, cols: &[f32], columns: usize, offset: usize, positions: usize, out: &mut [f32]) {
+        let patch = self.patch();
+        debug_assert!(cols.len() >= patch * columns && out.len() == self.c_out * positions && offset + positions <= columns);
+        // SAFETY: X̃_sᵀ (P, K) at cols[offset + p + k·columns]; Wᵀ (K, C_out) at
+        // weight[k + o·K]; the output (P, C_out) at out[p + o·P]: all inside the slices.
+        unsafe {
+            gemm_strided(
+                (positions, patch, self.c_out),
+                cols.as_ptr().add(offset),
+                (1, columns as isize),
+                self.weight.as_ptr(),
+                (1, patch as isize),
+                false,
+                out.as_mut_ptr(),
+                (1, positions as isize),
+            );
+        }
+    }
+
     fn convolve(&self, x: &Tensor, bias: Option<&[f32]>) -> Result<Tensor> {
         let ((h, w), (ho, wo)) = self.check_input(x)?;
         let (n, positions, patch) = (x.batch(), ho * wo, self.patch());
@@ -174,45 +200,47 @@ impl Conv2d {
         }
         let (per_in, per_out) = (self.c_in * h * w, self.c_out * positions);
         let g = self.group(n, positions);
-        let add_bias = |os: &mut [f32]| {
-            if let Some(b) = bias {
-                os.chunks_mut(positions).zip(b).for_each(|(plane, &bc)| plane.iter_mut().for_each(|v| *v += bc));
-            }
-        };
-        out.data.par_chunks_mut(g * per_out).zip(x.data.par_chunks(g * per_in)).for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(cols, product): &mut (Vec<f32>, Vec<f32>), (o, xs)| {
-                let samples = xs.len() / per_in;
-                let columns = samples * positions;
-                if samples == 1 {
-                    // One sample: the product is the output plane by plane, as it is.
-                    let src: &[f32] = if self.pointwise() {
-                        xs
-                    } else {
-                        cols.resize(patch * columns, 0.0);
-                        self.im2col(xs, (h, w), (ho, wo), cols, columns, 0);
-                        cols
-                    };
-                    gemm_serial(&self.weight, self.c_out, patch, src, columns, false, false, o);
-                    add_bias(o);
-                    return;
-                }
-                cols.resize(patch * g * positions, 0.0);
-                product.resize(per_out * g, 0.0);
+        out.data.par_chunks_mut(g * per_out).zip(x.data.par_chunks(g * per_in)).for_each_init(Vec::new, |cols: &mut Vec<f32>, (o, xs)| {
+            let samples = xs.len() / per_in;
+            let columns = samples * positions;
+            let src: &[f32] = if self.pointwise() && samples == 1 {
+                xs
+            } else {
+                cols.resize(patch * columns, 0.0);
                 for (s, sample) in xs.chunks(per_in).enumerate() {
                     self.im2col(sample, (h, w), (ho, wo), cols, columns, s * positions);
                 }
-                // (C_out, K) · (K, G·P): channel rows with every sample's positions.
-                gemm_serial(&self.weight, self.c_out, patch, &cols[..patch * columns], columns, false, false, &mut product[..self.c_out * columns]);
-                for (s, os) in o.chunks_mut(per_out).enumerate() {
-                    for (ch, plane) in os.chunks_mut(positions).enumerate() {
-                        plane.copy_from_slice(&product[ch * columns + s * positions..][..positions]);
-                    }
-                    add_bias(os);
+                cols
+            };
+            for (s, os) in o.chunks_mut(per_out).enumerate() {
+                self.product_into(src, columns, s * positions, positions, os);
+                if let Some(b) = bias {
+                    os.chunks_mut(positions).zip(b).for_each(|(plane, &bc)| plane.iter_mut().for_each(|v| *v += bc));
                 }
-            },
-        );
+            }
+        });
         Ok(out)
+    }
+
+    /// For stride 1: the convolution whose forward pass is this one's input gradient —
+    /// C_in outputs from C_out inputs, the kernel transposed and flipped, padding k−1−p
+    /// (the same size back). None where that does not hold (strides, p ≥ k).
+    fn transposed(&self) -> Option<Conv2d> {
+        if self.stride != 1 || self.pad >= self.k {
+            return None;
+        }
+        let (k, ci, co) = (self.k, self.c_in, self.c_out);
+        let mut weight = vec![0f32; self.weight.len()];
+        for o in 0..co {
+            for c in 0..ci {
+                for u in 0..k {
+                    for v in 0..k {
+                        weight[((c * co + o) * k + (k - 1 - u)) * k + (k - 1 - v)] = self.weight[((o * ci + c) * k + u) * k + v];
+                    }
+                }
+            }
+        }
+        Some(Conv2d { c_in: co, c_out: ci, k, stride: 1, pad: k - 1 - self.pad, weight, bias: None })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -232,13 +260,19 @@ impl Conv2d {
         if gy.shape != [n, self.c_out, ho, wo] {
             bail!("internal error: conv output gradient of shape {:?}, expected {:?}", gy.shape, [n, self.c_out, ho, wo]);
         }
-        let mut weight_t = vec![0f32; patch * self.c_out];
-        transpose(&self.weight, self.c_out, patch, &mut weight_t);
+        // Stride 1: the input gradient is a convolution of gy (its own parallel pass);
+        // otherwise Wᵀ·g per group, scattered back by col2im.
+        let through = if want_input { self.transposed() } else { None };
+        let col2im_input = want_input && through.is_none();
+        let mut weight_t = vec![0f32; if col2im_input { patch * self.c_out } else { 0 }];
+        if col2im_input {
+            transpose(&self.weight, self.c_out, patch, &mut weight_t);
+        }
         let (per_in, per_out) = (self.c_in * h * w, self.c_out * positions);
-        let mut gx = if want_input { vec![0f32; n * per_in] } else { Vec::new() };
+        let mut gx = if col2im_input { vec![0f32; n * per_in] } else { Vec::new() };
         let g = self.group(n, positions);
         let groups = n.div_ceil(g);
-        let mut gx_groups: Vec<&mut [f32]> = if want_input { gx.chunks_mut(g * per_in).collect() } else { (0..groups).map(|_| &mut [][..]).collect() };
+        let mut gx_groups: Vec<&mut [f32]> = if col2im_input { gx.chunks_mut(g * per_in).collect() } else { (0..groups).map(|_| &mut [][..]).collect() };
         // Per group: X̃ and g as (K, G·P) and (C_out, G·P); dW += g·X̃ᵀ, X̃' = Wᵀ·g. A group
         // of one sample reads g (and a pointwise convolution's X̃) where they lie.
         let partials: Vec<(Vec<f32>, Vec<f32>)> = gx_groups
@@ -271,7 +305,7 @@ impl Conv2d {
                     let mut dw = vec![0f32; self.c_out * patch];
                     gemm_serial(grad, self.c_out, columns, if direct { xg } else { &cols[..patch * columns] }, patch, true, false, &mut dw);
                     let db: Vec<f32> = grad.chunks(columns).map(|r| r.iter().sum()).collect();
-                    if want_input {
+                    if col2im_input {
                         if direct {
                             gemm_serial(&weight_t, patch, self.c_out, grad, columns, false, false, gxg);
                         } else {
@@ -291,7 +325,11 @@ impl Conv2d {
             db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
         }
         let grads = ConvGrads { weight: dw, bias: self.bias.as_ref().map(|_| db) };
-        Ok((want_input.then(|| Tensor::new(x.shape.clone(), gx)), grads))
+        let gx = match through {
+            Some(t) => Some(t.convolve(gy, None)?),
+            None => want_input.then(|| Tensor::new(x.shape.clone(), gx)),
+        };
+        Ok((gx, grads))
     }
 }
 
