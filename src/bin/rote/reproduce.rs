@@ -442,7 +442,7 @@ pub fn reproduce_cmd(a: ReproduceArgs) -> Result<()> {
     let (unets, unet_sizes, unet_steps, unet_batch, unet_samples): (&[&str], &str, &str, &str, &str) = if full {
         (&["unet:channels=16,mult=1-2", "unet:channels=32,mult=1-2"], "20,100,500,2000", "4000", "32", "500")
     } else {
-        (&["unet:channels=8,mult=1-2"], "10,20,50", "1500", "16", "200")
+        (&["unet:channels=8,mult=1-2"], "10,50", "1000", "16", "100")
     };
     let mut unet_series = vec![Series { name: format!("MLP {model}"), points: curve.clone() }];
     for (k, unet) in unets.iter().enumerate() {

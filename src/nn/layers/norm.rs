@@ -260,10 +260,12 @@ impl GroupNorm {
                 let var = xh.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / m as f64;
                 let inv = (1.0 / (var + self.eps as f64).sqrt()) as f32;
                 let (mean, c0) = (mean as f32, (k % self.groups) * per_group);
-                for (j, (a, o)) in xh.iter_mut().zip(out.iter_mut()).enumerate() {
-                    let c = c0 + j / plane;
-                    *a = (*a - mean) * inv;
-                    *o = self.weight[c] * *a + self.bias[c];
+                for (j, (xs, os)) in xh.chunks_mut(plane).zip(out.chunks_mut(plane)).enumerate() {
+                    let (g, b) = (self.weight[c0 + j], self.bias[c0 + j]);
+                    for (a, o) in xs.iter_mut().zip(os.iter_mut()) {
+                        *a = (*a - mean) * inv;
+                        *o = g * *a + b;
+                    }
                 }
                 inv
             })
