@@ -21,8 +21,9 @@
 //! GroupNorms have min(32, channels/4) groups and ε = 1e-6; resampling is nearest up-
 //! sampling and 2×2 average pooling (what EDM's [1, 1] filters compute); attention has
 //! `heads` heads (1 as in DDPM++) at the resolutions `attn` (the lowest by default).
-//! Parameters carry SongUNet's state-dict names. Initialization is EDM's: Xavier-uniform
-//! weights, zero biases, conv1, proj and aux_conv scaled by 1e-5 and qkv by √0.2.
+//! Parameters carry SongUNet's state-dict names. Initialization is EDM's DDPM++ one:
+//! Xavier-uniform weights, zero biases, conv1, proj and aux_conv scaled by 1e-5 and qkv
+//! by √0.2 — except map_label, Xavier-uniform here where EDM draws it Kaiming-normal.
 //!
 //! The parameters live in one flat vector (in `Graph::parameters` order, then the
 //! Fourier frequencies), as the MLP denoiser's do, so Adam, the EMA and checkpoints
