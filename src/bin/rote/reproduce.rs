@@ -463,6 +463,23 @@ pub fn reproduce_cmd(a: ReproduceArgs) -> Result<()> {
         );
         unet_series.push(Series { name: format!("U-Net {unet}"), points });
     }
+    if full {
+        // Random-label conditioning with the first U-Net, beside its unconditional sweep.
+        let vr = r.run(
+            D,
+            &format!("random-label conditioning with a U-Net ({})", unets[0]),
+            &["emm", "--data", emm_data, "--sizes", unet_sizes, "--labels", "random:10", "--samples", unet_samples, "--model", unets[0], "--steps", unet_steps, "--batch", unet_batch, "--lr", "2e-3", "--out", "diffusion/emm-unet-random", "--device", "cpu", "--json"],
+            false,
+        )?;
+        let points: Vec<(f64, f64)> = vr["sizes"].as_array().map(|a| a.iter().map(|s| (f(&s["size"]), f(&s["memorization_ratio"]))).collect()).unwrap_or_default();
+        r.finding(
+            D,
+            "Conditioning a U-Net on random labels raises memorization",
+            "random-label conditioning raises the memorization ratio (and EMM)".into(),
+            format!("{emm_data}, {} with random:10 labels: {}; EMM = {}", unets[0], points.iter().map(|(s, m)| format!("{s:.0}: {:.0}%", m * 100.0)).collect::<Vec<_>>().join(", "), vr["emm"]),
+        );
+        unet_series.push(Series { name: format!("U-Net {}, random labels", unets[0]), points });
+    }
     plot::lines(
         &r.path("diffusion/unet-vs-mlp.png"),
         &format!("U-Net and MLP denoisers ({emm_data})"),
