@@ -107,9 +107,20 @@ fn eval_op(op: &Op, a: &Tensor, b: Option<&Tensor>, aux: &[Tensor]) -> Result<Te
     })
 }
 
+/// Whether an add of values shaped `a` and `b` broadcasts an (N, C) b over a's planes.
+fn per_channel(a: &[usize], b: &[usize]) -> bool {
+    b.len() == 2 && a.len() == 4
+}
+
 /// a + b, broadcasting an (N, C) b over a's planes.
 fn add(a: &Tensor, b: &Tensor) -> Tensor {
-    if b.shape.len() == 2 && a.shape.len() == 4 { dense::add_per_channel(a, b) } else { dense::add(a, b) }
+    let mut y = a.clone();
+    add_in_place(&mut y, b);
+    y
+}
+
+fn add_in_place(a: &mut Tensor, b: &Tensor) {
+    if per_channel(&a.shape, &b.shape) { dense::add_per_channel_in_place(a, b) } else { dense::add_in_place(a, b) }
 }
 
 /// Everything a forward pass leaves for backward and tangent.
@@ -204,8 +215,7 @@ impl Graph {
                 }
                 Op::Add => {
                     let t = &shapes[node.inputs[1]];
-                    let per_channel = t.len() == 2 && s.len() == 4 && t[1] == s[1];
-                    if s != t && !per_channel {
+                    if s != t && !(per_channel(s, t) && t[1] == s[1]) {
                         bail!("{}: a residual join of shapes {s:?} and {t:?}", at());
                     }
                     s.clone()
@@ -346,8 +356,7 @@ impl Graph {
                 }
                 Op::Add if owned => {
                     let mut t = take(&mut values);
-                    let b = values[node.inputs[1]].as_ref().expect("a value is read after its last use");
-                    if b.shape.len() == 2 && t.shape.len() == 4 { dense::add_per_channel_in_place(&mut t, b) } else { dense::add_in_place(&mut t, b) }
+                    add_in_place(&mut t, values[node.inputs[1]].as_ref().expect("a value is read after its last use"));
                     t
                 }
                 op => {
@@ -423,7 +432,7 @@ impl Graph {
                 }
                 Op::Add => {
                     let second = &f.values[node.inputs[1]];
-                    let g2 = if second.shape.len() == 2 && g.shape.len() == 4 { dense::plane_sums(&g) } else { g.clone() };
+                    let g2 = if per_channel(&g.shape, &second.shape) { dense::plane_sums(&g) } else { g.clone() };
                     add_to(&mut grads[node.inputs[1]], g2);
                     Some(g)
                 }
