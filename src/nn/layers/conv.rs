@@ -134,15 +134,6 @@ impl Conv2d {
                             continue;
                         }
                         let line = &mut plane[y as usize * w..(y as usize + 1) * w];
-                        if s == 1 {
-                            // The contiguous run im2col copied, added back.
-                            let first = (p - v as isize).max(0) as usize;
-                            let last = ((w as isize + p - v as isize).min(wo as isize)).max(first as isize) as usize;
-                            let src = (first as isize + v as isize - p) as usize;
-                            let dst = &mut line[src..src + (last - first)];
-                            dst.iter_mut().zip(&row[i * wo + first..i * wo + last]).for_each(|(a, &g)| *a += g);
-                            continue;
-                        }
                         for (j, &g) in row[i * wo..(i + 1) * wo].iter().enumerate() {
                             let xx = (s * j + v) as isize - p;
                             if xx >= 0 && xx < w as isize {
@@ -306,13 +297,11 @@ impl Conv2d {
                     gemm_serial(grad, self.c_out, columns, if direct { xg } else { &cols[..patch * columns] }, patch, true, false, &mut dw);
                     let db: Vec<f32> = grad.chunks(columns).map(|r| r.iter().sum()).collect();
                     if col2im_input {
-                        if direct {
-                            gemm_serial(&weight_t, patch, self.c_out, grad, columns, false, false, gxg);
-                        } else {
-                            gemm_serial(&weight_t, patch, self.c_out, grad, columns, false, false, &mut cols[..patch * columns]);
-                            for (s, gxs) in gxg.chunks_mut(per_in).enumerate() {
-                                self.col2im(cols, (h, w), (ho, wo), gxs, columns, s * positions);
-                            }
+                        // Strided convolutions only (stride 1 went through `transposed`),
+                        // so X̃ is always the im2col copy here.
+                        gemm_serial(&weight_t, patch, self.c_out, grad, columns, false, false, &mut cols[..patch * columns]);
+                        for (s, gxs) in gxg.chunks_mut(per_in).enumerate() {
+                            self.col2im(cols, (h, w), (ho, wo), gxs, columns, s * positions);
                         }
                     }
                     (dw, db)
