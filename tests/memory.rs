@@ -249,12 +249,40 @@ fn lssvm_fit_and_predict_on_digits() {
     let v = json(&rote_ok(&["lssvm", "fit", "--data", "moons:n=300,noise=0.1,seed=1,test=200", "--kernel", "rbf:sigma=0.5", "--out", p(&dir.path().join("moons")), "--json"]));
     assert_eq!(v["machines"].as_u64(), Some(1));
     assert!(v["test_accuracy"].as_f64().unwrap() > 0.95, "{v}");
-    for (flag, value, says) in [("--gamma", "0", "--gamma must be a positive"), ("--kernel", "rbf", "sigma"), ("--kernel", "cubic", "rbf:sigma=S"), ("--holdout", "1", "--holdout")] {
+    // The iterative solver: the direct solver's predictions, converged.
+    let cg_model = dir.path().join("cg");
+    let v = json(&rote_ok(&["lssvm", "fit", "--data", "digits", "--kernel", "rbf:sigma=2", "--gamma", "10", "--holdout", "0.2", "--solver", "cg", "--tol", "1e-10", "--out", p(&cg_model), "--json"]));
+    assert_eq!(v["solver"]["solver"], "cg", "{v}");
+    assert_eq!(v["solver"]["cg"]["converged"], true, "{v}");
+    let cg_all = json(&rote_ok(&["lssvm", "predict", "--model", p(&cg_model), "--split", "train", "--json"]));
+    assert_eq!(cg_all["accuracy"], all["accuracy"]);
+    for (flag, value, says) in [
+        ("--gamma", "0", "--gamma must be a positive"),
+        ("--kernel", "rbf", "sigma"),
+        ("--kernel", "cubic", "rbf:sigma=S"),
+        ("--holdout", "1", "--holdout"),
+        ("--memory", "gauss:sigma=1", "--memory-fn gauss:sigma=1"),
+        ("--memory", "lru", "none, mimm (maximum impact) or wimm"),
+        ("--memory-fn", "gauss:sigma=1", "need --memory mimm or wimm"),
+        ("--solver", "qr", "auto, direct or cg"),
+    ] {
         let out = dir.path().join("bad");
         let e = rote_err(&["lssvm", "fit", "--data", "digits:subset=5", flag, value, "--out", p(&out)]);
         assert!(e.contains(says), "{flag} {value}: {e}");
         assert!(!out.exists());
     }
+    // A memory machine, and one saved before MIMM existed (its memory a [δ, μ] pair):
+    // read as the weighted machine it was.
+    let wimm = dir.path().join("wimm");
+    rote_ok(&["lssvm", "fit", "--data", "digits:subset=20", "--memory", "wimm", "--memory-fn", "gauss:sigma=0.5", "--memory-weight", "2", "--out", p(&wimm)]);
+    let before = json(&rote_ok(&["lssvm", "predict", "--model", p(&wimm), "--data", "digits", "--split", "train", "--json"]));
+    let meta = wimm.join("lssvm.json");
+    let mut stored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+    stored["memory"] = serde_json::json!([{"kind": "gauss", "sigma": 0.5}, 2.0]);
+    std::fs::write(&meta, stored.to_string()).unwrap();
+    let after = json(&rote_ok(&["lssvm", "predict", "--model", p(&wimm), "--data", "digits", "--split", "train", "--json"]));
+    assert_eq!(before["accuracy"], after["accuracy"]);
+    assert!(before["accuracy"].as_f64().unwrap() < 1.0);
     let e = rote_err(&["lssvm", "predict", "--model", p(dir.path())]);
     assert!(e.contains("not an LSSVM model directory"), "{e}");
     let e = rote_err(&["lssvm", "predict", "--model", p(&model), "--data", "moons:n=10"]);
@@ -266,7 +294,7 @@ fn lssvm_fit_and_predict_on_digits() {
 /// Gaussian memory classifies noisy training labels correctly where LSSVM does not.
 #[test]
 fn memory_machine_reduces_and_memorizes() {
-    use rote::memory::lssvm::{Kernel, Lssvm, MemoryFn};
+    use rote::memory::lssvm::{Kernel, Lssvm, Memory, MemoryFn, MemoryModel};
     let (n, d) = (120, 2);
     let x = random(21, n * d);
     // A linear boundary with 15% of the labels flipped.
@@ -274,8 +302,12 @@ fn memory_machine_reduces_and_memorizes() {
     let y: Vec<i64> = (0..n).map(|i| ((x[i * d] > 0.5) != (flip[i] < 0.15)) as i64).collect();
     let kernel = Kernel::Rbf { sigma: 0.5 };
     let (gamma, mu) = (4.0, 0.5);
-    let with = Lssvm::fit(&x, d, &y, kernel, gamma, Some((MemoryFn::Identity, mu))).unwrap();
+    let with = Lssvm::fit(&x, d, &y, kernel, gamma, Some(Memory { model: MemoryModel::Wimm, function: MemoryFn::Identity, weight: mu })).unwrap();
     let plain = Lssvm::fit(&x, d, &y, kernel, 1.0 / (1.0 / gamma + mu), None).unwrap();
+    // With the identity δ the maximum-impact machine is the same machine.
+    let maximum = Lssvm::fit(&x, d, &y, kernel, gamma, Some(Memory { model: MemoryModel::Mimm, function: MemoryFn::Identity, weight: mu })).unwrap();
+    let (dm, dw0) = (maximum.decision(&x), with.decision(&x));
+    assert!(dm.iter().zip(&dw0).all(|(a, b)| (a - b).abs() < 1e-9));
     for i in 0..n {
         assert!((with.coef[i] - plain.coef[i]).abs() < 1e-9, "α_{i}");
     }
@@ -290,9 +322,104 @@ fn memory_machine_reduces_and_memorizes() {
     assert!(qw.iter().zip(&qp).all(|(a, b)| (a - b).abs() < 1e-9));
     let accuracy = |m: &Lssvm| m.predict(&x).iter().zip(&y).filter(|(a, b)| a == b).count() as f64 / n as f64;
     let lssvm = Lssvm::fit(&x, d, &y, kernel, 100.0, None).unwrap();
-    let gmm = Lssvm::fit(&x, d, &y, kernel, 100.0, Some((MemoryFn::Gauss { sigma: 0.01 }, 10.0))).unwrap();
     assert!(accuracy(&lssvm) < 0.95, "LSSVM training accuracy {}", accuracy(&lssvm));
-    assert_eq!(accuracy(&gmm), 1.0);
+    for model in [MemoryModel::Wimm, MemoryModel::Mimm] {
+        let gmm = Lssvm::fit(&x, d, &y, kernel, 100.0, Some(Memory { model, function: MemoryFn::Gauss { sigma: 0.01 }, weight: 10.0 })).unwrap();
+        assert_eq!(accuracy(&gmm), 1.0, "{model:?}");
+    }
+}
+
+fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum()
+}
+
+/// WIMM against its definition built here in float64 loops: Suykens' system with the
+/// kernel K + μ·FᵀF (F_jk = δ(x_j, x_k)) solved by Gaussian elimination, and the decision
+/// Σ_k α_k y_k [K(q, x_k) + μ Σ_j δ(x_j, q) δ(x_j, x_k)] + b; MIMM against LSSVM with
+/// 1/γ + μ plus μ·δ(x_j*, q)·α_j* y_j* at the nearest training point j*.
+#[test]
+fn memory_machines_against_their_definitions() {
+    use rote::memory::lssvm::{Kernel, Lssvm, Memory, MemoryFn, MemoryModel};
+    let (n, d, gamma, mu, sigma, width) = (60, 2, 3.0, 0.7, 0.6, 0.25);
+    let x = random(41, n * d);
+    let y: Vec<i64> = (0..n).map(|i| (x[i * d] + x[i * d + 1] > 1.0) as i64).collect();
+    let s: Vec<f64> = y.iter().map(|&v| if v == 1 { 1.0 } else { -1.0 }).collect();
+    let row = |i: usize| &x[i * d..(i + 1) * d];
+    let k = |a: &[f64], b: &[f64]| (-sq_dist(a, b) / (sigma * sigma)).exp();
+    let delta = |a: &[f64], b: &[f64]| (-sq_dist(a, b) / (width * width)).exp();
+    let machine = |a: &[f64], b: &[f64]| k(a, b) + mu * (0..n).map(|j| delta(row(j), a) * delta(row(j), b)).sum::<f64>();
+    let size = n + 1;
+    let mut a = vec![0f64; size * size];
+    for i in 0..n {
+        a[i + 1] = s[i];
+        a[(i + 1) * size] = s[i];
+        for j in 0..n {
+            a[(i + 1) * size + j + 1] = s[i] * s[j] * machine(row(i), row(j)) + if i == j { 1.0 / gamma } else { 0.0 };
+        }
+    }
+    let mut rhs = vec![1f64; size];
+    rhs[0] = 0.0;
+    let sol = solve_dense(a, rhs, size);
+    let w = Lssvm::fit(&x, d, &y, Kernel::Rbf { sigma }, gamma, Some(Memory { model: MemoryModel::Wimm, function: MemoryFn::Gauss { sigma: width }, weight: mu })).unwrap();
+    assert!((w.bias[0] - sol[0]).abs() < 1e-8, "b {} vs {}", w.bias[0], sol[0]);
+    for i in 0..n {
+        assert!((w.coef[i] - sol[i + 1] * s[i]).abs() < 1e-7, "α_{i}: {} vs {}", w.coef[i], sol[i + 1] * s[i]);
+    }
+    let q = random(42, 30 * d);
+    let got = w.decision(&q);
+    for (t, qr) in q.chunks(d).enumerate() {
+        let want = sol[0] + (0..n).map(|i| sol[i + 1] * s[i] * machine(qr, row(i))).sum::<f64>();
+        assert!((got[t] - want).abs() < 1e-8, "WIMM decision {t}: {} vs {want}", got[t]);
+    }
+    // MIMM.
+    let m = Lssvm::fit(&x, d, &y, Kernel::Rbf { sigma }, gamma, Some(Memory { model: MemoryModel::Mimm, function: MemoryFn::Gauss { sigma: width }, weight: mu })).unwrap();
+    let plain = Lssvm::fit(&x, d, &y, Kernel::Rbf { sigma }, 1.0 / (1.0 / gamma + mu), None).unwrap();
+    assert!(m.coef.iter().zip(&plain.coef).all(|(a, b)| (a - b).abs() < 1e-9) && (m.bias[0] - plain.bias[0]).abs() < 1e-9);
+    let (got, base) = (m.decision(&q), plain.decision(&q));
+    for (t, qr) in q.chunks(d).enumerate() {
+        let nearest = (0..n).fold(0, |b, j| if sq_dist(row(j), qr) < sq_dist(row(b), qr) { j } else { b });
+        let want = base[t] + mu * delta(row(nearest), qr) * plain.coef[nearest];
+        assert!((got[t] - want).abs() < 1e-9, "MIMM decision {t}: {} vs {want}", got[t]);
+    }
+    // At a training point its own memory: μ·α_i y_i.
+    let (got, base) = (m.decision(&x), plain.decision(&x));
+    assert!((0..n).all(|i| (got[i] - base[i] - mu * plain.coef[i]).abs() < 1e-9));
+}
+
+/// The conjugate-gradient solver against the direct one (plain, WIMM and MIMM machines,
+/// multi-class, more rows than one kernel tile), with and without its preconditioner.
+#[test]
+fn conjugate_gradients_agree_with_the_direct_solve() {
+    use rote::memory::lssvm::{CgOptions, Kernel, Lssvm, Memory, MemoryFn, MemoryModel, Solver};
+    let (n, d) = (2300, 3);
+    let x = random(51, n * d);
+    let y: Vec<i64> = (0..n).map(|i| (x[i * d] > 0.4) as i64 + (x[i * d + 1] > 0.6) as i64 * 2).collect();
+    let kernel = Kernel::Rbf { sigma: 0.5 };
+    let memories = [None, Some(Memory { model: MemoryModel::Wimm, function: MemoryFn::Gauss { sigma: 0.05 }, weight: 0.5 }), Some(Memory { model: MemoryModel::Mimm, function: MemoryFn::Radius { r: 0.05 }, weight: 0.5 })];
+    for memory in memories {
+        let (direct, report) = Lssvm::fit_with(&x, d, &y, kernel, 5.0, memory, Solver::Direct).unwrap();
+        assert_eq!(report.solver, "direct");
+        let mut iterations = vec![];
+        // Without the preconditioner only once: it takes 15 times the iterations.
+        let ranks: &[usize] = if memory.is_none() { &[0, 100] } else { &[100] };
+        for &rank in ranks {
+            let options = CgOptions { tolerance: 1e-10, max_iterations: 3000, preconditioner_rank: rank, progress: false };
+            let (cg, report) = Lssvm::fit_with(&x, d, &y, kernel, 5.0, memory, Solver::Cg(options)).unwrap();
+            let c = report.cg.unwrap();
+            assert!(c.converged && c.relative_residual <= 1e-10, "{memory:?}, rank {rank}: {c:?}");
+            let scale = direct.coef.iter().fold(0f64, |m, v| m.max(v.abs()));
+            for (i, (a, b)) in cg.coef.iter().zip(&direct.coef).enumerate() {
+                assert!((a - b).abs() < 1e-6 * scale, "{memory:?}, rank {rank}: coefficient {i}: {a} vs {b}");
+            }
+            for (a, b) in cg.bias.iter().zip(&direct.bias) {
+                assert!((a - b).abs() < 1e-6, "{memory:?}, rank {rank}: bias {a} vs {b}");
+            }
+            iterations.push(c.iterations);
+        }
+        if let [without, with] = iterations[..] {
+            assert!(with * 4 < without, "the preconditioner did not help: {iterations:?}");
+        }
+    }
 }
 
 /// Leave-one-out cross-validation (folds = n, so the folds do not depend on the draw)

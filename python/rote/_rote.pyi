@@ -77,9 +77,23 @@ def memorization_ratio(
 
 class Lssvm:
     def __init__(
-        self, x: npt.NDArray[np.float64], y: npt.NDArray[np.int64], *, kernel: str = "rbf:sigma=1", gamma: float = 10.0, memory: Optional[str] = None, memory_weight: float = 1.0
+        self,
+        x: npt.NDArray[np.float64],
+        y: npt.NDArray[np.int64],
+        *,
+        kernel: str = "rbf:sigma=1",
+        gamma: float = 10.0,
+        memory: Optional[str] = None,
+        memory_fn: str = "identity",
+        memory_weight: float = 1.0,
+        solver: str = "auto",
+        tol: float = 1e-6,
+        max_iter: int = 1000,
+        preconditioner_rank: int = 200,
     ) -> None: ...
     def predict(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]: ...
+    @property
+    def solver(self) -> dict[str, Any]: ...
 
 Progress = Optional[Callable[[int, int], Any]]
 

@@ -290,28 +290,45 @@ fn memorization_ratio<'py>(py: Python<'py>, train: PyReadonlyArrayDyn<'py, f32>,
 struct PyLssvm {
     model: rote::memory::lssvm::Lssvm,
     dim: usize,
+    solved: serde_json::Value,
 }
 
 #[pymethods]
 impl PyLssvm {
     /// Fits on rows `x` (N, …; float64) with labels `y`: `kernel` "rbf:sigma=S",
-    /// "linear" or "poly:degree=D", regularization `gamma`; with `memory`
-    /// ("identity", "gauss:sigma=S" or "radius:r=R") rote's least-squares
-    /// generalization–memorization machine with weight `memory_weight` (README).
+    /// "linear" or "poly:degree=D", regularization `gamma`; `memory` "mimm" or "wimm"
+    /// (rote's least-squares generalization–memorization machines, README) with the
+    /// influence function `memory_fn` ("identity", "gauss:sigma=S", "radius:r=R") and
+    /// weight `memory_weight`; `solver` "auto", "direct" or "cg" (with `tol`, `max_iter`,
+    /// `preconditioner_rank`), as `rote lssvm fit`'s flags.
     #[new]
-    #[pyo3(signature = (x, y, *, kernel="rbf:sigma=1", gamma=10.0, memory=None, memory_weight=1.0))]
-    fn new(py: Python<'_>, x: PyReadonlyArrayDyn<'_, f64>, y: PyReadonlyArray1<'_, i64>, kernel: &str, gamma: f64, memory: Option<&str>, memory_weight: f64) -> PyResult<Self> {
+    #[pyo3(signature = (x, y, *, kernel="rbf:sigma=1", gamma=10.0, memory=None, memory_fn="identity", memory_weight=1.0, solver="auto", tol=1e-6, max_iter=1000, preconditioner_rank=200))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>, x: PyReadonlyArrayDyn<'_, f64>, y: PyReadonlyArray1<'_, i64>, kernel: &str, gamma: f64, memory: Option<&str>, memory_fn: &str, memory_weight: f64, solver: &str, tol: f64, max_iter: usize,
+        preconditioner_rank: usize,
+    ) -> PyResult<Self> {
+        use rote::memory::lssvm::{CgOptions, Memory, MemoryFn, MemoryModel, Solver};
         let shape = x.shape().to_vec();
         if shape.len() < 2 {
             return Err(bad("x is a (samples, features…) array"));
         }
         let dim: usize = shape[1..].iter().product();
         let k: rote::memory::lssvm::Kernel = kernel.parse().map_err(|e: String| bad(e))?;
-        let memory = memory.map(|m| m.parse::<rote::memory::lssvm::MemoryFn>().map_err(|e: String| bad(e)).map(|f| (f, memory_weight))).transpose()?;
+        let model = MemoryModel::parse_choice(memory.unwrap_or("none")).map_err(bad)?;
+        let function: MemoryFn = memory_fn.parse().map_err(|e: String| bad(e))?;
+        let memory = model.map(|model| Memory { model, function, weight: memory_weight });
+        let solver = solver.parse::<Solver>().map_err(bad)?.with_cg(CgOptions { tolerance: tol, max_iterations: max_iter, preconditioner_rank, progress: false });
         let xs = x.as_slice().map_err(|_| bad("x must be C-contiguous"))?;
         let ys = y.as_slice().map_err(|_| bad("y must be contiguous"))?;
-        let model = py.allow_threads(|| rote::memory::lssvm::Lssvm::fit(xs, dim, ys, k, gamma, memory)).map_err(err)?;
-        Ok(PyLssvm { model, dim })
+        let (model, solved) = py.allow_threads(|| rote::memory::lssvm::Lssvm::fit_with(xs, dim, ys, k, gamma, memory, solver)).map_err(err)?;
+        Ok(PyLssvm { model, dim, solved: to_json(&solved)? })
+    }
+
+    /// Which solver ran and why, and for CG its iterations and final residual.
+    #[getter]
+    fn solver(&self, py: Python<'_>) -> PyResult<PyObject> {
+        to_py(py, &self.solved)
     }
 
     /// Predicted labels of the rows of `x`.

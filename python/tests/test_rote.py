@@ -274,10 +274,22 @@ def test_lssvm_equals_the_cli(tmp_path):
     assert (model.predict(x) == np.load(d / "pred.npy")).all()
     with pytest.raises(rote.RoteError, match="sigma"):
         rote.Lssvm(x, y, kernel="rbf:sigma=-1")
-    cli("lssvm", "fit", "--data", "digits", "--kernel", "rbf:sigma=2", "--gamma", "10", "--memory", "gauss:sigma=0.5", "--memory-weight", "2", "--out", d / "mm")
-    cli("lssvm", "predict", "--model", d / "mm", "--data", "digits", "--split", "train", "--out", d / "mm.npy")
-    memory = rote.Lssvm(x, y, kernel="rbf:sigma=2", gamma=10.0, memory="gauss:sigma=0.5", memory_weight=2.0)
-    assert (memory.predict(x) == np.load(d / "mm.npy")).all() and (memory.predict(x) == y).all()
+    assert model.solver["solver"] == "direct"
+    for kind in ("mimm", "wimm"):
+        cli("lssvm", "fit", "--data", "digits", "--kernel", "rbf:sigma=2", "--gamma", "10", "--memory", kind, "--memory-fn", "gauss:sigma=0.5", "--memory-weight", "2", "--out", d / kind)
+        cli("lssvm", "predict", "--model", d / kind, "--data", "digits", "--split", "train", "--out", d / f"{kind}.npy")
+        memory = rote.Lssvm(x, y, kernel="rbf:sigma=2", gamma=10.0, memory=kind, memory_fn="gauss:sigma=0.5", memory_weight=2.0)
+        assert (memory.predict(x) == np.load(d / f"{kind}.npy")).all() and (memory.predict(x) == y).all()
+    # The iterative solver, from Python as from the CLI.
+    cli("lssvm", "fit", "--data", "digits:subset=40", "--kernel", "rbf:sigma=2", "--solver", "cg", "--tol", "1e-10", "--out", d / "cg")
+    cli("lssvm", "predict", "--model", d / "cg", "--data", "digits", "--split", "train", "--out", d / "cg.npy")
+    sub = rote.dataset("digits:subset=40")
+    xs = sub["x"].astype(np.float64).reshape(len(sub["x"]), -1) / sub["x"].max()
+    cg = rote.Lssvm(xs, sub["y"].astype(np.int64), kernel="rbf:sigma=2", solver="cg", tol=1e-10)
+    assert cg.solver["solver"] == "cg" and cg.solver["cg"]["converged"]
+    assert (cg.predict(x) == np.load(d / "cg.npy")).all()
+    with pytest.raises(rote.RoteError, match="--memory-fn gauss"):
+        rote.Lssvm(x, y, memory="gauss:sigma=0.5")
 
 
 def test_contiguous_and_memory_mapped_inputs_are_read_in_place(tmp_path):

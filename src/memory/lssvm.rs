@@ -8,20 +8,28 @@
 //! right-hand sides y differ). The factorization is blocked on the tuned GEMM
 //! (nn/linalg.rs), in float64.
 //!
-//! Memory (rote's least-squares generalization–memorization machine; the MIMM/WIMM
-//! equations of Wang, Wang & Shao were not available to us, so this is the least-squares
-//! solution of Wang & Shao's GMM objective, derived here). The decision
-//!     f(x) = ⟨w, φ(x)⟩ + b + Σ_j y_j c_j δ(x_j, x)
-//! with ½‖w‖² + (1/2μ)‖c‖² + (γ/2)Σ_i ξ_i² under y_i f(x_i) = 1 − ξ_i. Stationarity:
-//! w = Σ_i α_i y_i φ(x_i), c_j = μ y_j Σ_i α_i y_i δ(x_j, x_i), Σ α_i y_i = 0, γξ_i = α_i.
-//! Substituted, f(x) = Σ_k α_k y_k [K(x, x_k) + μ Σ_j δ(x_j, x) δ(x_j, x_k)] + b: the
-//! LSSVM above with the kernel K + μ·FᵀF, F_jk = δ(x_j, x_k), in the system and in the
-//! decision. With δ the identity on training points FᵀF = I: the system is LSSVM's with
-//! 1/γ + μ on the diagonal, and the decision at a training point carries the extra
-//! μ·α_i y_i — the memory; away from the training points the memory term vanishes.
-//! Without a memory it is exactly LSSVM.
+//! Memory (rote's least-squares generalization–memorization machines; the MIMM/WIMM
+//! equations of Wang, Wang & Shao were not available to us, so these are least-squares
+//! solutions of Wang & Shao's GMM objective, derived here). The decision
+//!     f(x) = ⟨w, φ(x)⟩ + b + Σ_j y_j c_j G_j(x)
+//! with ½‖w‖² + (1/2μ)‖c‖² + (γ/2)Σ_i ξ_i² under y_i f(x_i) = 1 − ξ_i, where G_j(x) is
+//! the memory impact of training point j on x. Stationarity:
+//! w = Σ_i α_i y_i φ(x_i), c_j = μ y_j Σ_i α_i y_i G_j(x_i), Σ α_i y_i = 0, γξ_i = α_i.
+//! Substituted, f(x) = Σ_k α_k y_k [K(x, x_k) + μ Σ_j G_j(x) G_j(x_k)] + b: the LSSVM
+//! above with the kernel K + μ·GᵀG in the system and in the decision.
+//! - WIMM (weighted impact): every memory weighs in, G_j(x) = δ(x_j, x) for a memory
+//!   influence function δ (identity, Gaussian, radius).
+//! - MIMM (maximum impact): only the memory of largest impact, G_j(x) = δ(x_j, x) for
+//!   j = j*(x), the nearest training point (δ falls with the distance; ties to the
+//!   lowest index, and a training point's own memory is its own), else 0. On the
+//!   training points G = I, so the system is LSSVM's with 1/γ + μ on the diagonal, and
+//!   the decision is that LSSVM's plus μ·δ(x_{j*}, x)·α_{j*} y_{j*}.
+//! With the identity δ both are the same machine: LSSVM with 1/γ + μ, plus μ·α_i y_i at
+//! training point i; away from the training points the memory term vanishes. Without a
+//! memory it is exactly LSSVM.
 
 use anyhow::{bail, Context, Result};
+pub use super::cg::{CgOptions, CgReport};
 use rayon::prelude::*;
 
 /// A kernel; RBF as LS-SVMlab writes it, exp(−‖x − z‖²/σ²).
@@ -81,12 +89,12 @@ fn gram(a: &[f64], b: &[f64], d: usize) -> Vec<f64> {
 }
 
 /// Squared norms of the rows of x (·, d), summed in index order.
-fn sq_norms(x: &[f64], d: usize) -> Vec<f64> {
+pub(super) fn sq_norms(x: &[f64], d: usize) -> Vec<f64> {
     x.chunks(d.max(1)).map(|r| r.iter().map(|v| v * v).sum::<f64>()).collect()
 }
 
 /// ‖a − b‖² from a·b and the squared norms (clamped at 0).
-fn sq_distance(dot: f64, na: f64, nb: f64) -> f64 {
+pub(super) fn sq_distance(dot: f64, na: f64, nb: f64) -> f64 {
     (na + nb - 2.0 * dot).max(0.0)
 }
 
@@ -118,9 +126,7 @@ fn lower_matrix(kernel: Kernel, x: &[f64], d: usize) -> Vec<f64> {
         // into the first `cols` columns of this block's rows (row stride n).
         unsafe { crate::nn::linalg::gemm_strided((rows, d, cols), x.as_ptr().add(r0 * d), (d as isize, 1), x.as_ptr(), (1, d as isize), false, c.as_mut_ptr(), (n as isize, 1)) };
         for (i, row) in c.chunks_mut(n).enumerate() {
-            for (v, &nj) in row[..cols].iter_mut().zip(&norms) {
-                *v = kernel.of_product(*v, norms[r0 + i], nj);
-            }
+            kernel.of_products(&mut row[..cols], norms[r0 + i], &norms);
         }
     });
     out
@@ -128,11 +134,28 @@ fn lower_matrix(kernel: Kernel, x: &[f64], d: usize) -> Vec<f64> {
 
 impl Kernel {
     /// K(a, b) from the product a·b and the squared norms ‖a‖², ‖b‖² (read by RBF).
-    fn of_product(&self, dot: f64, na: f64, nb: f64) -> f64 {
+    pub(super) fn of_product(&self, dot: f64, na: f64, nb: f64) -> f64 {
         match *self {
             Self::Linear => dot,
             Self::Poly { degree } => (dot + 1.0).powi(degree as i32),
-            Self::Rbf { sigma } => (-sq_distance(dot, na, nb) / (sigma * sigma)).exp(),
+            Self::Rbf { sigma } => crate::simd::exp_f64(-sq_distance(dot, na, nb) / (sigma * sigma)),
+        }
+    }
+
+    /// `of_product` over a row in place: row\[j\] = a·b_j becomes K(a, b_j), ‖b_j‖² =
+    /// nb\[j\] (vectorized: the kernel is matched once per row, not per entry).
+    pub(super) fn of_products(&self, row: &mut [f64], na: f64, nb: &[f64]) {
+        match *self {
+            Self::Linear => {}
+            Self::Poly { .. } => row.iter_mut().for_each(|v| *v = self.of_product(*v, 0.0, 0.0)),
+            Self::Rbf { sigma } => {
+                #[cfg(target_arch = "x86_64")]
+                if crate::simd::has_avx2() {
+                    // SAFETY: the features were detected at run time.
+                    return unsafe { rbf_row_avx2(row, na, nb, sigma * sigma) };
+                }
+                rbf_row(row, na, nb, sigma * sigma)
+            }
         }
     }
 
@@ -141,13 +164,25 @@ impl Kernel {
         let mut g = gram(a, b, d);
         let (na, nb) = (sq_norms(a, d), sq_norms(b, d));
         let m = nb.len();
-        g.par_chunks_mut(m.max(1)).enumerate().for_each(|(i, row)| {
-            for (v, &nj) in row.iter_mut().zip(&nb) {
-                *v = self.of_product(*v, na[i], nj);
-            }
-        });
+        g.par_chunks_mut(m.max(1)).enumerate().for_each(|(i, row)| self.of_products(row, na[i], &nb));
         g
     }
+}
+
+/// row\[j\] = exp(−‖a − b_j‖²/s) from row\[j\] = a·b_j, in place.
+#[inline(always)]
+fn rbf_row(row: &mut [f64], na: f64, nb: &[f64], s: f64) {
+    for (v, &nj) in row.iter_mut().zip(nb) {
+        *v = crate::simd::exp_f64(-sq_distance(*v, na, nj) / s);
+    }
+}
+
+/// `rbf_row` compiled for AVX2 + FMA (a closure handed to `simd::dispatch` is compiled
+/// apart from it and stays at SSE2).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rbf_row_avx2(row: &mut [f64], na: f64, nb: &[f64], s: f64) {
+    rbf_row(row, na, nb, s)
 }
 
 /// The memory influence function δ(x_j, x) of a generalization–memorization machine.
@@ -185,29 +220,105 @@ impl MemoryFn {
         let mut g = gram(a, b, d);
         to_sq_distances(&mut g, a, b, d);
         let m = b.len() / d.max(1);
-        match *self {
-            // Exact row equality, not a distance threshold: the Gram route rounds.
-            Self::Identity => g
-                .par_chunks_mut(m.max(1))
-                .enumerate()
-                .for_each(|(i, row)| row.iter_mut().enumerate().for_each(|(j, v)| *v = (a[i * d..(i + 1) * d] == b[j * d..(j + 1) * d]) as u8 as f64)),
-            Self::Gauss { sigma } => g.par_iter_mut().for_each(|v| *v = (-*v / (sigma * sigma)).exp()),
-            Self::Radius { r } => g.par_iter_mut().for_each(|v| *v = (*v <= r * r) as u8 as f64),
-        }
+        // The identity compares rows exactly, not by a distance threshold: the Gram route rounds.
+        let identity = matches!(self, Self::Identity);
+        g.par_chunks_mut(m.max(1)).enumerate().for_each(|(i, row)| {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = self.of_sq_distance(*v, identity && a[i * d..(i + 1) * d] == b[j * d..(j + 1) * d]);
+            }
+        });
         g
+    }
+
+    /// δ from a squared distance (`same`: the rows are equal, for the identity).
+    pub(super) fn of_sq_distance(&self, sq: f64, same: bool) -> f64 {
+        match *self {
+            Self::Identity => same as u8 as f64,
+            Self::Gauss { sigma } => crate::simd::exp_f64(-sq / (sigma * sigma)),
+            Self::Radius { r } => (sq <= r * r) as u8 as f64,
+        }
     }
 }
 
-/// The kernel of the machine between rows of `a` and the training rows `x`: K, plus with
-/// a memory μ·Σ_j δ(x_j, a)·δ(x_j, x_k) (rote's least-squares GMM, see the module notes).
-fn machine_kernel(kernel: Kernel, memory: Option<(MemoryFn, f64)>, a: &[f64], x: &[f64], d: usize) -> Vec<f64> {
+/// How the memories of a generalization–memorization machine combine (module notes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryModel {
+    /// Maximum impact: the nearest training point's memory alone.
+    Mimm,
+    /// Weighted impact: every training point's memory, weighted by δ.
+    Wimm,
+}
+
+impl MemoryModel {
+    /// `none`, `mimm` or `wimm` (as `--memory` and Python's `memory=` take it).
+    pub fn parse_choice(s: &str) -> Result<Option<Self>, String> {
+        match s {
+            "none" => Ok(None),
+            "mimm" => Ok(Some(Self::Mimm)),
+            "wimm" => Ok(Some(Self::Wimm)),
+            _ if s.parse::<MemoryFn>().is_ok() => Err(format!("'{s}' is a memory influence function: give it as --memory-fn {s} with --memory mimm or wimm")),
+            _ => Err(format!("'{s}': the memory is none, mimm (maximum impact) or wimm (weighted impact)")),
+        }
+    }
+}
+
+/// The memory of a machine: which model, its influence function δ and its weight μ.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Memory {
+    pub model: MemoryModel,
+    pub function: MemoryFn,
+    pub weight: f64,
+}
+
+impl Memory {
+    /// The extra diagonal of the system (μ for MIMM, whose GᵀG is I on the training
+    /// points), or None when the memory needs the full μ·GᵀG (WIMM).
+    pub(super) fn diagonal(&self) -> Option<f64> {
+        match self.model {
+            MemoryModel::Mimm => Some(self.weight),
+            MemoryModel::Wimm => None,
+        }
+    }
+}
+
+/// Per row of `a`, the nearest row of `x` (lowest index among equals) and δ there.
+fn nearest_memory(f: MemoryFn, a: &[f64], x: &[f64], d: usize) -> Vec<(usize, f64)> {
+    let mut g = gram(a, x, d);
+    to_sq_distances(&mut g, a, x, d);
+    let n = x.len() / d.max(1);
+    g.par_chunks(n.max(1))
+        .enumerate()
+        .map(|(i, row)| {
+            let q = &a[i * d..(i + 1) * d];
+            // An equal row is the nearest whatever the rounding of the Gram route.
+            let j = (0..n).find(|&j| &x[j * d..(j + 1) * d] == q).unwrap_or_else(|| (0..n).fold(0, |b, j| if row[j] < row[b] { j } else { b }));
+            (j, f.of_sq_distance(row[j], &x[j * d..(j + 1) * d] == q))
+        })
+        .collect()
+}
+
+/// The kernel of the machine between rows of `a` and the training rows `x` (rote's
+/// least-squares GMM, see the module notes): K, plus with a WIMM memory
+/// μ·Σ_j δ(x_j, a)·δ(x_j, x_k), with a MIMM memory μ·δ(x_{j*}, a) at column j*(a).
+/// `training`: a are the training rows themselves (MIMM's memory is then μ·I).
+fn machine_kernel(kernel: Kernel, memory: Option<Memory>, a: &[f64], x: &[f64], d: usize, training: bool) -> Vec<f64> {
     let mut k = kernel.matrix(a, x, d);
-    if let Some((f, mu)) = memory {
-        let n = x.len() / d;
-        let (fa, fx) = (f.matrix(a, x, d), f.matrix(x, x, d));
-        // fx is symmetric, so a·fxᵀ is the product wanted.
-        let memory = gram(&fa, &fx, n);
-        k.par_iter_mut().zip(memory.par_iter()).for_each(|(k, m)| *k += mu * m);
+    let n = x.len() / d.max(1);
+    match memory {
+        None => {}
+        Some(Memory { model: MemoryModel::Wimm, function: f, weight: mu }) => {
+            let (fa, fx) = (f.matrix(a, x, d), f.matrix(x, x, d));
+            // fx is symmetric, so a·fxᵀ is the product wanted.
+            let memory = gram(&fa, &fx, n);
+            k.par_iter_mut().zip(memory.par_iter()).for_each(|(k, m)| *k += mu * m);
+        }
+        Some(Memory { model: MemoryModel::Mimm, function: f, weight: mu }) => {
+            let nearest: Vec<(usize, f64)> = if training { (0..n).map(|i| (i, 1.0)).collect() } else { nearest_memory(f, a, x, d) };
+            for (i, (j, delta)) in nearest.into_iter().enumerate() {
+                k[i * n + j] += mu * delta;
+            }
+        }
     }
     k
 }
@@ -350,8 +461,8 @@ pub fn cholesky_solve(l: &[f64], n: usize, b: &mut [f64], r: usize) {
 pub struct Lssvm {
     pub kernel: Kernel,
     pub gamma: f64,
-    /// The memory influence function and its weight μ (None: plain LSSVM).
-    pub memory: Option<(MemoryFn, f64)>,
+    /// The memory (None: plain LSSVM).
+    pub memory: Option<Memory>,
     /// The labels, sorted; machine c separates classes\[c\] (+1) from the rest (−1); for
     /// two classes the one machine has classes\[1\] as +1.
     pub classes: Vec<i64>,
@@ -363,12 +474,67 @@ pub struct Lssvm {
     pub x: Vec<f64>,
 }
 
+impl std::str::FromStr for Solver {
+    type Err = String;
+    /// `auto`, `direct` or `cg`, with the default CG settings.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto(CgOptions::default())),
+            "direct" => Ok(Self::Direct),
+            "cg" => Ok(Self::Cg(CgOptions::default())),
+            _ => Err(format!("'{s}': the solver is auto, direct or cg")),
+        }
+    }
+}
+
+impl Solver {
+    /// The same solver with these CG settings (Direct has none).
+    pub fn with_cg(self, options: CgOptions) -> Self {
+        match self {
+            Self::Auto(_) => Self::Auto(options),
+            Self::Cg(_) => Self::Cg(options),
+            Self::Direct => Self::Direct,
+        }
+    }
+}
+
+/// How `Lssvm::fit_with` solves the system.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Solver {
+    /// Direct when the (n, n) float64 matrix fits in half the available memory, else CG.
+    Auto(CgOptions),
+    /// One Cholesky factorization of the stored matrix: exact, O(n³) time, n² memory.
+    Direct,
+    /// Preconditioned conjugate gradients on kernel products computed on the fly.
+    Cg(CgOptions),
+}
+
+impl Default for Solver {
+    fn default() -> Self {
+        Self::Auto(CgOptions::default())
+    }
+}
+
+/// Which solver ran, and how.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SolveReport {
+    /// "direct" or "cg".
+    pub solver: &'static str,
+    pub why: String,
+    pub cg: Option<CgReport>,
+}
+
 impl Lssvm {
     pub fn machines(&self) -> usize {
         self.bias.len()
     }
 
-    pub fn fit(x: &[f64], dim: usize, y: &[i64], kernel: Kernel, gamma: f64, memory: Option<(MemoryFn, f64)>) -> Result<Self> {
+    /// `fit_with` and the default solver.
+    pub fn fit(x: &[f64], dim: usize, y: &[i64], kernel: Kernel, gamma: f64, memory: Option<Memory>) -> Result<Self> {
+        Ok(Self::fit_with(x, dim, y, kernel, gamma, memory, Solver::default())?.0)
+    }
+
+    pub fn fit_with(x: &[f64], dim: usize, y: &[i64], kernel: Kernel, gamma: f64, memory: Option<Memory>, solver: Solver) -> Result<(Self, SolveReport)> {
         let n = y.len();
         if x.len() != n * dim || n == 0 {
             bail!("internal error: {} inputs for {n} labels of dimension {dim}", x.len());
@@ -376,31 +542,54 @@ impl Lssvm {
         if !(gamma.is_finite() && gamma > 0.0) {
             bail!("--gamma must be a positive number, got {gamma}");
         }
-        let mut classes = y.to_vec();
-        classes.sort_unstable();
-        classes.dedup();
+        let classes = sorted_classes(y);
         if classes.len() < 2 {
             bail!("an SVM needs at least two classes; the labels are all {}", classes[0]);
         }
-        crate::resources::check_memory(&[("the kernel matrix", crate::resources::product(&[n, n, 8]))], "the training-set size (a subset, e.g. --data …:subset=K)")?;
-        if let Some((_, mu)) = memory {
-            if !(mu.is_finite() && mu > 0.0) {
-                bail!("--memory-weight must be a positive number, got {mu}");
+        if let Some(m) = memory {
+            if !(m.weight.is_finite() && m.weight > 0.0) {
+                bail!("--memory-weight must be a positive number, got {}", m.weight);
             }
         }
-        // Without a memory the factorization needs only K's lower triangle.
-        let m = if memory.is_none() { lower_matrix(kernel, x, dim) } else { machine_kernel(kernel, memory, x, x, dim) };
-        let (coef, bias) = solve(m, n, y, &classes, gamma)?;
-        Ok(Self { kernel, gamma, memory, classes, dim, coef, bias, x: x.to_vec() })
+        let matrix_bytes = crate::resources::product(&[n, n, 8]);
+        let (direct, why) = match solver {
+            Solver::Direct => (true, "--solver direct".to_string()),
+            Solver::Cg(_) => (false, "--solver cg".to_string()),
+            Solver::Auto(_) => match crate::resources::available_memory() {
+                Some(avail) if matrix_bytes > avail / 2 => (false, format!("the {} kernel matrix is more than half the available memory ({})", crate::resources::human_bytes(matrix_bytes), crate::resources::human_bytes(avail))),
+                _ => (true, format!("the {} kernel matrix fits in memory", crate::resources::human_bytes(matrix_bytes))),
+            },
+        };
+        let rhs = right_hand_sides(y, &classes);
+        let r = rhs.len() / n;
+        let (z, report) = if direct {
+            crate::resources::check_memory(&[("the kernel matrix", matrix_bytes)], "the training-set size (a subset, e.g. --data …:subset=K), or --solver cg")?;
+            let mut m = system_matrix(kernel, memory, x, dim);
+            let mut z = rhs;
+            factor_and_solve(&mut m, n, gamma, &mut z, r)?;
+            (z, SolveReport { solver: "direct", why, cg: None })
+        } else {
+            let options = match solver {
+                Solver::Cg(o) | Solver::Auto(o) => o,
+                Solver::Direct => unreachable!(),
+            };
+            let op = super::cg::Operator::new(kernel, memory, x, dim, gamma);
+            let (z, cg) = super::cg::solve(&op, &rhs, r, &options)?;
+            (z, SolveReport { solver: "cg", why, cg: Some(cg) })
+        };
+        let (coef, bias) = coefficients(&z, n, r);
+        Ok((Self { kernel, gamma, memory, classes, dim, coef, bias, x: x.to_vec() }, report))
     }
 
     /// Decision values (q, machines) for query rows (q, dim).
     pub fn decision(&self, queries: &[f64]) -> Vec<f64> {
         let q = queries.len() / self.dim;
+        let n = self.x.len() / self.dim;
         let machines = self.machines();
         let mut out = vec![0f64; q * machines];
-        for rows in crate::sched::chunks(0..q, 1024) {
-            let k = machine_kernel(self.kernel, self.memory, &queries[rows.start * self.dim..rows.end * self.dim], &self.x, self.dim);
+        // Kernel rows of at most ~64 MiB at a time.
+        for rows in crate::sched::chunks(0..q, ((1 << 23) / n.max(1)).clamp(16, 1024)) {
+            let k = machine_kernel(self.kernel, self.memory, &queries[rows.start * self.dim..rows.end * self.dim], &self.x, self.dim, false);
             out[rows.start * machines..rows.end * machines].copy_from_slice(&decide(&k, &self.coef, &self.bias));
         }
         out
@@ -412,16 +601,34 @@ impl Lssvm {
     }
 }
 
-/// Coefficients α_i y_i (machines × n) and biases from the machine's kernel matrix
-/// (n × n, factorized in place: a cross-validation passes a copy, to reuse it across γ).
-fn solve(kernel_matrix: Vec<f64>, n: usize, y: &[i64], classes: &[i64], gamma: f64) -> Result<(Vec<f64>, Vec<f64>)> {
-    let machines = if classes.len() == 2 { 1 } else { classes.len() };
-    let mut m = kernel_matrix;
-    for i in 0..n {
-        m[i * n + i] += 1.0 / gamma;
+fn sorted_classes(y: &[i64]) -> Vec<i64> {
+    let mut classes = y.to_vec();
+    classes.sort_unstable();
+    classes.dedup();
+    classes
+}
+
+/// The system's matrix without I/γ: K's lower triangle (the factorization reads only
+/// that), plus μ on the diagonal for MIMM; the full K + μGᵀG for WIMM.
+fn system_matrix(kernel: Kernel, memory: Option<Memory>, x: &[f64], d: usize) -> Vec<f64> {
+    match memory {
+        Some(m) if m.diagonal().is_none() => machine_kernel(kernel, memory, x, x, d, true),
+        _ => {
+            let n = x.len() / d.max(1);
+            let mut k = lower_matrix(kernel, x, d);
+            let extra = memory.and_then(|m| m.diagonal()).unwrap_or(0.0);
+            for i in 0..n {
+                k[i * n + i] += extra;
+            }
+            k
+        }
     }
-    cholesky(&mut m, n).context("LSSVM fit")?;
-    // Right-hand sides: 1, then each machine's ±1 labels.
+}
+
+/// Right-hand sides (n, 1 + machines): 1, then each machine's ±1 labels.
+fn right_hand_sides(y: &[i64], classes: &[i64]) -> Vec<f64> {
+    let n = y.len();
+    let machines = if classes.len() == 2 { 1 } else { classes.len() };
     let r = 1 + machines;
     let mut rhs = vec![0f64; n * r];
     for i in 0..n {
@@ -431,18 +638,34 @@ fn solve(kernel_matrix: Vec<f64>, n: usize, y: &[i64], classes: &[i64], gamma: f
             rhs[i * r + 1 + c] = if y[i] == positive { 1.0 } else { -1.0 };
         }
     }
-    cholesky_solve(&m, n, &mut rhs, r);
-    let sum_u: f64 = (0..n).map(|i| rhs[i * r]).sum();
+    rhs
+}
+
+/// M + I/γ factorized in place, and the right-hand sides (n, r) solved in place.
+fn factor_and_solve(m: &mut [f64], n: usize, gamma: f64, rhs: &mut [f64], r: usize) -> Result<()> {
+    for i in 0..n {
+        m[i * n + i] += 1.0 / gamma;
+    }
+    cholesky(m, n).context("LSSVM fit")?;
+    cholesky_solve(m, n, rhs, r);
+    Ok(())
+}
+
+/// Coefficients α_i y_i (machines × n) and biases from the solutions z (n, r) of
+/// M u = 1 (column 0) and M v_c = y_c: b = 1ᵀv/1ᵀu, α_i y_i = v_i − b·u_i.
+fn coefficients(z: &[f64], n: usize, r: usize) -> (Vec<f64>, Vec<f64>) {
+    let machines = r - 1;
+    let sum_u: f64 = (0..n).map(|i| z[i * r]).sum();
     let mut coef = vec![0f64; machines * n];
     let mut bias = vec![0f64; machines];
     for c in 0..machines {
-        let b = (0..n).map(|i| rhs[i * r + 1 + c]).sum::<f64>() / sum_u;
+        let b = (0..n).map(|i| z[i * r + 1 + c]).sum::<f64>() / sum_u;
         bias[c] = b;
         for i in 0..n {
-            coef[c * n + i] = rhs[i * r + 1 + c] - b * rhs[i * r];
+            coef[c * n + i] = z[i * r + 1 + c] - b * z[i * r];
         }
     }
-    Ok((coef, bias))
+    (coef, bias)
 }
 
 /// Decision values (q, machines) from kernel rows (q, n) against the training points:
@@ -506,7 +729,7 @@ pub struct CvCell {
 /// k-fold cross-validation over every (kernel, γ): folds from a Philox permutation
 /// (position p in fold p mod k); per (kernel, fold) the kernel matrices are computed once
 /// and every γ reuses them. Cells in grid order; the caller picks the best.
-pub fn cross_validate(x: &[f64], dim: usize, y: &[i64], kernels: &[Kernel], gammas: &[f64], memory: Option<(MemoryFn, f64)>, folds: usize, seed: u64) -> Result<Vec<CvCell>> {
+pub fn cross_validate(x: &[f64], dim: usize, y: &[i64], kernels: &[Kernel], gammas: &[f64], memory: Option<Memory>, folds: usize, seed: u64) -> Result<Vec<CvCell>> {
     let n = y.len();
     if folds < 2 || folds > n {
         bail!("--cv {folds}: need 2 ≤ folds ≤ {n} (the samples)");
@@ -515,9 +738,7 @@ pub fn cross_validate(x: &[f64], dim: usize, y: &[i64], kernels: &[Kernel], gamm
         bail!("--grid-gamma: {g} is not a positive number");
     }
     let order = crate::rng::Philox::new(seed, 0xC5_0000).permutation(n);
-    let mut classes = y.to_vec();
-    classes.sort_unstable();
-    classes.dedup();
+    let classes = sorted_classes(y);
     let mut fold_of = vec![0usize; n];
     for (p, &i) in order.iter().enumerate() {
         fold_of[i as usize] = p % folds;
@@ -528,16 +749,17 @@ pub fn cross_validate(x: &[f64], dim: usize, y: &[i64], kernels: &[Kernel], gamm
         let rows = |idx: &[usize]| idx.iter().flat_map(|&i| x[i * dim..(i + 1) * dim].iter().copied()).collect::<Vec<f64>>();
         let (xf, xv) = (rows(&fit), rows(&val));
         let yf: Vec<i64> = fit.iter().map(|&i| y[i]).collect();
-        let mut fold_classes = yf.clone();
-        fold_classes.sort_unstable();
-        fold_classes.dedup();
-        if fold_classes != classes {
+        if sorted_classes(&yf) != classes {
             bail!("fold {f} of {folds} lacks a class in its training part; use fewer folds");
         }
         for (ki, &kernel) in kernels.iter().enumerate() {
-            let (kff, kvf) = (machine_kernel(kernel, memory, &xf, &xf, dim), machine_kernel(kernel, memory, &xv, &xf, dim));
+            let (kff, kvf) = (system_matrix(kernel, memory, &xf, dim), machine_kernel(kernel, memory, &xv, &xf, dim, false));
+            let rhs = right_hand_sides(&yf, &classes);
+            let r = rhs.len() / fit.len();
             for (gi, &gamma) in gammas.iter().enumerate() {
-                let (coef, bias) = solve(kff.clone(), fit.len(), &yf, &classes, gamma)?;
+                let (mut m, mut z) = (kff.clone(), rhs.clone());
+                factor_and_solve(&mut m, fit.len(), gamma, &mut z, r)?;
+                let (coef, bias) = coefficients(&z, fit.len(), r);
                 let predicted = labels_of(&decide(&kvf, &coef, &bias), &classes);
                 hits[ki * gammas.len() + gi] += predicted.iter().zip(&val).filter(|(p, &i)| **p == y[i]).count();
             }
@@ -546,13 +768,31 @@ pub fn cross_validate(x: &[f64], dim: usize, y: &[i64], kernels: &[Kernel], gamm
     Ok(kernels.iter().flat_map(|&kernel| gammas.iter().map(move |&gamma| (kernel, gamma))).zip(hits).map(|((kernel, gamma), h)| CvCell { kernel, gamma, accuracy: h as f64 / n as f64 }).collect())
 }
 
+/// A memory as lssvm.json holds it; models saved before MIMM existed stored the WIMM
+/// machine as [function, weight].
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum StoredMemory {
+    Memory(Memory),
+    Weighted(MemoryFn, f64),
+}
+
+impl StoredMemory {
+    fn memory(self) -> Memory {
+        match self {
+            Self::Memory(m) => m,
+            Self::Weighted(function, weight) => Memory { model: MemoryModel::Wimm, function, weight },
+        }
+    }
+}
+
 /// What `save` writes beside the arrays.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Stored {
     kernel: Kernel,
     gamma: f64,
     #[serde(default)]
-    memory: Option<(MemoryFn, f64)>,
+    memory: Option<StoredMemory>,
     classes: Vec<i64>,
     dim: usize,
     /// How inputs were prepared: the data spec and the multiplier of its values.
@@ -568,7 +808,7 @@ impl Lssvm {
         crate::report::write_npy(&dir.join("x.npy"), &[n, self.dim], &self.x)?;
         crate::report::write_npy(&dir.join("coef.npy"), &[self.machines(), n], &self.coef)?;
         crate::report::write_npy(&dir.join("bias.npy"), &[self.machines()], &self.bias)?;
-        let stored = Stored { kernel: self.kernel, gamma: self.gamma, memory: self.memory, classes: self.classes.clone(), dim: self.dim, data: data.into(), input_scale };
+        let stored = Stored { kernel: self.kernel, gamma: self.gamma, memory: self.memory.map(StoredMemory::Memory), classes: self.classes.clone(), dim: self.dim, data: data.into(), input_scale };
         crate::report::write_json(&dir.join("lssvm.json"), &stored)
     }
 
@@ -591,7 +831,7 @@ impl Lssvm {
         if xs.len() != 2 || xs[1] != s.dim || cs != [machines, xs[0]] || bias.len() != machines {
             bail!("{}: the arrays' shapes ({xs:?}, {cs:?}, {} biases) do not fit {} classes of dimension {}", dir.display(), bias.len(), s.classes.len(), s.dim);
         }
-        Ok((Self { kernel: s.kernel, gamma: s.gamma, memory: s.memory, classes: s.classes, dim: s.dim, coef, bias, x }, s.data, s.input_scale))
+        Ok((Self { kernel: s.kernel, gamma: s.gamma, memory: s.memory.map(StoredMemory::memory), classes: s.classes, dim: s.dim, coef, bias, x }, s.data, s.input_scale))
     }
 }
 

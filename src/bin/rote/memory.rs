@@ -125,6 +125,9 @@ pub enum LssvmCommand {
     Predict(LssvmPredictArgs),
 }
 
+/// `--memory`'s value; an alias so that clap takes `none` as a value, not an absent flag.
+type MemoryChoice = Option<rote::memory::lssvm::MemoryModel>;
+
 #[derive(Args)]
 pub struct LssvmFitArgs {
     #[arg(value_parser = crate::data_spec(), long)]
@@ -135,13 +138,33 @@ pub struct LssvmFitArgs {
     /// Regularization γ (the weight of the squared errors).
     #[arg(long, default_value_t = 10.0)]
     gamma: f64,
-    /// A memory (rote's least-squares generalization–memorization machine): the memory
-    /// influence function identity, gauss:sigma=S or radius:r=R. Without it: plain LSSVM.
-    #[arg(long)]
-    memory: Option<rote::memory::lssvm::MemoryFn>,
+    /// The memory (rote's least-squares generalization–memorization machines, README):
+    /// none (plain LSSVM), mimm (the nearest training point's memory: maximum impact) or
+    /// wimm (every training point's, weighted by the influence function).
+    #[arg(long, default_value = "none", value_parser = |s: &str| rote::memory::lssvm::MemoryModel::parse_choice(s))]
+    memory: MemoryChoice,
+    /// The memory influence function δ: identity, gauss:sigma=S (exp(−‖x − z‖²/S²)) or
+    /// radius:r=R (1 within distance R).
+    #[arg(long, default_value = "identity")]
+    memory_fn: rote::memory::lssvm::MemoryFn,
     /// The memory's weight μ.
-    #[arg(long, default_value_t = 1.0, requires = "memory")]
+    #[arg(long, default_value_t = 1.0)]
     memory_weight: f64,
+    /// auto (direct when the n × n float64 kernel matrix fits in half the available
+    /// memory, else cg), direct (one Cholesky factorization: exact, n² memory) or cg
+    /// (preconditioned conjugate gradients on kernel products computed on the fly:
+    /// O(n·d) memory).
+    #[arg(long, default_value = "auto")]
+    solver: rote::memory::lssvm::Solver,
+    /// CG: stop when every right-hand side's residual is below this fraction of its norm.
+    #[arg(long, default_value_t = 1e-6)]
+    tol: f64,
+    /// CG: the most iterations.
+    #[arg(long, default_value_t = 1000)]
+    max_iter: usize,
+    /// CG: pivots of the partial-Cholesky preconditioner (0: none).
+    #[arg(long, default_value_t = 200)]
+    preconditioner_rank: usize,
     /// Hold out this fraction of the training split (a Philox-seeded draw) for the test
     /// accuracy, instead of the data's test split.
     #[arg(long)]
@@ -196,7 +219,11 @@ pub fn lssvm_cmd(cmd: LssvmCommand) -> Result<()> {
             let d = ds.train.features();
             let x = scaled_rows(&ds.train.x, &fit_rows, scale);
             let y: Vec<i64> = fit_rows.iter().map(|&i| ds.train.y[i]).collect();
-            let memory = a.memory.map(|f| (f, a.memory_weight));
+            let memory = a.memory.map(|model| rote::memory::lssvm::Memory { model, function: a.memory_fn, weight: a.memory_weight });
+            if memory.is_none() && (a.memory_fn != rote::memory::lssvm::MemoryFn::Identity || a.memory_weight != 1.0) {
+                bail!("--memory-fn and --memory-weight need --memory mimm or wimm");
+            }
+            let solver = a.solver.with_cg(rote::memory::lssvm::CgOptions { tolerance: a.tol, max_iterations: a.max_iter, preconditioner_rank: a.preconditioner_rank, progress: !a.json });
             let list = |flag: &str, text: &Option<String>, default: f64| -> Result<Vec<f64>> {
                 match text {
                     None => Ok(vec![default]),
@@ -220,7 +247,10 @@ pub fn lssvm_cmd(cmd: LssvmCommand) -> Result<()> {
                 grid = Some(cells);
             }
             let t0 = std::time::Instant::now();
-            let model = Lssvm::fit(&x, d, &y, kernel, gamma, memory)?;
+            let (model, solved) = Lssvm::fit_with(&x, d, &y, kernel, gamma, memory, solver)?;
+            if let Some(cg) = solved.cg.as_ref().filter(|c| !c.converged) {
+                eprintln!("warning: conjugate gradients stopped after {} iterations at relative residual {:.2e} (> --tol {}); raise --max-iter or --preconditioner-rank", cg.iterations, cg.relative_residual, a.tol);
+            }
             let fit_seconds = t0.elapsed().as_secs_f64();
             let train_accuracy = accuracy(&model.predict(&x), &y);
             let test = if !held.is_empty() {
@@ -234,7 +264,7 @@ pub fn lssvm_cmd(cmd: LssvmCommand) -> Result<()> {
             let value = serde_json::json!({
                 "model": a.out, "samples": fit_rows.len(), "classes": model.classes.len(), "machines": model.machines(), "kernel": kernel, "gamma": gamma, "memory": model.memory, "cv": grid,
                 "fit_seconds": fit_seconds, "train_accuracy": train_accuracy, "test_accuracy": test.map(|t| t.0), "test_samples": test.map(|t| t.1),
-                "solver": "Cholesky of K + I/γ (float64, blocked), shared by every class",
+                "solver": solved,
             });
             if a.json {
                 print_json(&value);
@@ -245,6 +275,10 @@ pub fn lssvm_cmd(cmd: LssvmCommand) -> Result<()> {
                         println!("  kernel {} γ {}: accuracy {:.4}", c["kernel"], c["gamma"], c["accuracy"].as_f64().unwrap_or(f64::NAN));
                     }
                     println!("chose kernel {kernel:?}, γ {gamma}");
+                }
+                match &solved.cg {
+                    None => println!("solver: direct (one Cholesky factorization shared by every class; {})", solved.why),
+                    Some(cg) => println!("solver: cg ({}): {} iterations, relative residual {:.2e}, preconditioner rank {}", solved.why, cg.iterations, cg.relative_residual, cg.preconditioner_rank),
                 }
                 println!(
                     "fitted an LSSVM on {} samples ({} classes) in {fit_seconds:.2} s: train accuracy {train_accuracy:.4}, test accuracy {} → {}",
