@@ -189,6 +189,25 @@ fn blocked_cholesky_solves_like_gaussian_elimination() {
     assert!(cholesky(&mut bad, 2).is_err());
 }
 
+/// Suykens' (N+1)×(N+1) system for labels s = ±1 and kernel k(i, j), its right-hand
+/// side, and its solution (b, α) by Gaussian elimination.
+fn suykens_system(s: &[f64], gamma: f64, k: impl Fn(usize, usize) -> f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let n = s.len();
+    let size = n + 1;
+    let mut a = vec![0f64; size * size];
+    for i in 0..n {
+        a[i + 1] = s[i];
+        a[(i + 1) * size] = s[i];
+        for j in 0..n {
+            a[(i + 1) * size + j + 1] = s[i] * s[j] * k(i, j) + if i == j { 1.0 / gamma } else { 0.0 };
+        }
+    }
+    let mut rhs = vec![1f64; size];
+    rhs[0] = 0.0;
+    let sol = solve_dense(a.clone(), rhs.clone(), size);
+    (a, rhs, sol)
+}
+
 /// The binary LSSVM's (b, α) against the whole (N+1)×(N+1) system solved directly, and
 /// its KKT residual.
 #[test]
@@ -209,17 +228,7 @@ fn lssvm_solves_suykens_system() {
         };
         let s: Vec<f64> = y.iter().map(|&v| if v == 7 { 1.0 } else { -1.0 }).collect();
         let size = n + 1;
-        let mut a = vec![0f64; size * size];
-        for i in 0..n {
-            a[i + 1] = s[i];
-            a[(i + 1) * size] = s[i];
-            for j in 0..n {
-                a[(i + 1) * size + j + 1] = s[i] * s[j] * k(i, j) + if i == j { 1.0 / gamma } else { 0.0 };
-            }
-        }
-        let mut rhs = vec![1f64; size];
-        rhs[0] = 0.0;
-        let sol = solve_dense(a.clone(), rhs.clone(), size);
+        let (a, rhs, sol) = suykens_system(&s, gamma, k);
         assert!((m.bias[0] - sol[0]).abs() < 1e-8, "{kernel:?}: b {} vs {}", m.bias[0], sol[0]);
         for i in 0..n {
             assert!((m.coef[i] - sol[i + 1] * s[i]).abs() < 1e-7, "{kernel:?}: α_{i}");
@@ -348,18 +357,7 @@ fn memory_machines_against_their_definitions() {
     let k = |a: &[f64], b: &[f64]| (-sq_dist(a, b) / (sigma * sigma)).exp();
     let delta = |a: &[f64], b: &[f64]| (-sq_dist(a, b) / (width * width)).exp();
     let machine = |a: &[f64], b: &[f64]| k(a, b) + mu * (0..n).map(|j| delta(row(j), a) * delta(row(j), b)).sum::<f64>();
-    let size = n + 1;
-    let mut a = vec![0f64; size * size];
-    for i in 0..n {
-        a[i + 1] = s[i];
-        a[(i + 1) * size] = s[i];
-        for j in 0..n {
-            a[(i + 1) * size + j + 1] = s[i] * s[j] * machine(row(i), row(j)) + if i == j { 1.0 / gamma } else { 0.0 };
-        }
-    }
-    let mut rhs = vec![1f64; size];
-    rhs[0] = 0.0;
-    let sol = solve_dense(a, rhs, size);
+    let (_, _, sol) = suykens_system(&s, gamma, |i, j| machine(row(i), row(j)));
     let w = Lssvm::fit(&x, d, &y, Kernel::Rbf { sigma }, gamma, Some(Memory { model: MemoryModel::Wimm, function: MemoryFn::Gauss { sigma: width }, weight: mu })).unwrap();
     assert!((w.bias[0] - sol[0]).abs() < 1e-8, "b {} vs {}", w.bias[0], sol[0]);
     for i in 0..n {
