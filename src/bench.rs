@@ -517,7 +517,7 @@ pub fn denoise_train(spec: &str, model: &str, batch: usize, steps: usize, python
     for b in backends {
         let dir = tempfile::tempdir()?;
         let t0 = Instant::now();
-        train::train(b, &ds.train, &cfg, &dir.path().join("run"), &|_| {})?;
+        train::train(b, &ds.train, &cfg, &dir.path().join("run"), false, &|_| {})?;
         let secs = t0.elapsed().as_secs_f64();
         let metrics = std::fs::read_to_string(dir.path().join("run/metrics.csv"))?;
         let last = metrics.lines().last().and_then(|l| l.split(',').nth(1)).unwrap_or("").to_string();

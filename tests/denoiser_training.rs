@@ -89,25 +89,37 @@ fn training_lowers_the_loss_and_ten_points_are_reproduced() {
     assert!(run.join("gap.csv").exists());
 }
 
+/// A sweep interrupted inside a size's training resumes that training (to the same
+/// samples as an uninterrupted sweep), then skips finished sizes, and refuses other
+/// settings. (That memorization falls as the set grows is checked on the quick
+/// report's sweep, tests/reproduce.rs.)
 #[test]
-fn memorization_falls_as_the_training_set_grows() {
+fn an_emm_sweep_resumes_where_it_stopped() {
     let dir = tempdir();
-    let out = dir.path().join("emm");
-    let s = rote_ok(&["emm", "--data", "digits", "--sizes", "10,400", "--steps", "3000", "--samples", "200", "--out", p(&out), "--json"]);
-    let v = json(&s);
-    let sizes = v["sizes"].as_array().unwrap();
-    let (small, large) = (sizes[0]["memorization_ratio"].as_f64().unwrap(), sizes[1]["memorization_ratio"].as_f64().unwrap());
-    assert!(small >= 0.9 && large < 0.5, "{s}");
-    assert_eq!(v["emm"], 10);
-    assert!(out.join("emm.csv").exists() && out.join("emm.png").exists());
-    // A second run resumes from the finished sizes.
+    let args = |out: &std::path::Path, steps: &str| -> Vec<String> {
+        ["emm", "--data", "digits", "--sizes", "10,30", "--model", "resmlp:width=32,blocks=1", "--steps", steps, "--batch", "16", "--samples", "40", "--out", p(out), "--json"].map(String::from).to_vec()
+    };
+    let run = |a: Vec<String>, env: &[(&str, &str)]| rote_env(&a.iter().map(String::as_str).collect::<Vec<_>>(), env);
+    let whole = dir.path().join("whole");
+    let w = run(args(&whole, "1100"), &[]);
+    assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
+    let cut = dir.path().join("cut");
+    let o = run(args(&cut, "1100"), &[("ROTE_FAILPOINT", "denoise-after-state:1000")]);
+    assert!(!o.status.success() && cut.join("size-10/run/state.safetensors").exists());
+    let o = run(args(&cut, "1100"), &[]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stderr).contains("size 10: resuming the interrupted training at step 1000"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(json(&String::from_utf8(o.stdout).unwrap())["sizes"], json(&String::from_utf8(w.stdout).unwrap())["sizes"]);
+    for size in [10, 30] {
+        let file = format!("size-{size}/samples.npy");
+        assert!(std::fs::read(cut.join(&file)).unwrap() == std::fs::read(whole.join(&file)).unwrap(), "{file} differs from the uninterrupted sweep's");
+    }
+    // A second run reads the finished sizes.
     let t0 = std::time::Instant::now();
-    let again = json(&rote_ok(&["emm", "--data", "digits", "--sizes", "10,400", "--steps", "3000", "--samples", "200", "--out", p(&out), "--json"]));
-    assert_eq!(again["sizes"], v["sizes"]);
+    assert!(run(args(&cut, "1100"), &[]).status.success());
     assert!(t0.elapsed().as_secs_f64() < 5.0);
     // Other settings into the same directory are refused.
-    let e = rote_err(&["emm", "--data", "digits", "--sizes", "10,400", "--steps", "100", "--samples", "200", "--out", p(&out)]);
-    assert!(e.contains("other settings"), "{e}");
+    let o = run(args(&cut, "100"), &[]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("other settings"), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[test]

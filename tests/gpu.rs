@@ -408,9 +408,9 @@ fn denoiser_training_on_gpu_agrees_with_the_cpu() {
         let range = PixelRange::of(&ds.train.x).unwrap();
         let cfg = DenoiserConfig::new("digits:subset=5", None, labels, recipe, &ds.train, &[8, 8], range, 0).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let a = train::train(&Backend::Cpu, &ds.train, &cfg, &dir.path().join("cpu"), &|_| {}).unwrap();
+        let a = train::train(&Backend::Cpu, &ds.train, &cfg, &dir.path().join("cpu"), false, &|_| {}).unwrap();
         let t0 = std::time::Instant::now();
-        let b = train::train(&cuda, &ds.train, &cfg, &dir.path().join("gpu"), &|_| {}).unwrap();
+        let b = train::train(&cuda, &ds.train, &cfg, &dir.path().join("gpu"), false, &|_| {}).unwrap();
         let secs = t0.elapsed().as_secs_f64();
         let num: f64 = a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
         let den: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();

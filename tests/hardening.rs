@@ -9,15 +9,6 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn rote_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rote"));
-    c.args(args).env("ROTE_DISABLE_CUDA", "1");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("run rote")
-}
-
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

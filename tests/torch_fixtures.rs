@@ -102,3 +102,8 @@ fn a_conditional_unet_matches_pytorch() {
 fn a_fourier_unet_with_two_blocks_per_level_matches_pytorch() {
     check_unet("unet_fourier", "unet:channels=8,mult=1-2-2,blocks=2,attn=4-2,embed=fourier", 0);
 }
+
+#[test]
+fn a_unet_with_bilinear_upsampling_matches_pytorch() {
+    check_unet("unet_bilinear", "unet:channels=8,mult=1-2-2,resample=bilinear", 2);
+}

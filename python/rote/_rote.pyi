@@ -267,6 +267,7 @@ def train_denoiser(
     checkpoint_every: int = 0,
     range: str = "auto",
     device: str = "auto",
+    resume: bool = False,
     progress: Progress = None,
 ) -> dict[str, Any]: ...
 def choi(

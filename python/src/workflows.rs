@@ -515,9 +515,11 @@ pub fn mia<'py>(py: Python<'py>, pool: PathBuf, attack: &str, targets: &str, sha
 /// EMA; ALGORITHMS.md §3) on `data` (optionally a class-balanced `subset`), written to
 /// the run directory `out` as the CLI writes it (`sample(run=out)` samples from it).
 /// `labels`: "none", "true" or "random:C"; `range` as `sample`'s. `progress(step,
-/// steps)`. Returns {run, training_samples, steps, batch, final_loss, device}.
+/// steps)`. `resume=True` continues the unfinished run in `out` with the settings it
+/// was started with (the other arguments are then ignored). Returns {run,
+/// training_samples, steps, batch, final_loss, device}.
 #[pyfunction]
-#[pyo3(signature = (data, out, *, subset=None, labels="none", model="resmlp:width=256,blocks=3", steps=4000, batch=128, lr=2e-4, ema=0.999, seed=0, checkpoint_every=0, range="auto", device="auto", progress=None))]
+#[pyo3(signature = (data, out, *, subset=None, labels="none", model="resmlp:width=256,blocks=3", steps=4000, batch=128, lr=2e-4, ema=0.999, seed=0, checkpoint_every=0, range="auto", device="auto", resume=false, progress=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn train_denoiser(
     py: Python<'_>,
@@ -534,6 +536,7 @@ pub fn train_denoiser(
     checkpoint_every: usize,
     range: &str,
     device: &str,
+    resume: bool,
     progress: Option<PyObject>,
 ) -> PyResult<PyObject> {
     use rote::diffusion::train::{self, DenoiserConfig, Labels, Recipe};
@@ -541,17 +544,25 @@ pub fn train_denoiser(
     let range: rote::diffusion::RangeRule = parsed("range", range)?;
     let backend = open_backend(device)?;
     let bar = Progress::new(progress, steps as u64);
-    let (training_samples, final_loss) = py
+    let (training_samples, final_loss, steps, batch) = py
         .allow_threads(|| -> anyhow::Result<_> {
-            let ds = rote::diffusion::training_data(data, subset)?;
-            let pixel_range = rote::diffusion::PixelRange::resolve(&ds.train.x, range)?;
-            let recipe = Recipe { model: model.to_string(), steps, batch, lr, ema, seed };
-            let cfg = DenoiserConfig::new(data, subset, labels, recipe, &ds.train, ds.sample_shape(), pixel_range, checkpoint_every)?;
-            train::train(&backend, &ds.train, &cfg, &out, &|s| bar.set(s as u64, steps as u64))?;
-            Ok((ds.train.len(), train::final_loss(&out)?))
+            // A resumed run takes its settings from its run.json; the arguments are ignored.
+            let (cfg, ds) = if resume {
+                let cfg = train::open_unfinished(&out)?;
+                let ds = rote::diffusion::training_data(&cfg.data, cfg.subset)?;
+                (cfg, ds)
+            } else {
+                let ds = rote::diffusion::training_data(data, subset)?;
+                let pixel_range = rote::diffusion::PixelRange::resolve(&ds.train.x, range)?;
+                let recipe = Recipe { model: model.to_string(), steps, batch, lr, ema, seed };
+                (DenoiserConfig::new(data, subset, labels, recipe, &ds.train, ds.sample_shape(), pixel_range, checkpoint_every)?, ds)
+            };
+            let total = cfg.recipe.steps as u64;
+            train::train(&backend, &ds.train, &cfg, &out, resume, &|s| bar.set(s as u64, total))?;
+            Ok((ds.train.len(), train::final_loss(&out)?, cfg.recipe.steps, cfg.recipe.batch))
         })
         .map_err(err)?;
-    let v = serde_json::json!({ "run": out, "training_samples": training_samples, "steps": steps, "batch": batch, "final_loss": final_loss, "device": backend.device().to_string() });
+    let v = serde_json::json!({ "run": out, "training_samples": training_samples, "steps": steps, "batch": batch, "resumed": resume, "final_loss": final_loss, "device": backend.device().to_string() });
     to_py(py, &v)
 }
 

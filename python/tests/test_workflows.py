@@ -7,13 +7,14 @@ Run by scripts/test.sh like test_rote.py (ROTE_BIN is the release CLI).
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import rote
-from test_rote import cli
+from test_rote import ENV, ROTE_BIN, cli
 
 
 def files_of(d: Path):
@@ -164,6 +165,18 @@ def test_a_trained_denoiser_and_its_samples_equal_the_cli(tmp_path, model):
     cli("denoise", "sample", "--run", tmp_path / "cli", "--samples", "5", "--steps", "4", "--device", "cpu", "--out", tmp_path / "s")
     x = rote.sample(run=tmp_path / "py", samples=5, steps=4, device="cpu")
     assert rote.quantize(x).tobytes() == np.load(tmp_path / "s" / "samples.npy").tobytes()
+
+
+def test_resume_continues_a_run_the_cli_left_unfinished(tmp_path):
+    args = ["denoise", "train", "--data", "digits", "--subset", "12", "--model", "resmlp:width=32,blocks=1", "--steps", "250", "--batch", "8", "--checkpoint-every", "100", "--device", "cpu"]
+    cli(*args, "--out", tmp_path / "whole")
+    cut = subprocess.run([ROTE_BIN, *args, "--out", str(tmp_path / "cut")], env={**ENV, "ROTE_FAILPOINT": "denoise-after-state:100"}, capture_output=True)
+    assert cut.returncode != 0 and (tmp_path / "cut" / "state.safetensors").exists()
+    summary = rote.train_denoiser("ignored", tmp_path / "cut", resume=True, device="cpu")
+    assert summary["resumed"] and summary["steps"] == 250
+    assert (tmp_path / "cut" / "ema.safetensors").read_bytes() == (tmp_path / "whole" / "ema.safetensors").read_bytes()
+    with pytest.raises(rote.RoteError, match="finished"):
+        rote.train_denoiser("ignored", tmp_path / "cut", resume=True, device="cpu")
 
 
 def test_pool_memorization_and_membership_inference_equal_the_cli(tmp_path):

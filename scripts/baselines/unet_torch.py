@@ -7,7 +7,7 @@ src/diffusion/unet.rs describe it (written out here from that description): posi
 or Fourier embedding of c_noise, an optional label embedding, a two-layer mapping
 network, UNetBlocks (GroupNorm with min(32, C/4) groups and eps 1e-6, SiLU, 3x3
 convolutions, the embedding added per channel, dropout, 1x1 skip projections, nearest
-up-sampling and 2x2 average pooling, self-attention with EDM's qkv layout), skip
+(or with resample=bilinear, bilinear) up-sampling and 2x2 average pooling, self-attention with EDM's qkv layout), skip
 concatenation in the decoder, and the final GroupNorm, SiLU, 3x3 convolution. State-dict
 names are SongUNet's (enc.8x8_conv.weight, dec.4x4_in0.qkv.bias, map_noise.freqs, ...),
 so rote's checkpoints load with load_state_dict.
@@ -25,7 +25,7 @@ import time
 
 
 def parse_spec(spec):
-    opts = {"channels": 16, "mult": [1, 2, 2], "blocks": 1, "attn": None, "heads": 1, "dropout": 0.0, "embed": "positional"}
+    opts = {"channels": 16, "mult": [1, 2, 2], "blocks": 1, "attn": None, "heads": 1, "dropout": 0.0, "embed": "positional", "resample": "nearest"}
     body = spec.split(":", 1)[1] if ":" in spec else ""
     if body == "ddpmpp-cifar10":
         return dict(opts, channels=128, mult=[2, 2, 2], blocks=4, attn=[16], dropout=0.13)
@@ -35,7 +35,7 @@ def parse_spec(spec):
             opts[k] = [int(t) for t in v.split("-")]
         elif k == "dropout":
             opts[k] = float(v)
-        elif k == "embed":
+        elif k in ("embed", "resample"):
             opts[k] = v
         else:
             opts[k] = int(v)
@@ -71,6 +71,8 @@ def build(spec, shape, classes=0):
 
         def resample(self, x):
             if self.up:
+                if o["resample"] == "bilinear":
+                    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
                 return F.interpolate(x, scale_factor=2, mode="nearest")
             if self.down:
                 return F.avg_pool2d(x, 2)

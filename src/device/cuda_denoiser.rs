@@ -42,6 +42,12 @@ pub struct GpuDenoiserNet {
 
 impl GpuDenoiserNet {
     pub fn new(gpu: Arc<CudaBackend>, layout: Layout, params: &[f32]) -> Result<Self> {
+        let zeros = vec![0f32; params.len()];
+        Self::resumed(gpu, layout, params, params, &zeros, &zeros, 0)
+    }
+
+    /// A network in the middle of training: parameters, EMA, Adam's moments and step.
+    pub fn resumed(gpu: Arc<CudaBackend>, layout: Layout, params: &[f32], ema: &[f32], m: &[f32], v: &[f32], t: i32) -> Result<Self> {
         if layout.unet.is_some() {
             anyhow::bail!("U-Net denoisers run on the CPU so far (no CUDA kernels for GroupNorm and attention yet): use --device cpu");
         }
@@ -51,10 +57,10 @@ impl GpuDenoiserNet {
             blas: gpu.blas()?,
             p: s.clone_htod(params)?,
             g: s.alloc_zeros(n)?,
-            m: s.alloc_zeros(n)?,
-            v: s.alloc_zeros(n)?,
-            ema: s.clone_htod(params)?,
-            t: 0,
+            m: s.clone_htod(m)?,
+            v: s.clone_htod(v)?,
+            ema: s.clone_htod(ema)?,
+            t,
             gpu,
             layout,
         })
@@ -218,6 +224,13 @@ impl GpuDenoiserNet {
     pub fn download(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         let s = self.gpu.stream();
         Ok((s.clone_dtoh(&self.p)?, s.clone_dtoh(&self.ema)?))
+    }
+
+    /// (parameters, EMA, Adam's first and second moments, Adam's step) on the host.
+    #[allow(clippy::type_complexity)]
+    pub fn download_state(&self) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, i32)> {
+        let s = self.gpu.stream();
+        Ok((s.clone_dtoh(&self.p)?, s.clone_dtoh(&self.ema)?, s.clone_dtoh(&self.m)?, s.clone_dtoh(&self.v)?, self.t))
     }
 
     /// D(x; σ) = c_skip·x + c_out·F(c_in·x, c_noise) with the current parameters.

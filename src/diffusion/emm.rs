@@ -93,16 +93,21 @@ pub fn measure(ds: &Dataset, settings: &EmmSettings, size: usize, out: &Path, ba
         log(&format!("size {size}: memorization ratio {:.3} (finished earlier)", r.memorization_ratio));
         return Ok(r);
     }
-    // A run without a result was interrupted: it is this command's own partial output.
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear the unfinished {}", dir.display()))?;
-    }
     let subset = crate::data::transform::balanced_subset(&ds.train, size)?;
     let range = PixelRange::resolve(&ds.train.x, super::RangeRule::Auto)?;
     let cfg = DenoiserConfig::new(&settings.data, Some(size), settings.labels, settings.recipe.clone(), &subset, ds.sample_shape(), range, 0)?;
-    let t0 = Instant::now();
     let run = dir.join("run");
-    let weights = train::train(backend, &subset, &cfg, &run, &|_| {})?;
+    // A size without a result was interrupted (this command's own partial output): its
+    // training goes on from the last saved state when the settings are the same, and
+    // starts over otherwise.
+    let resume = train::open_unfinished(&run).is_ok_and(|stored| serde_json::to_value(&stored).ok() == serde_json::to_value(&cfg).ok());
+    if resume {
+        log(&format!("size {size}: resuming the interrupted training at step {}", train::saved_steps(&run)));
+    } else if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear the unfinished {}", dir.display()))?;
+    }
+    let t0 = Instant::now();
+    let weights = train::train(backend, &subset, &cfg, &run, resume, &|_| {})?;
     let train_seconds = t0.elapsed().as_secs_f64();
     let final_loss = train::final_loss(&run)?;
     let schedule = super::sampler::Schedule::default();

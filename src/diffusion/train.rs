@@ -8,6 +8,7 @@
 //!   metrics.csv         step, mean loss since the last row, seconds
 //!   checkpoints/step-NNNNNNN.safetensors   EMA weights every --checkpoint-every steps
 //!   ema.safetensors     the final EMA weights (what sampling uses)
+//!   state.safetensors   parameters, EMA and Adam's moments of an unfinished run (`--resume`)
 
 use super::net::{self, Layout};
 use super::PixelRange;
@@ -300,10 +301,104 @@ pub fn final_loss(run: &Path) -> Result<f64> {
     Ok(text.lines().skip(1).last().and_then(|l| l.split(',').nth(1)).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN))
 }
 
+/// Training state saved every `state_every` steps: what `--resume` continues from.
+pub const STATE_FILE: &str = "state.safetensors";
+
+/// Steps between saved training states when no `--checkpoint-every` is given.
+pub const STATE_EVERY: usize = 1000;
+
+/// Everything a step needs from the steps before it, so that a resumed run goes on
+/// exactly as the uninterrupted one would (batches, σ, noise and dropout are drawn from
+/// the step number).
+struct TrainState {
+    step: usize,
+    p: Vec<f32>,
+    ema: Vec<f32>,
+    adam: Adam,
+    /// The loss accumulated since the last metrics row.
+    loss_sum: f64,
+    loss_count: usize,
+    /// Training seconds before this state was saved (metrics.csv's clock goes on).
+    seconds: f64,
+}
+
+impl TrainState {
+    fn fresh(layout: &Layout, seed: u64) -> Self {
+        let p = layout.init(seed);
+        let n = p.len();
+        Self { step: 0, ema: p.clone(), p, adam: Adam { m: vec![0.0; n], v: vec![0.0; n], t: 0 }, loss_sum: 0.0, loss_count: 0, seconds: 0.0 }
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        use crate::report::safetensors::Tensor;
+        let n = self.p.len();
+        let tensors = [("params", &self.p), ("ema", &self.ema), ("adam.m", &self.adam.m), ("adam.v", &self.adam.v)].map(|(name, v)| Tensor::f32(name, vec![n], v));
+        let meta = std::collections::BTreeMap::from([
+            ("step".to_string(), self.step.to_string()),
+            ("adam_t".to_string(), self.adam.t.to_string()),
+            ("loss_sum".to_string(), self.loss_sum.to_string()),
+            ("loss_count".to_string(), self.loss_count.to_string()),
+            ("seconds".to_string(), self.seconds.to_string()),
+        ]);
+        crate::report::safetensors::save(path, &tensors, &meta)
+    }
+
+    fn load(path: &Path, layout: &Layout) -> Result<Self> {
+        let file = crate::report::safetensors::Loaded::read(path)?;
+        let view = file.view()?;
+        let n = layout.total;
+        let damaged = || "a damaged training state".to_string();
+        let read = |name: &str| view.floats(name, Some(&[n]), &damaged).map(|(_, v)| v);
+        let (p, ema, m, v) = (read("params")?, read("ema")?, read("adam.m")?, read("adam.v")?);
+        view.reject_unread("this model's training state")?;
+        let meta = |key: &str| view.metadata.get(key).with_context(|| format!("{}: no '{key}' in its metadata ({})", path.display(), damaged()));
+        fn parsed<T: std::str::FromStr>(path: &Path, key: &str, v: &str) -> Result<T> {
+            v.parse().map_err(|_| anyhow::anyhow!("{}: metadata '{key}' is '{v}', not a number", path.display()))
+        }
+        Ok(Self {
+            step: parsed(path, "step", meta("step")?)?,
+            p,
+            ema,
+            adam: Adam { m, v, t: parsed(path, "adam_t", meta("adam_t")?)? },
+            loss_sum: parsed(path, "loss_sum", meta("loss_sum")?)?,
+            loss_count: parsed(path, "loss_count", meta("loss_count")?)?,
+            seconds: parsed(path, "seconds", meta("seconds")?)?,
+        })
+    }
+}
+
+/// Steps finished in an unfinished run: those of its last saved state (0 without one).
+pub fn saved_steps(run: &Path) -> usize {
+    let path = run.join(STATE_FILE);
+    let Ok(file) = crate::report::safetensors::Loaded::read(&path) else { return 0 };
+    file.view().ok().and_then(|v| v.metadata.get("step").and_then(|s| s.parse().ok())).unwrap_or(0)
+}
+
+/// The configuration of an unfinished run, to resume it (a finished one is refused).
+pub fn open_unfinished(run: &Path) -> Result<DenoiserConfig> {
+    let path = run.join("run.json");
+    if !path.is_file() {
+        bail!("{} holds no denoiser run (no run.json) to resume; start one without --resume", run.display());
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    if v["command"] != COMMAND {
+        bail!("{} was written by another command, not `rote denoise train`", run.display());
+    }
+    let cfg: DenoiserConfig = serde_json::from_value(v).with_context(|| format!("{} is not a denoiser run description", path.display()))?;
+    if run.join("ema.safetensors").exists() {
+        bail!("{} is a finished run ({} steps); there is nothing to resume", run.display(), cfg.recipe.steps);
+    }
+    Ok(cfg)
+}
+
 /// Trains on `train` (rows in data units, converted with the config's pixel range) and
 /// writes the run directory; the steps run on `backend` (on a GPU: cuBLAS products and
 /// kernels/denoiser.cu), on the same batches either way. `progress(step)` after each step.
-pub fn train(backend: &crate::device::Backend, train: &Split, cfg: &DenoiserConfig, run: &Path, progress: &dyn Fn(usize)) -> Result<Vec<f32>> {
+/// The state is saved every `--checkpoint-every` steps (every `STATE_EVERY` without
+/// one); with `resume`, an unfinished run of the same configuration in `run` continues
+/// from its last state and ends with the weights the uninterrupted run would have.
+pub fn train(backend: &crate::device::Backend, train: &Split, cfg: &DenoiserConfig, run: &Path, resume: bool, progress: &dyn Fn(usize)) -> Result<Vec<f32>> {
     let recipe = &cfg.recipe;
     if recipe.steps == 0 || recipe.batch == 0 {
         bail!("--steps and --batch must be at least 1");
@@ -311,38 +406,68 @@ pub fn train(backend: &crate::device::Backend, train: &Split, cfg: &DenoiserConf
     if !(recipe.lr > 0.0 && recipe.lr.is_finite()) || !(0.0..1.0).contains(&recipe.ema) {
         bail!("--lr must be positive and --ema in [0, 1) (got {} and {})", recipe.lr, recipe.ema);
     }
-    if run.join("run.json").exists() {
-        bail!("{} already holds a run; choose another --out", run.display());
-    }
     let layout = cfg.layout()?;
+    let state_path = run.join(STATE_FILE);
+    // A failed fresh run leaves nothing behind; a failed resume keeps what it resumed.
+    let (fresh_dir, state, mut metrics) = if resume {
+        let stored = open_unfinished(run)?;
+        if serde_json::to_value(&stored)? != serde_json::to_value(cfg)? {
+            bail!("{} was started with other settings ({}); --resume continues it only with the same ones", run.display(), serde_json::to_string(&stored)?);
+        }
+        let state = if state_path.exists() { TrainState::load(&state_path, &layout)? } else { TrainState::fresh(&layout, recipe.seed) };
+        // The metrics rows up to the saved state; later ones are written again.
+        let text = std::fs::read_to_string(run.join("metrics.csv")).unwrap_or_default();
+        let mut metrics = String::from("step,loss,seconds\n");
+        for line in text.lines().skip(1) {
+            if line.split(',').next().and_then(|s| s.parse::<usize>().ok()).is_some_and(|s| s <= state.step) {
+                metrics.push_str(line);
+                metrics.push('\n');
+            }
+        }
+        crate::report::create_out_dir(&run.join("checkpoints"))?;
+        (None, state, metrics)
+    } else {
+        if run.join("run.json").exists() {
+            if run.join("ema.safetensors").exists() {
+                bail!("{} already holds a run; choose another --out", run.display());
+            }
+            bail!(
+                "{} is an unfinished denoiser run ({} of {} steps saved; it was interrupted or failed); continue it with `rote denoise train --resume --out {}`",
+                run.display(),
+                saved_steps(run),
+                recipe.steps,
+                run.display()
+            );
+        }
+        let dir = crate::report::FreshDir::create(run)?;
+        crate::report::create_out_dir(&run.join("checkpoints"))?;
+        crate::report::write_json(&run.join("run.json"), cfg)?;
+        (Some(dir), TrainState::fresh(&layout, recipe.seed), String::from("step,loss,seconds\n"))
+    };
     let d = layout.dim;
     let n = train.len();
     let mut y = vec![0f32; n * d];
     train.x.rows_f32_into(0, n, &mut y);
     cfg.pixel_range.to_model(&mut y);
     let (_, cond) = conditioning_labels(train, cfg.labels, recipe.seed);
-    let run_dir = crate::report::FreshDir::create(run)?;
-    crate::report::create_out_dir(&run.join("checkpoints"))?;
-    crate::report::write_json(&run.join("run.json"), cfg)?;
     if cfg.classes > 0 {
         crate::report::write_npy(&run.join("labels.npy"), &[n], &cond)?;
     }
-    let mut p = layout.init(recipe.seed);
-    let mut ema = p.clone();
+    let TrainState { step: start, mut p, mut ema, mut adam, mut loss_sum, mut loss_count, seconds: seconds_before } = state;
     let mut device_net = match backend {
-        crate::device::Backend::Cuda(g) => Some(crate::device::cuda_denoiser::GpuDenoiserNet::new(g.clone(), layout.clone(), &p)?),
+        crate::device::Backend::Cuda(g) => Some(crate::device::cuda_denoiser::GpuDenoiserNet::resumed(g.clone(), layout.clone(), &p, &ema, &adam.m, &adam.v, adam.t)?),
         crate::device::Backend::Cpu => None,
     };
-    let mut adam = Adam { m: vec![0.0; p.len()], v: vec![0.0; p.len()], t: 0 };
     let mut buffers = StepBuffers::default();
     let b = recipe.batch;
     let (batch_rng, sigma_rng, noise_rng) = (Philox::new(recipe.seed, STREAM_BATCH), Philox::new(recipe.seed, STREAM_SIGMA), Philox::new(recipe.seed, STREAM_NOISE));
-    let mut metrics = String::from("step,loss,seconds\n");
-    let (mut loss_sum, mut loss_count) = (0f64, 0usize);
+    let state_every = if cfg.checkpoint_every > 0 { cfg.checkpoint_every } else { STATE_EVERY };
     let t0 = Instant::now();
+    let seconds = || seconds_before + t0.elapsed().as_secs_f64();
     let mut z = vec![0f32; b];
     let mut eps = vec![0f32; b * d];
-    for step in 0..recipe.steps {
+    progress(start);
+    for step in start..recipe.steps {
         let idx: Vec<usize> = (0..b).map(|i| (batch_rng.key64((step * b + i) as u64) % n as u64) as usize).collect();
         sigma_rng.fill_normal((step * b) as u64, &mut z);
         noise_rng.fill_normal((step * b * d) as u64, &mut eps);
@@ -375,23 +500,38 @@ pub fn train(backend: &crate::device::Backend, train: &Split, cfg: &DenoiserConf
         loss_count += 1;
         let done = step + 1;
         if done % 100 == 0 || done == recipe.steps {
-            metrics.push_str(&format!("{done},{:.6},{:.3}\n", loss_sum / loss_count as f64, t0.elapsed().as_secs_f64()));
+            metrics.push_str(&format!("{done},{:.6},{:.3}\n", loss_sum / loss_count as f64, seconds()));
             crate::report::write_atomic(&run.join("metrics.csv"), |w| Ok(w.write_all(metrics.as_bytes())?))?;
             (loss_sum, loss_count) = (0.0, 0);
         }
-        if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 {
+        if done % state_every == 0 && done < recipe.steps {
             if let Some(net) = &device_net {
-                ema = net.download()?.1;
+                (p, ema, adam.m, adam.v, adam.t) = net.download_state()?;
             }
-            save_weights(&layout, &ema, cfg, &checkpoint_path(run, done))?;
+            if cfg.checkpoint_every > 0 {
+                save_weights(&layout, &ema, cfg, &checkpoint_path(run, done))?;
+            }
+            let state = TrainState { step: done, p, ema, adam, loss_sum, loss_count, seconds: seconds() };
+            state.save(&state_path)?;
+            crate::nn::train::failpoint("denoise-after-state", done);
+            TrainState { p, ema, adam, .. } = state;
         }
         progress(done);
     }
     if let Some(net) = &device_net {
         ema = net.download()?.1;
     }
+    if cfg.checkpoint_every > 0 && recipe.steps % cfg.checkpoint_every == 0 {
+        save_weights(&layout, &ema, cfg, &checkpoint_path(run, recipe.steps))?;
+    }
     save_weights(&layout, &ema, cfg, &run.join("ema.safetensors"))?;
-    run_dir.keep();
+    // A finished run keeps its weights, not the optimizer state.
+    if state_path.exists() {
+        std::fs::remove_file(&state_path).with_context(|| format!("cannot remove {}", state_path.display()))?;
+    }
+    if let Some(dir) = fresh_dir {
+        dir.keep();
+    }
     Ok(ema)
 }
 

@@ -19,7 +19,9 @@
 //!               output; at level 0 `aux_norm`, silu, `aux_conv` (3×3) to the image.
 //!
 //! GroupNorms have min(32, channels/4) groups and ε = 1e-6; resampling is nearest up-
-//! sampling and 2×2 average pooling (what EDM's [1, 1] filters compute); attention has
+//! sampling and 2×2 average pooling (what EDM's [1, 1] filters compute), or with
+//! `resample=bilinear` bilinear up-sampling (PyTorch's align_corners = False; the
+//! down-sampling is then still the 2×2 mean, which is bilinear down-sampling by 2); attention has
 //! `heads` heads (1 as in DDPM++) at the resolutions `attn` (the lowest by default).
 //! Parameters carry SongUNet's state-dict names. Initialization is EDM's DDPM++ one:
 //! Xavier-uniform weights, zero biases, conv1, proj and aux_conv scaled by 1e-5 and qkv
@@ -34,7 +36,7 @@ use crate::nn::layers::attention::Attention;
 use crate::nn::layers::conv::Conv2d;
 use crate::nn::layers::dense::Linear;
 use crate::nn::layers::norm::GroupNorm;
-use crate::nn::layers::pool::{AvgPool2d, Upsample};
+use crate::nn::layers::pool::{AvgPool2d, UpMode, Upsample};
 use crate::nn::layers::Tensor;
 use crate::nn::mlp::Activation;
 use crate::rng::Philox;
@@ -46,7 +48,7 @@ pub enum Embedding {
     Fourier,
 }
 
-/// `unet[:channels=C,mult=M1-M2-…,blocks=B,attn=R1-R2,heads=H,dropout=P,embed=positional|fourier]`
+/// `unet[:channels=C,mult=M1-M2-…,blocks=B,attn=R1-R2,heads=H,dropout=P,embed=positional|fourier,resample=nearest|bilinear]`
 /// or the preset `unet:ddpmpp-cifar10` (EDM's CIFAR-10 DDPM++: C = 128, mult 2-2-2,
 /// 4 blocks, attention at 16×16, dropout 0.13).
 #[derive(Clone, Debug, PartialEq)]
@@ -59,9 +61,11 @@ pub struct UNetSpec {
     pub heads: usize,
     pub dropout: f32,
     pub embedding: Embedding,
+    /// How the decoder's up-sampling blocks fill pixels (`resample=nearest|bilinear`).
+    pub upsampling: UpMode,
 }
 
-pub const USAGE: &str = "unet[:channels=C,mult=1-2-2,blocks=B,attn=R,heads=H,dropout=P,embed=positional|fourier] or unet:ddpmpp-cifar10";
+pub const USAGE: &str = "unet[:channels=C,mult=1-2-2,blocks=B,attn=R,heads=H,dropout=P,embed=positional|fourier,resample=nearest|bilinear] or unet:ddpmpp-cifar10";
 
 /// Whether a `--model` names a U-Net.
 pub fn is_unet(spec: &str) -> bool {
@@ -71,7 +75,7 @@ pub fn is_unet(spec: &str) -> bool {
 impl UNetSpec {
     /// The CPU-sized default: C = 16, mult 1-2-2, one block per level.
     pub fn small() -> Self {
-        Self { channels: 16, mult: vec![1, 2, 2], blocks: 1, attn: None, heads: 1, dropout: 0.0, embedding: Embedding::Positional }
+        Self { channels: 16, mult: vec![1, 2, 2], blocks: 1, attn: None, heads: 1, dropout: 0.0, embedding: Embedding::Positional, upsampling: UpMode::Nearest }
     }
 
     pub fn parse(spec: &str) -> Result<Self> {
@@ -81,7 +85,7 @@ impl UNetSpec {
             _ => bail!("model '{spec}' is not a U-Net: {USAGE}"),
         };
         if opts == "ddpmpp-cifar10" {
-            return Ok(Self { channels: 128, mult: vec![2, 2, 2], blocks: 4, attn: Some(vec![16]), heads: 1, dropout: 0.13, embedding: Embedding::Positional });
+            return Ok(Self { channels: 128, mult: vec![2, 2, 2], blocks: 4, attn: Some(vec![16]), heads: 1, dropout: 0.13, embedding: Embedding::Positional, upsampling: UpMode::Nearest });
         }
         let mut s = Self::small();
         let list = |k: &str, v: &str| -> Result<Vec<usize>> {
@@ -104,6 +108,13 @@ impl UNetSpec {
                         "positional" => Embedding::Positional,
                         "fourier" => Embedding::Fourier,
                         _ => bail!("model '{spec}': embed={v} is not positional or fourier"),
+                    }
+                }
+                "resample" => {
+                    s.upsampling = match v {
+                        "nearest" => UpMode::Nearest,
+                        "bilinear" => UpMode::Bilinear,
+                        _ => bail!("model '{spec}': resample={v} is not nearest or bilinear"),
                     }
                 }
                 _ => bail!("model '{spec}': unknown option '{k}' ({USAGE})"),
@@ -172,9 +183,9 @@ impl Builder {
         self.push(Op::Act(Activation::Silu), vec![x], "")
     }
 
-    fn resample(&mut self, x: usize, up: bool, down: bool) -> usize {
+    fn resample(&mut self, x: usize, up: bool, down: bool, mode: UpMode) -> usize {
         match (up, down) {
-            (true, _) => self.push(Op::Upsample(Upsample { factor: 2 }), vec![x], ""),
+            (true, _) => self.push(Op::Upsample(Upsample { factor: 2, mode }), vec![x], ""),
             (_, true) => self.push(Op::AvgPool(AvgPool2d { k: 2, stride: 2 }), vec![x], ""),
             _ => x,
         }
@@ -186,7 +197,7 @@ impl Builder {
         let at = |leaf: &str| format!("{name}.{leaf}");
         let mut h = self.norm(x, c_in, at("norm0"));
         h = self.silu(h);
-        h = self.resample(h, up, down);
+        h = self.resample(h, up, down, spec.upsampling);
         h = self.conv(h, c_in, c_out, 3, 1.0, at("conv0"));
         let shift = self.linear(emb.0, emb.1, c_out, &at("affine"));
         h = self.push(Op::Add, vec![h, shift], "");
@@ -197,7 +208,7 @@ impl Builder {
         }
         h = self.conv(h, c_out, c_out, 3, 1e-5, at("conv1"));
         let skip = if c_in != c_out || up || down {
-            let s = self.resample(x, up, down);
+            let s = self.resample(x, up, down, spec.upsampling);
             self.conv(s, c_in, c_out, 1, 1.0, at("skip"))
         } else {
             x
@@ -429,8 +440,8 @@ impl UNet {
 mod tests {
     use super::*;
 
-    fn tiny(classes: usize, embedding: Embedding, dropout: f32) -> UNet {
-        let spec = UNetSpec { channels: 4, mult: vec![1, 2], blocks: 1, attn: Some(vec![4]), heads: 1, dropout, embedding };
+    fn tiny(classes: usize, embedding: Embedding, dropout: f32, upsampling: UpMode) -> UNet {
+        let spec = UNetSpec { channels: 4, mult: vec![1, 2], blocks: 1, attn: Some(vec![4]), heads: 1, dropout, embedding, upsampling };
         let u = UNet::new(&spec, [1, 4, 4], classes, 3).unwrap();
         // Move every parameter off EDM's near-zero initialization, so each path of the
         // network carries gradient.
@@ -442,11 +453,11 @@ mod tests {
 
     #[test]
     fn the_spec_parses_its_options_and_refuses_bad_ones() {
-        let s = UNetSpec::parse("unet:channels=8,mult=1-2,blocks=2,attn=4-2,heads=2,dropout=0.1,embed=fourier").unwrap();
-        assert_eq!((s.channels, s.mult.clone(), s.blocks, s.attn.clone(), s.heads, s.embedding), (8, vec![1, 2], 2, Some(vec![4, 2]), 2, Embedding::Fourier));
+        let s = UNetSpec::parse("unet:channels=8,mult=1-2,blocks=2,attn=4-2,heads=2,dropout=0.1,embed=fourier,resample=bilinear").unwrap();
+        assert_eq!((s.channels, s.mult.clone(), s.blocks, s.attn.clone(), s.heads, s.embedding, s.upsampling), (8, vec![1, 2], 2, Some(vec![4, 2]), 2, Embedding::Fourier, UpMode::Bilinear));
         assert_eq!(UNetSpec::parse("unet").unwrap(), UNetSpec::small());
         assert_eq!(UNetSpec::parse("unet:ddpmpp-cifar10").unwrap().channels, 128);
-        for bad in ["unet:channels=3", "unet:mult=1-x", "unet:dropout=1", "unet:depth=2", "unet:embed=sine", "resmlp"] {
+        for bad in ["unet:channels=3", "unet:mult=1-x", "unet:dropout=1", "unet:depth=2", "unet:embed=sine", "unet:resample=cubic", "resmlp"] {
             assert!(UNetSpec::parse(bad).is_err(), "{bad}");
         }
         let err = UNet::new(&UNetSpec::parse("unet:mult=1-2-2-2").unwrap(), [1, 28, 28], 0, 0).unwrap_err();
@@ -467,8 +478,8 @@ mod tests {
 
     #[test]
     fn the_gradient_matches_central_differences() {
-        for (classes, embedding, dropout) in [(0, Embedding::Positional, 0.0), (3, Embedding::Fourier, 0.3)] {
-            let u = tiny(classes, embedding, dropout);
+        for (classes, embedding, dropout, upsampling) in [(0, Embedding::Positional, 0.0, UpMode::Nearest), (3, Embedding::Fourier, 0.3, UpMode::Bilinear)] {
+            let u = tiny(classes, embedding, dropout, upsampling);
             let p = u.init();
             let rows = 3;
             let x = crate::nn::layers::uniform_values(9, 2, rows * 16, -1.0, 1.0);
@@ -510,7 +521,7 @@ mod tests {
 
     #[test]
     fn inference_equals_the_training_pass_without_dropout() {
-        let u = tiny(2, Embedding::Positional, 0.0);
+        let u = tiny(2, Embedding::Positional, 0.0, UpMode::Nearest);
         let p = u.init();
         let x = crate::nn::layers::uniform_values(10, 2, 2 * 16, -1.0, 1.0);
         let c_noise = [0.3f32, -0.2];
@@ -524,28 +535,30 @@ mod tests {
 
     #[test]
     fn the_input_tangent_matches_central_differences_and_is_adjoint_to_backward() {
-        let u = tiny(3, Embedding::Positional, 0.0);
-        let p = u.init();
-        let g = u.with_parameters(&p);
-        let x = crate::nn::layers::uniform_values(11, 2, 2 * 16, -1.0, 1.0);
-        let xd = crate::nn::layers::uniform_values(11, 3, 2 * 16, -1.0, 1.0);
-        let aux = u.aux(&p, &[0.2, -0.4], Some(&[2, 0])).unwrap();
-        let out = |x: &[f32]| g.forward_with(u.image(x), &aux, Mode::Eval, None).unwrap().values.last().unwrap().data.clone();
-        let f = g.forward_with(u.image(&x), &aux, Mode::Eval, None).unwrap();
-        let t = g.tangent(&f, u.image(&xd)).unwrap();
-        let h = 1e-3f32;
-        let plus: Vec<f32> = x.iter().zip(&xd).map(|(a, b)| a + h * b).collect();
-        let minus: Vec<f32> = x.iter().zip(&xd).map(|(a, b)| a - h * b).collect();
-        let (yp, ym) = (out(&plus), out(&minus));
-        let scale = t.data.iter().fold(0f32, |m, v| m.max(v.abs()));
-        for i in 0..t.data.len() {
-            let fd = (yp[i] - ym[i]) / (2.0 * h);
-            assert!((t.data[i] - fd).abs() <= 1e-2 * scale, "tangent {i}: {} vs {fd}", t.data[i]);
+        for upsampling in [UpMode::Nearest, UpMode::Bilinear] {
+            let u = tiny(3, Embedding::Positional, 0.0, upsampling);
+            let p = u.init();
+            let g = u.with_parameters(&p);
+            let x = crate::nn::layers::uniform_values(11, 2, 2 * 16, -1.0, 1.0);
+            let xd = crate::nn::layers::uniform_values(11, 3, 2 * 16, -1.0, 1.0);
+            let aux = u.aux(&p, &[0.2, -0.4], Some(&[2, 0])).unwrap();
+            let out = |x: &[f32]| g.forward_with(u.image(x), &aux, Mode::Eval, None).unwrap().values.last().unwrap().data.clone();
+            let f = g.forward_with(u.image(&x), &aux, Mode::Eval, None).unwrap();
+            let t = g.tangent(&f, u.image(&xd)).unwrap();
+            let h = 1e-3f32;
+            let plus: Vec<f32> = x.iter().zip(&xd).map(|(a, b)| a + h * b).collect();
+            let minus: Vec<f32> = x.iter().zip(&xd).map(|(a, b)| a - h * b).collect();
+            let (yp, ym) = (out(&plus), out(&minus));
+            let scale = t.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for i in 0..t.data.len() {
+                let fd = (yp[i] - ym[i]) / (2.0 * h);
+                assert!((t.data[i] - fd).abs() <= 1e-2 * scale, "tangent {i}: {} vs {fd}", t.data[i]);
+            }
+            let r = crate::nn::layers::uniform_values(11, 4, t.data.len(), -1.0, 1.0);
+            let (gx, _) = g.backward(&f, Tensor::new(t.shape.clone(), r.clone()), true).unwrap();
+            let lhs: f64 = gx.unwrap().data.iter().zip(&xd).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let rhs: f64 = r.iter().zip(&t.data).map(|(a, b)| *a as f64 * *b as f64).sum();
+            assert!((lhs - rhs).abs() <= 1e-4 * (lhs.abs() + rhs.abs()), "⟨Jᵀr, ẋ⟩ = {lhs} but ⟨r, Jẋ⟩ = {rhs}");
         }
-        let r = crate::nn::layers::uniform_values(11, 4, t.data.len(), -1.0, 1.0);
-        let (gx, _) = g.backward(&f, Tensor::new(t.shape.clone(), r.clone()), true).unwrap();
-        let lhs: f64 = gx.unwrap().data.iter().zip(&xd).map(|(a, b)| *a as f64 * *b as f64).sum();
-        let rhs: f64 = r.iter().zip(&t.data).map(|(a, b)| *a as f64 * *b as f64).sum();
-        assert!((lhs - rhs).abs() <= 1e-4 * (lhs.abs() + rhs.abs()), "⟨Jᵀr, ẋ⟩ = {lhs} but ⟨r, Jẋ⟩ = {rhs}");
     }
 }

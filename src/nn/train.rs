@@ -299,8 +299,8 @@ fn load_momentum(run: &Path, names: &[String], zeros: Vec<Vec<f32>>) -> Result<V
 
 /// Stops the process at a named point when `ROTE_FAILPOINT` names it: how the tests
 /// interrupt a run exactly where a kill -9 could (e.g. `after-checkpoint:2`).
-fn failpoint(name: &str, epoch: usize) {
-    if std::env::var("ROTE_FAILPOINT").is_ok_and(|v| v == format!("{name}:{epoch}")) {
+pub(crate) fn failpoint(name: &str, at: usize) {
+    if std::env::var("ROTE_FAILPOINT").is_ok_and(|v| v == format!("{name}:{at}")) {
         std::process::abort();
     }
 }

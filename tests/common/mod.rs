@@ -8,6 +8,16 @@ pub fn rote(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rote")).args(args).env("ROTE_DISABLE_CUDA", "1").output().expect("run rote")
 }
 
+/// Runs rote with extra environment variables (e.g. `ROTE_FAILPOINT`).
+pub fn rote_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rote"));
+    c.args(args).env("ROTE_DISABLE_CUDA", "1");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run rote")
+}
+
 /// Runs rote and returns stdout, failing the test with stderr when it exits non-zero.
 pub fn rote_ok(args: &[&str]) -> String {
     let out = rote(args);

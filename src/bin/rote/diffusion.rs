@@ -29,37 +29,43 @@ pub enum DenoiseCommand {
 
 #[derive(Args)]
 pub struct TrainArgs {
-    #[arg(value_parser = crate::data_spec(), long)]
-    data: DataSpec,
+    #[arg(value_parser = crate::data_spec(), long, required_unless_present = "resume", conflicts_with = "resume")]
+    data: Option<DataSpec>,
     /// Train on a class-balanced subset of this many samples.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     subset: Option<usize>,
     /// Conditioning: none, true (the dataset's labels) or random:C (C random classes).
-    #[arg(long, default_value = "none")]
+    #[arg(long, default_value = "none", conflicts_with = "resume")]
     labels: String,
-    #[arg(long, default_value = DEFAULT_MODEL)]
+    #[arg(long, default_value = DEFAULT_MODEL, conflicts_with = "resume")]
     model: String,
-    #[arg(long, default_value_t = DEFAULT_STEPS)]
+    #[arg(long, default_value_t = DEFAULT_STEPS, conflicts_with = "resume")]
     steps: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, conflicts_with = "resume")]
     batch: usize,
-    #[arg(long, default_value_t = 2e-4)]
+    #[arg(long, default_value_t = 2e-4, conflicts_with = "resume")]
     lr: f64,
     /// EMA decay of the weights per step.
-    #[arg(long, default_value_t = 0.999)]
+    #[arg(long, default_value_t = 0.999, conflicts_with = "resume")]
     ema: f64,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "resume")]
     seed: u64,
-    /// Save the EMA weights every this many steps (0: only at the end).
-    #[arg(long, default_value_t = 0)]
+    /// Save the EMA weights every this many steps (0: only at the end); the state that
+    /// --resume continues from is saved at the same steps (every 1000 when 0).
+    #[arg(long, default_value_t = 0, conflicts_with = "resume")]
     checkpoint_every: usize,
     /// How data values map to model space [−1, 1]: auto (uint8 as pixels; float data
     /// inside [−1, 1] as it is; other float data by its min/max), identity, minmax, or
     /// LO,HI.
-    #[arg(long, default_value = "auto", allow_hyphen_values = true)]
+    #[arg(long, default_value = "auto", allow_hyphen_values = true, conflicts_with = "resume")]
     range: RangeRule,
     #[arg(long)]
     out: PathBuf,
+    /// Continue the unfinished run in --out from its last saved state, with the
+    /// settings it was started with (ends with the weights the uninterrupted run would
+    /// have; the state is saved every --checkpoint-every steps, or every 1000).
+    #[arg(long)]
+    resume: bool,
     #[command(flatten)]
     device: DeviceArg,
     #[arg(long)]
@@ -269,27 +275,37 @@ pub fn sample_cmd(a: SampleArgs) -> Result<()> {
 
 pub fn train_cmd(a: TrainArgs) -> Result<()> {
     use rote::diffusion::train::{self, DenoiserConfig, Labels, Recipe};
-    let labels = Labels::parse(&a.labels)?;
-    let ds = training_data(&a.data, a.subset)?;
-    let range = PixelRange::resolve(&ds.train.x, a.range)?;
-    let recipe = Recipe { model: a.model.clone(), steps: a.steps, batch: a.batch, lr: a.lr, ema: a.ema, seed: a.seed };
-    let cfg = DenoiserConfig::new(a.data.text()?, a.subset, labels, recipe, &ds.train, ds.sample_shape(), range, a.checkpoint_every)?;
+    let (cfg, ds) = if a.resume {
+        let cfg = train::open_unfinished(&a.out)?;
+        let ds = rote::diffusion::training_data(&cfg.data, cfg.subset)?;
+        (cfg, ds)
+    } else {
+        let labels = Labels::parse(&a.labels)?;
+        let data = a.data.as_ref().expect("clap requires --data without --resume");
+        let ds = training_data(data, a.subset)?;
+        let range = PixelRange::resolve(&ds.train.x, a.range)?;
+        let recipe = Recipe { model: a.model.clone(), steps: a.steps, batch: a.batch, lr: a.lr, ema: a.ema, seed: a.seed };
+        (DenoiserConfig::new(data.text()?, a.subset, labels, recipe, &ds.train, ds.sample_shape(), range, a.checkpoint_every)?, ds)
+    };
     let backend = open_device(a.device.device)?;
-    let bar = rote::sched::progress(a.steps as u64, "training", true);
+    let (steps, batch) = (cfg.recipe.steps, cfg.recipe.batch);
+    let bar = rote::sched::progress(steps as u64, "training", true);
+    let start = if a.resume { train::saved_steps(&a.out) } else { 0 };
     let t0 = Instant::now();
-    train::train(&backend, &ds.train, &cfg, &a.out, &|s| bar.set_position(s as u64))?;
+    train::train(&backend, &ds.train, &cfg, &a.out, a.resume, &|s| bar.set_position(s as u64))?;
     bar.finish_and_clear();
     let seconds = t0.elapsed().as_secs_f64();
     let loss = train::final_loss(&a.out)?;
     let summary = serde_json::json!({
-        "run": a.out, "training_samples": ds.train.len(), "steps": a.steps, "batch": a.batch,
-        "final_loss": loss, "seconds": seconds, "samples_per_second": (a.steps * a.batch) as f64 / seconds,
-        "device": backend.device().to_string(), "labels": labels.to_string(), "model": a.model,
+        "run": a.out, "training_samples": ds.train.len(), "steps": steps, "batch": batch, "resumed_at_step": a.resume.then_some(start),
+        "final_loss": loss, "seconds": seconds, "samples_per_second": ((steps - start) * batch) as f64 / seconds,
+        "device": backend.device().to_string(), "labels": cfg.labels.to_string(), "model": cfg.recipe.model,
     });
     if a.json {
         print_json(&summary);
     } else {
-        println!("trained {} on {} samples: {} steps in {seconds:.1} s, final loss {loss:.4} → {}", a.model, ds.train.len(), a.steps, a.out.display());
+        let resumed = if a.resume { format!(" (resumed at step {start})") } else { String::new() };
+        println!("trained {} on {} samples: {steps} steps{resumed} in {seconds:.1} s, final loss {loss:.4} → {}", cfg.recipe.model, ds.train.len(), a.out.display());
     }
     Ok(())
 }

@@ -400,7 +400,7 @@ pub fn reproduce_cmd(a: ReproduceArgs) -> Result<()> {
     let (emm_data, emm_sizes, rand_sizes, emm_samples, model, steps) = if full {
         ("fashion-mnist:downsample=2", "20,50,100,200,500,1000,2000", "100,200,500", "1000", "resmlp:width=512,blocks=4", "10000")
     } else {
-        ("digits", "20,50,100,400", "100,200", "200", super::diffusion::DEFAULT_MODEL, "4000")
+        ("digits", "20,50,100,400", "50,100", "200", super::diffusion::DEFAULT_MODEL, "3000")
     };
     let v = r.run(
         D,
@@ -442,7 +442,7 @@ pub fn reproduce_cmd(a: ReproduceArgs) -> Result<()> {
     let (unets, unet_sizes, unet_steps, unet_batch, unet_samples): (&[&str], &str, &str, &str, &str) = if full {
         (&["unet:channels=16,mult=1-2", "unet:channels=32,mult=1-2"], "20,100,500,2000", "4000", "32", "500")
     } else {
-        (&["unet:channels=8,mult=1-2"], "10,50", "1000", "16", "100")
+        (&["unet:channels=8,mult=1-2"], "10,300", "1000", "16", "100")
     };
     let mut unet_series = vec![Series { name: format!("MLP {model}"), points: curve.clone() }];
     for (k, unet) in unets.iter().enumerate() {

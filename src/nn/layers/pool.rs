@@ -9,6 +9,10 @@
 //! nearest up-sampling by f: y[i, j] = x[⌊i/f⌋, ⌊j/f⌋] — linear, its own tangent;
 //!   backward sums g over each f×f block. (The U-Net's down-sampling is the 2×2
 //!   average pool: EDM's [1, 1] resampling filters are exactly these two maps.)
+//! bilinear up-sampling by f (PyTorch's align_corners = False, edges clamped): linear,
+//!   its own tangent; backward is its transpose. Bilinear down-sampling by 2 in the
+//!   same convention reads coordinate 2i + ½, the mean of pixels 2i and 2i + 1: the
+//!   2×2 average pool again.
 
 use super::Tensor;
 use anyhow::{bail, Result};
@@ -166,39 +170,106 @@ pub fn global_avg_backward(x_shape: &[usize], gy: &Tensor) -> Tensor {
     gx
 }
 
-/// Nearest-neighbour up-sampling by an integer factor.
+/// How up-sampling fills the new pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpMode {
+    /// y[i, j] = x[⌊i/f⌋, ⌊j/f⌋].
+    Nearest,
+    /// PyTorch's `interpolate(mode="bilinear", align_corners=False)`: output pixel i
+    /// reads source coordinate (i + ½)/f − ½, clamped at 0, between its two neighbours
+    /// (the last pixel repeated past the edge).
+    Bilinear,
+}
+
+/// Up-sampling by an integer factor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Upsample {
     pub factor: usize,
+    pub mode: UpMode,
+}
+
+/// Per output index along one axis of length `n·f`: the two source indices and the
+/// weight of the second (bilinear, align_corners = False).
+fn bilinear_taps(n: usize, f: usize) -> Vec<(usize, usize, f32)> {
+    (0..n * f)
+        .map(|i| {
+            let src = (((i as f64 + 0.5) / f as f64) - 0.5).max(0.0);
+            let i0 = (src.floor() as usize).min(n - 1);
+            let i1 = (i0 + 1).min(n - 1);
+            (i0, i1, (src - i0 as f64) as f32)
+        })
+        .collect()
 }
 
 impl Upsample {
+    pub fn nearest(factor: usize) -> Self {
+        Self { factor, mode: UpMode::Nearest }
+    }
+
     /// Also its own tangent (it is linear).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, h, w) = planes(x)?;
         let f = self.factor;
         let (ho, wo) = (h * f, w * f);
         let mut out = Tensor::zeros(vec![x.shape[0], x.shape[1], ho, wo]);
-        out.data.par_chunks_mut(ho * wo).zip(x.data.par_chunks(h * w)).for_each(|(o, plane)| {
-            for (i, row) in o.chunks_mut(wo).enumerate() {
-                let src = &plane[(i / f) * w..][..w];
-                row.iter_mut().enumerate().for_each(|(j, v)| *v = src[j / f]);
+        match self.mode {
+            UpMode::Nearest => out.data.par_chunks_mut(ho * wo).zip(x.data.par_chunks(h * w)).for_each(|(o, plane)| {
+                for (i, row) in o.chunks_mut(wo).enumerate() {
+                    let src = &plane[(i / f) * w..][..w];
+                    row.iter_mut().enumerate().for_each(|(j, v)| *v = src[j / f]);
+                }
+            }),
+            UpMode::Bilinear => {
+                let (rows, cols) = (bilinear_taps(h, f), bilinear_taps(w, f));
+                out.data.par_chunks_mut(ho * wo).zip(x.data.par_chunks(h * w)).for_each(|(o, plane)| {
+                    for (row, &(r0, r1, lr)) in o.chunks_mut(wo).zip(&rows) {
+                        let (a, b) = (&plane[r0 * w..][..w], &plane[r1 * w..][..w]);
+                        for (v, &(c0, c1, lc)) in row.iter_mut().zip(&cols) {
+                            let top = a[c0] + lc * (a[c1] - a[c0]);
+                            let bottom = b[c0] + lc * (b[c1] - b[c0]);
+                            *v = top + lr * (bottom - top);
+                        }
+                    }
+                });
             }
-        });
+        }
         Ok(out)
     }
 
+    /// The adjoint: each output pixel's gradient back to the source pixels it read, by
+    /// the same weights.
     pub fn backward(&self, x_shape: &[usize], gy: &Tensor) -> Tensor {
         let (h, w) = (x_shape[2], x_shape[3]);
         let f = self.factor;
         let wo = w * f;
         let mut gx = Tensor::zeros(x_shape.to_vec());
-        gx.data.par_chunks_mut(h * w).zip(gy.data.par_chunks(h * w * f * f)).for_each(|(g, gs)| {
-            for (i, row) in gs.chunks(wo).enumerate() {
-                let dst = &mut g[(i / f) * w..][..w];
-                row.iter().enumerate().for_each(|(j, &v)| dst[j / f] += v);
+        match self.mode {
+            UpMode::Nearest => gx.data.par_chunks_mut(h * w).zip(gy.data.par_chunks(h * w * f * f)).for_each(|(g, gs)| {
+                for (i, row) in gs.chunks(wo).enumerate() {
+                    let dst = &mut g[(i / f) * w..][..w];
+                    row.iter().enumerate().for_each(|(j, &v)| dst[j / f] += v);
+                }
+            }),
+            UpMode::Bilinear => {
+                let (rows, cols) = (bilinear_taps(h, f), bilinear_taps(w, f));
+                gx.data.par_chunks_mut(h * w).zip(gy.data.par_chunks(h * w * f * f)).for_each(|(g, gs)| {
+                    // Each output row first folded onto the w source columns, then split
+                    // between its two source rows.
+                    let mut folded = vec![0f32; w];
+                    for (row, &(r0, r1, lr)) in gs.chunks(wo).zip(&rows) {
+                        folded.fill(0.0);
+                        for (&v, &(c0, c1, lc)) in row.iter().zip(&cols) {
+                            folded[c0] += (1.0 - lc) * v;
+                            folded[c1] += lc * v;
+                        }
+                        for (k, &v) in folded.iter().enumerate() {
+                            g[r0 * w + k] += (1.0 - lr) * v;
+                            g[r1 * w + k] += lr * v;
+                        }
+                    }
+                });
             }
-        });
+        }
         gx
     }
 }
@@ -303,10 +374,60 @@ mod tests {
         assert!(AvgPool2d { k: 4, stride: 4 }.forward(&Tensor::zeros(vec![1, 1, 3, 3])).unwrap_err().to_string().contains("does not fit a 3×3"));
     }
 
+    /// Bilinear up-sampling against PyTorch's rule computed in float64 from its
+    /// definition (source coordinate, clamping, the four neighbours' weights), for
+    /// factors 2 and 3; and its backward as the transpose (⟨up(x), g⟩ = ⟨x, upᵀ(g)⟩).
+    #[test]
+    fn bilinear_upsampling_follows_the_align_corners_false_rule_and_its_adjoint() {
+        for f in [2usize, 3] {
+            let (h, w) = (3usize, 4usize);
+            let x = Tensor::new(vec![2, 1, h, w], random(2 * h * w, 42 + f as u64));
+            let up = Upsample { factor: f, mode: UpMode::Bilinear };
+            let y = up.forward(&x).unwrap();
+            assert_eq!(y.shape, vec![2, 1, h * f, w * f]);
+            let coord = |i: usize, n: usize| -> (usize, usize, f64) {
+                let s = ((i as f64 + 0.5) * (n as f64 / (n * f) as f64) - 0.5).max(0.0);
+                let lo = s as usize;
+                let hi = if lo < n - 1 { lo + 1 } else { lo };
+                (lo, hi, s - lo as f64)
+            };
+            for pl in 0..2 {
+                let at = |i: usize, j: usize| x.data[pl * h * w + i * w + j] as f64;
+                for i in 0..h * f {
+                    for j in 0..w * f {
+                        let ((i0, i1, a), (j0, j1, b)) = (coord(i, h), coord(j, w));
+                        let want = (1.0 - a) * ((1.0 - b) * at(i0, j0) + b * at(i0, j1)) + a * ((1.0 - b) * at(i1, j0) + b * at(i1, j1));
+                        let got = y.data[pl * h * w * f * f + i * w * f + j] as f64;
+                        assert!((got - want).abs() < 1e-6, "factor {f}, ({i}, {j}): {got} vs {want}");
+                    }
+                }
+            }
+            let g = Tensor::new(y.shape.clone(), random(y.data.len(), 50 + f as u64));
+            let gx = up.backward(&x.shape, &g);
+            let lhs: f64 = y.data.iter().zip(&g.data).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let rhs: f64 = x.data.iter().zip(&gx.data).map(|(a, b)| *a as f64 * *b as f64).sum();
+            assert!((lhs - rhs).abs() < 1e-5 * (1.0 + lhs.abs()), "factor {f}: {lhs} vs {rhs}");
+        }
+        // Down by 2 in the same convention is the 2×2 average pool: coordinate 2i + ½.
+        let x = Tensor::new(vec![1, 1, 4, 4], random(16, 60));
+        let pooled = AvgPool2d { k: 2, stride: 2 }.forward(&x).unwrap();
+        for i in 0..2 {
+            for j in 0..2 {
+                let s = |k: usize| (k as f64 + 0.5) * 2.0 - 0.5;
+                let (r, c) = (s(i), s(j));
+                let (r0, c0) = (r.floor() as usize, c.floor() as usize);
+                let (a, b) = (r - r0 as f64, c - c0 as f64);
+                let v = |p: usize, q: usize| x.data[p * 4 + q] as f64;
+                let want = (1.0 - a) * ((1.0 - b) * v(r0, c0) + b * v(r0, c0 + 1)) + a * ((1.0 - b) * v(r0 + 1, c0) + b * v(r0 + 1, c0 + 1));
+                assert!((pooled.data[i * 2 + j] as f64 - want).abs() < 1e-6);
+            }
+        }
+    }
+
     #[test]
     fn nearest_upsampling_copies_each_pixel_and_its_adjoint_sums_them() {
         let x = Tensor::new(vec![2, 3, 2, 3], random(36, 40));
-        let up = Upsample { factor: 2 };
+        let up = Upsample::nearest(2);
         let y = up.forward(&x).unwrap();
         assert_eq!(y.shape, vec![2, 3, 4, 6]);
         for p in 0..6 {
