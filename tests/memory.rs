@@ -292,6 +292,23 @@ fn lssvm_fit_and_predict_on_digits() {
     let after = json(&rote_ok(&["lssvm", "predict", "--model", p(&wimm), "--data", "digits", "--split", "train", "--json"]));
     assert_eq!(before["accuracy"], after["accuracy"]);
     assert!(before["accuracy"].as_f64().unwrap() < 1.0);
+    // Cross-validation over the memory's weight and width: every cell reported, the
+    // best one fitted; the memory grid needs a memory (and a width to vary).
+    let cv = dir.path().join("cv");
+    let v = json(&rote_ok(&["lssvm", "fit", "--data", "digits:subset=30", "--kernel", "rbf:sigma=2", "--memory", "mimm", "--memory-fn", "gauss:sigma=1", "--cv", "3", "--grid-gamma", "1,10", "--grid-memory-weight", "0.5,4", "--grid-memory-width", "0.5,2", "--out", p(&cv), "--json"]));
+    let cells = v["cv"].as_array().unwrap();
+    assert_eq!(cells.len(), 8, "{v}");
+    let best = cells.iter().fold(&cells[0], |b, c| if c["accuracy"].as_f64() > b["accuracy"].as_f64() { c } else { b });
+    assert_eq!((&v["memory"], &v["gamma"]), (&best["memory"], &best["gamma"]), "{v}");
+    assert!(cells.iter().any(|c| c["memory"]["function"]["sigma"] == 0.5) && cells.iter().any(|c| c["memory"]["weight"] == 4.0));
+    for (args, says) in [(&["--grid-memory-weight", "1,2"][..], "need --memory mimm or wimm"), (&["--memory", "wimm", "--grid-memory-width", "1,2"][..], "gauss and radius")] {
+        let out = dir.path().join("bad");
+        let mut a = vec!["lssvm", "fit", "--data", "digits:subset=5", "--cv", "2", "--out", p(&out)];
+        a.extend_from_slice(args);
+        let e = rote_err(&a);
+        assert!(e.contains(says), "{args:?}: {e}");
+        assert!(!out.exists());
+    }
     let e = rote_err(&["lssvm", "predict", "--model", p(dir.path())]);
     assert!(e.contains("not an LSSVM model directory"), "{e}");
     let e = rote_err(&["lssvm", "predict", "--model", p(&model), "--data", "moons:n=10"]);
@@ -421,27 +438,32 @@ fn conjugate_gradients_agree_with_the_direct_solve() {
 }
 
 /// Leave-one-out cross-validation (folds = n, so the folds do not depend on the draw)
-/// against fitting every fold from scratch.
+/// against fitting every fold from scratch, over kernels, γ and memories.
 #[test]
 fn cross_validation_against_refitting_each_fold() {
-    use rote::memory::lssvm::{cross_validate, Kernel, Lssvm};
+    use rote::memory::lssvm::{cross_validate, Kernel, Lssvm, Memory, MemoryFn, MemoryModel};
     let (n, d) = (40, 2);
     let x = random(31, n * d);
     let y: Vec<i64> = (0..n).map(|i| (x[i * d] > 0.33) as i64 + (x[i * d] + 0.2 * x[i * d + 1] > 0.75) as i64).collect();
     let kernels = [Kernel::Rbf { sigma: 0.3 }, Kernel::Rbf { sigma: 1.0 }];
     let gammas = [0.5, 20.0];
-    let cells = cross_validate(&x, d, &y, &kernels, &gammas, None, n, 0).unwrap();
-    assert_eq!(cells.len(), 4);
+    // Plain LSSVM and both memory machines with two weights and widths.
+    let mut memories = vec![None];
+    for (model, sigma, weight) in [(MemoryModel::Wimm, 0.3, 0.5), (MemoryModel::Wimm, 0.1, 4.0), (MemoryModel::Mimm, 0.3, 2.0)] {
+        memories.push(Some(Memory { model, function: MemoryFn::Gauss { sigma }, weight }));
+    }
+    let cells = cross_validate(&x, d, &y, &kernels, &gammas, &memories, n, 0).unwrap();
+    assert_eq!(cells.len(), 16);
     for c in &cells {
         let mut hits = 0;
         for i in 0..n {
             let keep: Vec<usize> = (0..n).filter(|&j| j != i).collect();
             let xf: Vec<f64> = keep.iter().flat_map(|&j| x[j * d..(j + 1) * d].to_vec()).collect();
             let yf: Vec<i64> = keep.iter().map(|&j| y[j]).collect();
-            let m = Lssvm::fit(&xf, d, &yf, c.kernel, c.gamma, None).unwrap();
+            let m = Lssvm::fit(&xf, d, &yf, c.kernel, c.gamma, c.memory).unwrap();
             hits += (m.predict(&x[i * d..(i + 1) * d])[0] == y[i]) as usize;
         }
         assert!((c.accuracy - hits as f64 / n as f64).abs() < 1e-12, "{c:?}: {hits} of {n}");
     }
-    assert!(cross_validate(&x, d, &y, &kernels, &gammas, None, 1, 0).is_err());
+    assert!(cross_validate(&x, d, &y, &kernels, &gammas, &[None], 1, 0).is_err());
 }

@@ -215,6 +215,16 @@ impl std::str::FromStr for MemoryFn {
 }
 
 impl MemoryFn {
+    /// The same function with width `w` (σ of gauss, r of radius); None for the
+    /// identity, which has no width.
+    pub fn with_width(self, w: f64) -> Option<Self> {
+        match self {
+            Self::Identity => None,
+            Self::Gauss { .. } => Some(Self::Gauss { sigma: w }),
+            Self::Radius { .. } => Some(Self::Radius { r: w }),
+        }
+    }
+
     /// δ(a_i, b_j): (n, m).
     pub fn matrix(&self, a: &[f64], b: &[f64], d: usize) -> Vec<f64> {
         let mut g = gram(a, b, d);
@@ -723,13 +733,15 @@ pub fn best_cell(cells: &[CvCell]) -> &CvCell {
 pub struct CvCell {
     pub kernel: Kernel,
     pub gamma: f64,
+    pub memory: Option<Memory>,
     pub accuracy: f64,
 }
 
-/// k-fold cross-validation over every (kernel, γ): folds from a Philox permutation
-/// (position p in fold p mod k); per (kernel, fold) the kernel matrices are computed once
-/// and every γ reuses them. Cells in grid order; the caller picks the best.
-pub fn cross_validate(x: &[f64], dim: usize, y: &[i64], kernels: &[Kernel], gammas: &[f64], memory: Option<Memory>, folds: usize, seed: u64) -> Result<Vec<CvCell>> {
+/// k-fold cross-validation over every (kernel, memory, γ): folds from a Philox
+/// permutation (position p in fold p mod k); per (kernel, memory, fold) the kernel
+/// matrices are computed once and every γ reuses them. `memories` is the grid of
+/// memories (one `None` for plain LSSVM). Cells in grid order; the caller picks the best.
+pub fn cross_validate(x: &[f64], dim: usize, y: &[i64], kernels: &[Kernel], gammas: &[f64], memories: &[Option<Memory>], folds: usize, seed: u64) -> Result<Vec<CvCell>> {
     let n = y.len();
     if folds < 2 || folds > n {
         bail!("--cv {folds}: need 2 ≤ folds ≤ {n} (the samples)");
@@ -743,7 +755,11 @@ pub fn cross_validate(x: &[f64], dim: usize, y: &[i64], kernels: &[Kernel], gamm
     for (p, &i) in order.iter().enumerate() {
         fold_of[i as usize] = p % folds;
     }
-    let mut hits = vec![0usize; kernels.len() * gammas.len()];
+    if memories.is_empty() {
+        bail!("cross-validation needs at least one memory setting (None for plain LSSVM)");
+    }
+    let grid: Vec<(Kernel, Option<Memory>)> = kernels.iter().flat_map(|&k| memories.iter().map(move |&m| (k, m))).collect();
+    let mut hits = vec![0usize; grid.len() * gammas.len()];
     for f in 0..folds {
         let (val, fit): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| fold_of[i] == f);
         let rows = |idx: &[usize]| idx.iter().flat_map(|&i| x[i * dim..(i + 1) * dim].iter().copied()).collect::<Vec<f64>>();
@@ -752,7 +768,7 @@ pub fn cross_validate(x: &[f64], dim: usize, y: &[i64], kernels: &[Kernel], gamm
         if sorted_classes(&yf) != classes {
             bail!("fold {f} of {folds} lacks a class in its training part; use fewer folds");
         }
-        for (ki, &kernel) in kernels.iter().enumerate() {
+        for (ki, &(kernel, memory)) in grid.iter().enumerate() {
             let (kff, kvf) = (system_matrix(kernel, memory, &xf, dim), machine_kernel(kernel, memory, &xv, &xf, dim, false));
             let rhs = right_hand_sides(&yf, &classes);
             let r = rhs.len() / fit.len();
@@ -765,7 +781,7 @@ pub fn cross_validate(x: &[f64], dim: usize, y: &[i64], kernels: &[Kernel], gamm
             }
         }
     }
-    Ok(kernels.iter().flat_map(|&kernel| gammas.iter().map(move |&gamma| (kernel, gamma))).zip(hits).map(|((kernel, gamma), h)| CvCell { kernel, gamma, accuracy: h as f64 / n as f64 }).collect())
+    Ok(grid.iter().flat_map(|&(kernel, memory)| gammas.iter().map(move |&gamma| (kernel, memory, gamma))).zip(hits).map(|((kernel, memory, gamma), h)| CvCell { kernel, gamma, memory, accuracy: h as f64 / n as f64 }).collect())
 }
 
 /// A memory as lssvm.json holds it; models saved before MIMM existed stored the WIMM

@@ -181,6 +181,13 @@ pub struct LssvmFitArgs {
     /// γ values to try with --cv (comma-separated; default: --gamma alone).
     #[arg(long, requires = "cv")]
     grid_gamma: Option<String>,
+    /// Memory weights μ to try with --cv (comma-separated; default: --memory-weight alone).
+    #[arg(long, requires = "cv")]
+    grid_memory_weight: Option<String>,
+    /// Memory-function widths to try with --cv: σ of gauss, r of radius
+    /// (comma-separated; default: --memory-fn's alone).
+    #[arg(long, requires = "cv")]
+    grid_memory_width: Option<String>,
     /// Model directory (lssvm.json, x.npy, coef.npy, bias.npy).
     #[arg(long)]
     out: PathBuf,
@@ -219,7 +226,7 @@ pub fn lssvm_cmd(cmd: LssvmCommand) -> Result<()> {
             let d = ds.train.features();
             let x = scaled_rows(&ds.train.x, &fit_rows, scale);
             let y: Vec<i64> = fit_rows.iter().map(|&i| ds.train.y[i]).collect();
-            let memory = a.memory.map(|model| rote::memory::lssvm::Memory { model, function: a.memory_fn, weight: a.memory_weight });
+            let mut memory = a.memory.map(|model| rote::memory::lssvm::Memory { model, function: a.memory_fn, weight: a.memory_weight });
             if memory.is_none() && (a.memory_fn != rote::memory::lssvm::MemoryFn::Identity || a.memory_weight != 1.0) {
                 bail!("--memory-fn and --memory-weight need --memory mimm or wimm");
             }
@@ -241,9 +248,28 @@ pub fn lssvm_cmd(cmd: LssvmCommand) -> Result<()> {
                 if let Some(bad) = kernels.iter().find(|k| matches!(k, Kernel::Rbf { sigma } if !(sigma.is_finite() && *sigma > 0.0))) {
                     bail!("--grid-sigma: {bad:?} needs a positive σ");
                 }
-                let cells = rote::memory::lssvm::cross_validate(&x, d, &y, &kernels, &list("--grid-gamma", &a.grid_gamma, a.gamma)?, memory, folds, a.seed)?;
+                let memories: Vec<Option<rote::memory::lssvm::Memory>> = match memory {
+                    None if a.grid_memory_weight.is_some() || a.grid_memory_width.is_some() => bail!("--grid-memory-weight and --grid-memory-width need --memory mimm or wimm"),
+                    None => vec![None],
+                    Some(m) => {
+                        let weights = list("--grid-memory-weight", &a.grid_memory_weight, m.weight)?;
+                        if let Some(w) = weights.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
+                            bail!("--grid-memory-weight: {w} is not a non-negative number");
+                        }
+                        let functions = match &a.grid_memory_width {
+                            None => vec![m.function],
+                            Some(_) if m.function.with_width(1.0).is_none() => bail!("--grid-memory-width is for the gauss and radius memory functions, not {:?}", m.function),
+                            Some(_) => list("--grid-memory-width", &a.grid_memory_width, 0.0)?
+                                .into_iter()
+                                .map(|w| if w.is_finite() && w > 0.0 { Ok(m.function.with_width(w).expect("checked above")) } else { bail!("--grid-memory-width: {w} is not a positive width") })
+                                .collect::<Result<_>>()?,
+                        };
+                        functions.iter().flat_map(|&function| weights.iter().map(move |&weight| Some(rote::memory::lssvm::Memory { weight, function, ..m }))).collect()
+                    }
+                };
+                let cells = rote::memory::lssvm::cross_validate(&x, d, &y, &kernels, &list("--grid-gamma", &a.grid_gamma, a.gamma)?, &memories, folds, a.seed)?;
                 let best = best_cell(&cells);
-                (kernel, gamma) = (best.kernel, best.gamma);
+                (kernel, gamma, memory) = (best.kernel, best.gamma, best.memory);
                 grid = Some(cells);
             }
             let t0 = std::time::Instant::now();
@@ -272,9 +298,10 @@ pub fn lssvm_cmd(cmd: LssvmCommand) -> Result<()> {
                 if let Some(cells) = value["cv"].as_array() {
                     println!("{}-fold cross-validation:", a.cv.unwrap_or(0));
                     for c in cells {
-                        println!("  kernel {} γ {}: accuracy {:.4}", c["kernel"], c["gamma"], c["accuracy"].as_f64().unwrap_or(f64::NAN));
+                        let mem = if c["memory"].is_null() { String::new() } else { format!(" memory {}", c["memory"]) };
+                        println!("  kernel {} γ {}{mem}: accuracy {:.4}", c["kernel"], c["gamma"], c["accuracy"].as_f64().unwrap_or(f64::NAN));
                     }
-                    println!("chose kernel {kernel:?}, γ {gamma}");
+                    println!("chose kernel {kernel:?}, γ {gamma}{}", memory.map_or(String::new(), |m| format!(", memory {m:?}")));
                 }
                 match &solved.cg {
                     None => println!("solver: direct (one Cholesky factorization shared by every class; {})", solved.why),
