@@ -14,25 +14,25 @@ out=${1:-target/lssvm-memory-table}
 rote=${ROTE:-target/release/rote}
 mkdir -p "$out"
 
-# name | data | extra data flags | σ grid | memory widths
+# name | data | extra data flags | σ grid | γ grid | memory widths (μ: 0.01, 0.1, 1, 10)
 datasets=(
-  "digits|digits|--holdout 0.2|1,2,4|0.5,1,2"
-  "fashion-2000|fashion-mnist:subset=200||4,8,16|2,4,8"
+  "digits|digits|--holdout 0.2|2,4,8|10,100,1000|1,2,4"
+  "fashion-2000|fashion-mnist:subset=200||4,8,16|1,10,100|2,4,8"
 )
 echo "| data | machine | chosen σ, γ, memory | CV accuracy | test accuracy | CV s | fit s |"
 echo "|---|---|---|---|---|---|---|"
 for entry in "${datasets[@]}"; do
-  IFS='|' read -r name data extra sigmas widths <<<"$entry"
+  IFS='|' read -r name data extra sigmas gammas widths <<<"$entry"
   for machine in none mimm wimm; do
     memory=()
     if [[ $machine != none ]]; then
-      memory=(--memory "$machine" --memory-fn gauss:sigma=1 --grid-memory-weight 0.1,1,10 --grid-memory-width "$widths")
+      memory=(--memory "$machine" --memory-fn gauss:sigma=1 --grid-memory-weight 0.01,0.1,1,10 --grid-memory-width "$widths")
     fi
     model="$out/$name-$machine"
     rm -rf "$model"
     start=$(date +%s.%N)
     # shellcheck disable=SC2086
-    "$rote" lssvm fit --data "$data" $extra --kernel rbf:sigma=1 --cv 5 --grid-sigma "$sigmas" --grid-gamma 1,10,100 \
+    "$rote" lssvm fit --data "$data" $extra --kernel rbf:sigma=1 --cv 5 --grid-sigma "$sigmas" --grid-gamma "$gammas" \
       "${memory[@]}" --out "$model" --json >"$model.json"
     end=$(date +%s.%N)
     python3 - "$name" "$machine" "$model.json" "$start" "$end" <<'EOF'

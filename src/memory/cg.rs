@@ -71,32 +71,55 @@ impl<'a> Operator<'a> {
         &self.x[i * self.d..(i + 1) * self.d]
     }
 
-    /// T·p for the (n, n) matrix T_ij = entry(x_i·x_j, i, j) and p (n, r): tiles of
-    /// T_ij are built from one GEMM of the rows each and multiplied into p at once.
+    /// T·p for the symmetric (n, n) matrix T_ij = entry(x_i·x_j, i, j) and p (n, r): tiles
+    /// of T_ij are built from one GEMM of the rows each and multiplied into p at once.
+    /// Only the tiles on and right of each block of rows' diagonal are built: the square
+    /// on the diagonal adds T·p into its own rows, every tile right of it also Tᵀ·p into
+    /// its columns' rows — half the entries of the whole matrix. Blocks are dealt
+    /// round-robin to a few groups (balancing the shrinking rows of tiles), each adding
+    /// into its own output, summed at the end.
     /// `entry(i, j0, row)` turns row i's products with x_j0.. into T_ij in place.
     fn product<F: Fn(usize, usize, &mut [f64]) + Sync>(&self, entry: F, p: &[f64], r: usize) -> Vec<f64> {
         let (n, d) = (self.n, self.d);
-        let mut out = vec![0f64; n * r];
-        out.par_chunks_mut(TILE_ROWS * r).enumerate().for_each(|(blk, o)| {
-            let i0 = blk * TILE_ROWS;
-            let rows = o.len() / r;
-            let mut tile = vec![0f64; rows * TILE_COLS];
-            for j0 in (0..n).step_by(TILE_COLS) {
-                let cols = TILE_COLS.min(n - j0);
-                // SAFETY: rows i0.. of x (rows, d) times rows j0.. (cols, d) transposed into
-                // `tile` (rows, cols); then tile · p[j0..] (cols, r) added into o (rows, r).
-                unsafe {
-                    crate::nn::linalg::gemm_strided((rows, d, cols), self.x.as_ptr().add(i0 * d), (d as isize, 1), self.x.as_ptr().add(j0 * d), (1, d as isize), false, tile.as_mut_ptr(), (cols as isize, 1));
-                }
-                for (ii, t) in tile.chunks_mut(cols).take(rows).enumerate() {
-                    entry(i0 + ii, j0, t);
-                }
-                unsafe {
-                    crate::nn::linalg::gemm_strided((rows, cols, r), tile.as_ptr(), (cols as isize, 1), p.as_ptr().add(j0 * r), (r as isize, 1), true, o.as_mut_ptr(), (r as isize, 1));
+        let blocks = n.div_ceil(TILE_ROWS);
+        let groups = (4 * rayon::current_num_threads()).clamp(1, blocks.max(1));
+        let partial = |g: usize| {
+            let x = self.x.as_ptr();
+            let mut out = vec![0f64; n * r];
+            let mut tile = vec![0f64; TILE_ROWS * TILE_COLS];
+            for blk in (g..blocks).step_by(groups) {
+                let i0 = blk * TILE_ROWS;
+                let rows = TILE_ROWS.min(n - i0);
+                for j0 in (i0..n).step_by(TILE_COLS) {
+                    let cols = TILE_COLS.min(n - j0);
+                    // SAFETY: rows i0.. of x (rows, d) times rows j0.. (cols, d) transposed
+                    // into `tile` (rows, cols); tile · p[j0..] (cols, r) added into out[i0..]
+                    // (rows, r); the columns past the diagonal square, tileᵀ · p[i0..]
+                    // (rows, r), added into out[those columns].
+                    unsafe {
+                        crate::nn::linalg::gemm_strided((rows, d, cols), x.add(i0 * d), (d as isize, 1), x.add(j0 * d), (1, d as isize), false, tile.as_mut_ptr(), (cols as isize, 1));
+                    }
+                    for (ii, t) in tile.chunks_mut(cols).take(rows).enumerate() {
+                        entry(i0 + ii, j0, t);
+                    }
+                    let past = (i0 + rows).saturating_sub(j0).min(cols);
+                    unsafe {
+                        crate::nn::linalg::gemm_strided((rows, cols, r), tile.as_ptr(), (cols as isize, 1), p.as_ptr().add(j0 * r), (r as isize, 1), true, out.as_mut_ptr().add(i0 * r), (r as isize, 1));
+                        if past < cols {
+                            crate::nn::linalg::gemm_strided((cols - past, rows, r), tile.as_ptr().add(past), (1, cols as isize), p.as_ptr().add(i0 * r), (r as isize, 1), true, out.as_mut_ptr().add((j0 + past) * r), (r as isize, 1));
+                        }
+                    }
                 }
             }
-        });
-        out
+            out
+        };
+        (0..groups).into_par_iter().map(partial).reduce(
+            || vec![0f64; n * r],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            },
+        )
     }
 
     fn kernel_entry(&self, dot: f64, i: usize, j: usize) -> f64 {

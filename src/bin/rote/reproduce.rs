@@ -400,7 +400,7 @@ pub fn reproduce_cmd(a: ReproduceArgs) -> Result<()> {
     let (emm_data, emm_sizes, rand_sizes, emm_samples, model, steps) = if full {
         ("fashion-mnist:downsample=2", "20,50,100,200,500,1000,2000", "100,200,500", "1000", "resmlp:width=512,blocks=4", "10000")
     } else {
-        ("digits", "20,50,100,400", "50,100", "200", super::diffusion::DEFAULT_MODEL, "3000")
+        ("digits", "20,50,100", "50,100", "200", super::diffusion::DEFAULT_MODEL, "3000")
     };
     let v = r.run(
         D,
