@@ -301,7 +301,7 @@ fn lssvm_fit_and_predict_on_digits() {
     let best = cells.iter().fold(&cells[0], |b, c| if c["accuracy"].as_f64() > b["accuracy"].as_f64() { c } else { b });
     assert_eq!((&v["memory"], &v["gamma"]), (&best["memory"], &best["gamma"]), "{v}");
     assert!(cells.iter().any(|c| c["memory"]["function"]["sigma"] == 0.5) && cells.iter().any(|c| c["memory"]["weight"] == 4.0));
-    for (args, says) in [(&["--grid-memory-weight", "1,2"][..], "need --memory mimm or wimm"), (&["--memory", "wimm", "--grid-memory-width", "1,2"][..], "gauss and radius")] {
+    for (args, says) in [(&["--grid-memory-weight", "1,2"][..], "need a memory: mimm or wimm"), (&["--memory", "wimm", "--grid-memory-width", "1,2"][..], "gauss and radius")] {
         let out = dir.path().join("bad");
         let mut a = vec!["lssvm", "fit", "--data", "digits:subset=5", "--cv", "2", "--out", p(&out)];
         a.extend_from_slice(args);

@@ -92,6 +92,23 @@ class Lssvm:
         preconditioner_rank: int = 200,
     ) -> None: ...
     def predict(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]: ...
+    @staticmethod
+    def cross_validate(
+        x: npt.NDArray[np.float64],
+        y: npt.NDArray[np.int64],
+        *,
+        folds: int = 5,
+        kernel: str = "rbf:sigma=1",
+        sigmas: Optional[list[float]] = None,
+        gamma: float = 10.0,
+        gammas: Optional[list[float]] = None,
+        memory: Optional[str] = None,
+        memory_fn: str = "identity",
+        memory_weight: float = 1.0,
+        memory_weights: Optional[list[float]] = None,
+        memory_widths: Optional[list[float]] = None,
+        seed: int = 0,
+    ) -> list[dict[str, Any]]: ...
     @property
     def solver(self) -> dict[str, Any]: ...
 

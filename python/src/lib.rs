@@ -325,6 +325,43 @@ impl PyLssvm {
         Ok(PyLssvm { model, dim, solved: to_json(&solved)? })
     }
 
+    /// k-fold cross-validation as `rote lssvm fit --cv` runs it, over the RBF widths
+    /// `sigmas` (default: `kernel`'s alone), `gammas` (default: `gamma`) and, with a
+    /// `memory`, its weights `memory_weights` and widths `memory_widths` (σ of gauss, r of
+    /// radius). Returns the cells in grid order: [{kernel, gamma, memory, accuracy}].
+    #[staticmethod]
+    #[pyo3(signature = (x, y, *, folds=5, kernel="rbf:sigma=1", sigmas=None, gamma=10.0, gammas=None, memory=None, memory_fn="identity", memory_weight=1.0, memory_weights=None, memory_widths=None, seed=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn cross_validate(
+        py: Python<'_>, x: PyReadonlyArrayDyn<'_, f64>, y: PyReadonlyArray1<'_, i64>, folds: usize, kernel: &str, sigmas: Option<Vec<f64>>, gamma: f64, gammas: Option<Vec<f64>>, memory: Option<&str>, memory_fn: &str, memory_weight: f64,
+        memory_weights: Option<Vec<f64>>, memory_widths: Option<Vec<f64>>, seed: u64,
+    ) -> PyResult<PyObject> {
+        use rote::memory::lssvm::{Kernel, Memory, MemoryFn, MemoryModel};
+        let shape = x.shape().to_vec();
+        if shape.len() < 2 {
+            return Err(bad("x is a (samples, features…) array"));
+        }
+        let dim: usize = shape[1..].iter().product();
+        let k: Kernel = kernel.parse().map_err(|e: String| bad(e))?;
+        let kernels: Vec<Kernel> = match (k, sigmas) {
+            (_, None) => vec![k],
+            (Kernel::Rbf { .. }, Some(s)) => s.into_iter().map(|sigma| Kernel::Rbf { sigma }).collect(),
+            (_, Some(_)) => return Err(bad("sigmas are for the rbf kernel")),
+        };
+        if let Some(bad_kernel) = kernels.iter().find(|k| matches!(k, Kernel::Rbf { sigma } if !(sigma.is_finite() && *sigma > 0.0))) {
+            return Err(bad(format!("sigmas: {bad_kernel:?} needs a positive σ")));
+        }
+        let model = MemoryModel::parse_choice(memory.unwrap_or("none")).map_err(bad)?;
+        let function: MemoryFn = memory_fn.parse().map_err(|e: String| bad(e))?;
+        let memory = model.map(|model| Memory { model, function, weight: memory_weight });
+        let memories = rote::memory::lssvm::memory_grid(memory, memory_weights.as_deref(), memory_widths.as_deref()).map_err(err)?;
+        let gammas = gammas.unwrap_or_else(|| vec![gamma]);
+        let xs = x.as_slice().map_err(|_| bad("x must be C-contiguous"))?;
+        let ys = y.as_slice().map_err(|_| bad("y must be contiguous"))?;
+        let cells = py.allow_threads(|| rote::memory::lssvm::cross_validate(xs, dim, ys, &kernels, &gammas, &memories, folds, seed)).map_err(err)?;
+        to_py(py, &to_json(&cells)?)
+    }
+
     /// Which solver ran and why, and for CG its iterations and final residual.
     #[getter]
     fn solver(&self, py: Python<'_>) -> PyResult<PyObject> {

@@ -290,6 +290,13 @@ def test_lssvm_equals_the_cli(tmp_path):
     assert (cg.predict(x) == np.load(d / "cg.npy")).all()
     with pytest.raises(rote.RoteError, match="--memory-fn gauss"):
         rote.Lssvm(x, y, memory="gauss:sigma=0.5")
+    # Cross-validation over σ, γ and the memory: the CLI's grid, cell for cell.
+    grid = ["--cv", "3", "--grid-sigma", "1,2", "--grid-gamma", "1,10", "--grid-memory-weight", "0.5,2", "--grid-memory-width", "0.5,1"]
+    want = json.loads(cli("lssvm", "fit", "--data", "digits:subset=40", "--kernel", "rbf:sigma=2", "--memory", "wimm", "--memory-fn", "gauss:sigma=1", *grid, "--out", d / "cv", "--json"))["cv"]
+    got = rote.Lssvm.cross_validate(xs, sub["y"].astype(np.int64), folds=3, sigmas=[1.0, 2.0], gammas=[1.0, 10.0], memory="wimm", memory_fn="gauss:sigma=1", memory_weights=[0.5, 2.0], memory_widths=[0.5, 1.0])
+    assert got == want and len(got) == 16
+    with pytest.raises(rote.RoteError, match="need a memory"):
+        rote.Lssvm.cross_validate(xs, sub["y"].astype(np.int64), memory_weights=[1.0])
 
 
 def test_contiguous_and_memory_mapped_inputs_are_read_in_place(tmp_path):

@@ -728,6 +728,34 @@ pub fn best_cell(cells: &[CvCell]) -> &CvCell {
     cells.iter().fold(&cells[0], |b, c| if c.accuracy > b.accuracy { c } else { b })
 }
 
+/// The memories a cross-validation tries: `memory` with each of `weights` (μ) and each
+/// of `widths` (σ of gauss, r of radius), each defaulting to the memory's own; without
+/// a memory, plain LSSVM alone (and no weights or widths).
+pub fn memory_grid(memory: Option<Memory>, weights: Option<&[f64]>, widths: Option<&[f64]>) -> Result<Vec<Option<Memory>>> {
+    let Some(m) = memory else {
+        if weights.is_some() || widths.is_some() {
+            bail!("memory weights and widths to try need a memory: mimm or wimm");
+        }
+        return Ok(vec![None]);
+    };
+    let weights = weights.map_or_else(|| vec![m.weight], <[f64]>::to_vec);
+    if let Some(w) = weights.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
+        bail!("memory weight {w} to try is not a non-negative number");
+    }
+    let functions = match widths {
+        None => vec![m.function],
+        Some(ws) => ws
+            .iter()
+            .map(|&w| match m.function.with_width(w) {
+                None => bail!("memory widths are for the gauss and radius memory functions, not {:?}", m.function),
+                Some(_) if !(w.is_finite() && w > 0.0) => bail!("memory width {w} to try is not positive"),
+                Some(f) => Ok(f),
+            })
+            .collect::<Result<_>>()?,
+    };
+    Ok(functions.iter().flat_map(|&function| weights.iter().map(move |&weight| Some(Memory { weight, function, ..m }))).collect())
+}
+
 /// One cell of a cross-validation grid: its mean accuracy over the folds.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CvCell {

@@ -248,25 +248,9 @@ pub fn lssvm_cmd(cmd: LssvmCommand) -> Result<()> {
                 if let Some(bad) = kernels.iter().find(|k| matches!(k, Kernel::Rbf { sigma } if !(sigma.is_finite() && *sigma > 0.0))) {
                     bail!("--grid-sigma: {bad:?} needs a positive σ");
                 }
-                let memories: Vec<Option<rote::memory::lssvm::Memory>> = match memory {
-                    None if a.grid_memory_weight.is_some() || a.grid_memory_width.is_some() => bail!("--grid-memory-weight and --grid-memory-width need --memory mimm or wimm"),
-                    None => vec![None],
-                    Some(m) => {
-                        let weights = list("--grid-memory-weight", &a.grid_memory_weight, m.weight)?;
-                        if let Some(w) = weights.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
-                            bail!("--grid-memory-weight: {w} is not a non-negative number");
-                        }
-                        let functions = match &a.grid_memory_width {
-                            None => vec![m.function],
-                            Some(_) if m.function.with_width(1.0).is_none() => bail!("--grid-memory-width is for the gauss and radius memory functions, not {:?}", m.function),
-                            Some(_) => list("--grid-memory-width", &a.grid_memory_width, 0.0)?
-                                .into_iter()
-                                .map(|w| if w.is_finite() && w > 0.0 { Ok(m.function.with_width(w).expect("checked above")) } else { bail!("--grid-memory-width: {w} is not a positive width") })
-                                .collect::<Result<_>>()?,
-                        };
-                        functions.iter().flat_map(|&function| weights.iter().map(move |&weight| Some(rote::memory::lssvm::Memory { weight, function, ..m }))).collect()
-                    }
-                };
+                let weights = a.grid_memory_weight.as_ref().map(|_| list("--grid-memory-weight", &a.grid_memory_weight, 0.0)).transpose()?;
+                let widths = a.grid_memory_width.as_ref().map(|_| list("--grid-memory-width", &a.grid_memory_width, 0.0)).transpose()?;
+                let memories = rote::memory::lssvm::memory_grid(memory, weights.as_deref(), widths.as_deref()).context("--grid-memory-weight / --grid-memory-width")?;
                 let cells = rote::memory::lssvm::cross_validate(&x, d, &y, &kernels, &list("--grid-gamma", &a.grid_gamma, a.gamma)?, &memories, folds, a.seed)?;
                 let best = best_cell(&cells);
                 (kernel, gamma, memory) = (best.kernel, best.gamma, best.memory);
