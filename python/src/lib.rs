@@ -285,6 +285,14 @@ fn memorization_ratio<'py>(py: Python<'py>, train: PyReadonlyArrayDyn<'py, f32>,
     Ok(out)
 }
 
+/// A memory machine's memory from `Lssvm`'s arguments (None: plain LSSVM).
+fn parse_memory(memory: Option<&str>, memory_fn: &str, weight: f64) -> PyResult<Option<rote::memory::lssvm::Memory>> {
+    use rote::memory::lssvm::{Memory, MemoryFn, MemoryModel};
+    let model = MemoryModel::parse_choice(memory.unwrap_or("none")).map_err(bad)?;
+    let function: MemoryFn = memory_fn.parse().map_err(|e: String| bad(e))?;
+    Ok(model.map(|model| Memory { model, function, weight }))
+}
+
 /// A least-squares SVM (ALGORITHMS.md §7), fitted as `rote lssvm fit` fits it.
 #[pyclass(module = "rote._rote", name = "Lssvm", frozen)]
 struct PyLssvm {
@@ -308,16 +316,14 @@ impl PyLssvm {
         py: Python<'_>, x: PyReadonlyArrayDyn<'_, f64>, y: PyReadonlyArray1<'_, i64>, kernel: &str, gamma: f64, memory: Option<&str>, memory_fn: &str, memory_weight: f64, solver: &str, tol: f64, max_iter: usize,
         preconditioner_rank: usize,
     ) -> PyResult<Self> {
-        use rote::memory::lssvm::{CgOptions, Memory, MemoryFn, MemoryModel, Solver};
+        use rote::memory::lssvm::{CgOptions, Solver};
         let shape = x.shape().to_vec();
         if shape.len() < 2 {
             return Err(bad("x is a (samples, features…) array"));
         }
         let dim: usize = shape[1..].iter().product();
         let k: rote::memory::lssvm::Kernel = kernel.parse().map_err(|e: String| bad(e))?;
-        let model = MemoryModel::parse_choice(memory.unwrap_or("none")).map_err(bad)?;
-        let function: MemoryFn = memory_fn.parse().map_err(|e: String| bad(e))?;
-        let memory = model.map(|model| Memory { model, function, weight: memory_weight });
+        let memory = parse_memory(memory, memory_fn, memory_weight)?;
         let solver = solver.parse::<Solver>().map_err(bad)?.with_cg(CgOptions { tolerance: tol, max_iterations: max_iter, preconditioner_rank, progress: false });
         let xs = x.as_slice().map_err(|_| bad("x must be C-contiguous"))?;
         let ys = y.as_slice().map_err(|_| bad("y must be contiguous"))?;
@@ -336,24 +342,15 @@ impl PyLssvm {
         py: Python<'_>, x: PyReadonlyArrayDyn<'_, f64>, y: PyReadonlyArray1<'_, i64>, folds: usize, kernel: &str, sigmas: Option<Vec<f64>>, gamma: f64, gammas: Option<Vec<f64>>, memory: Option<&str>, memory_fn: &str, memory_weight: f64,
         memory_weights: Option<Vec<f64>>, memory_widths: Option<Vec<f64>>, seed: u64,
     ) -> PyResult<PyObject> {
-        use rote::memory::lssvm::{Kernel, Memory, MemoryFn, MemoryModel};
+        use rote::memory::lssvm::{kernel_grid, Kernel};
         let shape = x.shape().to_vec();
         if shape.len() < 2 {
             return Err(bad("x is a (samples, features…) array"));
         }
         let dim: usize = shape[1..].iter().product();
         let k: Kernel = kernel.parse().map_err(|e: String| bad(e))?;
-        let kernels: Vec<Kernel> = match (k, sigmas) {
-            (_, None) => vec![k],
-            (Kernel::Rbf { .. }, Some(s)) => s.into_iter().map(|sigma| Kernel::Rbf { sigma }).collect(),
-            (_, Some(_)) => return Err(bad("sigmas are for the rbf kernel")),
-        };
-        if let Some(bad_kernel) = kernels.iter().find(|k| matches!(k, Kernel::Rbf { sigma } if !(sigma.is_finite() && *sigma > 0.0))) {
-            return Err(bad(format!("sigmas: {bad_kernel:?} needs a positive σ")));
-        }
-        let model = MemoryModel::parse_choice(memory.unwrap_or("none")).map_err(bad)?;
-        let function: MemoryFn = memory_fn.parse().map_err(|e: String| bad(e))?;
-        let memory = model.map(|model| Memory { model, function, weight: memory_weight });
+        let kernels = kernel_grid(k, sigmas.as_deref()).map_err(err)?;
+        let memory = parse_memory(memory, memory_fn, memory_weight)?;
         let memories = rote::memory::lssvm::memory_grid(memory, memory_weights.as_deref(), memory_widths.as_deref()).map_err(err)?;
         let gammas = gammas.unwrap_or_else(|| vec![gamma]);
         let xs = x.as_slice().map_err(|_| bad("x must be C-contiguous"))?;

@@ -548,9 +548,7 @@ pub fn train_denoiser(
         .allow_threads(|| -> anyhow::Result<_> {
             // A resumed run takes its settings from its run.json; the arguments are ignored.
             let (cfg, ds) = if resume {
-                let cfg = train::open_unfinished(&out)?;
-                let ds = rote::diffusion::training_data(&cfg.data, cfg.subset)?;
-                (cfg, ds)
+                train::open_unfinished_and_data(&out)?
             } else {
                 let ds = rote::diffusion::training_data(data, subset)?;
                 let pixel_range = rote::diffusion::PixelRange::resolve(&ds.train.x, range)?;

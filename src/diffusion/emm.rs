@@ -100,7 +100,7 @@ pub fn measure(ds: &Dataset, settings: &EmmSettings, size: usize, out: &Path, ba
     // A size without a result was interrupted (this command's own partial output): its
     // training goes on from the last saved state when the settings are the same, and
     // starts over otherwise.
-    let resume = train::open_unfinished(&run).is_ok_and(|stored| serde_json::to_value(&stored).ok() == serde_json::to_value(&cfg).ok());
+    let resume = train::resumable(&run, &cfg);
     if resume {
         log(&format!("size {size}: resuming the interrupted training at step {}", train::saved_steps(&run)));
     } else if dir.exists() {

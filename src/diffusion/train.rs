@@ -280,15 +280,20 @@ pub fn load_weights(l: &Layout, path: &Path) -> Result<Vec<f32>> {
     Ok(p)
 }
 
-/// Reads a run directory written by `denoise train`.
-pub fn open_run(run: &Path) -> Result<(DenoiserConfig, Layout, Vec<f32>)> {
+/// A denoiser run's configuration (its run.json); `missing` says what to do without one.
+fn read_config(run: &Path, missing: &str) -> Result<DenoiserConfig> {
     let path = run.join("run.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{} is not a denoiser run (no run.json); make one with `rote denoise train`", run.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{} is not a denoiser run (no run.json); {missing}", run.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     if v["command"] != COMMAND {
         bail!("{} was written by another command ({}), not `rote denoise train`", run.display(), v.get("command").map(|c| c.to_string()).unwrap_or_else(|| "`rote train`".into()));
     }
-    let cfg: DenoiserConfig = serde_json::from_value(v).with_context(|| format!("{} is not a denoiser run description", path.display()))?;
+    serde_json::from_value(v).with_context(|| format!("{} is not a denoiser run description", path.display()))
+}
+
+/// Reads a run directory written by `denoise train`.
+pub fn open_run(run: &Path) -> Result<(DenoiserConfig, Layout, Vec<f32>)> {
+    let cfg = read_config(run, "make one with `rote denoise train`")?;
     let layout = cfg.layout()?;
     let weights = load_weights(&layout, &run.join("ema.safetensors"))?;
     Ok((cfg, layout, weights))
@@ -367,29 +372,35 @@ impl TrainState {
     }
 }
 
-/// Steps finished in an unfinished run: those of its last saved state (0 without one).
+/// Steps finished in an unfinished run: those of its last saved state (0 without one),
+/// from the state file's header alone.
 pub fn saved_steps(run: &Path) -> usize {
-    let path = run.join(STATE_FILE);
-    let Ok(file) = crate::report::safetensors::Loaded::read(&path) else { return 0 };
-    file.view().ok().and_then(|v| v.metadata.get("step").and_then(|s| s.parse().ok())).unwrap_or(0)
+    crate::report::safetensors::read_metadata(&run.join(STATE_FILE)).ok().and_then(|m| m.get("step").and_then(|s| s.parse().ok())).unwrap_or(0)
 }
 
 /// The configuration of an unfinished run, to resume it (a finished one is refused).
 pub fn open_unfinished(run: &Path) -> Result<DenoiserConfig> {
-    let path = run.join("run.json");
-    if !path.is_file() {
-        bail!("{} holds no denoiser run (no run.json) to resume; start one without --resume", run.display());
-    }
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-    if v["command"] != COMMAND {
-        bail!("{} was written by another command, not `rote denoise train`", run.display());
-    }
-    let cfg: DenoiserConfig = serde_json::from_value(v).with_context(|| format!("{} is not a denoiser run description", path.display()))?;
+    let cfg = read_config(run, "there is nothing to resume; start it without --resume")?;
     if run.join("ema.safetensors").exists() {
         bail!("{} is a finished run ({} steps); there is nothing to resume", run.display(), cfg.recipe.steps);
     }
     Ok(cfg)
+}
+
+/// An unfinished run's configuration with its training data opened, to resume it.
+pub fn open_unfinished_and_data(run: &Path) -> Result<(DenoiserConfig, crate::data::Dataset)> {
+    let cfg = open_unfinished(run)?;
+    let ds = super::training_data(&cfg.data, cfg.subset)?;
+    Ok((cfg, ds))
+}
+
+/// Whether `run` is an unfinished run of exactly `cfg`, so that training can resume it.
+pub fn resumable(run: &Path, cfg: &DenoiserConfig) -> bool {
+    open_unfinished(run).is_ok_and(|stored| same_settings(&stored, cfg))
+}
+
+fn same_settings(a: &DenoiserConfig, b: &DenoiserConfig) -> bool {
+    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
 }
 
 /// Trains on `train` (rows in data units, converted with the config's pixel range) and
@@ -411,7 +422,7 @@ pub fn train(backend: &crate::device::Backend, train: &Split, cfg: &DenoiserConf
     // A failed fresh run leaves nothing behind; a failed resume keeps what it resumed.
     let (fresh_dir, state, mut metrics) = if resume {
         let stored = open_unfinished(run)?;
-        if serde_json::to_value(&stored)? != serde_json::to_value(cfg)? {
+        if !same_settings(&stored, cfg) {
             bail!("{} was started with other settings ({}); --resume continues it only with the same ones", run.display(), serde_json::to_string(&stored)?);
         }
         let state = if state_path.exists() { TrainState::load(&state_path, &layout)? } else { TrainState::fresh(&layout, recipe.seed) };
@@ -424,7 +435,6 @@ pub fn train(backend: &crate::device::Backend, train: &Split, cfg: &DenoiserConf
                 metrics.push('\n');
             }
         }
-        crate::report::create_out_dir(&run.join("checkpoints"))?;
         (None, state, metrics)
     } else {
         if run.join("run.json").exists() {
@@ -440,10 +450,10 @@ pub fn train(backend: &crate::device::Backend, train: &Split, cfg: &DenoiserConf
             );
         }
         let dir = crate::report::FreshDir::create(run)?;
-        crate::report::create_out_dir(&run.join("checkpoints"))?;
         crate::report::write_json(&run.join("run.json"), cfg)?;
         (Some(dir), TrainState::fresh(&layout, recipe.seed), String::from("step,loss,seconds\n"))
     };
+    crate::report::create_out_dir(&run.join("checkpoints"))?;
     let d = layout.dim;
     let n = train.len();
     let mut y = vec![0f32; n * d];

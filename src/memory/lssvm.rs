@@ -728,6 +728,20 @@ pub fn best_cell(cells: &[CvCell]) -> &CvCell {
     cells.iter().fold(&cells[0], |b, c| if c.accuracy > b.accuracy { c } else { b })
 }
 
+/// The kernels a cross-validation tries: the RBF kernel at each of `sigmas` (default:
+/// `kernel`'s own σ), or `kernel` alone for the others (which take no σ).
+pub fn kernel_grid(kernel: Kernel, sigmas: Option<&[f64]>) -> Result<Vec<Kernel>> {
+    let kernels = match (kernel, sigmas) {
+        (k, None) => vec![k],
+        (Kernel::Rbf { .. }, Some(s)) => s.iter().map(|&sigma| Kernel::Rbf { sigma }).collect(),
+        (_, Some(_)) => bail!("σ values to try are for the rbf kernel"),
+    };
+    if let Some(bad) = kernels.iter().find(|k| matches!(k, Kernel::Rbf { sigma } if !(sigma.is_finite() && *sigma > 0.0))) {
+        bail!("{bad:?} needs a positive σ");
+    }
+    Ok(kernels)
+}
+
 /// The memories a cross-validation tries: `memory` with each of `weights` (μ) and each
 /// of `widths` (σ of gauss, r of radius), each defaulting to the memory's own; without
 /// a memory, plain LSSVM alone (and no weights or widths).

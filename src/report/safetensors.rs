@@ -76,6 +76,22 @@ pub fn save(path: &Path, tensors: &[Tensor], metadata: &BTreeMap<String, String>
     super::write_atomic(path, |w| Ok(w.write_all(&bytes)?))
 }
 
+/// A safetensors file's metadata, from its header alone (the tensors are not read).
+pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).with_context(|| format!("{}: not a safetensors file (shorter than its header length)", path.display()))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        bail!("{}: not a safetensors file (a header of {len} bytes)", path.display());
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).with_context(|| format!("{}: not a safetensors file (its header is cut short)", path.display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&header).map_err(|e| anyhow!("{}: not a safetensors file ({e})", path.display()))?;
+    Ok(v["__metadata__"].as_object().map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect()).unwrap_or_default())
+}
+
 /// A safetensors file read whole into memory.
 pub struct Loaded {
     pub path: PathBuf,

@@ -276,9 +276,7 @@ pub fn sample_cmd(a: SampleArgs) -> Result<()> {
 pub fn train_cmd(a: TrainArgs) -> Result<()> {
     use rote::diffusion::train::{self, DenoiserConfig, Labels, Recipe};
     let (cfg, ds) = if a.resume {
-        let cfg = train::open_unfinished(&a.out)?;
-        let ds = rote::diffusion::training_data(&cfg.data, cfg.subset)?;
-        (cfg, ds)
+        train::open_unfinished_and_data(&a.out)?
     } else {
         let labels = Labels::parse(&a.labels)?;
         let data = a.data.as_ref().expect("clap requires --data without --resume");

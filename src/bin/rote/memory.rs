@@ -5,7 +5,6 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use rote::data::Array;
 use rote::diffusion::knn::Metric;
-use rote::memory::lssvm::Kernel;
 use rote::memory::retrieval::{self, Combine};
 use rote::report;
 use std::path::PathBuf;
@@ -240,14 +239,8 @@ pub fn lssvm_cmd(cmd: LssvmCommand) -> Result<()> {
             let (mut kernel, mut gamma) = (a.kernel, a.gamma);
             let mut grid = None;
             if let Some(folds) = a.cv {
-                let kernels: Vec<Kernel> = match (a.kernel, &a.grid_sigma) {
-                    (Kernel::Rbf { sigma }, g) => list("--grid-sigma", g, sigma)?.into_iter().map(|sigma| Kernel::Rbf { sigma }).collect(),
-                    (_, Some(_)) => bail!("--grid-sigma is for the rbf kernel"),
-                    (k, None) => vec![k],
-                };
-                if let Some(bad) = kernels.iter().find(|k| matches!(k, Kernel::Rbf { sigma } if !(sigma.is_finite() && *sigma > 0.0))) {
-                    bail!("--grid-sigma: {bad:?} needs a positive σ");
-                }
+                let sigmas = a.grid_sigma.as_ref().map(|_| list("--grid-sigma", &a.grid_sigma, 0.0)).transpose()?;
+                let kernels = rote::memory::lssvm::kernel_grid(a.kernel, sigmas.as_deref()).context("--grid-sigma")?;
                 let weights = a.grid_memory_weight.as_ref().map(|_| list("--grid-memory-weight", &a.grid_memory_weight, 0.0)).transpose()?;
                 let widths = a.grid_memory_width.as_ref().map(|_| list("--grid-memory-width", &a.grid_memory_width, 0.0)).transpose()?;
                 let memories = rote::memory::lssvm::memory_grid(memory, weights.as_deref(), widths.as_deref()).context("--grid-memory-weight / --grid-memory-width")?;
